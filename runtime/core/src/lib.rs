@@ -1,1 +1,9 @@
-//! core
+//! Flotilla's core: ids, the task and actor model, and the scheduler as a state machine with no
+//! I/O, so that scheduling, retries, lineage rebuilds, actor restarts and drains are tested
+//! deterministically.
+
+pub mod ids;
+pub mod scheduler;
+
+pub use ids::{ObjectId, SessionId, WorkerId};
+pub use scheduler::{Effect, RegisterError, Scheduler, Snapshot, WorkerInfo, WorkerView};
