@@ -370,17 +370,22 @@ impl Scheduler {
         let Some(w) = self.workers.remove(&worker) else { return };
         self.worker_names.remove(&w.info.name);
         let was_draining = matches!(w.state, WorkerState::Draining { .. });
-        let task_ids: Vec<ObjectId> = w.running.iter().copied().collect();
+        let mut task_ids: Vec<ObjectId> = w.running.iter().copied().collect();
+        task_ids.sort();
+        let mut creations = HashSet::new();
         for t in task_ids {
             if let Some(task) = self.tasks.get(&t) {
                 if task.is_actor_creation() {
                     // The actor never came up there: restart or bury it below.
+                    creations.insert(t);
                     self.actor_creation_lost(t, &w.info.name);
                 }
             }
         }
 
-        let mut running: Vec<ObjectId> = w.running.into_iter().collect();
+        // (Creations were restarted or buried above; retrying them too would revive dead actors.)
+        let mut running: Vec<ObjectId> =
+            w.running.into_iter().filter(|t| !creations.contains(t)).collect();
         running.sort();
         for task_id in running {
             self.task_lost(task_id, &w.info.name);
@@ -1028,6 +1033,10 @@ impl Scheduler {
             {
                 // An argument vanished while the worker fetched it: run again once it is back.
                 task.refetches += 1;
+                if let Some(a) = actor.and_then(|a| self.actors.get_mut(&a)) {
+                    // An actor call is dispatched from its actor's queue: put it back in front.
+                    a.queue.push_front(id);
+                }
                 self.requeue(id);
             }
             Some(task_result::Outcome::Error(err)) => {
@@ -1053,6 +1062,10 @@ impl Scheduler {
                 self.finished += 1;
                 self.remove_task(id);
                 self.set_object(id, value);
+                if matches!(self.workers.get(&worker).map(|w| w.state), Some(WorkerState::Draining { .. })) {
+                    // A result made on a draining worker needs a copy elsewhere like the rest.
+                    self.copy_sole_objects(worker, Some(id));
+                }
             }
         }
         if let Some(actor) = actor {
@@ -1182,6 +1195,9 @@ impl Scheduler {
                 self.fail_task(id, kind, msg);
                 continue;
             }
+            if !self.args_ready(id) {
+                continue;
+            }
             match self.pick_worker(id) {
                 Some(worker) => self.dispatch(id, worker),
                 None => skipped.push_back(id),
@@ -1191,6 +1207,32 @@ impl Scheduler {
         while let Some(id) = skipped.pop_back() {
             self.queue.push_front(id);
         }
+    }
+
+    /// Whether a ready task's arguments are all still there. An argument lost since it became
+    /// ready (and being rebuilt) sends the task back to waiting; a failed one fails the task.
+    fn args_ready(&mut self, id: ObjectId) -> bool {
+        let Some(task) = self.tasks.get(&id) else { return false };
+        let mut pending = false;
+        let mut failed = None;
+        for dep in &task.deps {
+            match self.objects.get(dep).map(|o| &o.value) {
+                Some(ObjectValue::Pending) => pending = true,
+                Some(ObjectValue::Failed(e)) => {
+                    failed = Some(format!("an argument of {} failed: {}", task.name, e.message));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if let Some(msg) = failed {
+            self.fail_task(id, ErrorKind::DependencyFailed, msg);
+            return false;
+        }
+        if pending {
+            self.requeue(id);
+        }
+        !pending
     }
 
     fn has_room_anywhere(&self) -> bool {
@@ -1318,6 +1360,9 @@ impl Scheduler {
                 }
                 return;
             }
+            if !self.args_ready(front) {
+                continue;
+            }
             let a = self.actors.get_mut(&actor).expect("checked");
             a.queue.pop_front();
             a.inflight.insert(front);
@@ -1372,6 +1417,8 @@ impl Scheduler {
                 "{why}, and it was restarted {} of max_restarts={} times",
                 a.restarts, a.max_restarts
             );
+            // A creation that was running on the dead worker goes with the actor.
+            self.remove_task(actor);
             self.actor_dead(actor, msg);
         }
     }
@@ -1454,12 +1501,13 @@ impl Scheduler {
             self.outbox.push(Effect::ToWorker(worker, worker_command::Command::KillActor(actor.0)));
             self.actor_worker_died(actor, "its worker was drained");
         }
-        self.copy_sole_objects(worker);
+        self.copy_sole_objects(worker, None);
         self.check_drains();
         self.schedule();
     }
 
-    fn copy_sole_objects(&mut self, worker: WorkerId) {
+    /// Copies the objects only `worker` holds (or just `only`, if it is one) to another worker.
+    fn copy_sole_objects(&mut self, worker: WorkerId, only: Option<ObjectId>) {
         let target = self
             .workers
             .iter()
@@ -1469,6 +1517,9 @@ impl Scheduler {
         let Some(target) = target else { return };
         let mut copies = Vec::new();
         for (id, obj) in &self.objects {
+            if only.is_some_and(|o| o != *id) {
+                continue;
+            }
             if let ObjectValue::Stored { size, locations } = &obj.value {
                 if locations.as_slice() == [worker] {
                     copies.push(pb::CopyObject { object: id.0, from: Some(self.stored(*size, locations)) });
@@ -1513,13 +1564,14 @@ impl Scheduler {
 
     /// Enforces drain deadlines.
     pub fn tick(&mut self, now: Instant) {
-        let overdue: Vec<WorkerId> = self
+        // (Also those with nothing running: objects that found no copy must not hold them up.)
+        let mut overdue: Vec<WorkerId> = self
             .workers
             .iter()
             .filter(|(_, w)| matches!(w.state, WorkerState::Draining { deadline } if deadline <= now))
-            .filter(|(_, w)| !w.running.is_empty())
             .map(|(id, _)| *id)
             .collect();
+        overdue.sort();
         for id in overdue {
             let name = self.workers[&id].info.name.clone();
             let running: Vec<ObjectId> = self.workers[&id].running.iter().copied().collect();

@@ -1,0 +1,1232 @@
+//! Drives the scheduler state machine directly and checks the effects it emits.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use flotilla_core::{Effect, ObjectId, Scheduler, SessionId, WorkerId, WorkerInfo};
+use flotilla_proto::v1::{
+    self as pb, arg, object_state, resolved_arg, task_error::Kind, task_result, task_spec,
+    worker_command::Command, TaskError, TaskSpec,
+};
+
+// ---------------------------------------------------------------------------------- builders
+
+const SIG: &str = "fn(i64) -> i64";
+
+/// A worker registering functions `f` and `g` and the actor class `Counter`.
+fn worker(name: &str, slots: u32) -> WorkerInfo {
+    WorkerInfo {
+        name: name.into(),
+        address: format!("http://{name}:7100"),
+        node: format!("node-{name}"),
+        slots,
+        functions: [("f", SIG), ("g", SIG)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        classes: [("Counter".to_string(), "fn() -> Counter".to_string())]
+            .into_iter()
+            .collect(),
+        program: "demo".into(),
+        build_id: "b1".into(),
+        ..WorkerInfo::default()
+    }
+}
+
+/// A scheduler with `prefetch`, one session and the named workers (`(name, slots)`).
+fn setup(prefetch: u32, workers: &[(&str, u32)]) -> (Scheduler, SessionId, Vec<WorkerId>) {
+    let mut s = Scheduler::new(prefetch);
+    let sess = s.open_session(None);
+    let ws = workers
+        .iter()
+        .map(|(n, slots)| s.add_worker(worker(n, *slots)).unwrap())
+        .collect();
+    assert!(s.drain_effects().is_empty());
+    (s, sess, ws)
+}
+
+fn oid(s: SessionId, n: u64) -> ObjectId {
+    ObjectId::new(s, n)
+}
+
+fn obj(id: ObjectId) -> pb::Arg {
+    pb::Arg {
+        kind: Some(arg::Kind::Object(id.0)),
+    }
+}
+
+fn val(v: &[u8]) -> pb::Arg {
+    pb::Arg {
+        kind: Some(arg::Kind::Value(Bytes::copy_from_slice(v))),
+    }
+}
+
+fn options(max_retries: i32) -> Option<pb::TaskOptions> {
+    Some(pb::TaskOptions {
+        max_retries,
+        resources: None,
+        name: String::new(),
+    })
+}
+
+/// A call of a remote function with the default retries.
+fn task(id: ObjectId, function: &str, args: Vec<pb::Arg>) -> TaskSpec {
+    TaskSpec {
+        task: id.0,
+        args,
+        options: options(-1),
+        signature: String::new(),
+        kind: Some(task_spec::Kind::Function(function.into())),
+    }
+}
+
+fn with_retries(mut spec: TaskSpec, max_retries: i32) -> TaskSpec {
+    spec.options = options(max_retries);
+    spec
+}
+
+fn create(id: ObjectId, max_restarts: i32, name: &str, detached: bool) -> TaskSpec {
+    TaskSpec {
+        task: id.0,
+        args: Vec::new(),
+        options: options(-1),
+        signature: String::new(),
+        kind: Some(task_spec::Kind::CreateActor(pb::ActorCreate {
+            class: "Counter".into(),
+            max_restarts,
+            name: name.into(),
+            detached,
+        })),
+    }
+}
+
+fn call(id: ObjectId, actor: ObjectId, method: &str, args: Vec<pb::Arg>) -> TaskSpec {
+    TaskSpec {
+        task: id.0,
+        args,
+        options: options(-1),
+        signature: String::new(),
+        kind: Some(task_spec::Kind::ActorCall(pb::ActorCall {
+            actor: actor.0,
+            method: method.into(),
+        })),
+    }
+}
+
+fn put_stored(size: u64, on: &[WorkerId]) -> pb::put_object::Value {
+    pb::put_object::Value::Stored(pb::StoredObject {
+        size,
+        locations: on
+            .iter()
+            .map(|w| pb::ObjectLocation {
+                worker: w.0,
+                ..pb::ObjectLocation::default()
+            })
+            .collect(),
+    })
+}
+
+fn inline(id: ObjectId, attempt: u32, v: &[u8]) -> pb::TaskResult {
+    pb::TaskResult {
+        task: id.0,
+        attempt,
+        outcome: Some(task_result::Outcome::InlineValue(Bytes::copy_from_slice(v))),
+    }
+}
+
+fn stored(id: ObjectId, attempt: u32, size: u64) -> pb::TaskResult {
+    pb::TaskResult {
+        task: id.0,
+        attempt,
+        outcome: Some(task_result::Outcome::StoredSize(size)),
+    }
+}
+
+fn failed(id: ObjectId, attempt: u32, kind: Kind, message: &str) -> pb::TaskResult {
+    pb::TaskResult {
+        task: id.0,
+        attempt,
+        outcome: Some(task_result::Outcome::Error(TaskError {
+            kind: kind as i32,
+            task: String::new(),
+            message: message.into(),
+        })),
+    }
+}
+
+// ---------------------------------------------------------------------------------- effects
+
+/// The `Run` commands, in order.
+fn runs(effects: &[Effect]) -> Vec<(WorkerId, pb::Dispatch)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ToWorker(w, Command::Run(d)) => Some((*w, d.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The tasks run, in order, with their workers.
+fn run_ids(effects: &[Effect]) -> Vec<(WorkerId, ObjectId)> {
+    runs(effects)
+        .into_iter()
+        .map(|(w, d)| (w, ObjectId(d.spec.unwrap().task)))
+        .collect()
+}
+
+/// Commands other than `Run`.
+fn commands(effects: &[Effect]) -> Vec<(WorkerId, Command)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ToWorker(_, Command::Run(_)) => None,
+            Effect::ToWorker(w, c) => Some((*w, c.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Object states sent to `session`.
+fn states(effects: &[Effect], session: SessionId) -> Vec<(ObjectId, object_state::State)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ToSession(s, st) if *s == session => {
+                Some((ObjectId(st.object), st.state.clone().unwrap()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn state_of(effects: &[Effect], session: SessionId, id: ObjectId) -> object_state::State {
+    let found: Vec<_> = states(effects, session)
+        .into_iter()
+        .filter(|(o, _)| *o == id)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one state of {id} for {session:?} in {effects:#?}"
+    );
+    found.into_iter().next().unwrap().1
+}
+
+fn error_of(effects: &[Effect], session: SessionId, id: ObjectId) -> TaskError {
+    match state_of(effects, session, id) {
+        object_state::State::Error(e) => e,
+        other => panic!("expected an error for {id}, got {other:?}"),
+    }
+}
+
+fn assert_error(
+    effects: &[Effect],
+    session: SessionId,
+    id: ObjectId,
+    kind: Kind,
+    contains: &[&str],
+) -> TaskError {
+    let e = error_of(effects, session, id);
+    assert_eq!(e.kind, kind as i32, "kind of {e:?}");
+    for c in contains {
+        assert!(
+            e.message.contains(c),
+            "{:?} does not contain {c:?}",
+            e.message
+        );
+    }
+    e
+}
+
+fn value_of(effects: &[Effect], session: SessionId, id: ObjectId) -> Bytes {
+    match state_of(effects, session, id) {
+        object_state::State::InlineValue(b) => b,
+        other => panic!("expected an inline value for {id}, got {other:?}"),
+    }
+}
+
+fn stored_at(effects: &[Effect], session: SessionId, id: ObjectId) -> Vec<u32> {
+    match state_of(effects, session, id) {
+        object_state::State::Stored(s) => s.locations.iter().map(|l| l.worker).collect(),
+        other => panic!("expected a stored object for {id}, got {other:?}"),
+    }
+}
+
+fn drained(effects: &[Effect]) -> Vec<(WorkerId, String)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Drained { worker, message } => Some((*worker, message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn free(w: WorkerId, id: ObjectId) -> (WorkerId, Command) {
+    (w, Command::Free(id.0))
+}
+
+// ---------------------------------------------------------------------------------- placement
+
+#[test]
+fn fills_slots_plus_prefetch_then_keeps_queue_order() {
+    let (mut s, sess, ws) = setup(1, &[("w1", 2)]);
+    let ids: Vec<ObjectId> = (1..=5).map(|n| oid(sess, n)).collect();
+    for (n, id) in ids.iter().enumerate() {
+        s.submit(sess, task(*id, "f", vec![val(&[n as u8])]));
+    }
+    let fx = s.drain_effects();
+    let placed = runs(&fx);
+    assert_eq!(
+        run_ids(&fx),
+        vec![(ws[0], ids[0]), (ws[0], ids[1]), (ws[0], ids[2])]
+    );
+    assert_eq!(
+        placed[1].1.args,
+        vec![pb::ResolvedArg {
+            kind: Some(resolved_arg::Kind::Value(Bytes::from_static(&[1])))
+        }]
+    );
+    assert_eq!(placed[0].1.attempt, 0);
+    let snap = s.snapshot();
+    assert_eq!(
+        (
+            snap.tasks_running,
+            snap.tasks_pending,
+            snap.slots_busy,
+            snap.slots_free
+        ),
+        (3, 2, 2, 0)
+    );
+
+    s.task_finished(ws[0], inline(ids[1], 0, b"one"));
+    let fx = s.drain_effects();
+    assert_eq!(value_of(&fx, sess, ids[1]), Bytes::from_static(b"one"));
+    assert_eq!(
+        run_ids(&fx),
+        vec![(ws[0], ids[3])],
+        "the oldest queued task goes first"
+    );
+    s.task_finished(ws[0], inline(ids[0], 0, b"zero"));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], ids[4])]);
+    assert_eq!(s.snapshot().tasks_finished, 2);
+}
+
+#[test]
+fn spreads_tasks_over_workers_with_free_slots() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let (a, b, c) = (oid(sess, 1), oid(sess, 2), oid(sess, 3));
+    for id in [a, b, c] {
+        s.submit(sess, task(id, "f", vec![]));
+    }
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], a), (ws[1], b)]);
+    assert_eq!(s.snapshot().tasks_pending, 1);
+    s.task_finished(ws[1], inline(b, 0, b""));
+    assert_eq!(
+        run_ids(&s.drain_effects()),
+        vec![(ws[1], c)],
+        "c goes where a slot freed up"
+    );
+}
+
+#[test]
+fn nothing_is_dispatched_without_workers() {
+    let mut s = Scheduler::new(2);
+    let sess = s.open_session(None);
+    let (a, b) = (oid(sess, 1), oid(sess, 2));
+    s.submit(sess, task(a, "f", vec![]));
+    s.submit(sess, task(b, "g", vec![]));
+    assert!(s.drain_effects().is_empty());
+    let snap = s.snapshot();
+    assert_eq!(
+        (snap.tasks_pending, snap.tasks_running, snap.desired_workers),
+        (2, 0, 2)
+    );
+    let w = s.add_worker(worker("w1", 1)).unwrap();
+    assert_eq!(run_ids(&s.drain_effects()), vec![(w, a), (w, b)]);
+}
+
+#[test]
+fn unknown_function_fails_naming_it_and_the_workers_program() {
+    let (mut s, sess, _) = setup(2, &[("w1", 1)]);
+    let id = oid(sess, 1);
+    s.submit(sess, task(id, "nope", vec![]));
+    let fx = s.drain_effects();
+    assert!(runs(&fx).is_empty());
+    let e = assert_error(
+        &fx,
+        sess,
+        id,
+        Kind::UnknownFunction,
+        &["nope", "demo (build b1)"],
+    );
+    assert_eq!(e.task, "nope");
+    assert_eq!(s.snapshot().tasks_failed, 1);
+
+    // Queued before any worker registered: checked when the first one arrives.
+    let mut s = Scheduler::new(2);
+    let sess = s.open_session(None);
+    let (bad, good) = (oid(sess, 1), oid(sess, 2));
+    s.submit(sess, task(bad, "missing_fn", vec![]));
+    s.submit(sess, task(good, "f", vec![]));
+    let w = s.add_worker(worker("w1", 1)).unwrap();
+    let fx = s.drain_effects();
+    assert_error(
+        &fx,
+        sess,
+        bad,
+        Kind::UnknownFunction,
+        &["missing_fn", "demo (build b1)"],
+    );
+    assert_eq!(run_ids(&fx), vec![(w, good)]);
+}
+
+#[test]
+fn signature_mismatch_fails_with_type_mismatch() {
+    let (mut s, sess, ws) = setup(2, &[("w1", 1)]);
+    let (bad, good) = (oid(sess, 1), oid(sess, 2));
+    let mut spec = task(bad, "f", vec![]);
+    spec.signature = "fn(String) -> i64".into();
+    s.submit(sess, spec);
+    let fx = s.drain_effects();
+    assert!(runs(&fx).is_empty());
+    assert_error(
+        &fx,
+        sess,
+        bad,
+        Kind::TypeMismatch,
+        &["fn(String) -> i64", SIG],
+    );
+
+    let mut spec = task(good, "f", vec![]);
+    spec.signature = SIG.into();
+    s.submit(sess, spec);
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], good)]);
+}
+
+// ---------------------------------------------------------------------------------- dependencies
+
+#[test]
+fn dependent_waits_then_gets_the_inline_value() {
+    let (mut s, sess, ws) = setup(2, &[("w1", 2)]);
+    let (a, b) = (oid(sess, 1), oid(sess, 2));
+    s.submit(sess, task(a, "f", vec![]));
+    s.submit(sess, task(b, "g", vec![obj(a), val(b"x")]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], a)]);
+    assert_eq!(
+        (s.snapshot().tasks_waiting, s.snapshot().tasks_running),
+        (1, 1)
+    );
+
+    s.task_finished(ws[0], inline(a, 0, b"42"));
+    let fx = s.drain_effects();
+    let placed = runs(&fx);
+    assert_eq!(placed.len(), 1);
+    assert_eq!(placed[0].1.spec.as_ref().unwrap().task, b.0);
+    let args: Vec<_> = placed[0]
+        .1
+        .args
+        .iter()
+        .map(|a| a.kind.clone().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        vec![
+            resolved_arg::Kind::Value(Bytes::from_static(b"42")),
+            resolved_arg::Kind::Value(Bytes::from_static(b"x"))
+        ]
+    );
+    assert_eq!(s.snapshot().tasks_waiting, 0);
+}
+
+#[test]
+fn failed_dependency_fails_the_dependent() {
+    let (mut s, sess, ws) = setup(2, &[("w1", 2)]);
+    let (a, b, c) = (oid(sess, 1), oid(sess, 2), oid(sess, 3));
+    s.submit(sess, task(a, "f", vec![]));
+    s.submit(sess, task(b, "g", vec![obj(a)]));
+    s.drain_effects();
+    s.task_finished(ws[0], failed(a, 0, Kind::Application, "boom"));
+    let fx = s.drain_effects();
+    assert_eq!(error_of(&fx, sess, a).kind, Kind::Application as i32);
+    assert_error(&fx, sess, b, Kind::DependencyFailed, &["boom"]);
+    assert!(runs(&fx).is_empty());
+    assert_eq!(
+        (s.snapshot().tasks_failed, s.snapshot().tasks_waiting),
+        (2, 0)
+    );
+
+    // Passing an object that already failed fails the new task too (and must not dispatch it).
+    s.submit(sess, task(c, "g", vec![obj(a)]));
+    let fx = s.drain_effects();
+    assert!(runs(&fx).is_empty());
+    assert_error(&fx, sess, c, Kind::DependencyFailed, &["boom"]);
+}
+
+#[test]
+fn task_goes_where_its_stored_argument_is() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 4), ("w2", 1)]);
+    let (x, a, b) = (oid(sess, 1), oid(sess, 2), oid(sess, 3));
+    s.put(sess, x, put_stored(1 << 20, &[ws[1]]));
+    assert_eq!(stored_at(&s.drain_effects(), sess, x), vec![ws[1].0]);
+
+    s.submit(sess, task(a, "f", vec![obj(x)]));
+    let fx = s.drain_effects();
+    let placed = runs(&fx);
+    assert_eq!(placed.len(), 1);
+    assert_eq!(
+        placed[0].0, ws[1],
+        "w2 holds the argument, although w1 has more free slots"
+    );
+    match placed[0].1.args[0].kind.clone().unwrap() {
+        resolved_arg::Kind::Stored(r) => {
+            assert_eq!(r.object, x.0);
+            let at = r.r#where.unwrap().locations;
+            assert_eq!(
+                (at[0].worker, at[0].address.as_str()),
+                (ws[1].0, "http://w2:7100")
+            );
+        }
+        other => panic!("expected a stored ref, got {other:?}"),
+    }
+    // w2 is full now: the next one goes to w1 rather than waiting.
+    s.submit(sess, task(b, "f", vec![obj(x)]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], b)]);
+}
+
+// ---------------------------------------------------------------------------------- results
+
+#[test]
+fn results_reach_owner_and_subscribers() {
+    let (mut s, sess, ws) = setup(2, &[("w1", 1)]);
+    let other = s.open_session(None);
+    let a = oid(sess, 1);
+    s.submit(sess, task(a, "f", vec![]));
+    s.subscribe(other, a);
+    let fx = s.drain_effects();
+    assert!(states(&fx, sess).is_empty() && states(&fx, other).is_empty());
+
+    s.task_finished(ws[0], inline(a, 0, b"v"));
+    let fx = s.drain_effects();
+    assert_eq!(value_of(&fx, sess, a), Bytes::from_static(b"v"));
+    assert_eq!(value_of(&fx, other, a), Bytes::from_static(b"v"));
+
+    // Ready: answered at once.
+    let third = s.open_session(None);
+    s.subscribe(third, a);
+    assert_eq!(
+        value_of(&s.drain_effects(), third, a),
+        Bytes::from_static(b"v")
+    );
+
+    // Unknown: an OBJECT_LOST error.
+    let ghost = oid(sess, 99);
+    s.subscribe(third, ghost);
+    assert_error(
+        &s.drain_effects(),
+        third,
+        ghost,
+        Kind::ObjectLost,
+        &["does not exist"],
+    );
+}
+
+// ---------------------------------------------------------------------------------- worker loss
+
+#[test]
+fn lost_tasks_are_retried_until_retries_run_out() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1), ("w3", 1)]);
+    let a = oid(sess, 1);
+    s.submit(sess, with_retries(task(a, "f", vec![]), 1));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], a)]);
+
+    s.worker_lost(ws[0]);
+    let fx = s.drain_effects();
+    let placed = runs(&fx);
+    assert_eq!(placed.len(), 1);
+    assert_eq!((placed[0].0, placed[0].1.attempt), (ws[1], 1));
+    assert!(states(&fx, sess).is_empty());
+    assert_eq!(s.snapshot().tasks_retried, 1);
+
+    s.worker_lost(ws[1]);
+    let fx = s.drain_effects();
+    assert!(runs(&fx).is_empty(), "no retries left: {fx:?}");
+    assert_error(
+        &fx,
+        sess,
+        a,
+        Kind::WorkerDied,
+        &["w2", "no retries were left"],
+    );
+    let snap = s.snapshot();
+    assert_eq!(
+        (snap.tasks_retried, snap.tasks_failed, snap.tasks_running),
+        (1, 1, 0)
+    );
+}
+
+#[test]
+fn stale_results_from_an_earlier_attempt_are_ignored() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let a = oid(sess, 1);
+    s.submit(sess, task(a, "f", vec![]));
+    s.drain_effects();
+    s.worker_lost(ws[0]);
+    assert_eq!(runs(&s.drain_effects())[0].1.attempt, 1);
+
+    s.task_finished(ws[0], inline(a, 0, b"old")); // the dead worker
+    s.task_finished(ws[1], inline(a, 0, b"old")); // the right worker, the wrong attempt
+    assert!(s.drain_effects().is_empty());
+    assert_eq!(s.snapshot().tasks_running, 1);
+
+    s.task_finished(ws[1], inline(a, 1, b"new"));
+    assert_eq!(
+        value_of(&s.drain_effects(), sess, a),
+        Bytes::from_static(b"new")
+    );
+    assert_eq!(s.snapshot().tasks_finished, 1);
+}
+
+#[test]
+fn lost_stored_object_is_rebuilt_from_lineage() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let a = oid(sess, 1);
+    s.submit(sess, task(a, "f", vec![val(b"seed")]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], a)]);
+    s.task_finished(ws[0], stored(a, 0, 4096));
+    assert_eq!(stored_at(&s.drain_effects(), sess, a), vec![ws[0].0]);
+
+    s.worker_lost(ws[0]);
+    let fx = s.drain_effects();
+    let placed = runs(&fx);
+    assert_eq!(placed.len(), 1);
+    assert_eq!(
+        (placed[0].0, placed[0].1.spec.as_ref().unwrap().task),
+        (ws[1], a.0)
+    );
+    assert_eq!(
+        placed[0].1.args[0].kind,
+        Some(resolved_arg::Kind::Value(Bytes::from_static(b"seed")))
+    );
+    assert_eq!(s.snapshot().tasks_retried, 1);
+
+    s.task_finished(ws[1], stored(a, placed[0].1.attempt, 4096));
+    assert_eq!(stored_at(&s.drain_effects(), sess, a), vec![ws[1].0]);
+}
+
+#[test]
+fn task_using_a_lost_object_waits_for_its_rebuild() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let (a, b) = (oid(sess, 1), oid(sess, 2));
+    s.submit(sess, task(a, "f", vec![]));
+    s.drain_effects();
+    s.task_finished(ws[0], stored(a, 0, 4096));
+    s.submit(sess, task(b, "g", vec![obj(a)]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], b)], "locality");
+
+    // b is retried, but its argument went with w1: a is rebuilt first.
+    s.worker_lost(ws[0]);
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[1], a)]);
+    assert_eq!(s.snapshot().tasks_waiting, 1);
+
+    s.task_finished(ws[1], stored(a, 0, 4096));
+    let fx = s.drain_effects();
+    let placed = runs(&fx);
+    assert_eq!(placed.len(), 1);
+    assert_eq!((placed[0].0, placed[0].1.attempt), (ws[1], 1));
+    match placed[0].1.args[0].kind.clone().unwrap() {
+        resolved_arg::Kind::Stored(r) => {
+            assert_eq!(r.r#where.unwrap().locations[0].worker, ws[1].0)
+        }
+        other => panic!("expected a stored ref, got {other:?}"),
+    }
+}
+
+#[test]
+fn lost_put_object_fails_with_object_lost() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let (x, b) = (oid(sess, 1), oid(sess, 2));
+    s.put(sess, x, put_stored(100, &[ws[0]]));
+    s.submit(sess, task(b, "g", vec![obj(x)]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], b)]);
+
+    s.worker_lost(ws[0]);
+    let fx = s.drain_effects();
+    assert_error(&fx, sess, x, Kind::ObjectLost, &["w1", "cannot be rebuilt"]);
+    assert!(runs(&fx).is_empty());
+    assert_error(&fx, sess, b, Kind::DependencyFailed, &["cannot be rebuilt"]);
+    assert_eq!(s.snapshot().tasks_running + s.snapshot().tasks_pending, 0);
+}
+
+// ---------------------------------------------------------------------------------- references
+
+#[test]
+fn releasing_the_last_reference_frees_every_copy() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let x = oid(sess, 1);
+    s.put(sess, x, put_stored(100, &[ws[0], ws[1]]));
+    s.drain_effects();
+    assert_eq!(s.snapshot().objects, 1);
+    let stranger = s.open_session(None);
+    s.release(stranger, x); // not the owner
+    assert!(s.drain_effects().is_empty());
+    s.release(sess, x);
+    assert_eq!(
+        commands(&s.drain_effects()),
+        vec![free(ws[0], x), free(ws[1], x)]
+    );
+    assert_eq!(s.snapshot().objects, 0);
+    s.release(sess, x);
+    assert!(s.drain_effects().is_empty());
+}
+
+#[test]
+fn object_needed_by_a_queued_task_outlives_its_release() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let (x, blocker, b) = (oid(sess, 1), oid(sess, 2), oid(sess, 3));
+    s.put(sess, x, put_stored(100, &[ws[0]]));
+    s.submit(sess, task(blocker, "f", vec![]));
+    s.submit(sess, task(b, "g", vec![obj(x)]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], blocker)]);
+
+    s.release(sess, x);
+    assert!(commands(&s.drain_effects()).is_empty(), "b still needs x");
+    s.task_finished(ws[0], inline(blocker, 0, b""));
+    let fx = s.drain_effects();
+    assert_eq!(run_ids(&fx), vec![(ws[0], b)]);
+    assert!(matches!(
+        runs(&fx)[0].1.args[0].kind,
+        Some(resolved_arg::Kind::Stored(_))
+    ));
+    assert!(commands(&fx).is_empty());
+
+    s.task_finished(ws[0], inline(b, 0, b"done"));
+    let fx = s.drain_effects();
+    assert!(
+        commands(&fx).is_empty(),
+        "b's result pins x as its lineage: {fx:?}"
+    );
+    s.release(sess, b);
+    assert_eq!(commands(&s.drain_effects()), vec![free(ws[0], x)]);
+    assert_eq!(s.snapshot().objects, 1, "only the blocker's result is left");
+}
+
+// ---------------------------------------------------------------------------------- sessions
+
+#[test]
+fn closing_a_session_cancels_its_work_kills_its_actors_and_frees_its_objects() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let other = s.open_session(None);
+    let (actor, keeper) = (oid(sess, 1), oid(sess, 2));
+    s.submit(sess, create(actor, 0, "", false));
+    s.submit(sess, create(keeper, 0, "keeper", true));
+    let created = run_ids(&s.drain_effects());
+    assert_eq!(created.len(), 2);
+    let home: HashMap<ObjectId, WorkerId> = created.iter().map(|(w, id)| (*id, *w)).collect();
+    s.task_finished(home[&actor], inline(actor, 0, b""));
+    s.task_finished(home[&keeper], inline(keeper, 0, b""));
+    let x = oid(sess, 3);
+    s.put(sess, x, put_stored(100, &[ws[0]]));
+    let (r1, r2, queued) = (oid(sess, 4), oid(sess, 5), oid(sess, 6));
+    for id in [r1, r2, queued] {
+        s.submit(sess, task(id, "f", vec![]));
+    }
+    let fx = s.drain_effects();
+    let running: HashMap<ObjectId, WorkerId> =
+        run_ids(&fx).into_iter().map(|(w, id)| (id, w)).collect();
+    assert_eq!(running.len(), 2);
+    assert_eq!(s.snapshot().tasks_pending, 1);
+
+    s.close_session(sess);
+    let fx = s.drain_effects();
+    assert!(states(&fx, sess).is_empty(), "the session is gone");
+    assert!(
+        runs(&fx).is_empty(),
+        "the queued task was cancelled, not run"
+    );
+    let cmds = commands(&fx);
+    assert!(
+        cmds.contains(&(running[&r1], Command::Cancel(r1.0))),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds.contains(&(running[&r2], Command::Cancel(r2.0))),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds.contains(&(home[&actor], Command::KillActor(actor.0))),
+        "{cmds:?}"
+    );
+    assert!(
+        !cmds.iter().any(|c| c.1 == Command::KillActor(keeper.0)),
+        "detached actors stay"
+    );
+    assert!(cmds.contains(&free(ws[0], x)), "{cmds:?}");
+    let snap = s.snapshot();
+    assert_eq!(
+        (
+            snap.sessions,
+            snap.tasks_pending,
+            snap.actors_alive,
+            snap.actors_dead
+        ),
+        (1, 0, 1, 1)
+    );
+
+    s.lookup_actor(other, 7, "keeper");
+    match s.drain_effects().as_slice() {
+        [Effect::ActorFound(to, found)] => {
+            assert_eq!(*to, other);
+            assert_eq!((found.actor, found.error.as_str()), (keeper.0, ""));
+        }
+        fx => panic!("unexpected {fx:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------- actors
+
+/// Creates a `Counter` on the worker it is placed on and returns that worker.
+fn create_actor(
+    s: &mut Scheduler,
+    sess: SessionId,
+    id: ObjectId,
+    max_restarts: i32,
+    name: &str,
+) -> WorkerId {
+    s.submit(sess, create(id, max_restarts, name, false));
+    let placed = runs(&s.drain_effects());
+    assert_eq!(placed.len(), 1);
+    assert_eq!(placed[0].1.restarts, 0);
+    s.task_finished(placed[0].0, inline(id, 0, b""));
+    let fx = s.drain_effects();
+    assert_eq!(value_of(&fx, sess, id), Bytes::new());
+    placed[0].0
+}
+
+#[test]
+fn actor_calls_are_dispatched_in_order_after_creation() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let (actor, c1, c2) = (oid(sess, 1), oid(sess, 2), oid(sess, 3));
+    s.submit(sess, create(actor, 0, "", false));
+    s.submit(sess, call(c1, actor, "incr", vec![]));
+    s.submit(sess, call(c2, actor, "get", vec![]));
+    let fx = s.drain_effects();
+    assert_eq!(
+        run_ids(&fx),
+        vec![(ws[0], actor)],
+        "calls wait for the creation"
+    );
+    assert_eq!(s.snapshot().actors_restarting, 1);
+
+    s.task_finished(ws[0], inline(actor, 0, b""));
+    let fx = s.drain_effects();
+    assert_eq!(run_ids(&fx), vec![(ws[0], c1), (ws[0], c2)]);
+    assert_eq!(s.snapshot().actors_alive, 1);
+    s.task_finished(ws[0], inline(c1, 0, b"1"));
+    assert_eq!(
+        value_of(&s.drain_effects(), sess, c1),
+        Bytes::from_static(b"1")
+    );
+}
+
+#[test]
+fn actor_calls_queue_behind_a_call_whose_argument_is_not_ready() {
+    let (mut s, sess, ws) = setup(2, &[("w1", 1)]);
+    let actor = oid(sess, 1);
+    create_actor(&mut s, sess, actor, 0, "");
+    let (a, c1, c2) = (oid(sess, 2), oid(sess, 3), oid(sess, 4));
+    s.submit(sess, task(a, "f", vec![]));
+    s.submit(sess, call(c1, actor, "add", vec![obj(a)]));
+    s.submit(sess, call(c2, actor, "get", vec![]));
+    assert_eq!(
+        run_ids(&s.drain_effects()),
+        vec![(ws[0], a)],
+        "c2 must not overtake c1"
+    );
+
+    s.task_finished(ws[0], inline(a, 0, b"5"));
+    let fx = s.drain_effects();
+    assert_eq!(run_ids(&fx), vec![(ws[0], c1), (ws[0], c2)]);
+    assert_eq!(
+        runs(&fx)[0].1.args[0].kind,
+        Some(resolved_arg::Kind::Value(Bytes::from_static(b"5")))
+    );
+}
+
+#[test]
+fn actor_restarts_on_worker_death_until_max_restarts() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1), ("w3", 1)]);
+    let actor = oid(sess, 1);
+    let first = create_actor(&mut s, sess, actor, 1, "");
+    assert_eq!(first, ws[0]);
+    let c1 = oid(sess, 2);
+    s.submit(sess, call(c1, actor, "incr", vec![]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(first, c1)]);
+
+    s.worker_lost(first);
+    let fx = s.drain_effects();
+    assert_error(&fx, sess, c1, Kind::ActorDied, &["w1"]);
+    let placed = runs(&fx);
+    assert_eq!(placed.len(), 1, "{fx:?}");
+    assert_eq!(placed[0].1.spec.as_ref().unwrap().task, actor.0);
+    assert_eq!(placed[0].1.restarts, 1);
+    let second = placed[0].0;
+    assert_ne!(second, first);
+    assert_eq!(s.snapshot().actors_restarting, 1);
+
+    let c2 = oid(sess, 3);
+    s.submit(sess, call(c2, actor, "incr", vec![]));
+    assert!(
+        runs(&s.drain_effects()).is_empty(),
+        "not before the actor is back"
+    );
+    s.task_finished(second, inline(actor, placed[0].1.attempt, b""));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(second, c2)]);
+
+    s.worker_lost(second);
+    let fx = s.drain_effects();
+    assert_error(&fx, sess, c2, Kind::ActorDied, &[]);
+    assert!(runs(&fx).is_empty(), "out of restarts: {fx:?}");
+    let snap = s.snapshot();
+    assert_eq!(
+        (snap.actors_alive, snap.actors_restarting, snap.actors_dead),
+        (0, 0, 1)
+    );
+
+    let c3 = oid(sess, 4);
+    s.submit(sess, call(c3, actor, "incr", vec![]));
+    assert_error(
+        &s.drain_effects(),
+        sess,
+        c3,
+        Kind::ActorDied,
+        &["max_restarts=1", "Counter"],
+    );
+}
+
+#[test]
+fn actor_whose_creation_is_lost_without_restarts_left_stays_dead() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let actor = oid(sess, 1);
+    s.submit(sess, create(actor, 0, "", false));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], actor)]);
+    s.worker_lost(ws[0]);
+    let fx = s.drain_effects();
+    assert!(
+        runs(&fx).is_empty(),
+        "a dead actor must not be created again: {fx:?}"
+    );
+    assert_error(&fx, sess, actor, Kind::ActorDied, &["max_restarts=0"]);
+    let snap = s.snapshot();
+    assert_eq!(
+        (snap.actors_dead, snap.tasks_pending, snap.tasks_running),
+        (1, 0, 0)
+    );
+
+    // With restarts left, the creation is dispatched once more, as a restart.
+    let second = oid(sess, 2);
+    s.submit(sess, create(second, 2, "", false));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[1], second)]);
+    let w3 = s.add_worker(worker("w3", 1)).unwrap();
+    s.worker_lost(ws[1]);
+    let fx = s.drain_effects();
+    let placed = runs(&fx);
+    assert_eq!(placed.len(), 1);
+    assert_eq!(
+        (placed[0].0, placed[0].1.restarts, placed[0].1.attempt),
+        (w3, 1, 0)
+    );
+    let snap = s.snapshot();
+    assert_eq!(
+        (snap.tasks_running, snap.tasks_pending, snap.tasks_retried),
+        (1, 0, 0)
+    );
+}
+
+#[test]
+fn named_actors_are_found_and_names_are_unique() {
+    let (mut s, sess, _) = setup(2, &[("w1", 2)]);
+    let other = s.open_session(None);
+    let actor = oid(sess, 1);
+    create_actor(&mut s, sess, actor, 0, "counter");
+    s.lookup_actor(other, 11, "counter");
+    assert_eq!(
+        s.drain_effects(),
+        vec![Effect::ActorFound(
+            other,
+            pb::ActorFound {
+                request: 11,
+                actor: actor.0,
+                class: "Counter".into(),
+                error: String::new()
+            }
+        )]
+    );
+
+    let dup = oid(other, 1);
+    s.submit(other, create(dup, 0, "counter", false));
+    let fx = s.drain_effects();
+    assert!(runs(&fx).is_empty());
+    assert_error(
+        &fx,
+        other,
+        dup,
+        Kind::Invalid,
+        &["\"counter\"", "already exists"],
+    );
+
+    s.lookup_actor(other, 12, "nobody");
+    match s.drain_effects().as_slice() {
+        [Effect::ActorFound(_, found)] => {
+            assert_eq!((found.request, found.actor), (12, 0));
+            assert!(found.error.contains("nobody"), "{}", found.error);
+        }
+        fx => panic!("unexpected {fx:?}"),
+    }
+}
+
+#[test]
+fn dropping_the_last_handle_kills_the_actor() {
+    let (mut s, sess, _) = setup(2, &[("w1", 2)]);
+    let actor = oid(sess, 1);
+    let home = create_actor(&mut s, sess, actor, 3, "");
+    s.release(sess, actor);
+    let fx = s.drain_effects();
+    assert_eq!(commands(&fx), vec![(home, Command::KillActor(actor.0))]);
+    let snap = s.snapshot();
+    assert_eq!((snap.actors_alive, snap.actors_dead), (0, 1));
+    let c = oid(sess, 2);
+    s.submit(sess, call(c, actor, "get", vec![]));
+    assert_error(
+        &s.drain_effects(),
+        sess,
+        c,
+        Kind::ActorDied,
+        &["every handle to it was dropped"],
+    );
+}
+
+#[test]
+fn actor_call_whose_argument_fetch_failed_is_dispatched_again() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let actor = oid(sess, 1);
+    let home = create_actor(&mut s, sess, actor, 0, "");
+    let x = oid(sess, 2);
+    s.put(sess, x, put_stored(100, &[ws[1]]));
+    let c = oid(sess, 3);
+    s.submit(sess, call(c, actor, "add", vec![obj(x)]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(home, c)]);
+
+    s.task_finished(home, failed(c, 0, Kind::ObjectLost, "fetch of x failed"));
+    let fx = s.drain_effects();
+    assert_eq!(run_ids(&fx), vec![(home, c)], "{fx:?}");
+    assert!(states(&fx, sess).is_empty());
+    s.task_finished(home, inline(c, 0, b"ok"));
+    assert_eq!(
+        value_of(&s.drain_effects(), sess, c),
+        Bytes::from_static(b"ok")
+    );
+}
+
+// ---------------------------------------------------------------------------------- drain
+
+#[test]
+fn drain_copies_sole_objects_and_reports_drained_when_empty() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 2), ("w2", 2)]);
+    let (only_w1, both, t) = (oid(sess, 1), oid(sess, 2), oid(sess, 3));
+    s.put(sess, only_w1, put_stored(100, &[ws[0]]));
+    s.put(sess, both, put_stored(100, &[ws[0], ws[1]]));
+    s.submit(sess, task(t, "f", vec![]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], t)]);
+
+    let now = Instant::now();
+    s.drain(ws[0], now, Duration::from_secs(60));
+    let fx = s.drain_effects();
+    match commands(&fx).as_slice() {
+        [(to, Command::Copy(c))] => {
+            assert_eq!((*to, c.object), (ws[1], only_w1.0));
+            assert_eq!(c.from.as_ref().unwrap().locations[0].worker, ws[0].0);
+        }
+        cmds => panic!("expected one copy, got {cmds:?}"),
+    }
+    assert!(drained(&fx).is_empty());
+    assert_eq!(s.snapshot().workers_draining, 1);
+
+    let (u, v) = (oid(sess, 4), oid(sess, 5));
+    s.submit(sess, task(u, "f", vec![]));
+    s.submit(sess, task(v, "f", vec![]));
+    assert_eq!(
+        run_ids(&s.drain_effects()),
+        vec![(ws[1], u), (ws[1], v)],
+        "nothing new on w1"
+    );
+
+    s.task_finished(ws[0], inline(t, 0, b""));
+    assert!(
+        drained(&s.drain_effects()).is_empty(),
+        "the copy is not confirmed yet"
+    );
+    s.stored_copy(ws[1], only_w1);
+    let fx = s.drain_effects();
+    assert_eq!(drained(&fx).len(), 1);
+    assert_eq!(drained(&fx)[0].0, ws[0]);
+    assert!(drained(&fx)[0].1.contains("no running tasks"));
+}
+
+#[test]
+fn drain_copies_results_made_while_draining() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let t = oid(sess, 1);
+    s.submit(sess, task(t, "f", vec![]));
+    s.drain_effects();
+    s.drain(ws[0], Instant::now(), Duration::from_secs(60));
+    assert!(s.drain_effects().is_empty());
+
+    s.task_finished(ws[0], stored(t, 0, 100));
+    let fx = s.drain_effects();
+    assert_eq!(stored_at(&fx, sess, t), vec![ws[0].0]);
+    assert!(drained(&fx).is_empty());
+    assert!(
+        matches!(commands(&fx).as_slice(), [(to, Command::Copy(c))] if *to == ws[1] && c.object == t.0),
+        "{fx:?}"
+    );
+    s.stored_copy(ws[1], t);
+    assert_eq!(drained(&s.drain_effects()).len(), 1);
+}
+
+#[test]
+fn drain_deadline_moves_running_tasks_elsewhere() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let t = oid(sess, 1);
+    s.submit(sess, task(t, "f", vec![]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], t)]);
+    let now = Instant::now();
+    s.drain(ws[0], now, Duration::from_secs(10));
+    s.tick(now + Duration::from_secs(5));
+    assert!(s.drain_effects().is_empty());
+
+    s.tick(now + Duration::from_secs(10));
+    let fx = s.drain_effects();
+    assert_eq!(commands(&fx), vec![(ws[0], Command::Cancel(t.0))]);
+    let placed = runs(&fx);
+    assert_eq!(placed.len(), 1);
+    assert_eq!((placed[0].0, placed[0].1.attempt), (ws[1], 1));
+    let d = drained(&fx);
+    assert_eq!(d.len(), 1);
+    assert!(
+        d[0].1.contains("deadline") && d[0].1.contains("1 running tasks"),
+        "{}",
+        d[0].1
+    );
+    assert_eq!(s.snapshot().tasks_retried, 1);
+
+    // The drained worker's late report is stale.
+    s.task_finished(ws[0], inline(t, 0, b"late"));
+    assert!(s.drain_effects().is_empty());
+    s.task_finished(ws[1], inline(t, 1, b"ok"));
+    assert_eq!(
+        value_of(&s.drain_effects(), sess, t),
+        Bytes::from_static(b"ok")
+    );
+}
+
+#[test]
+fn drain_deadline_ends_a_drain_stuck_on_uncopied_objects() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let x = oid(sess, 1);
+    s.put(sess, x, put_stored(100, &[ws[0]]));
+    s.drain_effects();
+    let now = Instant::now();
+    s.drain(ws[0], now, Duration::from_secs(10));
+    assert!(s.drain_effects().is_empty(), "no other worker to copy to");
+    s.tick(now + Duration::from_secs(11));
+    let d = drained(&s.drain_effects());
+    assert_eq!(d.len(), 1);
+    assert!(d[0].1.contains("1 objects had no copy"), "{}", d[0].1);
+    s.tick(now + Duration::from_secs(12));
+    assert!(s.drain_effects().is_empty(), "reported once");
+}
+
+#[test]
+fn duplicate_worker_names_are_refused() {
+    let (mut s, _, ws) = setup(0, &[("w1", 1)]);
+    let err = s.add_worker(worker("w1", 4)).unwrap_err();
+    assert!(
+        err.0.contains("\"w1\"") && err.0.contains("already registered"),
+        "{}",
+        err.0
+    );
+    assert!(err.0.contains("http://w1:7100"), "{}", err.0);
+    assert_eq!(s.workers().len(), 1);
+    assert_eq!(s.worker_by_name("w1"), Some(ws[0]));
+    assert!(s
+        .add_worker(WorkerInfo {
+            slots: 0,
+            ..worker("w9", 1)
+        })
+        .is_err());
+}
+
+// ---------------------------------------------------------------------------------- cancel, blocking
+
+#[test]
+fn cancel_fails_queued_tasks_and_stops_running_ones() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let (running, queued, next) = (oid(sess, 1), oid(sess, 2), oid(sess, 3));
+    s.submit(sess, task(running, "f", vec![]));
+    s.submit(sess, task(queued, "f", vec![]));
+    s.submit(sess, task(next, "f", vec![]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], running)]);
+
+    let stranger = s.open_session(None);
+    s.cancel(stranger, queued); // not the owner
+    assert!(s.drain_effects().is_empty());
+
+    s.cancel(sess, queued);
+    let fx = s.drain_effects();
+    assert_error(&fx, sess, queued, Kind::Cancelled, &["cancelled"]);
+    assert!(runs(&fx).is_empty());
+
+    s.cancel(sess, running);
+    let fx = s.drain_effects();
+    assert_eq!(commands(&fx), vec![(ws[0], Command::Cancel(running.0))]);
+    assert_error(&fx, sess, running, Kind::Cancelled, &[]);
+    assert!(
+        runs(&fx).is_empty(),
+        "the slot is busy until the worker stops it"
+    );
+
+    s.task_finished(ws[0], stored(running, 0, 10));
+    let fx = s.drain_effects();
+    assert!(
+        states(&fx, sess).is_empty(),
+        "the late result is dropped: {fx:?}"
+    );
+    assert_eq!(commands(&fx), vec![free(ws[0], running)]);
+    assert_eq!(run_ids(&fx), vec![(ws[0], next)]);
+    assert_eq!(s.snapshot().tasks_failed, 2);
+}
+
+#[test]
+fn blocked_task_lends_its_slot() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let (a, b, c) = (oid(sess, 1), oid(sess, 2), oid(sess, 3));
+    s.submit(sess, task(a, "f", vec![]));
+    s.submit(sess, task(b, "f", vec![]));
+    s.submit(sess, task(c, "f", vec![]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], a)]);
+    s.task_blocked(a, true);
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], b)]);
+    s.task_blocked(a, false);
+    s.task_finished(ws[0], inline(b, 0, b""));
+    assert!(
+        runs(&s.drain_effects()).is_empty(),
+        "the lent slot is back with a"
+    );
+    s.task_finished(ws[0], inline(a, 0, b""));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], c)]);
+}

@@ -1,0 +1,105 @@
+//! Actor handles: a reference to a live actor on some worker whose method calls run one at a
+//! time, in the order each caller made them.
+
+use std::sync::Arc;
+
+use flotilla_core::ObjectId;
+use flotilla_proto::v1::{self as pb, task_spec};
+
+use crate::{
+    client::Runtime,
+    error::{Error, ErrorKind, Result},
+    object_ref::{ArgList, ObjectRef},
+};
+
+/// Options of an actor's creation (`Counter::options().name("c").max_restarts(2)`).
+#[derive(Debug, Clone, Default)]
+pub struct ActorOptions {
+    pub(crate) name: String,
+    pub(crate) max_restarts: i32,
+    pub(crate) detached: bool,
+}
+
+impl ActorOptions {
+    /// A name other drivers can look the actor up by. Named actors outlive their creator's
+    /// handles until the creating session ends, unless also `detached`.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+    /// Restarts after its worker dies (default 0; -1 for unlimited).
+    pub fn max_restarts(mut self, n: i32) -> Self {
+        self.max_restarts = n;
+        self
+    }
+    /// Keep the actor alive after its creator's session ends.
+    pub fn detached(mut self, detached: bool) -> Self {
+        self.detached = detached;
+        self
+    }
+}
+
+/// An untyped handle to an actor; `#[flotilla::actor]` wraps it in a typed handle.
+#[derive(Clone)]
+pub struct ActorHandle {
+    id: ObjectId,
+    class: Arc<str>,
+    rt: Runtime,
+    /// Keeps the actor alive while handles exist (for the creator).
+    _keep: ObjectRef<()>,
+}
+
+impl std::fmt::Debug for ActorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActorHandle({} {})", self.class, self.id)
+    }
+}
+
+impl ActorHandle {
+    /// Creates an actor of a registered class and waits until its constructor ran.
+    pub async fn create(rt: &Runtime, class: &str, signature: &str, args: ArgList, options: &ActorOptions) -> Result<ActorHandle> {
+        let create = pb::ActorCreate {
+            class: class.to_string(),
+            max_restarts: options.max_restarts,
+            name: options.name.clone(),
+            detached: options.detached,
+        };
+        let label = format!("{class}::new");
+        let r: ObjectRef<()> = rt.submit(task_spec::Kind::CreateActor(create), &label, signature, args, None);
+        rt.get(&r).await?;
+        Ok(ActorHandle { id: r.id(), class: class.into(), rt: rt.clone(), _keep: r })
+    }
+
+    /// Finds a named actor; fails when none is alive or it is of another class.
+    pub async fn lookup(rt: &Runtime, name: &str, class: &str) -> Result<ActorHandle> {
+        let found = rt.lookup_actor_id(name).await?;
+        if found.actor == 0 {
+            return Err(Error::Task { kind: ErrorKind::ActorDied, task: name.to_string(), message: found.error });
+        }
+        if found.class != class {
+            return Err(Error::Task {
+                kind: ErrorKind::TypeMismatch,
+                task: name.to_string(),
+                message: format!("actor {name:?} is a {}, not a {class}", found.class),
+            });
+        }
+        let id = ObjectId(found.actor);
+        Ok(ActorHandle { id, class: class.into(), rt: rt.clone(), _keep: rt.borrowed_ref(id) })
+    }
+
+    /// Calls a method; the generated typed handles wrap this.
+    pub fn call<R>(&self, method: &str, signature: &str, args: ArgList) -> ObjectRef<R> {
+        let call = pb::ActorCall { actor: self.id.0, method: method.to_string() };
+        self.rt.submit(task_spec::Kind::ActorCall(call), method, signature, args, None)
+    }
+
+    /// The actor's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// The runtime the handle calls through.
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+}

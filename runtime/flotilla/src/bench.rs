@@ -1,0 +1,274 @@
+//! `flotilla bench`: Ray's microbenchmark workloads against a local cluster of one head and two
+//! worker processes over loopback TCP. Prints one JSON line per workload.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_bytes::ByteBuf;
+
+use crate::{
+    builtins::{byte_sum, estimate_pi, make_bytes, noop, Counter},
+    cluster::wait_for_workers,
+    error::{Error, Result},
+    Runtime, TaskOptions,
+};
+
+/// Head and worker processes, stopped on drop.
+pub struct ProcessCluster {
+    /// The head's address.
+    pub address: String,
+    /// The token.
+    pub token: String,
+    children: Vec<Child>,
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl ProcessCluster {
+    /// Starts `flotilla head` and `workers` `flotilla worker` processes of the program `exe`
+    /// (worker `i` gets the custom resource `w{i}=1`) and waits until all are registered.
+    pub async fn start(exe: &std::path::Path, workers: usize, slots: u32) -> Result<ProcessCluster> {
+        let address = format!("127.0.0.1:{}", free_port()?);
+        let token = format!("{:032x}", rand::random::<u128>());
+        let mut children = Vec::new();
+        children.push(
+            Command::new(exe)
+                .args(["head", "--bind", &address, "--http-bind", &format!("127.0.0.1:{}", free_port()?)])
+                .env("FLOTILLA_TOKEN", &token)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        for i in 0..workers {
+            children.push(
+                Command::new(exe)
+                    .args(["worker", "--head", &address, "--name", &format!("bench-{i}"), "--slots", &slots.to_string()])
+                    .args(["--bind", &format!("127.0.0.1:{}", free_port()?)])
+                    .args(["--http-bind", &format!("127.0.0.1:{}", free_port()?)])
+                    .args(["--resource", &format!("w{i}=1000000")])
+                    .env("FLOTILLA_TOKEN", &token)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            );
+        }
+        let cluster = ProcessCluster { address, token, children };
+        wait_for_workers(&cluster.address, Some(&cluster.token), workers, Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// A driver session.
+    pub async fn connect(&self) -> Result<Runtime> {
+        Runtime::connect(&self.address, Some(&self.token)).await
+    }
+}
+
+struct Figure {
+    workload: &'static str,
+    value: f64,
+    unit: &'static str,
+    target: f64,
+    higher_is_better: bool,
+}
+
+impl Figure {
+    fn print(&self) {
+        let meets = if self.higher_is_better { self.value >= self.target } else { self.value <= self.target };
+        println!(
+            "{}",
+            serde_json::json!({
+                "workload": self.workload,
+                "value": (self.value * 1000.0).round() / 1000.0,
+                "unit": self.unit,
+                "target": self.target,
+                "meets_target": meets,
+            })
+        );
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+const MB100: u64 = 100 * 1000 * 1000;
+
+/// Runs the named workloads (all when `only` is empty).
+pub async fn run(only: &[String], tasks: usize) -> Result<()> {
+    let want = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
+    let exe = std::env::current_exe()?;
+    let slots = crate::worker::available_slots();
+
+    if want("cluster_start") {
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let c = ProcessCluster::start(&exe, 2, slots).await?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            drop(c);
+        }
+        Figure { workload: "cluster_start", value: median(times), unit: "ms", target: 300.0, higher_is_better: false }.print();
+    }
+
+    let cluster = ProcessCluster::start(&exe, 2, slots).await?;
+    let rt = cluster.connect().await?;
+    // Warm up connections and threads.
+    rt.get_all(&(0..200).map(|_| noop.remote(&rt)).collect::<Vec<_>>()).await?;
+
+    if want("single_client_tasks_sync") {
+        let n = (tasks / 10).max(100);
+        let t = Instant::now();
+        for _ in 0..n {
+            noop.remote(&rt).await?;
+        }
+        let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+        Figure { workload: "single_client_tasks_sync", value: us, unit: "us/task", target: 100.0, higher_is_better: false }.print();
+    }
+    if want("single_client_tasks_async") {
+        let t = Instant::now();
+        let refs: Vec<_> = (0..tasks).map(|_| noop.remote(&rt)).collect();
+        rt.get_all(&refs).await?;
+        let rate = tasks as f64 / t.elapsed().as_secs_f64();
+        Figure { workload: "single_client_tasks_async", value: rate, unit: "tasks/s", target: 100_000.0, higher_is_better: true }.print();
+    }
+    if want("multi_client_tasks_async") {
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(cluster.connect().await?);
+        }
+        let t = Instant::now();
+        let mut joins = Vec::new();
+        for c in clients {
+            joins.push(tokio::spawn(async move {
+                let refs: Vec<_> = (0..tasks).map(|_| noop.remote(&c)).collect();
+                c.get_all(&refs).await.map(|_| ())
+            }));
+        }
+        for j in joins {
+            j.await.map_err(|e| Error::Rpc(e.to_string()))??;
+        }
+        let rate = (4 * tasks) as f64 / t.elapsed().as_secs_f64();
+        Figure { workload: "multi_client_tasks_async", value: rate, unit: "tasks/s", target: 100_000.0, higher_is_better: true }.print();
+    }
+    if want("1_1_actor_calls_sync") || want("1_1_actor_calls_async") {
+        let counter = Counter::remote(&rt, 0).await?;
+        counter.increment().await?;
+        if want("1_1_actor_calls_sync") {
+            let n = (tasks / 10).max(100);
+            let t = Instant::now();
+            for _ in 0..n {
+                counter.increment().await?;
+            }
+            let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+            Figure { workload: "1_1_actor_calls_sync", value: us, unit: "us/call", target: 100.0, higher_is_better: false }.print();
+        }
+        if want("1_1_actor_calls_async") {
+            let t = Instant::now();
+            let refs: Vec<_> = (0..tasks).map(|_| counter.increment()).collect();
+            rt.get_all(&refs).await?;
+            let rate = tasks as f64 / t.elapsed().as_secs_f64();
+            Figure { workload: "1_1_actor_calls_async", value: rate, unit: "calls/s", target: 100_000.0, higher_is_better: true }.print();
+        }
+    }
+    if want("n_n_actor_calls_async") {
+        let n = 4;
+        let mut pairs = Vec::new();
+        for _ in 0..n {
+            let c = cluster.connect().await?;
+            let a = Counter::remote(&c, 0).await?;
+            pairs.push((c, a));
+        }
+        let t = Instant::now();
+        let mut joins = Vec::new();
+        for (c, a) in pairs {
+            joins.push(tokio::spawn(async move {
+                let refs: Vec<_> = (0..tasks).map(|_| a.increment()).collect();
+                c.get_all(&refs).await.map(|_| ())
+            }));
+        }
+        for j in joins {
+            j.await.map_err(|e| Error::Rpc(e.to_string()))??;
+        }
+        let rate = (n * tasks) as f64 / t.elapsed().as_secs_f64();
+        Figure { workload: "n_n_actor_calls_async", value: rate, unit: "calls/s", target: 100_000.0, higher_is_better: true }.print();
+    }
+    if want("single_client_put_calls") || want("single_client_get_calls") {
+        let t = Instant::now();
+        let mut refs = Vec::with_capacity(tasks);
+        for i in 0..tasks {
+            refs.push(rt.put(&(i as u64)).await?);
+        }
+        let rate = tasks as f64 / t.elapsed().as_secs_f64();
+        if want("single_client_put_calls") {
+            Figure { workload: "single_client_put_calls", value: rate, unit: "puts/s", target: 100_000.0, higher_is_better: true }.print();
+        }
+        if want("single_client_get_calls") {
+            let t = Instant::now();
+            for r in &refs {
+                rt.get(r).await?;
+            }
+            let rate = tasks as f64 / t.elapsed().as_secs_f64();
+            Figure { workload: "single_client_get_calls", value: rate, unit: "gets/s", target: 100_000.0, higher_is_better: true }.print();
+        }
+    }
+    if want("put_get_100mb") {
+        let value = ByteBuf::from(vec![7u8; MB100 as usize]);
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let r = rt.put(&value).await?;
+            let back: ByteBuf = rt.get(&r).await?;
+            let secs = t.elapsed().as_secs_f64();
+            if back.len() != value.len() {
+                return Err(Error::Rpc("put_get_100mb returned the wrong size".into()));
+            }
+            rates.push(MB100 as f64 / secs / 1e9);
+        }
+        Figure { workload: "put_get_100mb", value: median(rates), unit: "GB/s", target: 8.0, higher_is_better: true }.print();
+    }
+    if want("fetch_100mb_between_workers") {
+        let on = |w: &str| TaskOptions::default().resource(w, 1);
+        let mut rates = Vec::new();
+        for i in 0..3 {
+            let produced = make_bytes.remote_with(&rt, &on("w0"), MB100, i as u8);
+            rt.wait(vec![produced.clone()], 1, None).await?;
+            let t = Instant::now();
+            let (len, sum) = byte_sum.remote_with(&rt, &on("w1"), &produced).await?;
+            let secs = t.elapsed().as_secs_f64();
+            if len != MB100 || sum != MB100 * i as u64 {
+                return Err(Error::Rpc(format!("fetch_100mb_between_workers: wrong result {len} {sum}")));
+            }
+            rates.push(MB100 as f64 / secs / 1e9);
+        }
+        Figure { workload: "fetch_100mb_between_workers", value: median(rates), unit: "GB/s", target: 1.5, higher_is_better: true }.print();
+    }
+    if want("pi_4x1m") {
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let refs: Vec<_> = (0..4).map(|_| estimate_pi.remote(&rt, 1_000_000)).collect();
+            let pi: f64 = rt.get_all(&refs).await?.iter().sum::<f64>() / 4.0;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            if (pi - std::f64::consts::PI).abs() > 0.01 {
+                return Err(Error::Rpc(format!("pi_4x1m estimated {pi}")));
+            }
+        }
+        Figure { workload: "pi_4x1m", value: median(times), unit: "ms", target: 50.0, higher_is_better: false }.print();
+    }
+    rt.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The `flotilla` command: run a head or a worker, start a local cluster of processes, show its
+//! status, drain a worker, and measure the runtime.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use flotilla::{
+    cluster::{self, UpOptions},
+    worker::WorkerConfig,
+};
+
+#[derive(Parser)]
+#[command(name = "flotilla", version, about = "Parallel Rust on a cluster: remote functions, actors and objects")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a head (scheduler, object directory, actor registry, metrics).
+    Head {
+        /// gRPC address to listen on (default FLOTILLA_BIND:7400, or 127.0.0.1:7400).
+        #[arg(long)]
+        bind: Option<String>,
+        /// HTTP address for /metrics, /healthz, /readyz and the dashboard (default port 7401).
+        #[arg(long)]
+        http_bind: Option<String>,
+    },
+    /// Run a worker of the head at ADDR (or FLOTILLA_HEAD).
+    Worker {
+        /// The head's gRPC address.
+        #[arg(long, env = "FLOTILLA_HEAD")]
+        head: String,
+        /// Task slots (default: FLOTILLA_SLOTS, or the CPUs available).
+        #[arg(long)]
+        slots: Option<u32>,
+        /// Unique worker name (default: FLOTILLA_WORKER_NAME, or host-pid).
+        #[arg(long)]
+        name: Option<String>,
+        /// gRPC address for the object service (default FLOTILLA_BIND:7402).
+        #[arg(long, env = "FLOTILLA_BIND")]
+        bind: Option<String>,
+        /// HTTP address for /metrics (default port 7403).
+        #[arg(long, env = "FLOTILLA_WORKER_HTTP_BIND")]
+        http_bind: Option<String>,
+        /// Named custom resources, NAME=AMOUNT, repeatable.
+        #[arg(long = "resource")]
+        resources: Vec<String>,
+    },
+    /// Start a head and N worker processes on this machine and print the address.
+    Up {
+        /// Worker processes.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Slots per worker.
+        #[arg(long)]
+        slots: Option<u32>,
+        /// A program built with the flotilla library to run as the workers (its own functions).
+        #[arg(long)]
+        worker_bin: Option<PathBuf>,
+        /// Head gRPC port (0 picks a free one).
+        #[arg(long, default_value_t = 7400)]
+        port: u16,
+    },
+    /// Stop the processes `flotilla up` started.
+    Down,
+    /// Print workers, slots, queue and objects.
+    Status {
+        /// The head's address (default: FLOTILLA_HEAD, or the cluster `flotilla up` started).
+        #[arg(long, env = "FLOTILLA_HEAD")]
+        head: Option<String>,
+    },
+    /// Drain a worker: no new work, running tasks finish, its objects are copied elsewhere.
+    Drain {
+        /// The worker's name.
+        worker: String,
+        /// The head's address.
+        #[arg(long, env = "FLOTILLA_HEAD")]
+        head: Option<String>,
+        /// Seconds running tasks get to finish.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Measure the runtime against a local cluster of a head and 2 worker processes.
+    Bench {
+        /// Only this workload (repeatable).
+        #[arg(long)]
+        workload: Vec<String>,
+        /// Tasks per task workload.
+        #[arg(long, default_value_t = 10_000)]
+        tasks: usize,
+    },
+}
+
+fn head_and_token(head: Option<String>) -> Result<(String, Option<String>), String> {
+    let state = cluster::read_state();
+    match head {
+        Some(h) => {
+            let token = flotilla::auth::token_from_env()
+                .or_else(|| state.filter(|s| s.address == h).map(|s| s.token));
+            Ok((h, token))
+        }
+        None => state
+            .map(|s| (s.address, Some(s.token)))
+            .ok_or_else(|| "no head address: pass --head, set FLOTILLA_HEAD, or start one with `flotilla up`".to_string()),
+    }
+}
+
+fn main() -> ExitCode {
+    cluster::init_logging();
+    let cli = Cli::parse();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts (it only fails when the OS refuses threads)");
+    let result: Result<(), String> = tokio.block_on(async move {
+        match cli.command {
+            Command::Head { bind, http_bind } => cluster::run_head_from_env(bind, http_bind).await.map_err(|e| e.to_string()),
+            Command::Worker { head, slots, name, bind, http_bind, resources } => {
+                std::env::set_var("FLOTILLA_HEAD", &head);
+                let mut config = WorkerConfig::from_env().map_err(|e| e.to_string())?;
+                if let Some(s) = slots {
+                    config.slots = s;
+                }
+                if let Some(n) = name {
+                    config.name = n;
+                }
+                for r in resources {
+                    let (k, v) = r.split_once('=').ok_or_else(|| format!("--resource {r:?}: expected NAME=AMOUNT"))?;
+                    let v: u64 = v.parse().map_err(|_| format!("--resource {r:?}: {v:?} is not a number"))?;
+                    config.custom.insert(k.to_string(), v);
+                }
+                cluster::run_worker_from_env(config, bind, http_bind).await.map_err(|e| e.to_string())
+            }
+            Command::Up { workers, slots, worker_bin, port } => {
+                let state = cluster::up(UpOptions { workers, slots, worker_bin, port, log_dir: None })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("flotilla cluster up: head {} with {} workers (dashboard http://{})", state.address, workers, state.http);
+                println!("connect a driver with:\n  export FLOTILLA_HEAD={} FLOTILLA_TOKEN={}", state.address, state.token);
+                Ok(())
+            }
+            Command::Down => {
+                let n = cluster::down().map_err(|e| e.to_string())?;
+                println!("stopped {n} processes");
+                Ok(())
+            }
+            Command::Status { head } => {
+                let (head, token) = head_and_token(head)?;
+                let s = cluster::status(&head, token.as_deref()).await.map_err(|e| e.to_string())?;
+                println!("head {head}");
+                println!(
+                    "tasks: {} pending, {} waiting, {} running, {} finished, {} failed, {} retried",
+                    s.tasks_pending, s.tasks_waiting, s.tasks_running, s.tasks_finished, s.tasks_failed, s.tasks_retried
+                );
+                println!("objects: {}   actors alive: {}   drivers: {}   desired workers: {}", s.objects, s.actors_alive, s.drivers, s.desired_workers);
+                println!("{:<20} {:<22} {:<9} {:>10} {:>8} {:>12} {:>12}", "WORKER", "ADDRESS", "STATE", "BUSY/SLOTS", "OBJECTS", "MEMORY", "SPILLED");
+                for w in s.workers {
+                    println!(
+                        "{:<20} {:<22} {:<9} {:>10} {:>8} {:>12} {:>12}",
+                        w.name,
+                        w.address,
+                        w.state,
+                        format!("{}/{}", w.busy_slots, w.slots),
+                        w.objects,
+                        w.memory_bytes,
+                        w.spilled_bytes
+                    );
+                }
+                Ok(())
+            }
+            Command::Drain { worker, head, timeout } => {
+                let (head, token) = head_and_token(head)?;
+                let reply = cluster::drain(&head, token.as_deref(), &worker, Duration::from_secs(timeout))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("{}", reply.message);
+                if reply.drained { Ok(()) } else { Err(format!("{worker} was not drained")) }
+            }
+            Command::Bench { workload, tasks } => flotilla::bench::run(&workload, tasks).await.map_err(|e| e.to_string()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

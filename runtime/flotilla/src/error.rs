@@ -1,0 +1,153 @@
+//! Errors of the runtime. A failed task is a value: [`Error::Task`] carries the kind, the task's
+//! name and the remote message.
+
+use flotilla_proto::v1::{task_error, TaskError};
+
+/// Why a task failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The function returned `Err`.
+    Application,
+    /// The function panicked.
+    Panic,
+    /// No worker has the function or actor class.
+    UnknownFunction,
+    /// Arguments or signature did not match what the worker has.
+    TypeMismatch,
+    /// The worker running it died and no retries were left.
+    WorkerDied,
+    /// Cancelled by the caller or because its driver went away.
+    Cancelled,
+    /// An object it needed was lost and could not be rebuilt.
+    ObjectLost,
+    /// The actor is dead (or died during the call).
+    ActorDied,
+    /// An argument's task failed.
+    DependencyFailed,
+    /// A malformed request.
+    Invalid,
+}
+
+impl ErrorKind {
+    /// The wire form.
+    pub fn to_proto(self) -> task_error::Kind {
+        use task_error::Kind as K;
+        match self {
+            ErrorKind::Application => K::Application,
+            ErrorKind::Panic => K::Panic,
+            ErrorKind::UnknownFunction => K::UnknownFunction,
+            ErrorKind::TypeMismatch => K::TypeMismatch,
+            ErrorKind::WorkerDied => K::WorkerDied,
+            ErrorKind::Cancelled => K::Cancelled,
+            ErrorKind::ObjectLost => K::ObjectLost,
+            ErrorKind::ActorDied => K::ActorDied,
+            ErrorKind::DependencyFailed => K::DependencyFailed,
+            ErrorKind::Invalid => K::Invalid,
+        }
+    }
+
+    /// From the wire form.
+    pub fn from_proto(kind: i32) -> Self {
+        use task_error::Kind as K;
+        match K::try_from(kind).unwrap_or(K::Invalid) {
+            K::Application => ErrorKind::Application,
+            K::Panic => ErrorKind::Panic,
+            K::UnknownFunction => ErrorKind::UnknownFunction,
+            K::TypeMismatch => ErrorKind::TypeMismatch,
+            K::WorkerDied => ErrorKind::WorkerDied,
+            K::Cancelled => ErrorKind::Cancelled,
+            K::ObjectLost => ErrorKind::ObjectLost,
+            K::ActorDied => ErrorKind::ActorDied,
+            K::DependencyFailed => ErrorKind::DependencyFailed,
+            K::Invalid => ErrorKind::Invalid,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            ErrorKind::Application => "error",
+            ErrorKind::Panic => "panic",
+            ErrorKind::UnknownFunction => "unknown function",
+            ErrorKind::TypeMismatch => "type mismatch",
+            ErrorKind::WorkerDied => "worker died",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::ObjectLost => "object lost",
+            ErrorKind::ActorDied => "actor died",
+            ErrorKind::DependencyFailed => "dependency failed",
+            ErrorKind::Invalid => "invalid request",
+        };
+        f.write_str(s)
+    }
+}
+
+/// An error of the runtime.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// A task failed; `message` is the remote message.
+    #[error("task {task} failed ({kind}): {message}")]
+    Task {
+        /// Why.
+        kind: ErrorKind,
+        /// The function, `Class::new` or method name.
+        task: String,
+        /// The remote message.
+        message: String,
+    },
+    /// The head could not be reached.
+    #[error("cannot reach the head at {address}: {message}")]
+    Connect {
+        /// The address tried.
+        address: String,
+        /// Why.
+        message: String,
+    },
+    /// An RPC failed.
+    #[error("{0}")]
+    Rpc(String),
+    /// A value could not be encoded or decoded.
+    #[error("{0}")]
+    Codec(String),
+    /// `wait` or `get` ran out of time.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The runtime was shut down or lost its head.
+    #[error("the runtime is shut down: {0}")]
+    Shutdown(String),
+    /// I/O.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl Error {
+    /// The task error kind, when this is a task failure.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Error::Task { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_task_error(e: &TaskError) -> Self {
+        Error::Task { kind: ErrorKind::from_proto(e.kind), task: e.task.clone(), message: e.message.clone() }
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        Error::Rpc(format!("{}: {}", s.code().description(), s.message()))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e.to_string())
+    }
+}
+
+/// The result of runtime calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
