@@ -21,6 +21,13 @@ use crate::ids::{ObjectId, SessionId, WorkerId};
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 /// How often a task may be requeued because an argument vanished while it was being fetched.
 const MAX_REFETCHES: u32 = 8;
+/// Functions whose runs average less than this are short: workers may queue many of them, so a
+/// round trip to the head never leaves a slot idle.
+const SHORT_TASK_MICROS: f64 = 1000.0;
+/// Tasks per slot a worker may hold of a short function.
+const SHORT_PREFETCH_PER_SLOT: u32 = 32;
+/// How many tasks in a row may fit nowhere before a scheduling pass stops looking.
+const MAX_UNPLACED_SCAN: usize = 64;
 
 /// Something the I/O layer must deliver.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +102,10 @@ impl Worker {
     fn capacity(&self, prefetch: u32) -> u32 {
         self.info.slots + self.lent_slots + prefetch
     }
+
+    fn max_capacity(&self, prefetch: u32) -> u32 {
+        self.capacity(prefetch.max(SHORT_PREFETCH_PER_SLOT * self.info.slots))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +133,8 @@ struct Task {
     slots: u32,
     custom: HashMap<String, u64>,
     name: String,
+    /// Waiting in `get` inside its worker, its slots lent to other tasks.
+    blocked: bool,
 }
 
 impl Task {
@@ -267,8 +280,10 @@ pub struct Scheduler {
     actors: HashMap<ObjectId, Actor>,
     named_actors: HashMap<String, ObjectId>,
     queue: VecDeque<ObjectId>,
-    /// Tasks a worker may hold beyond its slots, so short tasks do not wait for a round trip.
+    /// Tasks a worker may hold beyond its slots when their length is unknown or long.
     prefetch: u32,
+    /// Average run time per function (exponentially weighted), in microseconds.
+    run_micros: HashMap<String, f64>,
     finished: u64,
     failed: u64,
     retried: u64,
@@ -296,6 +311,7 @@ impl Scheduler {
             named_actors: HashMap::new(),
             queue: VecDeque::new(),
             prefetch,
+            run_micros: HashMap::new(),
             finished: 0,
             failed: 0,
             retried: 0,
@@ -872,7 +888,9 @@ impl Scheduler {
             spec.kind,
             Some(task_spec::Kind::Function(_)) | Some(task_spec::Kind::CreateActor(_))
         );
-        let options = spec.options.clone().unwrap_or_default();
+        // No options at all (a plain `.remote()`) means the defaults, retries included: the
+        // proto's zero value of max_retries would otherwise mean "never retry".
+        let options = spec.options.clone().unwrap_or(pb::TaskOptions { max_retries: -1, ..Default::default() });
         let resources = options.resources.unwrap_or_default();
         let name = if options.name.is_empty() { spec_name(&spec) } else { options.name.clone() };
         let retries_left =
@@ -926,6 +944,7 @@ impl Scheduler {
                 slots: if is_actor_call { 0 } else { resources.slots.max(1) },
                 custom: resources.custom,
                 name,
+                blocked: false,
             },
         );
         if let Some(actor) = actor {
@@ -1011,6 +1030,15 @@ impl Scheduler {
             return; // a stale report from an earlier attempt
         }
         let cancelled = matches!(task.state, TaskState::Cancelled { .. });
+        if let Some(task_spec::Kind::Function(f)) = &task.spec.kind {
+            let sample = result.run_micros as f64;
+            match self.run_micros.get_mut(f) {
+                Some(avg) => *avg = 0.8 * *avg + 0.2 * sample,
+                None => {
+                    self.run_micros.insert(f.clone(), sample);
+                }
+            }
+        }
         self.release_slots(worker, id);
         if cancelled {
             if let Some(task_result::Outcome::StoredSize(_)) = result.outcome {
@@ -1039,7 +1067,11 @@ impl Scheduler {
                 }
                 self.requeue(id);
             }
-            Some(task_result::Outcome::Error(err)) => {
+            Some(task_result::Outcome::Error(mut err)) => {
+                // Workers report only kind and message; the caller's error names the task.
+                if err.task.is_empty() {
+                    err.task = task.name.clone();
+                }
                 if task.is_actor_creation() {
                     self.actor_creation_failed(id, err);
                 } else {
@@ -1076,13 +1108,16 @@ impl Scheduler {
     }
 
     fn release_slots(&mut self, worker: WorkerId, id: ObjectId) {
-        let (slots, custom) = match self.tasks.get(&id) {
-            Some(t) => (t.slots, t.custom.clone()),
+        let (slots, custom, blocked) = match self.tasks.get_mut(&id) {
+            Some(t) => (t.slots, t.custom.clone(), std::mem::take(&mut t.blocked)),
             None => return,
         };
         if let Some(w) = self.workers.get_mut(&worker) {
             if w.running.remove(&id) {
                 w.busy_slots = w.busy_slots.saturating_sub(slots);
+                if blocked {
+                    w.lent_slots = w.lent_slots.saturating_sub(slots);
+                }
                 for (k, v) in custom {
                     *w.custom_free.entry(k).or_default() += v;
                 }
@@ -1161,8 +1196,12 @@ impl Scheduler {
 
     /// A task waits in `get` inside a worker: lend its slots to other tasks until it resumes.
     pub fn task_blocked(&mut self, id: ObjectId, blocked: bool) {
-        let Some(task) = self.tasks.get(&id) else { return };
+        let Some(task) = self.tasks.get_mut(&id) else { return };
         let TaskState::Running { worker } = task.state else { return };
+        if task.blocked == blocked {
+            return;
+        }
+        task.blocked = blocked;
         let slots = task.slots;
         if let Some(w) = self.workers.get_mut(&worker) {
             if blocked {
@@ -1183,7 +1222,7 @@ impl Scheduler {
         }
         let mut skipped = VecDeque::new();
         while let Some(id) = self.queue.pop_front() {
-            if !self.has_room_anywhere() {
+            if !self.has_room_anywhere() || skipped.len() >= MAX_UNPLACED_SCAN {
                 self.queue.push_front(id);
                 break;
             }
@@ -1237,7 +1276,7 @@ impl Scheduler {
 
     fn has_room_anywhere(&self) -> bool {
         self.workers.values().any(|w| {
-            w.state == WorkerState::Active && w.busy_slots < w.capacity(self.prefetch)
+            w.state == WorkerState::Active && w.busy_slots < w.max_capacity(self.prefetch)
         })
     }
 
@@ -1247,6 +1286,9 @@ impl Scheduler {
             Some(task_spec::Kind::Function(f)) => Some(f.as_str()),
             _ => None,
         };
+        let short = function
+            .and_then(|f| self.run_micros.get(f))
+            .is_some_and(|avg| *avg < SHORT_TASK_MICROS);
         let class = match &task.spec.kind {
             Some(task_spec::Kind::CreateActor(c)) => Some(c.class.as_str()),
             _ => None,
@@ -1272,8 +1314,13 @@ impl Scheduler {
             {
                 continue;
             }
+            let prefetch = if short {
+                self.prefetch.max(SHORT_PREFETCH_PER_SLOT * w.info.slots)
+            } else {
+                self.prefetch
+            };
             if task.slots > w.info.slots + w.lent_slots
-                || w.busy_slots + task.slots > w.capacity(self.prefetch)
+                || w.busy_slots + task.slots > w.capacity(prefetch)
             {
                 continue;
             }
@@ -1428,6 +1475,11 @@ impl Scheduler {
         a.state = ActorState::Dead;
         a.death = why.clone();
         let class = a.class.clone();
+        let name = std::mem::take(&mut a.name);
+        if self.named_actors.get(&name) == Some(&actor) {
+            self.named_actors.remove(&name);
+        }
+        let a = self.actors.get_mut(&actor).expect("checked above");
         let queued: Vec<ObjectId> = a.queue.drain(..).collect();
         let inflight: Vec<ObjectId> = a.inflight.drain().collect();
         for w in self.workers.values_mut() {

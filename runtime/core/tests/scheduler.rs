@@ -134,6 +134,7 @@ fn inline(id: ObjectId, attempt: u32, v: &[u8]) -> pb::TaskResult {
         task: id.0,
         attempt,
         outcome: Some(task_result::Outcome::InlineValue(Bytes::copy_from_slice(v))),
+        run_micros: LONG_RUN_MICROS,
     }
 }
 
@@ -142,6 +143,7 @@ fn stored(id: ObjectId, attempt: u32, size: u64) -> pb::TaskResult {
         task: id.0,
         attempt,
         outcome: Some(task_result::Outcome::StoredSize(size)),
+        run_micros: LONG_RUN_MICROS,
     }
 }
 
@@ -154,8 +156,12 @@ fn failed(id: ObjectId, attempt: u32, kind: Kind, message: &str) -> pb::TaskResu
             task: String::new(),
             message: message.into(),
         })),
+        run_micros: LONG_RUN_MICROS,
     }
 }
+
+/// A run time long enough that the scheduler keeps the default prefetch.
+const LONG_RUN_MICROS: u64 = 50_000;
 
 // ---------------------------------------------------------------------------------- effects
 
@@ -314,6 +320,35 @@ fn fills_slots_plus_prefetch_then_keeps_queue_order() {
     s.task_finished(ws[0], inline(ids[0], 0, b"zero"));
     assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], ids[4])]);
     assert_eq!(s.snapshot().tasks_finished, 2);
+}
+
+#[test]
+fn short_functions_get_a_deep_pipeline_and_long_ones_do_not() {
+    let (mut s, sess, ws) = setup(1, &[("w1", 2)]);
+    // The first run of "f" is short: from then on a worker may hold 32 per slot of it.
+    let first = oid(sess, 1);
+    s.submit(sess, task(first, "f", vec![]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], first)]);
+    let mut quick = inline(first, 0, b"");
+    quick.run_micros = 20;
+    s.task_finished(ws[0], quick);
+    s.drain_effects();
+    for n in 2..=100 {
+        s.submit(sess, task(oid(sess, n), "f", vec![]));
+    }
+    assert_eq!(run_ids(&s.drain_effects()).len(), 2 + 64, "slots plus 32 per slot of prefetch");
+    // A long function keeps the default prefetch of 1 beyond the slots.
+    let (mut s, sess, ws) = setup(1, &[("w1", 2)]);
+    let first = oid(sess, 1);
+    s.submit(sess, task(first, "g", vec![]));
+    s.drain_effects();
+    s.task_finished(ws[0], inline(first, 0, b""));
+    s.drain_effects();
+    for n in 2..=100 {
+        s.submit(sess, task(oid(sess, n), "g", vec![]));
+    }
+    assert_eq!(run_ids(&s.drain_effects()).len(), 3);
+    assert_eq!(s.snapshot().tasks_pending, 96);
 }
 
 #[test]

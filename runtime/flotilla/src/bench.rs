@@ -62,6 +62,7 @@ impl ProcessCluster {
                     .env("FLOTILLA_TOKEN", &token)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
+                    .stderr(Stdio::null())
                     .spawn()?,
             );
         }

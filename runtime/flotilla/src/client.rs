@@ -342,8 +342,29 @@ impl Runtime {
     async fn value_bytes(&self, id: ObjectId) -> Result<Bytes> {
         match self.resolve(id).await? {
             State::InlineValue(b) => Ok(b),
-            State::Stored(stored) => self.fetch(id, &stored).await,
+            State::Stored(stored) => match self.fetch(id, &stored).await {
+                // The locations we were told may be stale: a drained worker went away after its
+                // objects were copied elsewhere. Ask the head where the object is now, once.
+                Err(e) if e.kind() == Some(ErrorKind::ObjectLost) => {
+                    self.forget_state(id);
+                    match self.resolve(id).await? {
+                        State::InlineValue(b) => Ok(b),
+                        State::Stored(fresh) => self.fetch(id, &fresh).await,
+                        State::Error(e) => Err(Error::from_task_error(&e)),
+                    }
+                }
+                other => other,
+            },
             State::Error(e) => Err(Error::from_task_error(&e)),
+        }
+    }
+
+    /// Drops what this session knows of a ready object and subscribes to its current state.
+    fn forget_state(&self, id: ObjectId) {
+        let mut objects = self.inner.objects.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot @ Slot::Ready(_)) = objects.get_mut(&id) {
+            *slot = Slot::Pending(Vec::new());
+            self.inner.send(driver_op::Op::Subscribe(id.0));
         }
     }
 

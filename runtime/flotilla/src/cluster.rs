@@ -142,10 +142,20 @@ pub async fn run_head_from_env(grpc_bind: Option<String>, http_bind: Option<Stri
     let host = parse_bind("FLOTILLA_BIND", "127.0.0.1")?;
     let grpc_bind = grpc_bind.unwrap_or_else(|| with_port(&host, 7400));
     let http_bind = http_bind.unwrap_or_else(|| with_port(&host, 7401));
+    let config = HeadConfig::from_env();
+    // Refuse before binding, so a head without a token never opens a non-loopback socket even
+    // for a moment (`head::serve` checks again for binds that are names, not addresses).
+    if let Ok(addr) = grpc_bind.parse::<std::net::SocketAddr>() {
+        if !addr.ip().is_loopback() && config.token.is_none() {
+            return Err(Error::Config(format!(
+                "refusing to listen on {addr} without a cluster token: set FLOTILLA_TOKEN (only loopback addresses may run without one)"
+            )));
+        }
+    }
     let grpc = TcpListener::bind(&grpc_bind).await.map_err(|e| Error::Config(format!("cannot listen on {grpc_bind}: {e}")))?;
     let http = TcpListener::bind(&http_bind).await.map_err(|e| Error::Config(format!("cannot listen on {http_bind}: {e}")))?;
     println!("flotilla head listening on {} (http {})", grpc.local_addr()?, http.local_addr()?);
-    head::serve(grpc, Some(http), HeadConfig::from_env(), shutdown_signal()).await
+    head::serve(grpc, Some(http), config, shutdown_signal()).await
 }
 
 fn with_port(host: &str, port: u16) -> String {
@@ -161,6 +171,15 @@ pub async fn run_worker_from_env(config: WorkerConfig, grpc_bind: Option<String>
     let host = parse_bind("FLOTILLA_BIND", "127.0.0.1")?;
     let grpc_bind = grpc_bind.unwrap_or_else(|| with_port(&host, 7402));
     let http_bind = http_bind.unwrap_or_else(|| with_port(&host, 7403));
+    // As for the head: refuse before binding, so no non-loopback socket is opened without a
+    // token (the check after binding below still covers binds that are names).
+    if let Ok(addr) = grpc_bind.parse::<std::net::SocketAddr>() {
+        if !addr.ip().is_loopback() && config.token.is_none() {
+            return Err(Error::Config(format!(
+                "refusing to listen on {addr} without a cluster token: set FLOTILLA_TOKEN"
+            )));
+        }
+    }
     let grpc = TcpListener::bind(&grpc_bind).await.map_err(|e| Error::Config(format!("cannot listen on {grpc_bind}: {e}")))?;
     let http = TcpListener::bind(&http_bind).await.map_err(|e| Error::Config(format!("cannot listen on {http_bind}: {e}")))?;
     if !grpc.local_addr()?.ip().is_loopback() && config.token.is_none() {
@@ -176,6 +195,15 @@ pub async fn run_worker_from_env(config: WorkerConfig, grpc_bind: Option<String>
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// The runtime a head or worker process runs on: I/O on one thread, tasks on blocking threads,
+/// so the hot path has no cross-thread wake-ups.
+pub fn service_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts (it only fails when the OS refuses threads)")
 }
 
 fn build_tokio() -> tokio::runtime::Runtime {
@@ -194,7 +222,7 @@ where
 {
     init_logging();
     let role = std::env::var("FLOTILLA_ROLE").unwrap_or_default();
-    let tokio = build_tokio();
+    let tokio = if role == "worker" || role == "head" { service_runtime() } else { build_tokio() };
     let result = tokio.block_on(async move {
         match role.as_str() {
             "worker" => run_worker_from_env(WorkerConfig::from_env()?, None, None).await,

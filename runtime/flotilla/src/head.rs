@@ -497,7 +497,7 @@ pub async fn serve(
         CheckAuth::new(config.token.clone()),
     );
     tracing::info!(%addr, cluster = %config.cluster, "head listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    let incoming = transport::incoming(grpc);
     let result = transport::server()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)

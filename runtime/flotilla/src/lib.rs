@@ -49,8 +49,13 @@ pub use registry::TaskOptions;
 /// Blocks the current thread on a future; for synchronous remote functions that call into the
 /// runtime (`flotilla::block_on(rt.get(r))`).
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => tokio::task::block_in_place(|| handle.block_on(future)),
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| handle.block_on(future))
+        }
+        // On a worker, plain functions run on blocking threads, where this is allowed.
+        Ok(handle) => handle.block_on(future),
         Err(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

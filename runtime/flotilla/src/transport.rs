@@ -23,6 +23,8 @@ pub const CHUNK_BYTES: usize = 4 << 20;
 const MAX_BATCH: usize = 4096;
 
 const STREAM_WINDOW: u32 = 16 << 20;
+/// Largest HTTP/2 frame we accept: big frames cut per-frame work on large objects.
+const FRAME_BYTES: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// Opens a channel to `address` (`host:port`).
@@ -34,6 +36,7 @@ pub async fn connect(address: &str) -> Result<Channel> {
         .connect_timeout(Duration::from_secs(5))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(FRAME_BYTES)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true)
@@ -48,8 +51,14 @@ pub fn server() -> tonic::transport::Server {
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(FRAME_BYTES)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+}
+
+/// Accepted connections of a listener, with Nagle's algorithm off (small messages go at once).
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// An error and its causes on one line.

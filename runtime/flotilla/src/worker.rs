@@ -205,7 +205,7 @@ pub async fn run(
     let mut stop = stop_rx.clone();
     let server = tokio::spawn(
         transport::server().add_service(service).serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            transport::incoming(listener),
             async move {
                 let _ = stop.changed().await;
             },
@@ -232,7 +232,12 @@ pub async fn run(
                     }
                     Err(SessionError::Refused(msg)) => return Err(Error::Config(msg)),
                     Err(SessionError::Lost(msg)) => {
-                        tracing::warn!("no head at {}: {msg}; retrying in {backoff:?}", shared.config.head);
+                        // A head starting at the same time is normal; say it loudly once it lasts.
+                        if backoff >= Duration::from_millis(800) {
+                            tracing::warn!("no head at {}: {msg}; retrying in {backoff:?}", shared.config.head);
+                        } else {
+                            tracing::debug!("no head at {}: {msg}; retrying in {backoff:?}", shared.config.head);
+                        }
                     }
                 }
                 shared.registered.store(false, Ordering::Relaxed);
@@ -294,7 +299,12 @@ async fn session(shared: Arc<Shared>) -> Result<(), SessionError> {
     let _ = ops_tx.send(pb::WorkerOp { op: Some(worker_op::Op::Register(register)) });
     let outbound = Batches::new(ops_rx).map(|ops| pb::WorkerBatch { ops });
     let mut inbound = head.work(outbound).await.map_err(classify)?.into_inner();
-    let first = inbound.message().await.map_err(classify)?.and_then(|b| b.commands.into_iter().next()).and_then(|c| c.command);
+    let mut commands = inbound.message().await.map_err(classify)?.unwrap_or_default().commands.into_iter();
+    let first = commands.next().and_then(|c| c.command);
+    // Work that waited for a worker can come in the same batch as the confirmation: run it
+    // before what follows, rather than dropping it (its task would never finish).
+    let early = pb::WorkerCommands { commands: commands.collect() };
+    let mut inbound = futures::stream::iter([Ok(early)]).chain(inbound);
     let worker_id = match first {
         Some(worker_command::Command::Registered(r)) => r.worker,
         _ => return Err(SessionError::Lost("the head did not confirm the registration".into())),
@@ -307,18 +317,19 @@ async fn session(shared: Arc<Shared>) -> Result<(), SessionError> {
         .await
         .map_err(|e| SessionError::Lost(e.to_string()))?;
 
-    let mut tasks: HashMap<ObjectId, AbortHandle> = HashMap::new();
+    // Running tasks and the attempt each runs.
+    let mut tasks: HashMap<ObjectId, (AbortHandle, u32)> = HashMap::new();
     let mut actors: HashMap<ObjectId, std::sync::mpsc::Sender<ActorMsg>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ObjectId>();
     let mut stats_timer = tokio::time::interval(Duration::from_millis(500));
     let mut last_stats = pb::StoreStats::default();
     let outcome = loop {
         tokio::select! {
-            message = inbound.message() => {
+            message = inbound.next() => {
                 let batch = match message {
-                    Ok(Some(batch)) => batch,
-                    Ok(None) => break Ok(()),
-                    Err(status) => break Err(SessionError::Lost(status.message().to_string())),
+                    Some(Ok(batch)) => batch,
+                    None => break Ok(()),
+                    Some(Err(status)) => break Err(SessionError::Lost(status.message().to_string())),
                 };
                 for command in batch.commands.into_iter().filter_map(|c| c.command) {
                     match command {
@@ -338,7 +349,7 @@ async fn session(shared: Arc<Shared>) -> Result<(), SessionError> {
                                     let delivered = actors.get(&actor).is_some_and(|tx| tx.send(msg).is_ok());
                                     if !delivered {
                                         let failure = TaskFailure::new(ErrorKind::ActorDied, format!("actor {actor} is not on worker {}", config.name));
-                                        let _ = ops_tx.send(result_op(&shared, task, d.attempt, Err(failure)));
+                                        let _ = ops_tx.send(result_op(&shared, task, d.attempt, Err(failure), Duration::ZERO));
                                     }
                                 }
                                 Some(task_spec::Kind::CreateActor(create)) => {
@@ -346,14 +357,24 @@ async fn session(shared: Arc<Shared>) -> Result<(), SessionError> {
                                     actors.insert(task, tx);
                                 }
                                 _ => {
+                                    let attempt = d.attempt;
                                     let handle = tokio::spawn(run_task(shared.clone(), rt.clone(), d, ops_tx.clone(), done_tx.clone()));
-                                    tasks.insert(task, handle.abort_handle());
+                                    tasks.insert(task, (handle.abort_handle(), attempt));
                                 }
                             }
                         }
                         worker_command::Command::Cancel(t) => {
-                            if let Some(h) = tasks.remove(&ObjectId(t)) {
+                            if let Some((h, attempt)) = tasks.remove(&ObjectId(t)) {
                                 h.abort();
+                                // An aborted task never reports, and the head counts it running
+                                // (its slot busy) until it does: report it cancelled.
+                                let error = pb::TaskError {
+                                    kind: ErrorKind::Cancelled.to_proto() as i32,
+                                    task: String::new(),
+                                    message: "cancelled".into(),
+                                };
+                                let result = pb::TaskResult { task: t, attempt, outcome: Some(task_result::Outcome::Error(error)), run_micros: 0 };
+                                let _ = ops_tx.send(pb::WorkerOp { op: Some(worker_op::Op::Result(result)) });
                             }
                         }
                         worker_command::Command::Free(o) => shared.store.remove(ObjectId(o)),
@@ -392,14 +413,14 @@ async fn session(shared: Arc<Shared>) -> Result<(), SessionError> {
             }
         }
     };
-    for (_, h) in tasks {
+    for (h, _) in tasks.into_values() {
         h.abort();
     }
     rt.shutdown().await;
     outcome
 }
 
-fn result_op(shared: &Shared, task: ObjectId, attempt: u32, output: TaskOutput) -> pb::WorkerOp {
+fn result_op(shared: &Shared, task: ObjectId, attempt: u32, output: TaskOutput, run: Duration) -> pb::WorkerOp {
     let outcome = match output {
         Ok(bytes) if bytes.len() <= INLINE_MAX_BYTES => task_result::Outcome::InlineValue(bytes),
         Ok(bytes) => {
@@ -419,7 +440,14 @@ fn result_op(shared: &Shared, task: ObjectId, attempt: u32, output: TaskOutput) 
         }
     };
     shared.tasks_run.fetch_add(1, Ordering::Relaxed);
-    pb::WorkerOp { op: Some(worker_op::Op::Result(pb::TaskResult { task: task.0, attempt, outcome: Some(outcome) })) }
+    pb::WorkerOp {
+        op: Some(worker_op::Op::Result(pb::TaskResult {
+            task: task.0,
+            attempt,
+            outcome: Some(outcome),
+            run_micros: run.as_micros() as u64,
+        })),
+    }
 }
 
 /// Resolves arguments: inline values as they are, stored ones from this store or a peer (and
@@ -477,6 +505,7 @@ async fn run_task(
     let permits = slots_of(&spec).min(shared.config.slots);
     let Ok(permit) = shared.slots.clone().acquire_many_owned(permits).await else { return };
     shared.running.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
     let output = match resolve_args(&shared, d.args, &ops_tx).await {
         Err(f) => Err(f),
         Ok(args) => {
@@ -491,7 +520,7 @@ async fn run_task(
     };
     drop(permit);
     shared.running.fetch_sub(1, Ordering::Relaxed);
-    let _ = ops_tx.send(result_op(&shared, task, d.attempt, output));
+    let _ = ops_tx.send(result_op(&shared, task, d.attempt, output, started.elapsed()));
     let _ = done_tx.send(task);
 }
 
@@ -562,23 +591,24 @@ fn start_actor(
         })();
         let mut instance = match created {
             Ok(i) => {
-                let _ = ops_tx.send(result_op(&shared, id, d.attempt, codec::encode(&()).map_err(|e| TaskFailure::application(e))));
+                let _ = ops_tx.send(result_op(&shared, id, d.attempt, codec::encode(&()).map_err(TaskFailure::application), Duration::ZERO));
                 i
             }
             Err(f) => {
-                let _ = ops_tx.send(result_op(&shared, id, d.attempt, Err(f)));
+                let _ = ops_tx.send(result_op(&shared, id, d.attempt, Err(f), Duration::ZERO));
                 return;
             }
         };
         while let Ok(ActorMsg::Call { task, attempt, method, signature, args }) = rx.recv() {
             shared.running.fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
             let output = resolve(args).and_then(|args| {
                 let ctx = TaskContext { rt: rt.clone() };
                 std::panic::catch_unwind(AssertUnwindSafe(|| instance.call(&method, &signature, args, ctx)))
                     .unwrap_or_else(|p| Err(TaskFailure::new(ErrorKind::Panic, panic_message(&*p))))
             });
             shared.running.fetch_sub(1, Ordering::Relaxed);
-            let _ = ops_tx.send(result_op(&shared, task, attempt, output));
+            let _ = ops_tx.send(result_op(&shared, task, attempt, output, started.elapsed()));
         }
     });
     if let Err(e) = spawned {

@@ -110,10 +110,15 @@ fn head_and_token(head: Option<String>) -> Result<(String, Option<String>), Stri
 fn main() -> ExitCode {
     cluster::init_logging();
     let cli = Cli::parse();
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("the tokio runtime starts (it only fails when the OS refuses threads)");
+    // Heads and workers do their I/O on one thread (tasks run on blocking threads): no
+    // cross-thread wake-ups on the hot path, and the other cores stay free for tasks.
+    let tokio = match cli.command {
+        Command::Head { .. } | Command::Worker { .. } => cluster::service_runtime(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("the tokio runtime starts (it only fails when the OS refuses threads)"),
+    };
     let result: Result<(), String> = tokio.block_on(async move {
         match cli.command {
             Command::Head { bind, http_bind } => cluster::run_head_from_env(bind, http_bind).await.map_err(|e| e.to_string()),

@@ -389,6 +389,9 @@ pub struct TaskResult {
     pub task: u64,
     #[prost(uint32, tag = "2")]
     pub attempt: u32,
+    /// How long the task ran on the worker, for the scheduler's estimate of task lengths.
+    #[prost(uint64, tag = "6")]
+    pub run_micros: u64,
     #[prost(oneof = "task_result::Outcome", tags = "3, 4, 5")]
     pub outcome: ::core::option::Option<task_result::Outcome>,
 }
