@@ -138,6 +138,22 @@ enum ActorMsg {
     },
 }
 
+/// Counts a running task for the worker's metrics until dropped (also when the task is aborted).
+struct RunningGuard<'a>(&'a AtomicU64);
+
+impl<'a> RunningGuard<'a> {
+    fn new(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        RunningGuard(counter)
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// State shared by a worker's tasks.
 struct Shared {
     config: WorkerConfig,
@@ -504,7 +520,7 @@ async fn run_task(
     let task = ObjectId(spec.task);
     let permits = slots_of(&spec).min(shared.config.slots);
     let Ok(permit) = shared.slots.clone().acquire_many_owned(permits).await else { return };
-    shared.running.fetch_add(1, Ordering::Relaxed);
+    let running = RunningGuard::new(&shared.running);
     let started = std::time::Instant::now();
     let output = match resolve_args(&shared, d.args, &ops_tx).await {
         Err(f) => Err(f),
@@ -519,7 +535,7 @@ async fn run_task(
         }
     };
     drop(permit);
-    shared.running.fetch_sub(1, Ordering::Relaxed);
+    drop(running);
     let _ = ops_tx.send(result_op(&shared, task, d.attempt, output, started.elapsed()));
     let _ = done_tx.send(task);
 }

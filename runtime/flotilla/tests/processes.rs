@@ -205,7 +205,8 @@ async fn worker_killed_mid_task() {
     let values = bounded("the 20 tasks", Duration::from_secs(30), rt.get_all(&refs)).await.expect("every task gives its answer");
     assert_eq!(values, (0..20).collect::<Vec<u64>>());
     let s = c.wait_registered(&["kill-0".to_string()]).await;
-    assert!(s.tasks_retried > 0, "tasks on the killed worker were retried: {s:?}");
+    // At least one task running there, and the object's rebuild, count as retries.
+    assert!(s.tasks_retried >= 2, "tasks on the killed worker were retried: {s:?}");
 
     // Only a worker with w1 can rebuild the object: start one.
     let replacement = c.worker("kill-2", 2, &["w1=1000000".to_string()]);
@@ -380,13 +381,12 @@ async fn bad_input_on_the_head_port() {
     });
     let (garbage, http1) = (garbage.await.unwrap(), http1.await.unwrap());
     for (what, reply) in [("garbage", &garbage), ("HTTP/1.1", &http1)] {
-        eprintln!("DEBUG {what}: {:?}", String::from_utf8_lossy(reply));
-        let text = String::from_utf8_lossy(reply);
-        assert!(!text.contains("200 OK"), "{what} was not served: {text:?}");
-        // Whatever came back is HTTP/2 framing (a SETTINGS/GOAWAY) or an HTTP/1 error status.
+        // All that comes back is the server's HTTP/2 preamble (a SETTINGS frame: type 4 in the
+        // frame header) or a GOAWAY (type 7), then the connection closes: no hang, nothing served.
         assert!(
-            reply.is_empty() || text.starts_with("HTTP/1.1 4") || text.starts_with("HTTP/1.1 5") || reply.len() >= 9,
-            "{what}: unexpected reply {text:?}"
+            reply.is_empty() || (reply.len() >= 9 && matches!(reply[3], 4 | 7)),
+            "{what}: unexpected reply {:?}",
+            String::from_utf8_lossy(reply)
         );
     }
 
