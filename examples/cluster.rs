@@ -17,7 +17,10 @@ use std::collections::BTreeMap;
 #[flotilla::remote]
 fn count_words(line: String) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
-    for word in line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+    for word in line
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
         *counts.entry(word.to_lowercase()).or_insert(0) += 1;
     }
     counts
@@ -42,7 +45,9 @@ struct Tally {
 #[flotilla::actor]
 impl Tally {
     fn new() -> Self {
-        Tally { counts: BTreeMap::new() }
+        Tally {
+            counts: BTreeMap::new(),
+        }
     }
 
     fn add(&mut self, counts: BTreeMap<String, u64>) -> usize {
@@ -73,12 +78,19 @@ async fn main(rt: flotilla::Runtime) -> flotilla::Result<()> {
     workers.sort();
     workers.dedup();
     for (program, pid) in &workers {
-        let place = if *pid == here { "this process (local cluster)" } else { "a worker process" };
+        let place = if *pid == here {
+            "this process (local cluster)"
+        } else {
+            "a worker process"
+        };
         println!("ran on {program} pid {pid}: {place}");
     }
 
     let tally = Tally::remote(&rt).await?;
-    let counted: Vec<_> = TEXT.lines().map(|line| count_words.remote(&rt, line.to_string())).collect();
+    let counted: Vec<_> = TEXT
+        .lines()
+        .map(|line| count_words.remote(&rt, line.to_string()))
+        .collect();
     for counts in counted {
         // Each count is passed on by reference: the actor's worker fetches the value itself.
         tally.add(counts).await?;

@@ -22,6 +22,9 @@ async fn main(rt: flotilla::Runtime) -> flotilla::Result<()> {
     let refs: Vec<_> = (0..4).map(|_| estimate_pi.remote(&rt, 1_000_000)).collect();
     let estimates = rt.get_all(&refs).await?;
     let pi = estimates.iter().sum::<f64>() / estimates.len() as f64;
-    println!("π ≈ {pi:.5} (4 tasks × 1,000,000 samples) in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "π ≈ {pi:.5} (4 tasks × 1,000,000 samples) in {:.1} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
     Ok(())
 }

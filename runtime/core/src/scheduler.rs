@@ -54,6 +54,8 @@ pub struct WorkerInfo {
     pub name: String,
     /// Its gRPC address, for peer-to-peer object fetches.
     pub address: String,
+    /// Its HTTP address, for bulk object transfer (may be empty).
+    pub http_address: String,
     /// The node it runs on.
     pub node: String,
     /// Parallel task slots.
@@ -79,7 +81,9 @@ pub struct RegisterError(pub String);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WorkerState {
     Active,
-    Draining { deadline: Instant },
+    Draining {
+        deadline: Instant,
+    },
     /// Drained: takes no work, waits for its process to go away.
     Drained,
 }
@@ -253,6 +257,8 @@ pub struct WorkerView {
     pub name: String,
     /// Address.
     pub address: String,
+    /// HTTP address.
+    pub http_address: String,
     /// `idle`, `busy` or `draining`.
     pub state: &'static str,
     /// Slots.
@@ -383,7 +389,9 @@ impl Scheduler {
     /// A worker is gone (its connection dropped or it was killed): retry its tasks elsewhere,
     /// rebuild the objects only it held, restart its actors.
     pub fn worker_lost(&mut self, worker: WorkerId) {
-        let Some(w) = self.workers.remove(&worker) else { return };
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
         self.worker_names.remove(&w.info.name);
         let was_draining = matches!(w.state, WorkerState::Draining { .. });
         let mut task_ids: Vec<ObjectId> = w.running.iter().copied().collect();
@@ -400,8 +408,11 @@ impl Scheduler {
         }
 
         // (Creations were restarted or buried above; retrying them too would revive dead actors.)
-        let mut running: Vec<ObjectId> =
-            w.running.into_iter().filter(|t| !creations.contains(t)).collect();
+        let mut running: Vec<ObjectId> = w
+            .running
+            .into_iter()
+            .filter(|t| !creations.contains(t))
+            .collect();
         running.sort();
         for task_id in running {
             self.task_lost(task_id, &w.info.name);
@@ -437,7 +448,9 @@ impl Scheduler {
     }
 
     fn task_lost(&mut self, task_id: ObjectId, worker_name: &str) {
-        let Some(task) = self.tasks.get_mut(&task_id) else { return };
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
         if let TaskState::Cancelled { .. } = task.state {
             self.remove_task(task_id);
             return;
@@ -471,11 +484,16 @@ impl Scheduler {
 
     /// Puts a task back to waiting or pending, depending on its arguments.
     fn requeue(&mut self, task_id: ObjectId) {
-        let Some(task) = self.tasks.get(&task_id) else { return };
+        let Some(task) = self.tasks.get(&task_id) else {
+            return;
+        };
         let deps = task.deps.clone();
         let mut missing = 0;
         for dep in &deps {
-            let obj = self.objects.get_mut(dep).expect("a live task holds its arguments");
+            let obj = self
+                .objects
+                .get_mut(dep)
+                .expect("a live task holds its arguments");
             if matches!(obj.value, ObjectValue::Pending) {
                 missing += 1;
                 if !obj.dependents.contains(&task_id) {
@@ -493,11 +511,16 @@ impl Scheduler {
     }
 
     fn actor_creation_lost(&mut self, actor: ObjectId, worker_name: &str) {
-        self.actor_worker_died(actor, &format!("its worker {worker_name} died while it was being created"));
+        self.actor_worker_died(
+            actor,
+            &format!("its worker {worker_name} died while it was being created"),
+        );
     }
 
     fn object_lost(&mut self, id: ObjectId, worker_name: &str) {
-        let Some(obj) = self.objects.get_mut(&id) else { return };
+        let Some(obj) = self.objects.get_mut(&id) else {
+            return;
+        };
         let rebuildable = obj
             .lineage
             .as_ref()
@@ -596,7 +619,10 @@ impl Scheduler {
                         message: format!("object {id} was put on a worker that is gone"),
                     })
                 } else {
-                    ObjectValue::Stored { size: s.size, locations }
+                    ObjectValue::Stored {
+                        size: s.size,
+                        locations,
+                    }
                 }
             }
         };
@@ -618,7 +644,9 @@ impl Scheduler {
 
     /// The session dropped its last reference to an object it owns.
     pub fn release(&mut self, session: SessionId, id: ObjectId) {
-        let Some(obj) = self.objects.get_mut(&id) else { return };
+        let Some(obj) = self.objects.get_mut(&id) else {
+            return;
+        };
         if obj.owner != session || !obj.owner_holds {
             return;
         }
@@ -646,7 +674,10 @@ impl Scheduler {
                 };
                 self.outbox.push(Effect::ToSession(
                     session,
-                    ObjectState { object: id.0, state: Some(object_state::State::Error(err)) },
+                    ObjectState {
+                        object: id.0,
+                        state: Some(object_state::State::Error(err)),
+                    },
                 ));
             }
         }
@@ -662,7 +693,10 @@ impl Scheduler {
             }
             ObjectValue::Failed(e) => object_state::State::Error(e.clone()),
         };
-        Some(ObjectState { object: id.0, state: Some(state) })
+        Some(ObjectState {
+            object: id.0,
+            state: Some(state),
+        })
     }
 
     fn stored(&self, size: u64, locations: &[WorkerId]) -> pb::StoredObject {
@@ -677,6 +711,7 @@ impl Scheduler {
                         address: worker.info.address.clone(),
                         node: worker.info.node.clone(),
                         shm_path: String::new(),
+                        http_address: worker.info.http_address.clone(),
                     })
                 })
                 .collect(),
@@ -696,13 +731,18 @@ impl Scheduler {
             }
         } else {
             // Freed meanwhile: the copy is garbage.
-            self.outbox.push(Effect::ToWorker(worker, worker_command::Command::Free(id.0)));
+            self.outbox.push(Effect::ToWorker(
+                worker,
+                worker_command::Command::Free(id.0),
+            ));
         }
         self.check_drains();
     }
 
     fn set_object(&mut self, id: ObjectId, value: ObjectValue) {
-        let Some(obj) = self.objects.get_mut(&id) else { return };
+        let Some(obj) = self.objects.get_mut(&id) else {
+            return;
+        };
         obj.value = value;
         let dependents = std::mem::take(&mut obj.dependents);
         let mut subscribers = std::mem::take(&mut obj.subscribers);
@@ -718,7 +758,9 @@ impl Scheduler {
         }
         let failed = matches!(self.objects[&id].value, ObjectValue::Failed(_));
         for t in dependents {
-            let Some(task) = self.tasks.get_mut(&t) else { continue };
+            let Some(task) = self.tasks.get_mut(&t) else {
+                continue;
+            };
             if failed {
                 let name = task.name.clone();
                 let cause = match &state.state {
@@ -746,7 +788,9 @@ impl Scheduler {
     }
 
     fn decref(&mut self, id: ObjectId) {
-        let Some(obj) = self.objects.get_mut(&id) else { return };
+        let Some(obj) = self.objects.get_mut(&id) else {
+            return;
+        };
         obj.refs = obj.refs.saturating_sub(1);
         if obj.refs == 0 && !matches!(obj.value, ObjectValue::Pending) {
             self.free_object(id);
@@ -754,14 +798,21 @@ impl Scheduler {
     }
 
     fn free_object(&mut self, id: ObjectId) {
-        let Some(obj) = self.objects.remove(&id) else { return };
+        let Some(obj) = self.objects.remove(&id) else {
+            return;
+        };
         // The last handle of an actor is gone: the actor goes too, unless it is detached.
-        if self.actors.get(&id).is_some_and(|a| !a.detached && a.state != ActorState::Dead) {
+        if self
+            .actors
+            .get(&id)
+            .is_some_and(|a| !a.detached && a.state != ActorState::Dead)
+        {
             self.kill_actor(id, "every handle to it was dropped");
         }
         if let ObjectValue::Stored { locations, .. } = &obj.value {
             for w in locations {
-                self.outbox.push(Effect::ToWorker(*w, worker_command::Command::Free(id.0)));
+                self.outbox
+                    .push(Effect::ToWorker(*w, worker_command::Command::Free(id.0)));
             }
         }
         // The lineage pinned the producing task's arguments.
@@ -782,7 +833,12 @@ impl Scheduler {
         if self.tasks.contains_key(&id) || self.objects.contains_key(&id) {
             self.outbox.push(Effect::ToSession(
                 session,
-                error_state(id, &spec_name(&spec), ErrorKind::Invalid, "task id already in use".into()),
+                error_state(
+                    id,
+                    &spec_name(&spec),
+                    ErrorKind::Invalid,
+                    "task id already in use".into(),
+                ),
             ));
             return;
         }
@@ -804,7 +860,11 @@ impl Scheduler {
         if let Some(task_spec::Kind::CreateActor(create)) = &spec.kind {
             if !create.name.is_empty() {
                 if let Some(existing) = self.named_actors.get(&create.name) {
-                    if self.actors.get(existing).is_some_and(|a| a.state != ActorState::Dead) {
+                    if self
+                        .actors
+                        .get(existing)
+                        .is_some_and(|a| a.state != ActorState::Dead)
+                    {
                         self.outbox.push(Effect::ToSession(
                             session,
                             error_state(
@@ -871,16 +931,22 @@ impl Scheduler {
         let id = ObjectId(spec.task);
         let deps = distinct_deps(&spec);
         if let Some(dep) = deps.iter().find(|d| !self.objects.contains_key(d)) {
-            let msg = format!("argument object {dep} of {} no longer exists", spec_name(&spec));
+            let msg = format!(
+                "argument object {dep} of {} no longer exists",
+                spec_name(&spec)
+            );
             if let Some(actor) = self.actors.get(&id).filter(|_| !new_object) {
                 let _ = actor;
                 self.actor_dead(id, msg);
             } else {
-                self.set_object(id, ObjectValue::Failed(TaskError {
-                    kind: ErrorKind::ObjectLost as i32,
-                    task: spec_name(&spec),
-                    message: msg,
-                }));
+                self.set_object(
+                    id,
+                    ObjectValue::Failed(TaskError {
+                        kind: ErrorKind::ObjectLost as i32,
+                        task: spec_name(&spec),
+                        message: msg,
+                    }),
+                );
             }
             return;
         }
@@ -890,11 +956,21 @@ impl Scheduler {
         );
         // No options at all (a plain `.remote()`) means the defaults, retries included: the
         // proto's zero value of max_retries would otherwise mean "never retry".
-        let options = spec.options.clone().unwrap_or(pb::TaskOptions { max_retries: -1, ..Default::default() });
+        let options = spec.options.clone().unwrap_or(pb::TaskOptions {
+            max_retries: -1,
+            ..Default::default()
+        });
         let resources = options.resources.unwrap_or_default();
-        let name = if options.name.is_empty() { spec_name(&spec) } else { options.name.clone() };
-        let retries_left =
-            if options.max_retries < 0 { DEFAULT_MAX_RETRIES } else { options.max_retries as u32 };
+        let name = if options.name.is_empty() {
+            spec_name(&spec)
+        } else {
+            options.name.clone()
+        };
+        let retries_left = if options.max_retries < 0 {
+            DEFAULT_MAX_RETRIES
+        } else {
+            options.max_retries as u32
+        };
         if new_object {
             self.objects.insert(
                 id,
@@ -936,12 +1012,20 @@ impl Scheduler {
             Task {
                 spec,
                 owner,
-                state: if missing > 0 { TaskState::Waiting { missing } } else { TaskState::Pending },
+                state: if missing > 0 {
+                    TaskState::Waiting { missing }
+                } else {
+                    TaskState::Pending
+                },
                 attempt: 0,
                 retries_left,
                 refetches: 0,
                 deps,
-                slots: if is_actor_call { 0 } else { resources.slots.max(1) },
+                slots: if is_actor_call {
+                    0
+                } else {
+                    resources.slots.max(1)
+                },
                 custom: resources.custom,
                 name,
                 blocked: false,
@@ -949,7 +1033,11 @@ impl Scheduler {
         );
         if let Some(actor) = actor {
             // Calls keep their order: every call joins the actor's queue, ready or not.
-            self.actors.get_mut(&actor).expect("checked by submit").queue.push_back(id);
+            self.actors
+                .get_mut(&actor)
+                .expect("checked by submit")
+                .queue
+                .push_back(id);
             self.pump_actor(actor);
         } else if missing == 0 {
             self.enqueue_ready(id);
@@ -980,12 +1068,11 @@ impl Scheduler {
         if self.workers.is_empty() {
             return Ok(());
         }
-        let (name, table_of, what): (&str, fn(&WorkerInfo) -> &HashMap<String, String>, &str) =
-            match &spec.kind {
-                Some(task_spec::Kind::Function(f)) => (f, |w| &w.functions, "function"),
-                Some(task_spec::Kind::CreateActor(c)) => (&c.class, |w| &w.classes, "actor class"),
-                _ => return Ok(()),
-            };
+        let (name, table_of, what): (&str, RegistryTable, &str) = match &spec.kind {
+            Some(task_spec::Kind::Function(f)) => (f, |w| &w.functions, "function"),
+            Some(task_spec::Kind::CreateActor(c)) => (&c.class, |w| &w.classes, "actor class"),
+            _ => return Ok(()),
+        };
         let mut programs: Vec<String> = Vec::new();
         let mut signatures: Vec<String> = Vec::new();
         for w in self.workers.values() {
@@ -1021,7 +1108,9 @@ impl Scheduler {
     /// A worker reports a task's outcome.
     pub fn task_finished(&mut self, worker: WorkerId, result: pb::TaskResult) {
         let id = ObjectId(result.task);
-        let Some(task) = self.tasks.get(&id) else { return };
+        let Some(task) = self.tasks.get(&id) else {
+            return;
+        };
         let on_worker = match task.state {
             TaskState::Running { worker: w } | TaskState::Cancelled { worker: w } => w == worker,
             _ => false,
@@ -1042,7 +1131,10 @@ impl Scheduler {
         self.release_slots(worker, id);
         if cancelled {
             if let Some(task_result::Outcome::StoredSize(_)) = result.outcome {
-                self.outbox.push(Effect::ToWorker(worker, worker_command::Command::Free(id.0)));
+                self.outbox.push(Effect::ToWorker(
+                    worker,
+                    worker_command::Command::Free(id.0),
+                ));
             }
             self.remove_task(id);
             self.schedule();
@@ -1082,9 +1174,10 @@ impl Scheduler {
             }
             outcome => {
                 let value = match outcome {
-                    Some(task_result::Outcome::StoredSize(size)) => {
-                        ObjectValue::Stored { size, locations: vec![worker] }
-                    }
+                    Some(task_result::Outcome::StoredSize(size)) => ObjectValue::Stored {
+                        size,
+                        locations: vec![worker],
+                    },
                     Some(task_result::Outcome::InlineValue(b)) => ObjectValue::Inline(b),
                     _ => ObjectValue::Inline(Bytes::new()),
                 };
@@ -1094,7 +1187,10 @@ impl Scheduler {
                 self.finished += 1;
                 self.remove_task(id);
                 self.set_object(id, value);
-                if matches!(self.workers.get(&worker).map(|w| w.state), Some(WorkerState::Draining { .. })) {
+                if matches!(
+                    self.workers.get(&worker).map(|w| w.state),
+                    Some(WorkerState::Draining { .. })
+                ) {
                     // A result made on a draining worker needs a copy elsewhere like the rest.
                     self.copy_sole_objects(worker, Some(id));
                 }
@@ -1127,7 +1223,9 @@ impl Scheduler {
 
     /// Drops a task and the references it held on its arguments.
     fn remove_task(&mut self, id: ObjectId) {
-        let Some(task) = self.tasks.remove(&id) else { return };
+        let Some(task) = self.tasks.remove(&id) else {
+            return;
+        };
         for dep in task.deps {
             if let Some(o) = self.objects.get_mut(&dep) {
                 o.dependents.retain(|d| *d != id);
@@ -1137,8 +1235,14 @@ impl Scheduler {
     }
 
     fn fail_task(&mut self, id: ObjectId, kind: ErrorKind, message: String) {
-        let Some(task) = self.tasks.get(&id) else { return };
-        let err = TaskError { kind: kind as i32, task: task.name.clone(), message };
+        let Some(task) = self.tasks.get(&id) else {
+            return;
+        };
+        let err = TaskError {
+            kind: kind as i32,
+            task: task.name.clone(),
+            message,
+        };
         let (state, creation, actor) = (task.state, task.is_actor_creation(), task.actor());
         if let TaskState::Running { worker } = state {
             self.release_slots(worker, id);
@@ -1168,7 +1272,9 @@ impl Scheduler {
     }
 
     fn cancel_task(&mut self, id: ObjectId, why: &str) {
-        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
         match task.state {
             TaskState::Running { worker } => {
                 task.state = TaskState::Cancelled { worker };
@@ -1182,7 +1288,10 @@ impl Scheduler {
                         a.inflight.remove(&id);
                     }
                 }
-                self.outbox.push(Effect::ToWorker(worker, worker_command::Command::Cancel(id.0)));
+                self.outbox.push(Effect::ToWorker(
+                    worker,
+                    worker_command::Command::Cancel(id.0),
+                ));
                 self.failed += 1;
                 self.set_object(id, ObjectValue::Failed(err));
             }
@@ -1196,8 +1305,12 @@ impl Scheduler {
 
     /// A task waits in `get` inside a worker: lend its slots to other tasks until it resumes.
     pub fn task_blocked(&mut self, id: ObjectId, blocked: bool) {
-        let Some(task) = self.tasks.get_mut(&id) else { return };
-        let TaskState::Running { worker } = task.state else { return };
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let TaskState::Running { worker } = task.state else {
+            return;
+        };
         if task.blocked == blocked {
             return;
         }
@@ -1226,7 +1339,9 @@ impl Scheduler {
                 self.queue.push_front(id);
                 break;
             }
-            let Some(task) = self.tasks.get(&id) else { continue };
+            let Some(task) = self.tasks.get(&id) else {
+                continue;
+            };
             if task.state != TaskState::Pending {
                 continue;
             }
@@ -1251,14 +1366,19 @@ impl Scheduler {
     /// Whether a ready task's arguments are all still there. An argument lost since it became
     /// ready (and being rebuilt) sends the task back to waiting; a failed one fails the task.
     fn args_ready(&mut self, id: ObjectId) -> bool {
-        let Some(task) = self.tasks.get(&id) else { return false };
+        let Some(task) = self.tasks.get(&id) else {
+            return false;
+        };
         let mut pending = false;
         let mut failed = None;
         for dep in &task.deps {
             match self.objects.get(dep).map(|o| &o.value) {
                 Some(ObjectValue::Pending) => pending = true,
                 Some(ObjectValue::Failed(e)) => {
-                    failed = Some(format!("an argument of {} failed: {}", task.name, e.message));
+                    failed = Some(format!(
+                        "an argument of {} failed: {}",
+                        task.name, e.message
+                    ));
                     break;
                 }
                 _ => {}
@@ -1275,9 +1395,9 @@ impl Scheduler {
     }
 
     fn has_room_anywhere(&self) -> bool {
-        self.workers.values().any(|w| {
-            w.state == WorkerState::Active && w.busy_slots < w.max_capacity(self.prefetch)
-        })
+        self.workers
+            .values()
+            .any(|w| w.state == WorkerState::Active && w.busy_slots < w.max_capacity(self.prefetch))
     }
 
     fn pick_worker(&self, id: ObjectId) -> Option<WorkerId> {
@@ -1296,8 +1416,10 @@ impl Scheduler {
         // Bytes of arguments each worker already holds.
         let mut local_bytes: HashMap<WorkerId, u64> = HashMap::new();
         for dep in &task.deps {
-            if let Some(Object { value: ObjectValue::Stored { size, locations }, .. }) =
-                self.objects.get(dep)
+            if let Some(Object {
+                value: ObjectValue::Stored { size, locations },
+                ..
+            }) = self.objects.get(dep)
             {
                 for l in locations {
                     *local_bytes.entry(*l).or_default() += size;
@@ -1324,7 +1446,11 @@ impl Scheduler {
             {
                 continue;
             }
-            if task.custom.iter().any(|(k, v)| w.custom_free.get(k).copied().unwrap_or(0) < *v) {
+            if task
+                .custom
+                .iter()
+                .any(|(k, v)| w.custom_free.get(k).copied().unwrap_or(0) < *v)
+            {
                 continue;
             }
             let free = i64::from(w.info.slots + w.lent_slots) - i64::from(w.busy_slots);
@@ -1350,7 +1476,10 @@ impl Scheduler {
         task.state = TaskState::Running { worker };
         let (slots, custom) = (task.slots, task.custom.clone());
         let attempt = task.attempt;
-        let w = self.workers.get_mut(&worker).expect("dispatch to a live worker");
+        let w = self
+            .workers
+            .get_mut(&worker)
+            .expect("dispatch to a live worker");
         w.running.insert(id);
         w.busy_slots += slots;
         for (k, v) in custom {
@@ -1388,21 +1517,40 @@ impl Scheduler {
                 }),
             })
             .collect();
-        let run = pb::Dispatch { spec: Some(task.spec.clone()), attempt, args, restarts };
-        self.outbox.push(Effect::ToWorker(worker, worker_command::Command::Run(run)));
+        let run = pb::Dispatch {
+            spec: Some(task.spec.clone()),
+            attempt,
+            args,
+            restarts,
+        };
+        self.outbox
+            .push(Effect::ToWorker(worker, worker_command::Command::Run(run)));
     }
 
     // ------------------------------------------------------------------ actors
 
     fn pump_actor(&mut self, actor: ObjectId) {
         loop {
-            let Some(a) = self.actors.get(&actor) else { return };
-            let ActorState::Alive { worker } = a.state else { return };
-            let Some(&front) = a.queue.front() else { return };
-            let ready = self.tasks.get(&front).is_some_and(|t| t.state == TaskState::Pending);
+            let Some(a) = self.actors.get(&actor) else {
+                return;
+            };
+            let ActorState::Alive { worker } = a.state else {
+                return;
+            };
+            let Some(&front) = a.queue.front() else {
+                return;
+            };
+            let ready = self
+                .tasks
+                .get(&front)
+                .is_some_and(|t| t.state == TaskState::Pending);
             if !ready {
                 if !self.tasks.contains_key(&front) {
-                    self.actors.get_mut(&actor).expect("checked").queue.pop_front();
+                    self.actors
+                        .get_mut(&actor)
+                        .expect("checked")
+                        .queue
+                        .pop_front();
                     continue;
                 }
                 return;
@@ -1418,7 +1566,9 @@ impl Scheduler {
     }
 
     fn actor_created(&mut self, actor: ObjectId, worker: WorkerId) {
-        let Some(a) = self.actors.get_mut(&actor) else { return };
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return;
+        };
         a.state = ActorState::Alive { worker };
         if let Some(w) = self.workers.get_mut(&worker) {
             w.actors.insert(actor);
@@ -1430,14 +1580,20 @@ impl Scheduler {
         self.failed += 1;
         self.remove_task(id);
         let msg = format!("its constructor {} failed: {}", err.task, err.message);
-        if self.objects.get(&id).is_some_and(|o| matches!(o.value, ObjectValue::Pending)) {
+        if self
+            .objects
+            .get(&id)
+            .is_some_and(|o| matches!(o.value, ObjectValue::Pending))
+        {
             self.set_object(id, ObjectValue::Failed(err));
         }
         self.actor_dead(id, msg);
     }
 
     fn actor_worker_died(&mut self, actor: ObjectId, why: &str) {
-        let Some(a) = self.actors.get_mut(&actor) else { return };
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return;
+        };
         if a.state == ActorState::Dead {
             return;
         }
@@ -1471,7 +1627,9 @@ impl Scheduler {
     }
 
     fn actor_dead(&mut self, actor: ObjectId, why: String) {
-        let Some(a) = self.actors.get_mut(&actor) else { return };
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return;
+        };
         a.state = ActorState::Dead;
         a.death = why.clone();
         let class = a.class.clone();
@@ -1485,7 +1643,11 @@ impl Scheduler {
         for w in self.workers.values_mut() {
             w.actors.remove(&actor);
         }
-        if self.objects.get(&actor).is_some_and(|o| matches!(o.value, ObjectValue::Pending)) {
+        if self
+            .objects
+            .get(&actor)
+            .is_some_and(|o| matches!(o.value, ObjectValue::Pending))
+        {
             self.set_object(
                 actor,
                 ObjectValue::Failed(TaskError {
@@ -1496,14 +1658,23 @@ impl Scheduler {
             );
         }
         for call in queued.into_iter().chain(inflight) {
-            self.fail_task(call, ErrorKind::ActorDied, format!("actor {actor} ({class}) is dead: {why}"));
+            self.fail_task(
+                call,
+                ErrorKind::ActorDied,
+                format!("actor {actor} ({class}) is dead: {why}"),
+            );
         }
     }
 
     fn kill_actor(&mut self, actor: ObjectId, why: &str) {
-        let Some(a) = self.actors.get(&actor) else { return };
+        let Some(a) = self.actors.get(&actor) else {
+            return;
+        };
         if let ActorState::Alive { worker } = a.state {
-            self.outbox.push(Effect::ToWorker(worker, worker_command::Command::KillActor(actor.0)));
+            self.outbox.push(Effect::ToWorker(
+                worker,
+                worker_command::Command::KillActor(actor.0),
+            ));
         }
         if self.tasks.contains_key(&actor) {
             self.cancel_task(actor, why);
@@ -1519,7 +1690,12 @@ impl Scheduler {
             .and_then(|id| self.actors.get(id).map(|a| (id, a)))
             .filter(|(_, a)| a.state != ActorState::Dead);
         let reply = match found {
-            Some((id, a)) => pb::ActorFound { request, actor: id.0, class: a.class.clone(), error: String::new() },
+            Some((id, a)) => pb::ActorFound {
+                request,
+                actor: id.0,
+                class: a.class.clone(),
+                error: String::new(),
+            },
             None => pb::ActorFound {
                 request,
                 actor: 0,
@@ -1535,7 +1711,9 @@ impl Scheduler {
     /// Starts draining a worker: no new work goes there, its objects are copied elsewhere, its
     /// actors restart elsewhere; `Drained` follows when it is empty or the deadline passed.
     pub fn drain(&mut self, worker: WorkerId, now: Instant, timeout: Duration) {
-        let Some(w) = self.workers.get_mut(&worker) else { return };
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
         match w.state {
             WorkerState::Draining { .. } => return,
             WorkerState::Drained => {
@@ -1545,12 +1723,17 @@ impl Scheduler {
             }
             WorkerState::Active => {}
         }
-        w.state = WorkerState::Draining { deadline: now + timeout };
+        w.state = WorkerState::Draining {
+            deadline: now + timeout,
+        };
         // Prefetched tasks that have not started cannot be told apart here; they finish there.
         let mut actors: Vec<ObjectId> = w.actors.drain().collect();
         actors.sort();
         for actor in actors {
-            self.outbox.push(Effect::ToWorker(worker, worker_command::Command::KillActor(actor.0)));
+            self.outbox.push(Effect::ToWorker(
+                worker,
+                worker_command::Command::KillActor(actor.0),
+            ));
             self.actor_worker_died(actor, "its worker was drained");
         }
         self.copy_sole_objects(worker, None);
@@ -1574,13 +1757,17 @@ impl Scheduler {
             }
             if let ObjectValue::Stored { size, locations } = &obj.value {
                 if locations.as_slice() == [worker] {
-                    copies.push(pb::CopyObject { object: id.0, from: Some(self.stored(*size, locations)) });
+                    copies.push(pb::CopyObject {
+                        object: id.0,
+                        from: Some(self.stored(*size, locations)),
+                    });
                 }
             }
         }
         copies.sort_by_key(|c| c.object);
         for c in copies {
-            self.outbox.push(Effect::ToWorker(target, worker_command::Command::Copy(c)));
+            self.outbox
+                .push(Effect::ToWorker(target, worker_command::Command::Copy(c)));
         }
     }
 
@@ -1601,7 +1788,10 @@ impl Scheduler {
         for id in draining {
             let w = &self.workers[&id];
             if w.running.is_empty() && self.sole_objects(id) == 0 {
-                self.finish_drain(id, "drained: no running tasks, every object it held has a copy elsewhere".into());
+                self.finish_drain(
+                    id,
+                    "drained: no running tasks, every object it held has a copy elsewhere".into(),
+                );
             }
         }
     }
@@ -1620,7 +1810,9 @@ impl Scheduler {
         let mut overdue: Vec<WorkerId> = self
             .workers
             .iter()
-            .filter(|(_, w)| matches!(w.state, WorkerState::Draining { deadline } if deadline <= now))
+            .filter(
+                |(_, w)| matches!(w.state, WorkerState::Draining { deadline } if deadline <= now),
+            )
             .map(|(id, _)| *id)
             .collect();
         overdue.sort();
@@ -1634,7 +1826,8 @@ impl Scheduler {
             let mut running = running;
             running.sort();
             for t in running {
-                self.outbox.push(Effect::ToWorker(id, worker_command::Command::Cancel(t.0)));
+                self.outbox
+                    .push(Effect::ToWorker(id, worker_command::Command::Cancel(t.0)));
                 self.task_lost(t, &name);
             }
             let lost = self.sole_objects(id);
@@ -1673,7 +1866,9 @@ impl Scheduler {
             max_slots = max_slots.max(u64::from(w.info.slots));
             match w.state {
                 WorkerState::Draining { .. } | WorkerState::Drained => s.workers_draining += 1,
-                WorkerState::Active if w.running.is_empty() && w.actors.is_empty() => s.workers_idle += 1,
+                WorkerState::Active if w.running.is_empty() && w.actors.is_empty() => {
+                    s.workers_idle += 1
+                }
                 WorkerState::Active => s.workers_busy += 1,
             }
             s.store_memory_bytes += w.store.memory_bytes;
@@ -1692,7 +1887,11 @@ impl Scheduler {
             .filter(|t| !matches!(t.state, TaskState::Waiting { .. }))
             .map(|t| u64::from(t.slots))
             .sum();
-        let actor_workers = self.actors.values().filter(|a| a.state != ActorState::Dead).count() as u64;
+        let actor_workers = self
+            .actors
+            .values()
+            .filter(|a| a.state != ActorState::Dead)
+            .count() as u64;
         s.desired_workers = demand.div_ceil(max_slots).max(u64::from(actor_workers > 0));
         s
     }
@@ -1706,6 +1905,7 @@ impl Scheduler {
                 id: *id,
                 name: w.info.name.clone(),
                 address: w.info.address.clone(),
+                http_address: w.info.http_address.clone(),
                 state: match w.state {
                     WorkerState::Draining { .. } => "draining",
                     WorkerState::Drained => "drained",
@@ -1714,7 +1914,7 @@ impl Scheduler {
                 },
                 slots: w.info.slots,
                 busy_slots: w.busy_slots.min(w.info.slots),
-                store: w.store.clone(),
+                store: w.store,
                 program: w.info.program.clone(),
                 group: w.info.group.clone(),
             })
@@ -1730,9 +1930,14 @@ impl Scheduler {
 
     /// The worker a session lives in, if any.
     pub fn session_worker(&self, session: SessionId) -> Option<&str> {
-        self.sessions.get(&session).and_then(|s| s.worker.as_deref())
+        self.sessions
+            .get(&session)
+            .and_then(|s| s.worker.as_deref())
     }
 }
+
+/// Picks a registry table (functions or actor classes) out of a worker's description.
+type RegistryTable = fn(&WorkerInfo) -> &HashMap<String, String>;
 
 /// The distinct object arguments of a spec, in first-use order.
 fn distinct_deps(spec: &TaskSpec) -> Vec<ObjectId> {
@@ -1761,6 +1966,10 @@ pub fn spec_name(spec: &TaskSpec) -> String {
 fn error_state(id: ObjectId, task: &str, kind: ErrorKind, message: String) -> ObjectState {
     ObjectState {
         object: id.0,
-        state: Some(object_state::State::Error(TaskError { kind: kind as i32, task: task.into(), message })),
+        state: Some(object_state::State::Error(TaskError {
+            kind: kind as i32,
+            task: task.into(),
+            message,
+        })),
     }
 }

@@ -336,7 +336,11 @@ fn short_functions_get_a_deep_pipeline_and_long_ones_do_not() {
     for n in 2..=100 {
         s.submit(sess, task(oid(sess, n), "f", vec![]));
     }
-    assert_eq!(run_ids(&s.drain_effects()).len(), 2 + 64, "slots plus 32 per slot of prefetch");
+    assert_eq!(
+        run_ids(&s.drain_effects()).len(),
+        2 + 64,
+        "slots plus 32 per slot of prefetch"
+    );
     // A long function keeps the default prefetch of 1 beyond the slots.
     let (mut s, sess, ws) = setup(1, &[("w1", 2)]);
     let first = oid(sess, 1);

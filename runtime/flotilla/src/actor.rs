@@ -57,7 +57,13 @@ impl std::fmt::Debug for ActorHandle {
 
 impl ActorHandle {
     /// Creates an actor of a registered class and waits until its constructor ran.
-    pub async fn create(rt: &Runtime, class: &str, signature: &str, args: ArgList, options: &ActorOptions) -> Result<ActorHandle> {
+    pub async fn create(
+        rt: &Runtime,
+        class: &str,
+        signature: &str,
+        args: ArgList,
+        options: &ActorOptions,
+    ) -> Result<ActorHandle> {
         let create = pb::ActorCreate {
             class: class.to_string(),
             max_restarts: options.max_restarts,
@@ -65,16 +71,31 @@ impl ActorHandle {
             detached: options.detached,
         };
         let label = format!("{class}::new");
-        let r: ObjectRef<()> = rt.submit(task_spec::Kind::CreateActor(create), &label, signature, args, None);
+        let r: ObjectRef<()> = rt.submit(
+            task_spec::Kind::CreateActor(create),
+            &label,
+            signature,
+            args,
+            None,
+        );
         rt.get(&r).await?;
-        Ok(ActorHandle { id: r.id(), class: class.into(), rt: rt.clone(), _keep: r })
+        Ok(ActorHandle {
+            id: r.id(),
+            class: class.into(),
+            rt: rt.clone(),
+            _keep: r,
+        })
     }
 
     /// Finds a named actor; fails when none is alive or it is of another class.
     pub async fn lookup(rt: &Runtime, name: &str, class: &str) -> Result<ActorHandle> {
         let found = rt.lookup_actor_id(name).await?;
         if found.actor == 0 {
-            return Err(Error::Task { kind: ErrorKind::ActorDied, task: name.to_string(), message: found.error });
+            return Err(Error::Task {
+                kind: ErrorKind::ActorDied,
+                task: name.to_string(),
+                message: found.error,
+            });
         }
         if found.class != class {
             return Err(Error::Task {
@@ -84,13 +105,27 @@ impl ActorHandle {
             });
         }
         let id = ObjectId(found.actor);
-        Ok(ActorHandle { id, class: class.into(), rt: rt.clone(), _keep: rt.borrowed_ref(id) })
+        Ok(ActorHandle {
+            id,
+            class: class.into(),
+            rt: rt.clone(),
+            _keep: rt.borrowed_ref(id),
+        })
     }
 
     /// Calls a method; the generated typed handles wrap this.
     pub fn call<R>(&self, method: &str, signature: &str, args: ArgList) -> ObjectRef<R> {
-        let call = pb::ActorCall { actor: self.id.0, method: method.to_string() };
-        self.rt.submit(task_spec::Kind::ActorCall(call), method, signature, args, None)
+        let call = pb::ActorCall {
+            actor: self.id.0,
+            method: method.to_string(),
+        };
+        self.rt.submit(
+            task_spec::Kind::ActorCall(call),
+            method,
+            signature,
+            args,
+            None,
+        )
     }
 
     /// The actor's id.

@@ -16,7 +16,9 @@ pub struct CheckAuth {
 impl CheckAuth {
     /// Accepts requests bearing `token`; with `None` any token is accepted (loopback only).
     pub fn new(token: Option<String>) -> Self {
-        CheckAuth { expected: token.map(|t| format!("Bearer {t}")) }
+        CheckAuth {
+            expected: token.map(|t| format!("Bearer {t}")),
+        }
     }
 }
 
@@ -27,7 +29,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 impl Interceptor for CheckAuth {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let version = request.metadata().get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok());
+        let version = request
+            .metadata()
+            .get(PROTOCOL_HEADER)
+            .and_then(|v| v.to_str().ok());
         match version {
             Some(v) if v == PROTOCOL_VERSION.to_string() => {}
             other => {
@@ -39,7 +44,11 @@ impl Interceptor for CheckAuth {
             }
         }
         if let Some(expected) = &self.expected {
-            let given = request.metadata().get("authorization").map(|v| v.as_bytes()).unwrap_or(b"");
+            let given = request
+                .metadata()
+                .get("authorization")
+                .map(|v| v.as_bytes())
+                .unwrap_or(b"");
             if !same(given, expected.as_bytes()) {
                 return Err(Status::unauthenticated(
                     "missing or wrong cluster token: set FLOTILLA_TOKEN to the cluster's token",
@@ -62,7 +71,10 @@ impl AddAuth {
     pub fn new(token: Option<&str>) -> Self {
         AddAuth {
             bearer: token.and_then(|t| format!("Bearer {t}").parse().ok()),
-            version: PROTOCOL_VERSION.to_string().parse().expect("a number is valid metadata"),
+            version: PROTOCOL_VERSION
+                .to_string()
+                .parse()
+                .expect("a number is valid metadata"),
         }
     }
 }
@@ -80,5 +92,7 @@ impl Interceptor for AddAuth {
 
 /// Reads `FLOTILLA_TOKEN`; empty counts as unset.
 pub fn token_from_env() -> Option<String> {
-    std::env::var("FLOTILLA_TOKEN").ok().filter(|t| !t.is_empty())
+    std::env::var("FLOTILLA_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
 }

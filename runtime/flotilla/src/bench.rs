@@ -6,8 +6,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_bytes::ByteBuf;
-
 use crate::{
     builtins::{byte_sum, estimate_pi, make_bytes, noop, Counter},
     cluster::wait_for_workers,
@@ -34,19 +32,31 @@ impl Drop for ProcessCluster {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl ProcessCluster {
     /// Starts `flotilla head` and `workers` `flotilla worker` processes of the program `exe`
     /// (worker `i` gets the custom resource `w{i}=1`) and waits until all are registered.
-    pub async fn start(exe: &std::path::Path, workers: usize, slots: u32) -> Result<ProcessCluster> {
+    pub async fn start(
+        exe: &std::path::Path,
+        workers: usize,
+        slots: u32,
+    ) -> Result<ProcessCluster> {
         let address = format!("127.0.0.1:{}", free_port()?);
         let token = format!("{:032x}", rand::random::<u128>());
         let mut children = Vec::new();
         children.push(
             Command::new(exe)
-                .args(["head", "--bind", &address, "--http-bind", &format!("127.0.0.1:{}", free_port()?)])
+                .args([
+                    "head",
+                    "--bind",
+                    &address,
+                    "--http-bind",
+                    &format!("127.0.0.1:{}", free_port()?),
+                ])
                 .env("FLOTILLA_TOKEN", &token)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -55,7 +65,15 @@ impl ProcessCluster {
         for i in 0..workers {
             children.push(
                 Command::new(exe)
-                    .args(["worker", "--head", &address, "--name", &format!("bench-{i}"), "--slots", &slots.to_string()])
+                    .args([
+                        "worker",
+                        "--head",
+                        &address,
+                        "--name",
+                        &format!("bench-{i}"),
+                        "--slots",
+                        &slots.to_string(),
+                    ])
                     .args(["--bind", &format!("127.0.0.1:{}", free_port()?)])
                     .args(["--http-bind", &format!("127.0.0.1:{}", free_port()?)])
                     .args(["--resource", &format!("w{i}=1000000")])
@@ -66,8 +84,18 @@ impl ProcessCluster {
                     .spawn()?,
             );
         }
-        let cluster = ProcessCluster { address, token, children };
-        wait_for_workers(&cluster.address, Some(&cluster.token), workers, Duration::from_secs(30)).await?;
+        let cluster = ProcessCluster {
+            address,
+            token,
+            children,
+        };
+        wait_for_workers(
+            &cluster.address,
+            Some(&cluster.token),
+            workers,
+            Duration::from_secs(30),
+        )
+        .await?;
         Ok(cluster)
     }
 
@@ -87,7 +115,11 @@ struct Figure {
 
 impl Figure {
     fn print(&self) {
-        let meets = if self.higher_is_better { self.value >= self.target } else { self.value <= self.target };
+        let meets = if self.higher_is_better {
+            self.value >= self.target
+        } else {
+            self.value <= self.target
+        };
         println!(
             "{}",
             serde_json::json!({
@@ -122,13 +154,21 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
             drop(c);
         }
-        Figure { workload: "cluster_start", value: median(times), unit: "ms", target: 300.0, higher_is_better: false }.print();
+        Figure {
+            workload: "cluster_start",
+            value: median(times),
+            unit: "ms",
+            target: 300.0,
+            higher_is_better: false,
+        }
+        .print();
     }
 
     let cluster = ProcessCluster::start(&exe, 2, slots).await?;
     let rt = cluster.connect().await?;
     // Warm up connections and threads.
-    rt.get_all(&(0..200).map(|_| noop.remote(&rt)).collect::<Vec<_>>()).await?;
+    rt.get_all(&(0..200).map(|_| noop.remote(&rt)).collect::<Vec<_>>())
+        .await?;
 
     if want("single_client_tasks_sync") {
         let n = (tasks / 10).max(100);
@@ -137,14 +177,28 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
             noop.remote(&rt).await?;
         }
         let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-        Figure { workload: "single_client_tasks_sync", value: us, unit: "us/task", target: 100.0, higher_is_better: false }.print();
+        Figure {
+            workload: "single_client_tasks_sync",
+            value: us,
+            unit: "us/task",
+            target: 100.0,
+            higher_is_better: false,
+        }
+        .print();
     }
     if want("single_client_tasks_async") {
         let t = Instant::now();
         let refs: Vec<_> = (0..tasks).map(|_| noop.remote(&rt)).collect();
         rt.get_all(&refs).await?;
         let rate = tasks as f64 / t.elapsed().as_secs_f64();
-        Figure { workload: "single_client_tasks_async", value: rate, unit: "tasks/s", target: 100_000.0, higher_is_better: true }.print();
+        Figure {
+            workload: "single_client_tasks_async",
+            value: rate,
+            unit: "tasks/s",
+            target: 100_000.0,
+            higher_is_better: true,
+        }
+        .print();
     }
     if want("multi_client_tasks_async") {
         let mut clients = Vec::new();
@@ -163,7 +217,14 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
             j.await.map_err(|e| Error::Rpc(e.to_string()))??;
         }
         let rate = (4 * tasks) as f64 / t.elapsed().as_secs_f64();
-        Figure { workload: "multi_client_tasks_async", value: rate, unit: "tasks/s", target: 100_000.0, higher_is_better: true }.print();
+        Figure {
+            workload: "multi_client_tasks_async",
+            value: rate,
+            unit: "tasks/s",
+            target: 100_000.0,
+            higher_is_better: true,
+        }
+        .print();
     }
     if want("1_1_actor_calls_sync") || want("1_1_actor_calls_async") {
         let counter = Counter::remote(&rt, 0).await?;
@@ -175,14 +236,28 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
                 counter.increment().await?;
             }
             let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-            Figure { workload: "1_1_actor_calls_sync", value: us, unit: "us/call", target: 100.0, higher_is_better: false }.print();
+            Figure {
+                workload: "1_1_actor_calls_sync",
+                value: us,
+                unit: "us/call",
+                target: 100.0,
+                higher_is_better: false,
+            }
+            .print();
         }
         if want("1_1_actor_calls_async") {
             let t = Instant::now();
             let refs: Vec<_> = (0..tasks).map(|_| counter.increment()).collect();
             rt.get_all(&refs).await?;
             let rate = tasks as f64 / t.elapsed().as_secs_f64();
-            Figure { workload: "1_1_actor_calls_async", value: rate, unit: "calls/s", target: 100_000.0, higher_is_better: true }.print();
+            Figure {
+                workload: "1_1_actor_calls_async",
+                value: rate,
+                unit: "calls/s",
+                target: 100_000.0,
+                higher_is_better: true,
+            }
+            .print();
         }
     }
     if want("n_n_actor_calls_async") {
@@ -205,7 +280,14 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
             j.await.map_err(|e| Error::Rpc(e.to_string()))??;
         }
         let rate = (n * tasks) as f64 / t.elapsed().as_secs_f64();
-        Figure { workload: "n_n_actor_calls_async", value: rate, unit: "calls/s", target: 100_000.0, higher_is_better: true }.print();
+        Figure {
+            workload: "n_n_actor_calls_async",
+            value: rate,
+            unit: "calls/s",
+            target: 100_000.0,
+            higher_is_better: true,
+        }
+        .print();
     }
     if want("single_client_put_calls") || want("single_client_get_calls") {
         let t = Instant::now();
@@ -215,7 +297,14 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
         }
         let rate = tasks as f64 / t.elapsed().as_secs_f64();
         if want("single_client_put_calls") {
-            Figure { workload: "single_client_put_calls", value: rate, unit: "puts/s", target: 100_000.0, higher_is_better: true }.print();
+            Figure {
+                workload: "single_client_put_calls",
+                value: rate,
+                unit: "puts/s",
+                target: 100_000.0,
+                higher_is_better: true,
+            }
+            .print();
         }
         if want("single_client_get_calls") {
             let t = Instant::now();
@@ -223,23 +312,37 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
                 rt.get(r).await?;
             }
             let rate = tasks as f64 / t.elapsed().as_secs_f64();
-            Figure { workload: "single_client_get_calls", value: rate, unit: "gets/s", target: 100_000.0, higher_is_better: true }.print();
+            Figure {
+                workload: "single_client_get_calls",
+                value: rate,
+                unit: "gets/s",
+                target: 100_000.0,
+                higher_is_better: true,
+            }
+            .print();
         }
     }
     if want("put_get_100mb") {
-        let value = ByteBuf::from(vec![7u8; MB100 as usize]);
+        let value = crate::Blob::from(vec![7u8; MB100 as usize]);
         let mut rates = Vec::new();
         for _ in 0..3 {
             let t = Instant::now();
             let r = rt.put(&value).await?;
-            let back: ByteBuf = rt.get(&r).await?;
+            let back: crate::Blob = rt.get(&r).await?;
             let secs = t.elapsed().as_secs_f64();
             if back.len() != value.len() {
                 return Err(Error::Rpc("put_get_100mb returned the wrong size".into()));
             }
             rates.push(MB100 as f64 / secs / 1e9);
         }
-        Figure { workload: "put_get_100mb", value: median(rates), unit: "GB/s", target: 8.0, higher_is_better: true }.print();
+        Figure {
+            workload: "put_get_100mb",
+            value: median(rates),
+            unit: "GB/s",
+            target: 8.0,
+            higher_is_better: true,
+        }
+        .print();
     }
     if want("fetch_100mb_between_workers") {
         let on = |w: &str| TaskOptions::default().resource(w, 1);
@@ -251,11 +354,20 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
             let (len, sum) = byte_sum.remote_with(&rt, &on("w1"), &produced).await?;
             let secs = t.elapsed().as_secs_f64();
             if len != MB100 || sum != MB100 * i as u64 {
-                return Err(Error::Rpc(format!("fetch_100mb_between_workers: wrong result {len} {sum}")));
+                return Err(Error::Rpc(format!(
+                    "fetch_100mb_between_workers: wrong result {len} {sum}"
+                )));
             }
             rates.push(MB100 as f64 / secs / 1e9);
         }
-        Figure { workload: "fetch_100mb_between_workers", value: median(rates), unit: "GB/s", target: 1.5, higher_is_better: true }.print();
+        Figure {
+            workload: "fetch_100mb_between_workers",
+            value: median(rates),
+            unit: "GB/s",
+            target: 1.5,
+            higher_is_better: true,
+        }
+        .print();
     }
     if want("pi_4x1m") {
         let mut times = Vec::new();
@@ -268,7 +380,14 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
                 return Err(Error::Rpc(format!("pi_4x1m estimated {pi}")));
             }
         }
-        Figure { workload: "pi_4x1m", value: median(times), unit: "ms", target: 50.0, higher_is_better: false }.print();
+        Figure {
+            workload: "pi_4x1m",
+            value: median(times),
+            unit: "ms",
+            target: 50.0,
+            higher_is_better: false,
+        }
+        .print();
     }
     rt.shutdown().await;
     Ok(())

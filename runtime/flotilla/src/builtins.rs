@@ -2,7 +2,8 @@
 //! run on a stock `flotilla` cluster.
 
 use rand::{rngs::SmallRng, Rng, SeedableRng};
-use serde_bytes::ByteBuf;
+
+use crate::Blob;
 
 /// Does nothing; measures the runtime's own overhead per task.
 #[crate::remote]
@@ -10,13 +11,13 @@ pub fn noop() {}
 
 /// A buffer of `len` bytes, each `fill`.
 #[crate::remote]
-pub fn make_bytes(len: u64, fill: u8) -> ByteBuf {
-    ByteBuf::from(vec![fill; len as usize])
+pub fn make_bytes(len: u64, fill: u8) -> Blob {
+    Blob::from(vec![fill; len as usize])
 }
 
 /// The length of a buffer and the sum of its bytes (so every byte is read).
 #[crate::remote]
-pub fn byte_sum(data: ByteBuf) -> (u64, u64) {
+pub fn byte_sum(data: Blob) -> (u64, u64) {
     (data.len() as u64, data.iter().map(|b| u64::from(*b)).sum())
 }
 

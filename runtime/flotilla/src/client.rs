@@ -14,7 +14,8 @@ use bytes::Bytes;
 use flotilla_core::{ObjectId, SessionId};
 use flotilla_proto::{
     v1::{
-        self as pb, driver_event, driver_op, head_client::HeadClient, object_state, put_object, task_spec,
+        self as pb, driver_event, driver_op, head_client::HeadClient, object_state, put_object,
+        task_spec,
     },
     PROTOCOL_VERSION,
 };
@@ -47,6 +48,7 @@ pub(crate) struct LocalStore {
     pub(crate) store: Arc<ObjectStore>,
     pub(crate) worker: u32,
     pub(crate) address: String,
+    pub(crate) http_address: String,
     pub(crate) node: String,
 }
 
@@ -82,7 +84,10 @@ impl ClientInner {
     }
 
     pub(crate) fn release(&self, id: ObjectId, owned: bool) {
-        self.objects.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         if owned {
             self.send(driver_op::Op::Release(id.0));
         }
@@ -113,11 +118,19 @@ impl ClientInner {
                 waiters.clear();
             }
         }
-        self.lookups.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.lookups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     fn shutdown_error(&self) -> Error {
-        Error::Shutdown(self.close_reason.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        Error::Shutdown(
+            self.close_reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -133,7 +146,11 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Runtime(session {} at {})", self.inner.session.0, self.inner.head_address)
+        write!(
+            f,
+            "Runtime(session {} at {})",
+            self.inner.session.0, self.inner.head_address
+        )
     }
 }
 
@@ -141,8 +158,13 @@ impl Runtime {
     /// Connects to `FLOTILLA_HEAD`, or, when it is unset, starts a local cluster in this process
     /// (one worker with `FLOTILLA_SLOTS` slots, default: the CPUs available).
     pub async fn init() -> Result<Runtime> {
-        match std::env::var("FLOTILLA_HEAD").ok().filter(|a| !a.is_empty()) {
-            Some(address) => Runtime::connect(&address, crate::auth::token_from_env().as_deref()).await,
+        match std::env::var("FLOTILLA_HEAD")
+            .ok()
+            .filter(|a| !a.is_empty())
+        {
+            Some(address) => {
+                Runtime::connect(&address, crate::auth::token_from_env().as_deref()).await
+            }
             None => {
                 let cluster = LocalCluster::start(crate::cluster::LocalOptions::from_env()).await?;
                 let rt = Runtime::connect(&cluster.address, cluster.token.as_deref()).await?;
@@ -173,9 +195,13 @@ impl Runtime {
             job: std::env::var("FLOTILLA_JOB").unwrap_or_default(),
             worker_name: worker_name.unwrap_or_default(),
         };
-        let _ = ops_tx.send(pb::DriverOp { op: Some(driver_op::Op::Hello(hello)) });
+        let _ = ops_tx.send(pb::DriverOp {
+            op: Some(driver_op::Op::Hello(hello)),
+        });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let outbound = Batches::new(ops_rx).map(|ops| pb::DriverBatch { ops }).take_until(stop_rx);
+        let outbound = Batches::new(ops_rx)
+            .map(|ops| pb::DriverBatch { ops })
+            .take_until(stop_rx);
         let mut inbound = head
             .drive(outbound)
             .await
@@ -214,9 +240,15 @@ impl Runtime {
                         let Some(inner) = weak.upgrade() else { return };
                         for event in batch.events {
                             match event.event {
-                                Some(driver_event::Event::Object(state)) => inner.resolve_event(state),
+                                Some(driver_event::Event::Object(state)) => {
+                                    inner.resolve_event(state)
+                                }
                                 Some(driver_event::Event::ActorFound(found)) => {
-                                    let tx = inner.lookups.lock().unwrap_or_else(|e| e.into_inner()).remove(&found.request);
+                                    let tx = inner
+                                        .lookups
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .remove(&found.request);
                                     if let Some(tx) = tx {
                                         let _ = tx.send(found);
                                     }
@@ -233,7 +265,10 @@ impl Runtime {
                 inner.close(reason);
             }
         });
-        Ok(Runtime { inner, binding: None })
+        Ok(Runtime {
+            inner,
+            binding: None,
+        })
     }
 
     pub(crate) fn from_parts(inner: Arc<ClientInner>, binding: Option<TaskBinding>) -> Runtime {
@@ -241,7 +276,10 @@ impl Runtime {
     }
 
     pub(crate) fn bound_to(&self, binding: TaskBinding) -> Runtime {
-        Runtime { inner: self.inner.clone(), binding: Some(binding) }
+        Runtime {
+            inner: self.inner.clone(),
+            binding: Some(binding),
+        }
     }
 
     /// The head's address.
@@ -255,19 +293,48 @@ impl Runtime {
     }
 
     fn mint(&self) -> ObjectId {
-        ObjectId::new(self.inner.session, self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1)
+        ObjectId::new(
+            self.inner.session,
+            self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1,
+        )
     }
 
     fn new_ref<T>(&self, id: ObjectId, slot: Slot) -> ObjectRef<T> {
-        self.inner.objects.lock().unwrap_or_else(|e| e.into_inner()).insert(id, slot);
-        ObjectRef::new(Arc::new(RefInner { id, owned: true, client: self.inner.clone() }), self.binding.clone())
+        self.inner
+            .objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, slot);
+        ObjectRef::new(
+            Arc::new(RefInner {
+                id,
+                owned: true,
+                client: self.inner.clone(),
+            }),
+            self.binding.clone(),
+        )
     }
 
     fn failed_ref<T>(&self, id: ObjectId, task: &str, e: &Error) -> ObjectRef<T> {
-        let err = pb::TaskError { kind: ErrorKind::Invalid.to_proto() as i32, task: task.into(), message: e.to_string() };
+        let err = pb::TaskError {
+            kind: ErrorKind::Invalid.to_proto() as i32,
+            task: task.into(),
+            message: e.to_string(),
+        };
         // Not known to the head: nothing to release there.
-        self.inner.objects.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Slot::Ready(State::Error(err)));
-        ObjectRef::new(Arc::new(RefInner { id, owned: false, client: self.inner.clone() }), self.binding.clone())
+        self.inner
+            .objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Slot::Ready(State::Error(err)));
+        ObjectRef::new(
+            Arc::new(RefInner {
+                id,
+                owned: false,
+                client: self.inner.clone(),
+            }),
+            self.binding.clone(),
+        )
     }
 
     /// Submits a task of any kind; used by the generated code.
@@ -299,8 +366,20 @@ impl Runtime {
 
     /// Calls a registered remote function by name; `#[flotilla::remote]` generates typed
     /// wrappers around this.
-    pub fn call_function<T>(&self, name: &str, signature: &str, args: ArgList, options: Option<&TaskOptions>) -> ObjectRef<T> {
-        self.submit(task_spec::Kind::Function(name.to_string()), name, signature, args, options.map(TaskOptions::to_proto))
+    pub fn call_function<T>(
+        &self,
+        name: &str,
+        signature: &str,
+        args: ArgList,
+        options: Option<&TaskOptions>,
+    ) -> ObjectRef<T> {
+        self.submit(
+            task_spec::Kind::Function(name.to_string()),
+            name,
+            signature,
+            args,
+            options.map(TaskOptions::to_proto),
+        )
     }
 
     async fn resolve(&self, id: ObjectId) -> Result<State> {
@@ -378,13 +457,16 @@ impl Runtime {
     }
 
     /// Waits for the value of an object.
-    pub async fn get<T: DeserializeOwned>(&self, r: &ObjectRef<T>) -> Result<T> {
+    pub async fn get<T: DeserializeOwned + 'static>(&self, r: &ObjectRef<T>) -> Result<T> {
         let bytes = self.value_bytes(r.id()).await?;
         codec::decode(&bytes)
     }
 
     /// Waits for the values of many objects, in order.
-    pub async fn get_all<T: DeserializeOwned>(&self, refs: impl IntoIterator<Item = impl std::borrow::Borrow<ObjectRef<T>>>) -> Result<Vec<T>> {
+    pub async fn get_all<T: DeserializeOwned + 'static>(
+        &self,
+        refs: impl IntoIterator<Item = impl std::borrow::Borrow<ObjectRef<T>>>,
+    ) -> Result<Vec<T>> {
         let refs: Vec<_> = refs.into_iter().collect();
         let mut out = Vec::with_capacity(refs.len());
         for r in &refs {
@@ -395,7 +477,12 @@ impl Runtime {
 
     /// Waits until `n` of `refs` are ready (or `timeout` passes); returns (ready, not ready),
     /// each in the order given.
-    pub async fn wait<T>(&self, refs: Vec<ObjectRef<T>>, n: usize, timeout: Option<Duration>) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    pub async fn wait<T>(
+        &self,
+        refs: Vec<ObjectRef<T>>,
+        n: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
         let n = n.min(refs.len());
         let mut pending: futures::stream::FuturesUnordered<_> = refs
             .iter()
@@ -443,7 +530,7 @@ impl Runtime {
 
     /// Stores a value in the cluster and returns a reference to it. Small values travel inline;
     /// large ones go to a worker's store (this worker's, inside a task).
-    pub async fn put<T: Serialize>(&self, value: &T) -> Result<ObjectRef<T>> {
+    pub async fn put<T: Serialize + 'static>(&self, value: &T) -> Result<ObjectRef<T>> {
         let bytes = codec::encode(value)?;
         self.put_bytes(bytes).await
     }
@@ -452,24 +539,46 @@ impl Runtime {
         let id = self.mint();
         if bytes.len() <= INLINE_MAX_BYTES {
             let r = self.new_ref(id, Slot::Ready(State::InlineValue(bytes.clone())));
-            self.inner.send(driver_op::Op::Put(pb::PutObject { object: id.0, value: Some(put_object::Value::InlineValue(bytes)) }));
+            self.inner.send(driver_op::Op::Put(pb::PutObject {
+                object: id.0,
+                value: Some(put_object::Value::InlineValue(bytes)),
+            }));
             return Ok(r);
         }
         let size = bytes.len() as u64;
         let location = match &self.inner.local {
             Some(local) => {
                 local.store.put(id, bytes)?;
-                pb::ObjectLocation { worker: local.worker, address: local.address.clone(), node: local.node.clone(), shm_path: String::new() }
+                pb::ObjectLocation {
+                    worker: local.worker,
+                    address: local.address.clone(),
+                    node: local.node.clone(),
+                    shm_path: String::new(),
+                    http_address: local.http_address.clone(),
+                }
             }
             None => {
                 let target = self.pick_store().await?;
-                self.inner.peers.upload(id, &target.address, bytes).await?;
-                pb::ObjectLocation { worker: target.id, address: target.address, node: String::new(), shm_path: String::new() }
+                let location = pb::ObjectLocation {
+                    worker: target.id,
+                    address: target.address,
+                    node: String::new(),
+                    shm_path: String::new(),
+                    http_address: target.http_address,
+                };
+                self.inner.peers.upload(id, &location, bytes).await?;
+                location
             }
         };
-        let stored = pb::StoredObject { size, locations: vec![location] };
+        let stored = pb::StoredObject {
+            size,
+            locations: vec![location],
+        };
         let r = self.new_ref(id, Slot::Ready(State::Stored(stored.clone())));
-        self.inner.send(driver_op::Op::Put(pb::PutObject { object: id.0, value: Some(put_object::Value::Stored(stored)) }));
+        self.inner.send(driver_op::Op::Put(pb::PutObject {
+            object: id.0,
+            value: Some(put_object::Value::Stored(stored)),
+        }));
         Ok(r)
     }
 
@@ -498,23 +607,48 @@ impl Runtime {
     pub(crate) async fn lookup_actor_id(&self, name: &str) -> Result<pb::ActorFound> {
         let request = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
-        self.inner.lookups.lock().unwrap_or_else(|e| e.into_inner()).insert(request, tx);
-        self.inner.send(driver_op::Op::LookupActor(pb::LookupActor { request, name: name.to_string() }));
+        self.inner
+            .lookups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request, tx);
+        self.inner.send(driver_op::Op::LookupActor(pb::LookupActor {
+            request,
+            name: name.to_string(),
+        }));
         rx.await.map_err(|_| self.inner.shutdown_error())
     }
 
     pub(crate) fn borrowed_ref<T>(&self, id: ObjectId) -> ObjectRef<T> {
-        ObjectRef::new(Arc::new(RefInner { id, owned: false, client: self.inner.clone() }), self.binding.clone())
+        ObjectRef::new(
+            Arc::new(RefInner {
+                id,
+                owned: false,
+                client: self.inner.clone(),
+            }),
+            self.binding.clone(),
+        )
     }
 
     /// Ends the session (the head cancels what is left of its work and frees its objects) and
     /// stops the local cluster, if this runtime started one.
     pub async fn shutdown(&self) {
-        if let Some(stop) = self.inner.stop_tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(stop) = self
+            .inner
+            .stop_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             let _ = stop.send(());
         }
         self.inner.close("the runtime was shut down".into());
-        let cluster = self.inner.cluster.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let cluster = self
+            .inner
+            .cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(cluster) = cluster {
             cluster.stop().await;
         }
@@ -522,5 +656,8 @@ impl Runtime {
 }
 
 fn connect_error(address: &str, s: tonic::Status) -> Error {
-    Error::Connect { address: address.to_string(), message: format!("{}: {}", s.code().description(), s.message()) }
+    Error::Connect {
+        address: address.to_string(),
+        message: format!("{}: {}", s.code().description(), s.message()),
+    }
 }

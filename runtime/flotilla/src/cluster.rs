@@ -1,7 +1,12 @@
 //! Clusters on one machine: the in-process local cluster a driver starts when it has no head
 //! address, the processes `flotilla up` starts, and the role switch behind `#[flotilla::main]`.
 
-use std::{future::Future, path::PathBuf, process::Stdio, time::{Duration, Instant}};
+use std::{
+    future::Future,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, sync::oneshot};
@@ -53,9 +58,14 @@ impl LocalCluster {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
         let (head_stop, stop_rx) = oneshot::channel::<()>();
-        let head = tokio::spawn(head::serve(listener, None, HeadConfig::default(), async move {
-            let _ = stop_rx.await;
-        }));
+        let head = tokio::spawn(head::serve(
+            listener,
+            None,
+            HeadConfig::default(),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
         let mut workers = Vec::new();
         for i in 0..options.workers {
             let mut config = WorkerConfig::new(&address, &format!("local-{i}"));
@@ -63,8 +73,20 @@ impl LocalCluster {
             config.store_bytes = options.store_bytes;
             workers.push(worker::spawn_local(config).await?);
         }
-        let cluster = LocalCluster { address, token: None, head_stop, head, workers };
-        wait_for_workers(&cluster.address, None, options.workers, Duration::from_secs(10)).await?;
+        let cluster = LocalCluster {
+            address,
+            token: None,
+            head_stop,
+            head,
+            workers,
+        };
+        wait_for_workers(
+            &cluster.address,
+            None,
+            options.workers,
+            Duration::from_secs(10),
+        )
+        .await?;
         Ok(cluster)
     }
 
@@ -80,7 +102,12 @@ impl LocalCluster {
 }
 
 /// Waits until `n` workers are registered at the head at `address`.
-pub async fn wait_for_workers(address: &str, token: Option<&str>, n: usize, timeout: Duration) -> Result<()> {
+pub async fn wait_for_workers(
+    address: &str,
+    token: Option<&str>,
+    n: usize,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let last = match status(address, token).await {
@@ -89,7 +116,10 @@ pub async fn wait_for_workers(address: &str, token: Option<&str>, n: usize, time
             Err(e) => e.to_string(),
         };
         if Instant::now() >= deadline {
-            return Err(Error::Connect { address: address.into(), message: format!("cluster not ready after {timeout:?}: {last}") });
+            return Err(Error::Connect {
+                address: address.into(),
+                message: format!("cluster not ready after {timeout:?}: {last}"),
+            });
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -98,15 +128,32 @@ pub async fn wait_for_workers(address: &str, token: Option<&str>, n: usize, time
 /// The head's status over gRPC.
 pub async fn status(address: &str, token: Option<&str>) -> Result<flotilla_proto::v1::StatusReply> {
     let channel = crate::transport::connect(address).await?;
-    let mut client = flotilla_proto::v1::head_client::HeadClient::with_interceptor(channel, crate::auth::AddAuth::new(token));
-    Ok(client.status(flotilla_proto::v1::StatusRequest {}).await?.into_inner())
+    let mut client = flotilla_proto::v1::head_client::HeadClient::with_interceptor(
+        channel,
+        crate::auth::AddAuth::new(token),
+    );
+    Ok(client
+        .status(flotilla_proto::v1::StatusRequest {})
+        .await?
+        .into_inner())
 }
 
 /// Asks the head to drain a worker; answers when it is drained.
-pub async fn drain(address: &str, token: Option<&str>, worker: &str, timeout: Duration) -> Result<flotilla_proto::v1::DrainReply> {
+pub async fn drain(
+    address: &str,
+    token: Option<&str>,
+    worker: &str,
+    timeout: Duration,
+) -> Result<flotilla_proto::v1::DrainReply> {
     let channel = crate::transport::connect(address).await?;
-    let mut client = flotilla_proto::v1::head_client::HeadClient::with_interceptor(channel, crate::auth::AddAuth::new(token));
-    let req = flotilla_proto::v1::DrainRequest { worker: worker.to_string(), timeout_seconds: timeout.as_secs().max(1) as u32 };
+    let mut client = flotilla_proto::v1::head_client::HeadClient::with_interceptor(
+        channel,
+        crate::auth::AddAuth::new(token),
+    );
+    let req = flotilla_proto::v1::DrainRequest {
+        worker: worker.to_string(),
+        timeout_seconds: timeout.as_secs().max(1) as u32,
+    };
     Ok(client.drain(req).await?.into_inner())
 }
 
@@ -115,13 +162,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -134,14 +182,17 @@ pub async fn shutdown_signal() {
 }
 
 fn parse_bind(var: &str, default: &str) -> Result<String> {
-    Ok(std::env::var(var).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string()))
+    Ok(std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string()))
 }
 
 /// Runs a head from the environment (`FLOTILLA_BIND`, ports 7400/7401 unless the bind names one).
 pub async fn run_head_from_env(grpc_bind: Option<String>, http_bind: Option<String>) -> Result<()> {
     let host = parse_bind("FLOTILLA_BIND", "127.0.0.1")?;
     let grpc_bind = grpc_bind.unwrap_or_else(|| with_port(&host, 7400));
-    let http_bind = http_bind.unwrap_or_else(|| with_port(&host, 7401));
+    let http_bind = http_bind.unwrap_or_else(|| format!("{}:7401", host_of(&host)));
     let config = HeadConfig::from_env();
     // Refuse before binding, so a head without a token never opens a non-loopback socket even
     // for a moment (`head::serve` checks again for binds that are names, not addresses).
@@ -152,25 +203,58 @@ pub async fn run_head_from_env(grpc_bind: Option<String>, http_bind: Option<Stri
             )));
         }
     }
-    let grpc = TcpListener::bind(&grpc_bind).await.map_err(|e| Error::Config(format!("cannot listen on {grpc_bind}: {e}")))?;
-    let http = TcpListener::bind(&http_bind).await.map_err(|e| Error::Config(format!("cannot listen on {http_bind}: {e}")))?;
-    println!("flotilla head listening on {} (http {})", grpc.local_addr()?, http.local_addr()?);
+    let grpc = TcpListener::bind(&grpc_bind)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {grpc_bind}: {e}")))?;
+    let http = TcpListener::bind(&http_bind)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {http_bind}: {e}")))?;
+    println!(
+        "flotilla head listening on {} (http {})",
+        grpc.local_addr()?,
+        http.local_addr()?
+    );
     head::serve(grpc, Some(http), config, shutdown_signal()).await
 }
 
+/// The host part of `host` or `host:port` (IPv6 in brackets).
+fn host_of(bind: &str) -> &str {
+    match bind.rsplit_once(':') {
+        Some((h, port))
+            if port.parse::<u16>().is_ok() && (!h.contains(':') || h.ends_with(']')) =>
+        {
+            h
+        }
+        _ => bind,
+    }
+}
+
+/// `host` with `port`, unless it names a port already.
 fn with_port(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
+    if host_of(host) != host {
         host.to_string()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
     }
 }
 
 /// Runs a worker from the environment (`FLOTILLA_BIND`, ports 7402/7403 unless the bind names one).
-pub async fn run_worker_from_env(config: WorkerConfig, grpc_bind: Option<String>, http_bind: Option<String>) -> Result<()> {
+pub async fn run_worker_from_env(
+    config: WorkerConfig,
+    grpc_bind: Option<String>,
+    http_bind: Option<String>,
+) -> Result<()> {
     let host = parse_bind("FLOTILLA_BIND", "127.0.0.1")?;
     let grpc_bind = grpc_bind.unwrap_or_else(|| with_port(&host, 7402));
-    let http_bind = http_bind.unwrap_or_else(|| with_port(&host, 7403));
+    let http_bind = http_bind
+        .or_else(|| {
+            std::env::var("FLOTILLA_WORKER_HTTP_BIND")
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
+        .unwrap_or_else(|| format!("{}:7403", host_of(&host)));
     // As for the head: refuse before binding, so no non-loopback socket is opened without a
     // token (the check after binding below still covers binds that are names).
     if let Ok(addr) = grpc_bind.parse::<std::net::SocketAddr>() {
@@ -180,8 +264,12 @@ pub async fn run_worker_from_env(config: WorkerConfig, grpc_bind: Option<String>
             )));
         }
     }
-    let grpc = TcpListener::bind(&grpc_bind).await.map_err(|e| Error::Config(format!("cannot listen on {grpc_bind}: {e}")))?;
-    let http = TcpListener::bind(&http_bind).await.map_err(|e| Error::Config(format!("cannot listen on {http_bind}: {e}")))?;
+    let grpc = TcpListener::bind(&grpc_bind)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {grpc_bind}: {e}")))?;
+    let http = TcpListener::bind(&http_bind)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {http_bind}: {e}")))?;
     if !grpc.local_addr()?.ip().is_loopback() && config.token.is_none() {
         return Err(Error::Config(format!(
             "refusing to listen on {} without a cluster token: set FLOTILLA_TOKEN",
@@ -191,10 +279,31 @@ pub async fn run_worker_from_env(config: WorkerConfig, grpc_bind: Option<String>
     worker::run(config, grpc, Some(http), shutdown_signal()).await
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses_take_default_ports_and_keep_given_ones() {
+        assert_eq!(with_port("10.0.0.7", 7402), "10.0.0.7:7402");
+        assert_eq!(with_port("127.0.0.1:9000", 7402), "127.0.0.1:9000");
+        assert_eq!(host_of("127.0.0.1:9000"), "127.0.0.1");
+        assert_eq!(host_of("10.0.0.7"), "10.0.0.7");
+        assert_eq!(host_of("[::1]:7400"), "[::1]");
+        assert_eq!(host_of("::1"), "::1");
+        assert_eq!(with_port("::1", 7400), "[::1]:7400");
+        assert_eq!(with_port("[::1]:7400", 7402), "[::1]:7400");
+    }
+}
+
 /// Initialises logging from `RUST_LOG` (default: warnings).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// The runtime a head or worker process runs on: I/O on one thread, tasks on blocking threads,
@@ -222,7 +331,11 @@ where
 {
     init_logging();
     let role = std::env::var("FLOTILLA_ROLE").unwrap_or_default();
-    let tokio = if role == "worker" || role == "head" { service_runtime() } else { build_tokio() };
+    let tokio = if role == "worker" || role == "head" {
+        service_runtime()
+    } else {
+        build_tokio()
+    };
     let result = tokio.block_on(async move {
         match role.as_str() {
             "worker" => run_worker_from_env(WorkerConfig::from_env()?, None, None).await,
@@ -233,7 +346,9 @@ where
                 rt.shutdown().await;
                 result
             }
-            other => Err(Error::Config(format!("FLOTILLA_ROLE={other:?}: expected head, worker or driver"))),
+            other => Err(Error::Config(format!(
+                "FLOTILLA_ROLE={other:?}: expected head, worker or driver"
+            ))),
         }
     });
     match result {
@@ -278,7 +393,9 @@ pub fn read_state() -> Option<UpState> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Options of `flotilla up`.
@@ -300,14 +417,25 @@ pub struct UpOptions {
 /// records them for `status` and `down`.
 pub async fn up(options: UpOptions) -> Result<UpState> {
     let exe = std::env::current_exe()?;
-    let port = if options.port == 0 { free_port()? } else { options.port };
+    let port = if options.port == 0 {
+        free_port()?
+    } else {
+        options.port
+    };
     let http_port = free_port()?;
     let address = format!("127.0.0.1:{port}");
     let http = format!("127.0.0.1:{http_port}");
     let token = format!("{:032x}", rand::random::<u128>());
-    let log_dir = options.log_dir.clone().unwrap_or_else(|| state_path().with_file_name("logs"));
+    let log_dir = options
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| state_path().with_file_name("logs"));
     std::fs::create_dir_all(&log_dir)?;
-    let log = |name: &str| -> Result<Stdio> { Ok(Stdio::from(std::fs::File::create(log_dir.join(format!("{name}.log")))?)) };
+    let log = |name: &str| -> Result<Stdio> {
+        Ok(Stdio::from(std::fs::File::create(
+            log_dir.join(format!("{name}.log")),
+        )?))
+    };
     let mut pids = Vec::new();
     let head = std::process::Command::new(&exe)
         .args(["head", "--bind", &address, "--http-bind", &http])
@@ -331,26 +459,52 @@ pub async fn up(options: UpOptions) -> Result<UpState> {
             .env("FLOTILLA_TOKEN", &token)
             .env("FLOTILLA_WORKER_NAME", &name)
             .env("FLOTILLA_BIND", format!("127.0.0.1:{}", free_port()?))
-            .env("FLOTILLA_WORKER_HTTP_BIND", format!("127.0.0.1:{}", free_port()?))
+            .env(
+                "FLOTILLA_WORKER_HTTP_BIND",
+                format!("127.0.0.1:{}", free_port()?),
+            )
             .stdin(Stdio::null())
             .stdout(log(&name)?)
             .stderr(log(&format!("{name}.err"))?);
         if let Some(s) = options.slots {
             cmd.env("FLOTILLA_SLOTS", s.to_string());
         }
-        let child = cmd.spawn().map_err(|e| Error::Config(format!("cannot start worker {} ({}): {e}", name, worker_bin.display())))?;
+        let child = cmd.spawn().map_err(|e| {
+            Error::Config(format!(
+                "cannot start worker {} ({}): {e}",
+                name,
+                worker_bin.display()
+            ))
+        })?;
         pids.push(child.id());
         workers.push(name);
     }
-    let state = UpState { address: address.clone(), http, token: token.clone(), pids, workers };
-    std::fs::write(state_path(), serde_json::to_vec_pretty(&state).map_err(|e| Error::Io(e.to_string()))?)?;
-    wait_for_workers(&address, Some(&token), options.workers, Duration::from_secs(30)).await?;
+    let state = UpState {
+        address: address.clone(),
+        http,
+        token: token.clone(),
+        pids,
+        workers,
+    };
+    std::fs::write(
+        state_path(),
+        serde_json::to_vec_pretty(&state).map_err(|e| Error::Io(e.to_string()))?,
+    )?;
+    wait_for_workers(
+        &address,
+        Some(&token),
+        options.workers,
+        Duration::from_secs(30),
+    )
+    .await?;
     Ok(state)
 }
 
 /// Stops what `flotilla up` started.
 pub fn down() -> Result<usize> {
-    let Some(state) = read_state() else { return Ok(0) };
+    let Some(state) = read_state() else {
+        return Ok(0);
+    };
     let mut stopped = 0;
     for pid in state.pids.iter().rev() {
         if kill(*pid, "-TERM") {

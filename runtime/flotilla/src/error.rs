@@ -133,7 +133,11 @@ impl Error {
     }
 
     pub(crate) fn from_task_error(e: &TaskError) -> Self {
-        Error::Task { kind: ErrorKind::from_proto(e.kind), task: e.task.clone(), message: e.message.clone() }
+        Error::Task {
+            kind: ErrorKind::from_proto(e.kind),
+            task: e.task.clone(),
+            message: e.message.clone(),
+        }
     }
 }
 

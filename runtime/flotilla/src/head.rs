@@ -15,8 +15,7 @@ use std::{
 use flotilla_core::{Effect, Scheduler, SessionId, Snapshot, WorkerId, WorkerInfo, WorkerView};
 use flotilla_proto::{
     v1::{
-        self as pb,
-        driver_event, driver_op,
+        self as pb, driver_event, driver_op,
         head_server::{Head, HeadServer},
         worker_command, worker_op,
     },
@@ -51,14 +50,24 @@ pub struct HeadConfig {
 
 impl Default for HeadConfig {
     fn default() -> Self {
-        HeadConfig { token: None, cluster: "local".into(), namespace: "default".into(), prefetch: 2 }
+        HeadConfig {
+            token: None,
+            cluster: "local".into(),
+            namespace: "default".into(),
+            prefetch: 2,
+        }
     }
 }
 
 impl HeadConfig {
     /// From `FLOTILLA_TOKEN`, `FLOTILLA_CLUSTER`, `FLOTILLA_NAMESPACE`, `FLOTILLA_PREFETCH`.
     pub fn from_env() -> Self {
-        let env = |k: &str, d: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| d.into());
+        let env = |k: &str, d: &str| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| d.into())
+        };
         HeadConfig {
             token: crate::auth::token_from_env(),
             cluster: env("FLOTILLA_CLUSTER", "local"),
@@ -73,7 +82,7 @@ pub type StatusView = (Snapshot, Vec<WorkerView>);
 
 pub(crate) enum HeadEvent {
     RegisterWorker {
-        info: WorkerInfo,
+        info: Box<WorkerInfo>,
         commands_tx: mpsc::UnboundedSender<pb::WorkerCommand>,
         reply: oneshot::Sender<Result<WorkerId, String>>,
     },
@@ -87,7 +96,11 @@ pub(crate) enum HeadEvent {
     DriverOps(SessionId, Vec<pb::DriverOp>),
     SessionGone(SessionId),
     Status(oneshot::Sender<StatusView>),
-    Drain { worker: String, timeout: Duration, reply: oneshot::Sender<pb::DrainReply> },
+    Drain {
+        worker: String,
+        timeout: Duration,
+        reply: oneshot::Sender<pb::DrainReply>,
+    },
     Tick,
 }
 
@@ -103,7 +116,9 @@ impl HeadHandle {
     /// The scheduler's counters and workers.
     pub async fn status(&self) -> Result<StatusView> {
         let (reply, rx) = oneshot::channel();
-        self.events_tx.send(HeadEvent::Status(reply)).map_err(|_| Error::Shutdown("head stopped".into()))?;
+        self.events_tx
+            .send(HeadEvent::Status(reply))
+            .map_err(|_| Error::Shutdown("head stopped".into()))?;
         rx.await.map_err(|_| Error::Shutdown("head stopped".into()))
     }
 }
@@ -121,9 +136,13 @@ impl Core {
     fn handle(&mut self, event: HeadEvent) {
         let s = &mut self.scheduler;
         match event {
-            HeadEvent::RegisterWorker { info, commands_tx, reply } => {
+            HeadEvent::RegisterWorker {
+                info,
+                commands_tx,
+                reply,
+            } => {
                 let name = info.name.clone();
-                match s.add_worker(info) {
+                match s.add_worker(*info) {
                     Ok(id) => {
                         let _ = commands_tx.send(pb::WorkerCommand {
                             command: Some(worker_command::Command::Registered(pb::Registered {
@@ -146,9 +165,13 @@ impl Core {
                 for op in ops {
                     match op.op {
                         Some(worker_op::Op::Result(r)) => s.task_finished(worker, r),
-                        Some(worker_op::Op::StoredCopy(o)) => s.stored_copy(worker, flotilla_core::ObjectId(o)),
+                        Some(worker_op::Op::StoredCopy(o)) => {
+                            s.stored_copy(worker, flotilla_core::ObjectId(o))
+                        }
                         Some(worker_op::Op::Store(stats)) => s.store_stats(worker, stats),
-                        Some(worker_op::Op::Heartbeat(_)) | Some(worker_op::Op::Register(_)) | None => {}
+                        Some(worker_op::Op::Heartbeat(_))
+                        | Some(worker_op::Op::Register(_))
+                        | None => {}
                     }
                 }
             }
@@ -158,7 +181,11 @@ impl Core {
                     s.worker_lost(worker);
                 }
             }
-            HeadEvent::OpenSession { worker, events_tx, reply } => {
+            HeadEvent::OpenSession {
+                worker,
+                events_tx,
+                reply,
+            } => {
                 let id = s.open_session(worker);
                 let _ = events_tx.send(pb::DriverEvent {
                     event: Some(driver_event::Event::Session(pb::SessionInfo {
@@ -179,12 +206,24 @@ impl Core {
                                 s.put(session, flotilla_core::ObjectId(p.object), v)
                             }
                         }
-                        Some(driver_op::Op::Release(o)) => s.release(session, flotilla_core::ObjectId(o)),
-                        Some(driver_op::Op::Subscribe(o)) => s.subscribe(session, flotilla_core::ObjectId(o)),
-                        Some(driver_op::Op::Cancel(o)) => s.cancel(session, flotilla_core::ObjectId(o)),
-                        Some(driver_op::Op::LookupActor(l)) => s.lookup_actor(session, l.request, &l.name),
-                        Some(driver_op::Op::Blocked(t)) => s.task_blocked(flotilla_core::ObjectId(t), true),
-                        Some(driver_op::Op::Unblocked(t)) => s.task_blocked(flotilla_core::ObjectId(t), false),
+                        Some(driver_op::Op::Release(o)) => {
+                            s.release(session, flotilla_core::ObjectId(o))
+                        }
+                        Some(driver_op::Op::Subscribe(o)) => {
+                            s.subscribe(session, flotilla_core::ObjectId(o))
+                        }
+                        Some(driver_op::Op::Cancel(o)) => {
+                            s.cancel(session, flotilla_core::ObjectId(o))
+                        }
+                        Some(driver_op::Op::LookupActor(l)) => {
+                            s.lookup_actor(session, l.request, &l.name)
+                        }
+                        Some(driver_op::Op::Blocked(t)) => {
+                            s.task_blocked(flotilla_core::ObjectId(t), true)
+                        }
+                        Some(driver_op::Op::Unblocked(t)) => {
+                            s.task_blocked(flotilla_core::ObjectId(t), false)
+                        }
                         Some(driver_op::Op::Hello(_)) | None => {}
                     }
                 }
@@ -198,7 +237,11 @@ impl Core {
             HeadEvent::Status(reply) => {
                 let _ = reply.send((s.snapshot(), s.workers()));
             }
-            HeadEvent::Drain { worker, timeout, reply } => match s.worker_by_name(&worker) {
+            HeadEvent::Drain {
+                worker,
+                timeout,
+                reply,
+            } => match s.worker_by_name(&worker) {
                 Some(id) => {
                     tracing::info!(worker = %worker, ?timeout, "draining");
                     self.drains.entry(id).or_default().push(reply);
@@ -221,23 +264,32 @@ impl Core {
             match effect {
                 Effect::ToWorker(w, command) => {
                     if let Some(tx) = self.workers.get(&w) {
-                        let _ = tx.send(pb::WorkerCommand { command: Some(command) });
+                        let _ = tx.send(pb::WorkerCommand {
+                            command: Some(command),
+                        });
                     }
                 }
                 Effect::ToSession(s, state) => {
                     if let Some(tx) = self.sessions.get(&s) {
-                        let _ = tx.send(pb::DriverEvent { event: Some(driver_event::Event::Object(state)) });
+                        let _ = tx.send(pb::DriverEvent {
+                            event: Some(driver_event::Event::Object(state)),
+                        });
                     }
                 }
                 Effect::ActorFound(s, found) => {
                     if let Some(tx) = self.sessions.get(&s) {
-                        let _ = tx.send(pb::DriverEvent { event: Some(driver_event::Event::ActorFound(found)) });
+                        let _ = tx.send(pb::DriverEvent {
+                            event: Some(driver_event::Event::ActorFound(found)),
+                        });
                     }
                 }
                 Effect::Drained { worker, message } => {
                     tracing::info!(id = %worker, %message, "drain finished");
                     for reply in self.drains.remove(&worker).unwrap_or_default() {
-                        let _ = reply.send(pb::DrainReply { drained: true, message: message.clone() });
+                        let _ = reply.send(pb::DrainReply {
+                            drained: true,
+                            message: message.clone(),
+                        });
                     }
                 }
             }
@@ -284,7 +336,13 @@ pub(crate) fn start_core(config: &HeadConfig) -> (HeadHandle, mpsc::UnboundedSen
             }
         }
     });
-    (HeadHandle { events_tx: events_tx.clone(), instance }, events_tx)
+    (
+        HeadHandle {
+            events_tx: events_tx.clone(),
+            instance,
+        },
+        events_tx,
+    )
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -295,7 +353,9 @@ struct HeadService {
 
 impl HeadService {
     fn send(&self, event: HeadEvent) -> Result<(), Status> {
-        self.events_tx.send(event).map_err(|_| Status::unavailable("the head is shutting down"))
+        self.events_tx
+            .send(event)
+            .map_err(|_| Status::unavailable("the head is shutting down"))
     }
 }
 
@@ -313,20 +373,36 @@ impl Head for HeadService {
     type DriveStream = BoxStream<pb::DriverEvents>;
     type WorkStream = BoxStream<pb::WorkerCommands>;
 
-    async fn drive(&self, request: Request<Streaming<pb::DriverBatch>>) -> Result<Response<Self::DriveStream>, Status> {
+    async fn drive(
+        &self,
+        request: Request<Streaming<pb::DriverBatch>>,
+    ) -> Result<Response<Self::DriveStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("empty driver stream"))?;
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty driver stream"))?;
         let mut ops = first.ops.into_iter();
         let hello = match ops.next().and_then(|o| o.op) {
             Some(driver_op::Op::Hello(h)) => h,
-            _ => return Err(Status::invalid_argument("a driver session must begin with a hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a driver session must begin with a hello",
+                ))
+            }
         };
         check_version(hello.protocol_version, "driver")?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (reply, reply_rx) = oneshot::channel();
         let worker = (!hello.worker_name.is_empty()).then_some(hello.worker_name);
-        self.send(HeadEvent::OpenSession { worker, events_tx, reply })?;
-        let session = reply_rx.await.map_err(|_| Status::unavailable("the head is shutting down"))?;
+        self.send(HeadEvent::OpenSession {
+            worker,
+            events_tx,
+            reply,
+        })?;
+        let session = reply_rx
+            .await
+            .map_err(|_| Status::unavailable("the head is shutting down"))?;
         let rest: Vec<pb::DriverOp> = ops.collect();
         if !rest.is_empty() {
             self.send(HeadEvent::DriverOps(session, rest))?;
@@ -336,13 +412,20 @@ impl Head for HeadService {
             loop {
                 match inbound.message().await {
                     Ok(Some(batch)) => {
-                        if events_tx.send(HeadEvent::DriverOps(session, batch.ops)).is_err() {
+                        if events_tx
+                            .send(HeadEvent::DriverOps(session, batch.ops))
+                            .is_err()
+                        {
                             break;
                         }
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(session = session.0, "driver stream ended: {}", status.message());
+                        tracing::debug!(
+                            session = session.0,
+                            "driver stream ended: {}",
+                            status.message()
+                        );
                         break;
                     }
                 }
@@ -353,31 +436,54 @@ impl Head for HeadService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn work(&self, request: Request<Streaming<pb::WorkerBatch>>) -> Result<Response<Self::WorkStream>, Status> {
+    async fn work(
+        &self,
+        request: Request<Streaming<pb::WorkerBatch>>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
         let remote = request.remote_addr();
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("empty worker stream"))?;
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty worker stream"))?;
         let mut ops = first.ops.into_iter();
         let register = match ops.next().and_then(|o| o.op) {
             Some(worker_op::Op::Register(r)) => r,
-            _ => return Err(Status::invalid_argument("a worker session must begin with a registration")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a worker session must begin with a registration",
+                ))
+            }
         };
         check_version(register.protocol_version, "worker")?;
         let info = WorkerInfo {
             name: register.name,
             address: register.address,
+            http_address: register.http_address,
             node: register.node,
             slots: register.slots,
             custom: register.custom_resources,
-            functions: register.functions.into_iter().map(|f| (f.name, f.signature)).collect(),
-            classes: register.actor_classes.into_iter().map(|f| (f.name, f.signature)).collect(),
+            functions: register
+                .functions
+                .into_iter()
+                .map(|f| (f.name, f.signature))
+                .collect(),
+            classes: register
+                .actor_classes
+                .into_iter()
+                .map(|f| (f.name, f.signature))
+                .collect(),
             program: register.program,
             build_id: register.build_id,
             group: register.group,
         };
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (reply, reply_rx) = oneshot::channel();
-        self.send(HeadEvent::RegisterWorker { info, commands_tx, reply })?;
+        self.send(HeadEvent::RegisterWorker {
+            info: Box::new(info),
+            commands_tx,
+            reply,
+        })?;
         let worker = reply_rx
             .await
             .map_err(|_| Status::unavailable("the head is shutting down"))?
@@ -392,7 +498,10 @@ impl Head for HeadService {
             loop {
                 match inbound.message().await {
                     Ok(Some(batch)) => {
-                        if events_tx.send(HeadEvent::WorkerOps(worker, batch.ops)).is_err() {
+                        if events_tx
+                            .send(HeadEvent::WorkerOps(worker, batch.ops))
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -409,22 +518,40 @@ impl Head for HeadService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
         let (reply, rx) = oneshot::channel();
         self.send(HeadEvent::Status(reply))?;
-        let (snap, workers) = rx.await.map_err(|_| Status::unavailable("the head is shutting down"))?;
+        let (snap, workers) = rx
+            .await
+            .map_err(|_| Status::unavailable("the head is shutting down"))?;
         Ok(Response::new(status_reply(&snap, &workers)))
     }
 
-    async fn drain(&self, request: Request<pb::DrainRequest>) -> Result<Response<pb::DrainReply>, Status> {
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainReply>, Status> {
         let req = request.into_inner();
         if req.worker.is_empty() {
             return Err(Status::invalid_argument("name the worker to drain"));
         }
-        let timeout = Duration::from_secs(u64::from(if req.timeout_seconds == 0 { 60 } else { req.timeout_seconds }));
+        let timeout = Duration::from_secs(u64::from(if req.timeout_seconds == 0 {
+            60
+        } else {
+            req.timeout_seconds
+        }));
         let (reply, rx) = oneshot::channel();
-        self.send(HeadEvent::Drain { worker: req.worker, timeout, reply })?;
-        let answer = rx.await.map_err(|_| Status::unavailable("the head is shutting down"))?;
+        self.send(HeadEvent::Drain {
+            worker: req.worker,
+            timeout,
+            reply,
+        })?;
+        let answer = rx
+            .await
+            .map_err(|_| Status::unavailable("the head is shutting down"))?;
         Ok(Response::new(answer))
     }
 }
@@ -447,6 +574,7 @@ pub fn status_reply(snap: &Snapshot, workers: &[WorkerView]) -> pb::StatusReply 
                 spilled_bytes: w.store.spilled_bytes,
                 program: w.program.clone(),
                 group: w.group.clone(),
+                http_address: w.http_address.clone(),
             })
             .collect(),
         tasks_pending: snap.tasks_pending,

@@ -23,7 +23,10 @@ type HeadState = State<Arc<(HeadHandle, HeadConfig)>>;
 async fn head_ready(State(state): HeadState) -> impl IntoResponse {
     match state.0.status().await {
         Ok(_) => (axum::http::StatusCode::OK, "ready\n"),
-        Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "head core stopped\n"),
+        Err(_) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "head core stopped\n",
+        ),
     }
 }
 
@@ -44,7 +47,11 @@ async fn head_metrics(State(state): HeadState) -> impl IntoResponse {
 
 /// Renders the DESIGN.md §3 series in Prometheus text format.
 pub fn render_head_metrics((snap, workers): &StatusView, config: &HeadConfig) -> String {
-    let labels = format!("cluster=\"{}\",namespace=\"{}\"", escape(&config.cluster), escape(&config.namespace));
+    let labels = format!(
+        "cluster=\"{}\",namespace=\"{}\"",
+        escape(&config.cluster),
+        escape(&config.namespace)
+    );
     let mut out = String::with_capacity(4096);
     let mut metric = |name: &str, kind: &str, help: &str, series: &[(String, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -53,17 +60,50 @@ pub fn render_head_metrics((snap, workers): &StatusView, config: &HeadConfig) ->
         }
     };
     let one = |v: u64| vec![(String::new(), v)];
-    metric("flotilla_tasks_pending", "gauge", "Tasks ready to run, waiting for a free slot.", &one(snap.tasks_pending));
-    metric("flotilla_tasks_waiting", "gauge", "Tasks waiting for their arguments.", &one(snap.tasks_waiting));
-    metric("flotilla_tasks_running", "gauge", "Tasks running now.", &one(snap.tasks_running));
-    metric("flotilla_tasks_finished_total", "counter", "Tasks finished successfully.", &one(snap.tasks_finished));
-    metric("flotilla_tasks_failed_total", "counter", "Tasks failed for good.", &one(snap.tasks_failed));
-    metric("flotilla_tasks_retried_total", "counter", "Tasks retried after a worker failure.", &one(snap.tasks_retried));
+    metric(
+        "flotilla_tasks_pending",
+        "gauge",
+        "Tasks ready to run, waiting for a free slot.",
+        &one(snap.tasks_pending),
+    );
+    metric(
+        "flotilla_tasks_waiting",
+        "gauge",
+        "Tasks waiting for their arguments.",
+        &one(snap.tasks_waiting),
+    );
+    metric(
+        "flotilla_tasks_running",
+        "gauge",
+        "Tasks running now.",
+        &one(snap.tasks_running),
+    );
+    metric(
+        "flotilla_tasks_finished_total",
+        "counter",
+        "Tasks finished successfully.",
+        &one(snap.tasks_finished),
+    );
+    metric(
+        "flotilla_tasks_failed_total",
+        "counter",
+        "Tasks failed for good.",
+        &one(snap.tasks_failed),
+    );
+    metric(
+        "flotilla_tasks_retried_total",
+        "counter",
+        "Tasks retried after a worker failure.",
+        &one(snap.tasks_retried),
+    );
     metric(
         "flotilla_slots",
         "gauge",
         "Task slots across live workers.",
-        &[(",state=\"busy\"".into(), snap.slots_busy), (",state=\"free\"".into(), snap.slots_free)],
+        &[
+            (",state=\"busy\"".into(), snap.slots_busy),
+            (",state=\"free\"".into(), snap.slots_free),
+        ],
     );
     metric(
         "flotilla_workers",
@@ -94,9 +134,24 @@ pub fn render_head_metrics((snap, workers): &StatusView, config: &HeadConfig) ->
             (",location=\"spilled\"".into(), snap.store_spilled_bytes),
         ],
     );
-    metric("flotilla_desired_workers", "gauge", "The head's estimate of workers needed.", &one(snap.desired_workers));
-    metric("flotilla_objects", "gauge", "Objects tracked by the head.", &one(snap.objects));
-    metric("flotilla_drivers", "gauge", "Connected driver sessions.", &one(snap.sessions));
+    metric(
+        "flotilla_desired_workers",
+        "gauge",
+        "The head's estimate of workers needed.",
+        &one(snap.desired_workers),
+    );
+    metric(
+        "flotilla_objects",
+        "gauge",
+        "Objects tracked by the head.",
+        &one(snap.objects),
+    );
+    metric(
+        "flotilla_drivers",
+        "gauge",
+        "Connected driver sessions.",
+        &one(snap.sessions),
+    );
     // Per-group series.
     let mut groups: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
     for w in workers {
@@ -104,17 +159,33 @@ pub fn render_head_metrics((snap, workers): &StatusView, config: &HeadConfig) ->
         g.0 += 1;
         g.1 += u64::from(w.slots);
     }
-    let workers_by_group: Vec<(String, u64)> =
-        groups.iter().map(|(g, (n, _))| (format!(",group=\"{}\"", escape(g)), *n)).collect();
-    metric("flotilla_group_workers", "gauge", "Registered workers per group.", &workers_by_group);
-    let slots_by_group: Vec<(String, u64)> =
-        groups.iter().map(|(g, (_, s))| (format!(",group=\"{}\"", escape(g)), *s)).collect();
-    metric("flotilla_group_slots", "gauge", "Task slots per group.", &slots_by_group);
+    let workers_by_group: Vec<(String, u64)> = groups
+        .iter()
+        .map(|(g, (n, _))| (format!(",group=\"{}\"", escape(g)), *n))
+        .collect();
+    metric(
+        "flotilla_group_workers",
+        "gauge",
+        "Registered workers per group.",
+        &workers_by_group,
+    );
+    let slots_by_group: Vec<(String, u64)> = groups
+        .iter()
+        .map(|(g, (_, s))| (format!(",group=\"{}\"", escape(g)), *s))
+        .collect();
+    metric(
+        "flotilla_group_slots",
+        "gauge",
+        "Task slots per group.",
+        &slots_by_group,
+    );
     out
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 async fn dashboard(State(state): HeadState) -> impl IntoResponse {
@@ -158,7 +229,9 @@ async fn dashboard(State(state): HeadState) -> impl IntoResponse {
 }
 
 fn html(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// What a worker's `/metrics` shows.
@@ -175,7 +248,10 @@ pub fn worker_router(metrics: Arc<dyn WorkerMetrics>) -> Router {
         .route(
             "/metrics",
             get(|State(m): State<Arc<dyn WorkerMetrics>>| async move {
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    m.render(),
+                )
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -185,7 +261,10 @@ pub fn worker_router(metrics: Arc<dyn WorkerMetrics>) -> Router {
                 if m.ready() {
                     (axum::http::StatusCode::OK, "ready\n")
                 } else {
-                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not registered with a head\n")
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "not registered with a head\n",
+                    )
                 }
             }),
         )

@@ -41,6 +41,7 @@ pub mod worker;
 
 pub use actor::{ActorHandle, ActorOptions};
 pub use client::Runtime;
+pub use codec::Blob;
 pub use error::{Error, ErrorKind, Result};
 pub use flotilla_macros::{actor, main, remote};
 pub use object_ref::{IntoArg, ObjectRef};
@@ -76,6 +77,8 @@ pub mod __private {
         cluster::run_main,
         codec::{decode_arg, encode},
         object_ref::{ArgList, IntoArg},
-        registry::{ActorClass, ActorInstance, Invocation, RemoteFunction, TaskContext, TaskFailure},
+        registry::{
+            ActorClass, ActorInstance, Invocation, RemoteFunction, TaskContext, TaskFailure,
+        },
     };
 }

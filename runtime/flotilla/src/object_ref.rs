@@ -43,19 +43,32 @@ pub struct ObjectRef<T> {
 
 impl<T> Clone for ObjectRef<T> {
     fn clone(&self) -> Self {
-        ObjectRef { inner: self.inner.clone(), binding: self.binding.clone(), _value: PhantomData }
+        ObjectRef {
+            inner: self.inner.clone(),
+            binding: self.binding.clone(),
+            _value: PhantomData,
+        }
     }
 }
 
 impl<T> std::fmt::Debug for ObjectRef<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ObjectRef<{}>({})", std::any::type_name::<T>(), self.inner.id)
+        write!(
+            f,
+            "ObjectRef<{}>({})",
+            std::any::type_name::<T>(),
+            self.inner.id
+        )
     }
 }
 
 impl<T> ObjectRef<T> {
     pub(crate) fn new(inner: Arc<RefInner>, binding: Option<TaskBinding>) -> Self {
-        ObjectRef { inner, binding, _value: PhantomData }
+        ObjectRef {
+            inner,
+            binding,
+            _value: PhantomData,
+        }
     }
 
     /// The object's id.
@@ -98,10 +111,12 @@ pub trait IntoArg<T> {
     fn push_to(self, list: &mut ArgList);
 }
 
-impl<T: Serialize> IntoArg<T> for T {
+impl<T: Serialize + 'static> IntoArg<T> for T {
     fn push_to(self, list: &mut ArgList) {
         match codec::encode(&self) {
-            Ok(b) => list.args.push(Arg { kind: Some(arg::Kind::Value(b)) }),
+            Ok(b) => list.args.push(Arg {
+                kind: Some(arg::Kind::Value(b)),
+            }),
             Err(e) => {
                 list.error.get_or_insert(e);
             }
@@ -111,14 +126,18 @@ impl<T: Serialize> IntoArg<T> for T {
 
 impl<T> IntoArg<T> for ObjectRef<T> {
     fn push_to(self, list: &mut ArgList) {
-        list.args.push(Arg { kind: Some(arg::Kind::Object(self.inner.id.0)) });
+        list.args.push(Arg {
+            kind: Some(arg::Kind::Object(self.inner.id.0)),
+        });
         list.keep.push(self.inner);
     }
 }
 
 impl<T> IntoArg<T> for &ObjectRef<T> {
     fn push_to(self, list: &mut ArgList) {
-        list.args.push(Arg { kind: Some(arg::Kind::Object(self.inner.id.0)) });
+        list.args.push(Arg {
+            kind: Some(arg::Kind::Object(self.inner.id.0)),
+        });
         list.keep.push(self.inner.clone());
     }
 }

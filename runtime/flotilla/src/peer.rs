@@ -1,7 +1,13 @@
-//! Objects between processes: the `flotilla.v1.ObjectStore` service of a worker, and the client
-//! side that fetches (streamed in chunks) and uploads objects peer to peer.
+//! Objects between processes: a worker serves its store over plain HTTP/1.1 on its HTTP port
+//! (`GET`/`PUT /objects/{id}`, bearer token) for bulk transfer with few copies, and over the
+//! `flotilla.v1.ObjectStore` gRPC service (chunked streams) for peers without an HTTP address.
+//! [`Peers`] is the client side of both.
 
-use std::{collections::HashMap, pin::Pin, sync::{Arc, Mutex}};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
 
 use bytes::{Bytes, BytesMut};
 use flotilla_core::ObjectId;
@@ -11,7 +17,10 @@ use flotilla_proto::v1::{
     object_store_server::{ObjectStore as ObjectStoreRpc, ObjectStoreServer},
 };
 use futures::Stream;
-use tonic::{service::interceptor::InterceptedService, transport::Channel, Request, Response, Status, Streaming};
+use tonic::{
+    service::interceptor::InterceptedService, transport::Channel, Request, Response, Status,
+    Streaming,
+};
 
 use crate::{
     auth::{AddAuth, CheckAuth},
@@ -32,18 +41,30 @@ pub struct Peers {
 impl Peers {
     /// Peers reached with `token`.
     pub fn new(token: Option<String>) -> Self {
-        Peers { clients: Arc::default(), token }
+        Peers {
+            clients: Arc::default(),
+            token,
+        }
     }
 
     async fn client(&self, address: &str) -> Result<Client> {
-        if let Some(c) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(address) {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(address)
+        {
             return Ok(c.clone());
         }
         let channel = transport::connect(address).await?;
-        let client = ObjectStoreClient::with_interceptor(channel, AddAuth::new(self.token.as_deref()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(address.to_string(), client.clone());
+        let client =
+            ObjectStoreClient::with_interceptor(channel, AddAuth::new(self.token.as_deref()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(address.to_string(), client.clone());
         Ok(client)
     }
 
@@ -51,20 +72,35 @@ impl Peers {
     pub async fn fetch(&self, id: ObjectId, stored: &pb::StoredObject) -> Result<Bytes> {
         let mut last = format!("object {id} has no known location");
         for loc in &stored.locations {
-            match self.fetch_from(id, &loc.address).await {
+            let fetched = if loc.http_address.is_empty() {
+                self.fetch_from(id, &loc.address).await
+            } else {
+                self.fetch_http(id, &loc.http_address).await
+            };
+            match fetched {
                 Ok(b) => return Ok(b),
                 Err(e) => {
-                    self.clients.lock().unwrap_or_else(|e| e.into_inner()).remove(&loc.address);
+                    self.clients
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&loc.address);
                     last = format!("fetching object {id} from {}: {e}", loc.address);
                 }
             }
         }
-        Err(Error::Task { kind: crate::ErrorKind::ObjectLost, task: String::new(), message: last })
+        Err(Error::Task {
+            kind: crate::ErrorKind::ObjectLost,
+            task: String::new(),
+            message: last,
+        })
     }
 
     async fn fetch_from(&self, id: ObjectId, address: &str) -> Result<Bytes> {
         let mut client = self.client(address).await?;
-        let mut stream = client.fetch(pb::FetchRequest { object: id.0 }).await?.into_inner();
+        let mut stream = client
+            .fetch(pb::FetchRequest { object: id.0 })
+            .await?
+            .into_inner();
         let mut buf = BytesMut::new();
         let mut first = true;
         while let Some(chunk) = stream.message().await? {
@@ -84,14 +120,106 @@ impl Peers {
         Ok(buf.freeze())
     }
 
-    /// Uploads a value into a worker's store.
-    pub async fn upload(&self, id: ObjectId, address: &str, value: Bytes) -> Result<()> {
-        let mut client = self.client(address).await?;
+    async fn http_request(
+        &self,
+        address: &str,
+        request: http::request::Builder,
+        body: Bytes,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| Error::Connect {
+                address: address.to_string(),
+                message: e.to_string(),
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| Error::Rpc(format!("{address}: {e}")))?;
+        tokio::spawn(connection);
+        let mut request = request.header(http::header::HOST, address);
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(http_body_util::Full::new(body))
+            .map_err(|e| Error::Rpc(format!("{address}: {e}")))?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| Error::Rpc(format!("{address}: {e}")))
+    }
+
+    async fn fetch_http(&self, id: ObjectId, address: &str) -> Result<Bytes> {
+        use http_body_util::BodyExt;
+        let request = http::Request::get(format!("/objects/{}", id.0));
+        let response = self.http_request(address, request, Bytes::new()).await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Err(Error::Rpc(format!(
+                "{address}: {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            )));
+        }
+        let len = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = response.into_body();
+        let mut buf = BytesMut::with_capacity(len);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::Rpc(format!("{address}: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+            }
+        }
+        if buf.len() != len {
+            return Err(Error::Rpc(format!(
+                "{address}: object {id} ended at {} of {len} bytes",
+                buf.len()
+            )));
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Uploads a value into the store of the worker at `location`.
+    pub async fn upload(
+        &self,
+        id: ObjectId,
+        location: &pb::ObjectLocation,
+        value: Bytes,
+    ) -> Result<()> {
+        if !location.http_address.is_empty() {
+            let address = &location.http_address;
+            let request = http::Request::put(format!("/objects/{}", id.0));
+            let response = self.http_request(address, request, value).await?;
+            if !response.status().is_success() {
+                return Err(Error::Rpc(format!(
+                    "{address}: upload of object {id}: {}",
+                    response.status()
+                )));
+            }
+            return Ok(());
+        }
+        let mut client = self.client(&location.address).await?;
         let total = value.len() as u64;
         let chunks: Vec<pb::Chunk> = chunk_bytes(&value)
             .into_iter()
             .enumerate()
-            .map(|(i, data)| pb::Chunk { object: if i == 0 { id.0 } else { 0 }, total_size: total, data })
+            .map(|(i, data)| pb::Chunk {
+                object: if i == 0 { id.0 } else { 0 },
+                total_size: total,
+                data,
+            })
             .collect();
         client.upload(futures::stream::iter(chunks)).await?;
         Ok(())
@@ -102,7 +230,10 @@ fn chunk_bytes(value: &Bytes) -> Vec<Bytes> {
     if value.is_empty() {
         return vec![Bytes::new()];
     }
-    (0..value.len()).step_by(CHUNK_BYTES).map(|i| value.slice(i..(i + CHUNK_BYTES).min(value.len()))).collect()
+    (0..value.len())
+        .step_by(CHUNK_BYTES)
+        .map(|i| value.slice(i..(i + CHUNK_BYTES).min(value.len())))
+        .collect()
 }
 
 /// The object service of a worker, serving its store.
@@ -125,50 +256,151 @@ impl StoreService {
     }
 }
 
+/// `GET`/`PUT /objects/{id}` on a worker's HTTP port, guarded by the cluster token.
+pub fn object_router(store: Arc<ObjectStore>, token: Option<String>) -> axum::Router {
+    use axum::routing::get;
+    let state = Arc::new((store, token.map(|t| format!("Bearer {t}"))));
+    axum::Router::new()
+        .route("/objects/{id}", get(get_object).put(put_object))
+        // Objects are as large as the store allows; the cap applies there.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+type ObjectState = axum::extract::State<Arc<(Arc<ObjectStore>, Option<String>)>>;
+
+fn authorized(expected: &Option<String>, headers: &http::HeaderMap) -> bool {
+    match expected {
+        None => true,
+        Some(e) => headers
+            .get(http::header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes() == e.as_bytes()),
+    }
+}
+
+async fn get_object(
+    axum::extract::State(state): ObjectState,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    headers: http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !authorized(&state.1, &headers) {
+        return (
+            http::StatusCode::UNAUTHORIZED,
+            "missing or wrong cluster token\n",
+        )
+            .into_response();
+    }
+    let id = ObjectId(id);
+    match state.0.get(id) {
+        Ok(Some(value)) => value.into_response(),
+        Ok(None) => (
+            http::StatusCode::NOT_FOUND,
+            format!("object {id} is not in this worker's store\n"),
+        )
+            .into_response(),
+        Err(e) => (
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading object {id}: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn put_object(
+    axum::extract::State(state): ObjectState,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> (http::StatusCode, String) {
+    if !authorized(&state.1, &headers) {
+        return (
+            http::StatusCode::UNAUTHORIZED,
+            "missing or wrong cluster token\n".into(),
+        );
+    }
+    let id = ObjectId(id);
+    match state.0.put(id, body) {
+        Ok(()) => (http::StatusCode::OK, String::new()),
+        Err(e) => (
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storing object {id}: {e}\n"),
+        ),
+    }
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::Chunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ObjectStoreRpc for StoreService {
     type FetchStream = ChunkStream;
 
-    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<ChunkStream>, Status> {
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
         let id = ObjectId(request.into_inner().object);
         let value = self
             .store
             .get(id)
             .map_err(|e| Status::internal(format!("reading object {id}: {e}")))?
-            .ok_or_else(|| Status::not_found(format!("object {id} is not in this worker's store")))?;
+            .ok_or_else(|| {
+                Status::not_found(format!("object {id} is not in this worker's store"))
+            })?;
         let total = value.len() as u64;
         let chunks = chunk_bytes(&value)
             .into_iter()
             .enumerate()
-            .map(move |(i, data)| Ok(pb::Chunk { object: if i == 0 { id.0 } else { 0 }, total_size: total, data }));
+            .map(move |(i, data)| {
+                Ok(pb::Chunk {
+                    object: if i == 0 { id.0 } else { 0 },
+                    total_size: total,
+                    data,
+                })
+            });
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
-    async fn upload(&self, request: Request<Streaming<pb::Chunk>>) -> Result<Response<pb::UploadReply>, Status> {
+    async fn upload(
+        &self,
+        request: Request<Streaming<pb::Chunk>>,
+    ) -> Result<Response<pb::UploadReply>, Status> {
         let mut stream = request.into_inner();
-        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
         let id = ObjectId(first.object);
         if id.0 == 0 {
-            return Err(Status::invalid_argument("the first chunk must name the object"));
+            return Err(Status::invalid_argument(
+                "the first chunk must name the object",
+            ));
         }
         let total = first.total_size;
         if total > (1 << 40) {
-            return Err(Status::invalid_argument(format!("object of {total} bytes is too large")));
+            return Err(Status::invalid_argument(format!(
+                "object of {total} bytes is too large"
+            )));
         }
         let mut buf = BytesMut::with_capacity(total as usize);
         buf.extend_from_slice(&first.data);
         while let Some(chunk) = stream.message().await? {
             if (buf.len() + chunk.data.len()) as u64 > total {
-                return Err(Status::invalid_argument("upload is longer than its declared size"));
+                return Err(Status::invalid_argument(
+                    "upload is longer than its declared size",
+                ));
             }
             buf.extend_from_slice(&chunk.data);
         }
         if buf.len() as u64 != total {
-            return Err(Status::invalid_argument(format!("upload ended at {} of {total} bytes", buf.len())));
+            return Err(Status::invalid_argument(format!(
+                "upload ended at {} of {total} bytes",
+                buf.len()
+            )));
         }
-        self.store.put(id, buf.freeze()).map_err(|e| Status::internal(format!("storing object {id}: {e}")))?;
+        self.store
+            .put(id, buf.freeze())
+            .map_err(|e| Status::internal(format!("storing object {id}: {e}")))?;
         Ok(Response::new(pb::UploadReply { size: total }))
     }
 }

@@ -25,11 +25,17 @@ pub struct TaskFailure {
 impl TaskFailure {
     /// The function returned an error.
     pub fn application(message: impl std::fmt::Display) -> Self {
-        TaskFailure { kind: ErrorKind::Application, message: message.to_string() }
+        TaskFailure {
+            kind: ErrorKind::Application,
+            message: message.to_string(),
+        }
     }
     /// The arguments did not match.
     pub fn type_mismatch(message: String) -> Self {
-        TaskFailure { kind: ErrorKind::TypeMismatch, message }
+        TaskFailure {
+            kind: ErrorKind::TypeMismatch,
+            message,
+        }
     }
     /// Something else.
     pub fn new(kind: ErrorKind, message: String) -> Self {
@@ -63,8 +69,17 @@ pub struct RemoteFunction {
 /// A live actor on a worker.
 pub trait ActorInstance: Send + 'static {
     /// Calls `method` with encoded arguments; `signature` is what the caller compiled against.
-    fn call(&mut self, method: &str, signature: &str, args: Vec<Bytes>, ctx: TaskContext) -> TaskOutput;
+    fn call(
+        &mut self,
+        method: &str,
+        signature: &str,
+        args: Vec<Bytes>,
+        ctx: TaskContext,
+    ) -> TaskOutput;
 }
+
+/// A freshly constructed actor, or why its constructor failed.
+pub type Created = Result<Box<dyn ActorInstance>, TaskFailure>;
 
 /// An actor class, registered by `#[flotilla::actor]`.
 pub struct ActorClass {
@@ -73,7 +88,7 @@ pub struct ActorClass {
     /// The constructor's signature.
     pub signature: &'static str,
     /// Builds an instance from encoded constructor arguments.
-    pub create: fn(Vec<Bytes>, TaskContext) -> Result<Box<dyn ActorInstance>, TaskFailure>,
+    pub create: fn(Vec<Bytes>, TaskContext) -> Created,
 }
 
 inventory::collect!(RemoteFunction);
@@ -95,12 +110,22 @@ pub struct Registry {
 pub fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
-        let functions: HashMap<_, _> = inventory::iter::<RemoteFunction>.into_iter().map(|f| (f.name, f)).collect();
-        let classes: HashMap<_, _> = inventory::iter::<ActorClass>.into_iter().map(|c| (c.name, c)).collect();
+        let functions: HashMap<_, _> = inventory::iter::<RemoteFunction>
+            .into_iter()
+            .map(|f| (f.name, f))
+            .collect();
+        let classes: HashMap<_, _> = inventory::iter::<ActorClass>
+            .into_iter()
+            .map(|c| (c.name, c))
+            .collect();
         let mut entries: Vec<String> = functions
             .values()
             .map(|f| format!("fn {} {}", f.name, f.signature))
-            .chain(classes.values().map(|c| format!("actor {} {}", c.name, c.signature)))
+            .chain(
+                classes
+                    .values()
+                    .map(|c| format!("actor {} {}", c.name, c.signature)),
+            )
             .collect();
         entries.sort();
         // FNV-1a: stable across runs and platforms, unlike the std hasher.
@@ -113,7 +138,12 @@ pub fn registry() -> &'static Registry {
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "unknown".into());
-        Registry { functions, classes, build_id: format!("{hash:016x}"), program }
+        Registry {
+            functions,
+            classes,
+            build_id: format!("{hash:016x}"),
+            program,
+        }
     })
 }
 
@@ -151,7 +181,10 @@ impl TaskOptions {
     pub(crate) fn to_proto(&self) -> flotilla_proto::v1::TaskOptions {
         flotilla_proto::v1::TaskOptions {
             max_retries: self.max_retries.map_or(-1, |n| n as i32),
-            resources: Some(flotilla_proto::v1::Resources { slots: self.slots, custom: self.custom.clone() }),
+            resources: Some(flotilla_proto::v1::Resources {
+                slots: self.slots,
+                custom: self.custom.clone(),
+            }),
             name: self.name.clone(),
         }
     }

@@ -67,16 +67,24 @@ impl ObjectStore {
 
     fn spill_over_cap(&self, inner: &mut Inner, keep: ObjectId) -> std::io::Result<()> {
         while inner.memory_bytes > self.cap {
-            let victim = inner.lru.iter().map(|(_, id)| *id).find(|id| *id != keep);
+            let victim = inner.lru.values().copied().find(|id| *id != keep);
             let Some(victim) = victim else { break };
-            let Some(Entry::Memory { value, used }) = inner.entries.remove(&victim) else { break };
+            let Some(Entry::Memory { value, used }) = inner.entries.remove(&victim) else {
+                break;
+            };
             std::fs::create_dir_all(&self.spill_dir)?;
             let path = self.spill_dir.join(format!("{}.obj", victim));
             std::fs::write(&path, &value)?;
             inner.lru.remove(&used);
             inner.memory_bytes -= value.len() as u64;
             inner.spilled_bytes += value.len() as u64;
-            inner.entries.insert(victim, Entry::Spilled { path, size: value.len() as u64 });
+            inner.entries.insert(
+                victim,
+                Entry::Spilled {
+                    path,
+                    size: value.len() as u64,
+                },
+            );
             tracing::debug!(object = %victim, bytes = value.len(), "spilled to disk");
         }
         Ok(())
@@ -103,7 +111,13 @@ impl ObjectStore {
                 inner.spilled_bytes -= size;
                 inner.memory_bytes += size;
                 inner.lru.insert(now, id);
-                inner.entries.insert(id, Entry::Memory { value: value.clone(), used: now });
+                inner.entries.insert(
+                    id,
+                    Entry::Memory {
+                        value: value.clone(),
+                        used: now,
+                    },
+                );
                 self.spill_over_cap(&mut inner, id)?;
                 Ok(Some(value))
             }

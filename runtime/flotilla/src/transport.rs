@@ -29,8 +29,13 @@ const CONNECTION_WINDOW: u32 = 32 << 20;
 
 /// Opens a channel to `address` (`host:port`).
 pub async fn connect(address: &str) -> Result<Channel> {
-    let uri = if address.starts_with("http://") { address.to_string() } else { format!("http://{address}") };
-    let endpoint = Endpoint::from_shared(uri).map_err(|e| Error::Config(format!("bad address {address:?}: {e}")))?;
+    let uri = if address.starts_with("http://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| Error::Config(format!("bad address {address:?}: {e}")))?;
     endpoint
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
@@ -42,7 +47,10 @@ pub async fn connect(address: &str) -> Result<Channel> {
         .keep_alive_while_idle(true)
         .connect()
         .await
-        .map_err(|e| Error::Connect { address: address.to_string(), message: error_chain(&e) })
+        .map_err(|e| Error::Connect {
+            address: address.to_string(),
+            message: error_chain(&e),
+        })
 }
 
 /// A server builder with the same tuning.

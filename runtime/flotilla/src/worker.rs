@@ -18,7 +18,10 @@ use std::{
 use bytes::Bytes;
 use flotilla_core::ObjectId;
 use flotilla_proto::{
-    v1::{self as pb, head_client::HeadClient, resolved_arg, task_result, task_spec, worker_command, worker_op},
+    v1::{
+        self as pb, head_client::HeadClient, resolved_arg, task_result, task_spec, worker_command,
+        worker_op,
+    },
     PROTOCOL_VERSION,
 };
 use futures::{FutureExt, StreamExt};
@@ -78,7 +81,8 @@ impl WorkerConfig {
             name: name.to_string(),
             slots: available_slots(),
             store_bytes: 2 << 30,
-            spill_dir: std::env::temp_dir().join(format!("flotilla-spill-{}-{name}", std::process::id())),
+            spill_dir: std::env::temp_dir()
+                .join(format!("flotilla-spill-{}-{name}", std::process::id())),
             token: None,
             group: "default".into(),
             node: hostname(),
@@ -117,15 +121,18 @@ impl WorkerConfig {
 
 fn env_number(key: &str) -> Result<Option<u64>> {
     match std::env::var(key) {
-        Ok(v) if !v.is_empty() => {
-            v.parse().map(Some).map_err(|_| Error::Config(format!("{key}={v:?} is not a number")))
-        }
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::Config(format!("{key}={v:?} is not a number"))),
         _ => Ok(None),
     }
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 enum ActorMsg {
@@ -165,12 +172,16 @@ struct Shared {
     tasks_failed: AtomicU64,
     running: AtomicU64,
     address: String,
+    http_address: String,
 }
 
 impl WorkerMetrics for Shared {
     fn render(&self) -> String {
         let s = self.store.stats();
-        let l = format!("worker=\"{}\",group=\"{}\"", self.config.name, self.config.group);
+        let l = format!(
+            "worker=\"{}\",group=\"{}\"",
+            self.config.name, self.config.group
+        );
         format!(
             "# TYPE flotilla_worker_tasks_total counter\nflotilla_worker_tasks_total{{{l}}} {}\n\
              # TYPE flotilla_worker_tasks_failed_total counter\nflotilla_worker_tasks_failed_total{{{l}}} {}\n\
@@ -203,8 +214,29 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let bound: SocketAddr = listener.local_addr()?;
-    let address = config.advertise.clone().unwrap_or_else(|| bound.to_string());
-    let store = Arc::new(ObjectStore::new(config.store_bytes, config.spill_dir.clone()));
+    let address = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    let http_address = match &http_listener {
+        Some(l) => {
+            let http = l.local_addr()?;
+            if http.ip().is_unspecified() {
+                // Bound to every interface: peers reach it where they reach the object service.
+                let host = address
+                    .rsplit_once(':')
+                    .map_or(address.as_str(), |(h, _)| h);
+                format!("{host}:{}", http.port())
+            } else {
+                http.to_string()
+            }
+        }
+        None => String::new(),
+    };
+    let store = Arc::new(ObjectStore::new(
+        config.store_bytes,
+        config.spill_dir.clone(),
+    ));
     let shared = Arc::new(Shared {
         store: store.clone(),
         peers: Peers::new(config.token.clone()),
@@ -214,26 +246,31 @@ pub async fn run(
         tasks_failed: AtomicU64::new(0),
         running: AtomicU64::new(0),
         address,
+        http_address,
         config,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let service = StoreService::server(store, shared.config.token.clone());
+    let service = StoreService::server(store.clone(), shared.config.token.clone());
     let mut stop = stop_rx.clone();
     let server = tokio::spawn(
-        transport::server().add_service(service).serve_with_incoming_shutdown(
-            transport::incoming(listener),
-            async move {
+        transport::server()
+            .add_service(service)
+            .serve_with_incoming_shutdown(transport::incoming(listener), async move {
                 let _ = stop.changed().await;
-            },
-        ),
+            }),
     );
     if let Some(l) = http_listener {
-        let app = http::worker_router(shared.clone());
+        let app = http::worker_router(shared.clone()).merge(crate::peer::object_router(
+            store,
+            shared.config.token.clone(),
+        ));
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(l, app).with_graceful_shutdown(async move {
-                let _ = stop.changed().await;
-            }).await;
+            let _ = axum::serve(l, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
         });
     }
     let work = {
@@ -250,9 +287,15 @@ pub async fn run(
                     Err(SessionError::Lost(msg)) => {
                         // A head starting at the same time is normal; say it loudly once it lasts.
                         if backoff >= Duration::from_millis(800) {
-                            tracing::warn!("no head at {}: {msg}; retrying in {backoff:?}", shared.config.head);
+                            tracing::warn!(
+                                "no head at {}: {msg}; retrying in {backoff:?}",
+                                shared.config.head
+                            );
                         } else {
-                            tracing::debug!("no head at {}: {msg}; retrying in {backoff:?}", shared.config.head);
+                            tracing::debug!(
+                                "no head at {}: {msg}; retrying in {backoff:?}",
+                                shared.config.head
+                            );
                         }
                     }
                 }
@@ -283,9 +326,13 @@ enum SessionError {
 fn classify(status: tonic::Status) -> SessionError {
     use tonic::Code;
     match status.code() {
-        Code::AlreadyExists | Code::Unauthenticated | Code::FailedPrecondition | Code::InvalidArgument => {
-            SessionError::Refused(format!("the head refused this worker: {}", status.message()))
-        }
+        Code::AlreadyExists
+        | Code::Unauthenticated
+        | Code::FailedPrecondition
+        | Code::InvalidArgument => SessionError::Refused(format!(
+            "the head refused this worker: {}",
+            status.message()
+        )),
         _ => SessionError::Lost(status.message().to_string()),
     }
 }
@@ -293,7 +340,9 @@ fn classify(status: tonic::Status) -> SessionError {
 /// One connection to the head, from registration until it drops.
 async fn session(shared: Arc<Shared>) -> Result<(), SessionError> {
     let config = &shared.config;
-    let channel = transport::connect(&config.head).await.map_err(|e| SessionError::Lost(e.to_string()))?;
+    let channel = transport::connect(&config.head)
+        .await
+        .map_err(|e| SessionError::Lost(e.to_string()))?;
     let mut head = HeadClient::with_interceptor(channel, AddAuth::new(config.token.as_deref()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -302,36 +351,76 @@ async fn session(shared: Arc<Shared>) -> Result<(), SessionError> {
         protocol_version: PROTOCOL_VERSION,
         name: config.name.clone(),
         address: shared.address.clone(),
+        http_address: shared.http_address.clone(),
         node: config.node.clone(),
         slots: config.slots,
         custom_resources: config.custom.clone(),
-        functions: reg.functions.values().map(|f| pb::FunctionInfo { name: f.name.into(), signature: f.signature.into() }).collect(),
-        actor_classes: reg.classes.values().map(|c| pb::FunctionInfo { name: c.name.into(), signature: c.signature.into() }).collect(),
+        functions: reg
+            .functions
+            .values()
+            .map(|f| pb::FunctionInfo {
+                name: f.name.into(),
+                signature: f.signature.into(),
+            })
+            .collect(),
+        actor_classes: reg
+            .classes
+            .values()
+            .map(|c| pb::FunctionInfo {
+                name: c.name.into(),
+                signature: c.signature.into(),
+            })
+            .collect(),
         program: reg.program.clone(),
         build_id: reg.build_id.clone(),
         group: config.group.clone(),
     };
     let (ops_tx, ops_rx) = mpsc::unbounded_channel::<pb::WorkerOp>();
-    let _ = ops_tx.send(pb::WorkerOp { op: Some(worker_op::Op::Register(register)) });
+    let _ = ops_tx.send(pb::WorkerOp {
+        op: Some(worker_op::Op::Register(register)),
+    });
     let outbound = Batches::new(ops_rx).map(|ops| pb::WorkerBatch { ops });
     let mut inbound = head.work(outbound).await.map_err(classify)?.into_inner();
-    let mut commands = inbound.message().await.map_err(classify)?.unwrap_or_default().commands.into_iter();
+    let mut commands = inbound
+        .message()
+        .await
+        .map_err(classify)?
+        .unwrap_or_default()
+        .commands
+        .into_iter();
     let first = commands.next().and_then(|c| c.command);
     // Work that waited for a worker can come in the same batch as the confirmation: run it
     // before what follows, rather than dropping it (its task would never finish).
-    let early = pb::WorkerCommands { commands: commands.collect() };
+    let early = pb::WorkerCommands {
+        commands: commands.collect(),
+    };
     let mut inbound = futures::stream::iter([Ok(early)]).chain(inbound);
     let worker_id = match first {
         Some(worker_command::Command::Registered(r)) => r.worker,
-        _ => return Err(SessionError::Lost("the head did not confirm the registration".into())),
+        _ => {
+            return Err(SessionError::Lost(
+                "the head did not confirm the registration".into(),
+            ))
+        }
     };
     shared.registered.store(true, Ordering::Relaxed);
     tracing::info!(name = %config.name, id = worker_id, head = %config.head, slots = config.slots, "registered");
     // The runtime tasks use to submit tasks of their own.
-    let local = LocalStore { store: shared.store.clone(), worker: worker_id, address: shared.address.clone(), node: config.node.clone() };
-    let rt = Runtime::open(&config.head, config.token.as_deref(), Some(local), Some(config.name.clone()))
-        .await
-        .map_err(|e| SessionError::Lost(e.to_string()))?;
+    let local = LocalStore {
+        store: shared.store.clone(),
+        worker: worker_id,
+        address: shared.address.clone(),
+        http_address: shared.http_address.clone(),
+        node: config.node.clone(),
+    };
+    let rt = Runtime::open(
+        &config.head,
+        config.token.as_deref(),
+        Some(local),
+        Some(config.name.clone()),
+    )
+    .await
+    .map_err(|e| SessionError::Lost(e.to_string()))?;
 
     // Running tasks and the attempt each runs.
     let mut tasks: HashMap<ObjectId, (AbortHandle, u32)> = HashMap::new();
@@ -423,7 +512,7 @@ async fn session(shared: Arc<Shared>) -> Result<(), SessionError> {
             _ = stats_timer.tick() => {
                 let stats = shared.store.stats();
                 if stats != last_stats {
-                    last_stats = stats.clone();
+                    last_stats = stats;
                     let _ = ops_tx.send(pb::WorkerOp { op: Some(worker_op::Op::Store(stats)) });
                 }
             }
@@ -436,7 +525,13 @@ async fn session(shared: Arc<Shared>) -> Result<(), SessionError> {
     outcome
 }
 
-fn result_op(shared: &Shared, task: ObjectId, attempt: u32, output: TaskOutput, run: Duration) -> pb::WorkerOp {
+fn result_op(
+    shared: &Shared,
+    task: ObjectId,
+    attempt: u32,
+    output: TaskOutput,
+    run: Duration,
+) -> pb::WorkerOp {
     let outcome = match output {
         Ok(bytes) if bytes.len() <= INLINE_MAX_BYTES => task_result::Outcome::InlineValue(bytes),
         Ok(bytes) => {
@@ -452,7 +547,11 @@ fn result_op(shared: &Shared, task: ObjectId, attempt: u32, output: TaskOutput, 
         }
         Err(f) => {
             shared.tasks_failed.fetch_add(1, Ordering::Relaxed);
-            task_result::Outcome::Error(pb::TaskError { kind: f.kind.to_proto() as i32, task: String::new(), message: f.message })
+            task_result::Outcome::Error(pb::TaskError {
+                kind: f.kind.to_proto() as i32,
+                task: String::new(),
+                message: f.message,
+            })
         }
     };
     shared.tasks_run.fetch_add(1, Ordering::Relaxed);
@@ -468,21 +567,33 @@ fn result_op(shared: &Shared, task: ObjectId, attempt: u32, output: TaskOutput, 
 
 /// Resolves arguments: inline values as they are, stored ones from this store or a peer (and
 /// keeps the copy, telling the head).
-async fn resolve_args(shared: &Shared, args: Vec<pb::ResolvedArg>, ops_tx: &mpsc::UnboundedSender<pb::WorkerOp>) -> Result<Vec<Bytes>, TaskFailure> {
+async fn resolve_args(
+    shared: &Shared,
+    args: Vec<pb::ResolvedArg>,
+    ops_tx: &mpsc::UnboundedSender<pb::WorkerOp>,
+) -> Result<Vec<Bytes>, TaskFailure> {
     let mut out = Vec::with_capacity(args.len());
     for a in args {
         match a.kind {
             Some(resolved_arg::Kind::Value(b)) => out.push(b),
             Some(resolved_arg::Kind::Stored(r)) => {
                 let id = ObjectId(r.object);
-                let local = shared.store.get(id).map_err(|e| TaskFailure::new(ErrorKind::ObjectLost, e.to_string()))?;
+                let local = shared
+                    .store
+                    .get(id)
+                    .map_err(|e| TaskFailure::new(ErrorKind::ObjectLost, e.to_string()))?;
                 let bytes = match local {
                     Some(b) => b,
                     None => {
                         let stored = r.r#where.unwrap_or_default();
-                        let b = shared.peers.fetch(id, &stored).await.map_err(|e| TaskFailure::new(ErrorKind::ObjectLost, e.to_string()))?;
+                        let b =
+                            shared.peers.fetch(id, &stored).await.map_err(|e| {
+                                TaskFailure::new(ErrorKind::ObjectLost, e.to_string())
+                            })?;
                         if shared.store.put(id, b.clone()).is_ok() {
-                            let _ = ops_tx.send(pb::WorkerOp { op: Some(worker_op::Op::StoredCopy(id.0)) });
+                            let _ = ops_tx.send(pb::WorkerOp {
+                                op: Some(worker_op::Op::StoredCopy(id.0)),
+                            });
                         }
                         b
                     }
@@ -506,7 +617,10 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 fn slots_of(spec: &pb::TaskSpec) -> u32 {
-    spec.options.as_ref().and_then(|o| o.resources.as_ref()).map_or(1, |r| r.slots.max(1))
+    spec.options
+        .as_ref()
+        .and_then(|o| o.resources.as_ref())
+        .map_or(1, |r| r.slots.max(1))
 }
 
 async fn run_task(
@@ -519,14 +633,22 @@ async fn run_task(
     let Some(spec) = d.spec else { return };
     let task = ObjectId(spec.task);
     let permits = slots_of(&spec).min(shared.config.slots);
-    let Ok(permit) = shared.slots.clone().acquire_many_owned(permits).await else { return };
+    let Ok(permit) = shared.slots.clone().acquire_many_owned(permits).await else {
+        return;
+    };
     let running = RunningGuard::new(&shared.running);
     let started = std::time::Instant::now();
     let output = match resolve_args(&shared, d.args, &ops_tx).await {
         Err(f) => Err(f),
         Ok(args) => {
-            let binding = TaskBinding { task, slots: shared.slots.clone(), permits };
-            let ctx = TaskContext { rt: rt.bound_to(binding) };
+            let binding = TaskBinding {
+                task,
+                slots: shared.slots.clone(),
+                permits,
+            };
+            let ctx = TaskContext {
+                rt: rt.bound_to(binding),
+            };
             let name = match &spec.kind {
                 Some(task_spec::Kind::Function(f)) => f.as_str(),
                 _ => "",
@@ -536,8 +658,44 @@ async fn run_task(
     };
     drop(permit);
     drop(running);
-    let _ = ops_tx.send(result_op(&shared, task, d.attempt, output, started.elapsed()));
+    let _ = ops_tx.send(result_op(
+        &shared,
+        task,
+        d.attempt,
+        output,
+        started.elapsed(),
+    ));
     let _ = done_tx.send(task);
+}
+
+/// Plain functions whose runs average less than this run on the worker's I/O thread: handing
+/// them to a blocking thread would cost more than running them.
+const INLINE_RUN_MICROS: f64 = 20.0;
+
+/// Average run time of each plain function on this worker, in microseconds.
+#[derive(Default)]
+struct RunTimes(std::sync::Mutex<HashMap<&'static str, f64>>);
+
+impl RunTimes {
+    fn is_tiny(&self, name: &'static str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .is_some_and(|avg| *avg < INLINE_RUN_MICROS)
+    }
+
+    fn record(&self, name: &'static str, took: Duration) {
+        let sample = took.as_secs_f64() * 1e6;
+        let mut times = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let avg = times.entry(name).or_insert(sample);
+        *avg = 0.8 * *avg + 0.2 * sample;
+    }
+}
+
+fn run_times() -> &'static RunTimes {
+    static TIMES: std::sync::OnceLock<RunTimes> = std::sync::OnceLock::new();
+    TIMES.get_or_init(RunTimes::default)
 }
 
 async fn invoke(name: &str, signature: &str, args: Vec<Bytes>, ctx: TaskContext) -> TaskOutput {
@@ -545,7 +703,10 @@ async fn invoke(name: &str, signature: &str, args: Vec<Bytes>, ctx: TaskContext)
     let Some(f) = reg.functions.get(name) else {
         return Err(TaskFailure::new(
             ErrorKind::UnknownFunction,
-            format!("function {name} is not registered in program {} (build {})", reg.program, reg.build_id),
+            format!(
+                "function {name} is not registered in program {} (build {})",
+                reg.program, reg.build_id
+            ),
         ));
     };
     if !signature.is_empty() && signature != f.signature {
@@ -554,13 +715,33 @@ async fn invoke(name: &str, signature: &str, args: Vec<Bytes>, ctx: TaskContext)
             f.signature
         )));
     }
+    let times = run_times();
     match (f.invoke)(args, ctx) {
         Invocation::Failed(e) => Err(e),
+        Invocation::Blocking(call) if times.is_tiny(f.name) => {
+            let started = std::time::Instant::now();
+            let out = std::panic::catch_unwind(AssertUnwindSafe(call));
+            times.record(f.name, started.elapsed());
+            out.unwrap_or_else(|panic| {
+                Err(TaskFailure::new(ErrorKind::Panic, panic_message(&*panic)))
+            })
+        }
         Invocation::Blocking(call) => {
-            match tokio::task::spawn_blocking(move || std::panic::catch_unwind(AssertUnwindSafe(call))).await {
+            let name = f.name;
+            match tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let out = std::panic::catch_unwind(AssertUnwindSafe(call));
+                times.record(name, started.elapsed());
+                out
+            })
+            .await
+            {
                 Ok(Ok(out)) => out,
                 Ok(Err(panic)) => Err(TaskFailure::new(ErrorKind::Panic, panic_message(&*panic))),
-                Err(e) => Err(TaskFailure::new(ErrorKind::Panic, format!("task thread failed: {e}"))),
+                Err(e) => Err(TaskFailure::new(
+                    ErrorKind::Panic,
+                    format!("task thread failed: {e}"),
+                )),
             }
         }
         Invocation::Async(fut) => match AssertUnwindSafe(fut).catch_unwind().await {
@@ -642,8 +823,9 @@ pub(crate) struct Running {
 /// Starts a worker in this process on 127.0.0.1 with an ephemeral port.
 pub(crate) async fn spawn_local(config: WorkerConfig) -> Result<Running> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let http = TcpListener::bind("127.0.0.1:0").await?;
     let (stop, stop_rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(run(config, listener, None, async move {
+    let handle = tokio::spawn(run(config, listener, Some(http), async move {
         let _ = stop_rx.await;
     }));
     Ok(Running { handle, stop })

@@ -10,15 +10,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use flotilla::Blob;
 use flotilla::{
-    builtins::{add, byte_sum, fail_with, make_bytes, nested_sum, noop, panic_with, sleep_then, Counter},
+    builtins::{
+        add, byte_sum, fail_with, make_bytes, nested_sum, noop, panic_with, sleep_then, Counter,
+    },
     cluster::{self, LocalCluster, LocalOptions},
     head::{self, HeadConfig},
     object_ref::ArgList,
     worker::{self, WorkerConfig},
     ActorOptions, Error, ErrorKind, IntoArg, ObjectRef, Runtime, TaskOptions,
 };
-use serde_bytes::ByteBuf;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -48,14 +50,25 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "{what}: condition not reached within {BOUND:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: condition not reached within {BOUND:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 async fn local(workers: usize, slots: u32) -> (LocalCluster, Runtime) {
-    let cluster = LocalCluster::start(LocalOptions { workers, slots, store_bytes: 1 << 30 }).await.expect("local cluster");
-    let rt = Runtime::connect(&cluster.address, None).await.expect("connect");
+    let cluster = LocalCluster::start(LocalOptions {
+        workers,
+        slots,
+        store_bytes: 1 << 30,
+    })
+    .await
+    .expect("local cluster");
+    let rt = Runtime::connect(&cluster.address, None)
+        .await
+        .expect("connect");
     (cluster, rt)
 }
 
@@ -66,7 +79,11 @@ async fn finish(cluster: LocalCluster, rt: Runtime) {
 
 fn task_error(e: Error) -> (ErrorKind, String, String) {
     match e {
-        Error::Task { kind, task, message } => (kind, task, message),
+        Error::Task {
+            kind,
+            task,
+            message,
+        } => (kind, task, message),
         other => panic!("expected a task error, got {other:?}"),
     }
 }
@@ -98,14 +115,26 @@ impl Manual {
     async fn start(config: HeadConfig, with_http: bool) -> Manual {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let http_listener = if with_http { Some(TcpListener::bind("127.0.0.1:0").await.unwrap()) } else { None };
-        let http = http_listener.as_ref().map(|l| l.local_addr().unwrap().to_string());
+        let http_listener = if with_http {
+            Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
+        };
+        let http = http_listener
+            .as_ref()
+            .map(|l| l.local_addr().unwrap().to_string());
         let token = config.token.clone();
         let (stop, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(head::serve(listener, http_listener, config, async move {
             let _ = rx.await;
         }));
-        Manual { address, http, token, head: Node { stop, handle }, workers: HashMap::new() }
+        Manual {
+            address,
+            http,
+            token,
+            head: Node { stop, handle },
+            workers: HashMap::new(),
+        }
     }
 
     fn worker_config(&self, name: &str, slots: u32) -> WorkerConfig {
@@ -124,11 +153,15 @@ impl Manual {
         }));
         self.workers.insert(name, Node { stop, handle });
         let n = self.workers.len();
-        cluster::wait_for_workers(&self.address, self.token.as_deref(), n, BOUND).await.expect("workers register");
+        cluster::wait_for_workers(&self.address, self.token.as_deref(), n, BOUND)
+            .await
+            .expect("workers register");
     }
 
     async fn connect(&self) -> Runtime {
-        Runtime::connect(&self.address, self.token.as_deref()).await.expect("connect")
+        Runtime::connect(&self.address, self.token.as_deref())
+            .await
+            .expect("connect")
     }
 
     async fn stop(self) {
@@ -160,7 +193,10 @@ async fn calls_dependencies_and_nested_tasks() {
 
     // A reference used twice, as both arguments.
     let x = add.remote(&rt, 20, 1);
-    assert_eq!(bounded("diamond", add.remote(&rt, &x, &x)).await.unwrap(), 42);
+    assert_eq!(
+        bounded("diamond", add.remote(&rt, &x, &x)).await.unwrap(),
+        42
+    );
     finish(cluster, rt).await;
 }
 
@@ -174,9 +210,19 @@ async fn nested_tasks_on_one_slot_do_not_deadlock() {
     // Two at once, each waiting on children.
     let a = nested_sum.remote(&rt, 5);
     let b = nested_sum.remote(&rt, 6);
-    assert_eq!(bounded("two nested sums", rt.get_all([&a, &b])).await.unwrap(), vec![10, 15]);
+    assert_eq!(
+        bounded("two nested sums", rt.get_all([&a, &b]))
+            .await
+            .unwrap(),
+        vec![10, 15]
+    );
     // The slot is whole again afterwards.
-    assert_eq!(bounded("after nesting", add.remote(&rt, 1, 1)).await.unwrap(), 2);
+    assert_eq!(
+        bounded("after nesting", add.remote(&rt, 1, 1))
+            .await
+            .unwrap(),
+        2
+    );
     let status = rt.status().await.unwrap();
     assert_eq!(status.workers.len(), 1);
     finish(cluster, rt).await;
@@ -187,34 +233,73 @@ async fn get_all_keeps_order_and_wait_splits() {
     let (cluster, rt) = local(1, 2).await;
 
     // get_all answers in the order asked, not the order finished.
-    let refs = vec![sleep_then.remote(&rt, 300, 1), sleep_then.remote(&rt, 0, 2), sleep_then.remote(&rt, 0, 3)];
-    assert_eq!(bounded("get_all", rt.get_all(&refs)).await.unwrap(), vec![1, 2, 3]);
+    let refs = vec![
+        sleep_then.remote(&rt, 300, 1),
+        sleep_then.remote(&rt, 0, 2),
+        sleep_then.remote(&rt, 0, 3),
+    ];
+    assert_eq!(
+        bounded("get_all", rt.get_all(&refs)).await.unwrap(),
+        vec![1, 2, 3]
+    );
 
     // wait: one slow, one fast.
     let slow = sleep_then.remote(&rt, 1500, 10);
     let fast = sleep_then.remote(&rt, 0, 20);
-    let (ready, not_ready) =
-        bounded("wait n=1", rt.wait(vec![slow.clone(), fast.clone()], 1, Some(Duration::from_secs(10)))).await.unwrap();
-    assert_eq!(ready.iter().map(|r| r.id()).collect::<Vec<_>>(), vec![fast.id()]);
-    assert_eq!(not_ready.iter().map(|r| r.id()).collect::<Vec<_>>(), vec![slow.id()]);
+    let (ready, not_ready) = bounded(
+        "wait n=1",
+        rt.wait(
+            vec![slow.clone(), fast.clone()],
+            1,
+            Some(Duration::from_secs(10)),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ready.iter().map(|r| r.id()).collect::<Vec<_>>(),
+        vec![fast.id()]
+    );
+    assert_eq!(
+        not_ready.iter().map(|r| r.id()).collect::<Vec<_>>(),
+        vec![slow.id()]
+    );
 
     // Asking for both with a short timeout gives the same split, after the timeout.
     let started = Instant::now();
-    let (ready, not_ready) =
-        bounded("wait timeout", rt.wait(vec![slow.clone(), fast.clone()], 2, Some(Duration::from_millis(100)))).await.unwrap();
+    let (ready, not_ready) = bounded(
+        "wait timeout",
+        rt.wait(
+            vec![slow.clone(), fast.clone()],
+            2,
+            Some(Duration::from_millis(100)),
+        ),
+    )
+    .await
+    .unwrap();
     assert!(started.elapsed() >= Duration::from_millis(100));
     assert_eq!((ready.len(), not_ready.len()), (1, 1));
     assert_eq!(ready[0].id(), fast.id());
 
     // Without a timeout it waits for both; both in the order given.
-    let (ready, not_ready) = bounded("wait all", rt.wait(vec![slow.clone(), fast.clone()], 2, None)).await.unwrap();
+    let (ready, not_ready) = bounded(
+        "wait all",
+        rt.wait(vec![slow.clone(), fast.clone()], 2, None),
+    )
+    .await
+    .unwrap();
     assert!(not_ready.is_empty());
-    assert_eq!(ready.iter().map(|r| r.id()).collect::<Vec<_>>(), vec![slow.id(), fast.id()]);
+    assert_eq!(
+        ready.iter().map(|r| r.id()).collect::<Vec<_>>(),
+        vec![slow.id(), fast.id()]
+    );
     assert_eq!(rt.get_all(&ready).await.unwrap(), vec![10, 20]);
 
     // n = 0 returns at once with nothing ready.
     let pending = sleep_then.remote(&rt, 1000, 1);
-    let (ready, not_ready) = bounded("wait n=0", rt.wait(vec![pending.clone()], 0, None)).await.unwrap();
+    let (ready, not_ready) = bounded("wait n=0", rt.wait(vec![pending.clone()], 0, None))
+        .await
+        .unwrap();
     assert_eq!((ready.len(), not_ready.len()), (0, 1));
     finish(cluster, rt).await;
 }
@@ -223,18 +308,32 @@ async fn get_all_keeps_order_and_wait_splits() {
 async fn put_small_and_large() {
     let (cluster, rt) = local(1, 2).await;
     let small = rt.put(&vec![1u32, 2, 3]).await.unwrap();
-    assert_eq!(bounded("small put", rt.get(&small)).await.unwrap(), vec![1, 2, 3]);
+    assert_eq!(
+        bounded("small put", rt.get(&small)).await.unwrap(),
+        vec![1, 2, 3]
+    );
 
     // > 64 KiB: goes to a worker's store.
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    let large = rt.put(&ByteBuf::from(big.clone())).await.unwrap();
-    assert_eq!(bounded("large put", rt.get(&large)).await.unwrap().into_vec(), big);
+    let large = rt.put(&Blob::from(big.clone())).await.unwrap();
+    assert_eq!(
+        bounded("large put", rt.get(&large)).await.unwrap().to_vec(),
+        big
+    );
     let status = rt.status().await.unwrap();
-    assert!(status.objects >= 2, "the head tracks put objects: {status:?}");
+    assert!(
+        status.objects >= 2,
+        "the head tracks put objects: {status:?}"
+    );
 
     // Put objects are arguments like any other.
     let expected: u64 = big.iter().map(|b| u64::from(*b)).sum();
-    assert_eq!(bounded("byte_sum of a put", byte_sum.remote(&rt, &large)).await.unwrap(), (300_000, expected));
+    assert_eq!(
+        bounded("byte_sum of a put", byte_sum.remote(&rt, &large))
+            .await
+            .unwrap(),
+        (300_000, expected)
+    );
     finish(cluster, rt).await;
 }
 
@@ -252,13 +351,19 @@ async fn large_results_travel_peer_to_peer() {
     // Produced on w0, consumed on w1.
     let data = make_bytes.remote_with(&rt, &on("w0"), 500_000u64, 3u8);
     let sum = byte_sum.remote_with(&rt, &on("w1"), &data);
-    assert_eq!(bounded("byte_sum on the other worker", sum).await.unwrap(), (500_000, 1_500_000));
+    assert_eq!(
+        bounded("byte_sum on the other worker", sum).await.unwrap(),
+        (500_000, 1_500_000)
+    );
 
     // And the other way round, twice from one source (the second may use w1's copy).
     let data2 = make_bytes.remote_with(&rt, &on("w1"), 200_000u64, 1u8);
     let s1 = byte_sum.remote_with(&rt, &on("w0"), &data2);
     let s2 = byte_sum.remote_with(&rt, &on("w1"), &data2);
-    assert_eq!(bounded("both ways", rt.get_all([&s1, &s2])).await.unwrap(), vec![(200_000, 200_000); 2]);
+    assert_eq!(
+        bounded("both ways", rt.get_all([&s1, &s2])).await.unwrap(),
+        vec![(200_000, 200_000); 2]
+    );
 
     // The driver fetches from the producer too.
     let value = bounded("driver fetch", rt.get(&data)).await.unwrap();
@@ -282,12 +387,23 @@ async fn large_results_travel_peer_to_peer() {
 async fn errors_are_values() {
     let (cluster, rt) = local(1, 2).await;
 
-    let (kind, task, message) = task_error(bounded("panic", panic_with.remote(&rt, "boom: it broke".to_string())).await.unwrap_err());
+    let (kind, task, message) = task_error(
+        bounded(
+            "panic",
+            panic_with.remote(&rt, "boom: it broke".to_string()),
+        )
+        .await
+        .unwrap_err(),
+    );
     assert_eq!(kind, ErrorKind::Panic);
     assert!(task.contains("panic_with"), "task name: {task:?}");
     assert!(message.contains("boom: it broke"), "message: {message:?}");
 
-    let (kind, task, message) = task_error(bounded("fail", fail_with.remote(&rt, "no good".to_string())).await.unwrap_err());
+    let (kind, task, message) = task_error(
+        bounded("fail", fail_with.remote(&rt, "no good".to_string()))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(kind, ErrorKind::Application);
     assert!(task.contains("fail_with"), "task name: {task:?}");
     assert!(message.contains("no good"), "message: {message:?}");
@@ -308,7 +424,8 @@ async fn errors_are_values() {
     let mut args = ArgList::new();
     IntoArg::<i64>::push_to(1i64, &mut args);
     let r: ObjectRef<i64> = rt.call_function(add::NAME, "fn(a: i64) -> i64", args, None);
-    let (kind, _, message) = task_error(bounded("signature mismatch", rt.get(&r)).await.unwrap_err());
+    let (kind, _, message) =
+        task_error(bounded("signature mismatch", rt.get(&r)).await.unwrap_err());
     assert_eq!(kind, ErrorKind::TypeMismatch);
     assert!(message.contains("add"), "message: {message:?}");
 
@@ -317,11 +434,20 @@ async fn errors_are_values() {
     IntoArg::<String>::push_to("not a number at all".to_string(), &mut args);
     IntoArg::<String>::push_to("nor this".to_string(), &mut args);
     let r: ObjectRef<i64> = rt.call_function(add::NAME, "", args, None);
-    let (kind, _, message) = task_error(bounded("argument type mismatch", rt.get(&r)).await.unwrap_err());
+    let (kind, _, message) = task_error(
+        bounded("argument type mismatch", rt.get(&r))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(kind, ErrorKind::TypeMismatch, "{message}");
 
     // The worker is fine afterwards.
-    assert_eq!(bounded("after errors", add.remote(&rt, 2, 3)).await.unwrap(), 5);
+    assert_eq!(
+        bounded("after errors", add.remote(&rt, 2, 3))
+            .await
+            .unwrap(),
+        5
+    );
     let status = rt.status().await.unwrap();
     assert!(status.tasks_failed >= 5, "{status:?}");
     finish(cluster, rt).await;
@@ -337,7 +463,12 @@ async fn cancel_a_queued_task() {
     assert_eq!(kind, ErrorKind::Cancelled);
     // The running one is untouched; later work still runs.
     assert_eq!(bounded("blocker", blocker).await.unwrap(), 7);
-    assert_eq!(bounded("after cancel", add.remote(&rt, 2, 2)).await.unwrap(), 4);
+    assert_eq!(
+        bounded("after cancel", add.remote(&rt, 2, 2))
+            .await
+            .unwrap(),
+        4
+    );
     finish(cluster, rt).await;
 }
 
@@ -349,26 +480,50 @@ async fn actor_calls_run_in_order_and_named_lookup() {
     let counter = bounded("create", Counter::remote(&rt, 0)).await.unwrap();
     // Submitted all at once, run one at a time in call order.
     let refs: Vec<_> = (0..10).map(|_| counter.increment()).collect();
-    assert_eq!(bounded("increments", rt.get_all(&refs)).await.unwrap(), (1..=10).collect::<Vec<i64>>());
+    assert_eq!(
+        bounded("increments", rt.get_all(&refs)).await.unwrap(),
+        (1..=10).collect::<Vec<i64>>()
+    );
     assert_eq!(bounded("value", counter.value()).await.unwrap(), 10);
     // A slow call is not overtaken by a fast one after it.
     let slow = counter.slow_add(5, 200);
     let after = counter.value();
-    assert_eq!(bounded("slow then fast", rt.get_all([&slow, &after])).await.unwrap(), vec![15, 15]);
+    assert_eq!(
+        bounded("slow then fast", rt.get_all([&slow, &after]))
+            .await
+            .unwrap(),
+        vec![15, 15]
+    );
 
     // A named actor, found from another session.
-    let named = bounded("create named", Counter::remote_with(&rt, &ActorOptions::default().name("shared-counter"), 100))
-        .await
-        .unwrap();
-    assert_eq!(bounded("named increment", named.increment()).await.unwrap(), 101);
+    let named = bounded(
+        "create named",
+        Counter::remote_with(&rt, &ActorOptions::default().name("shared-counter"), 100),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        bounded("named increment", named.increment()).await.unwrap(),
+        101
+    );
     let rt2 = Runtime::connect(&cluster.address, None).await.unwrap();
     assert_ne!(rt.session(), rt2.session());
-    let found = bounded("lookup", Counter::lookup(&rt2, "shared-counter")).await.unwrap();
-    assert_eq!(bounded("found increment", found.increment()).await.unwrap(), 102);
-    assert_eq!(bounded("creator sees it", named.value()).await.unwrap(), 102);
+    let found = bounded("lookup", Counter::lookup(&rt2, "shared-counter"))
+        .await
+        .unwrap();
+    assert_eq!(
+        bounded("found increment", found.increment()).await.unwrap(),
+        102
+    );
+    assert_eq!(
+        bounded("creator sees it", named.value()).await.unwrap(),
+        102
+    );
 
     // A missing name is an error, not a hang.
-    let e = bounded("missing lookup", Counter::lookup(&rt2, "no-such-actor")).await.unwrap_err();
+    let e = bounded("missing lookup", Counter::lookup(&rt2, "no-such-actor"))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("no-such-actor"), "{e}");
     assert_eq!(e.kind(), Some(ErrorKind::ActorDied));
 
@@ -407,14 +562,28 @@ async fn object_store_spills_to_disk() {
     c.add_worker(config).await;
     let rt = c.connect().await;
 
-    let refs: Vec<_> = (0..6u8).map(|i| make_bytes.remote(&rt, 200_000u64, i + 1)).collect();
+    let refs: Vec<_> = (0..6u8)
+        .map(|i| make_bytes.remote(&rt, 200_000u64, i + 1))
+        .collect();
     let values = bounded("spilled values", rt.get_all(&refs)).await.unwrap();
     for (i, v) in values.iter().enumerate() {
         assert_eq!(v.len(), 200_000);
-        assert!(v.iter().all(|b| *b == i as u8 + 1), "value {i} came back wrong");
+        assert!(
+            v.iter().all(|b| *b == i as u8 + 1),
+            "value {i} came back wrong"
+        );
     }
     // Spilled ones also work as arguments.
-    let sums = bounded("sums of spilled", rt.get_all(refs.iter().map(|r| byte_sum.remote(&rt, r)).collect::<Vec<_>>())).await.unwrap();
+    let sums = bounded(
+        "sums of spilled",
+        rt.get_all(
+            refs.iter()
+                .map(|r| byte_sum.remote(&rt, r))
+                .collect::<Vec<_>>(),
+        ),
+    )
+    .await
+    .unwrap();
     for (i, s) in sums.iter().enumerate() {
         assert_eq!(*s, (200_000, 200_000 * (i as u64 + 1)));
     }
@@ -423,9 +592,15 @@ async fn object_store_spills_to_disk() {
         s.workers.into_iter().find(|w| w.spilled_bytes > 0)
     })
     .await;
-    assert!(w.memory_bytes <= 300_000, "memory stays under the cap: {w:?}");
+    assert!(
+        w.memory_bytes <= 300_000,
+        "memory stays under the cap: {w:?}"
+    );
     assert!(w.spilled_bytes >= 200_000, "{w:?}");
-    assert!(std::fs::read_dir(spill.path()).unwrap().count() > 0, "spill files exist");
+    assert!(
+        std::fs::read_dir(spill.path()).unwrap().count() > 0,
+        "spill files exist"
+    );
     rt.shutdown().await;
     c.stop().await;
 }
@@ -436,17 +611,32 @@ async fn dropped_results_are_freed() {
     {
         let small: Vec<_> = (0..10).map(|i| add.remote(&rt, i, 1)).collect();
         let large = make_bytes.remote(&rt, 100_000u64, 9u8);
-        let put = rt.put(&ByteBuf::from(vec![5u8; 100_000])).await.unwrap();
+        let put = rt.put(&Blob::from(vec![5u8; 100_000])).await.unwrap();
         let chained = add.remote(&rt, small[0].clone(), 1);
-        assert_eq!(bounded("small", rt.get_all(&small)).await.unwrap().len(), 10);
-        assert_eq!(bounded("large", byte_sum.remote(&rt, &large)).await.unwrap(), (100_000, 900_000));
-        assert_eq!(bounded("put", byte_sum.remote(&rt, &put)).await.unwrap(), (100_000, 500_000));
+        assert_eq!(
+            bounded("small", rt.get_all(&small)).await.unwrap().len(),
+            10
+        );
+        assert_eq!(
+            bounded("large", byte_sum.remote(&rt, &large))
+                .await
+                .unwrap(),
+            (100_000, 900_000)
+        );
+        assert_eq!(
+            bounded("put", byte_sum.remote(&rt, &put)).await.unwrap(),
+            (100_000, 500_000)
+        );
         assert_eq!(bounded("chained", chained).await.unwrap(), 2);
         assert!(rt.status().await.unwrap().objects >= 12);
     }
     let status = eventually("objects freed at the head and in the store", || async {
         let s = rt.status().await.ok()?;
-        (s.objects == 0 && s.workers.iter().all(|w| w.objects == 0 && w.memory_bytes == 0)).then_some(s)
+        (s.objects == 0
+            && s.workers
+                .iter()
+                .all(|w| w.objects == 0 && w.memory_bytes == 0))
+        .then_some(s)
     })
     .await;
     assert_eq!(status.tasks_running, 0);
@@ -458,12 +648,22 @@ async fn dropped_results_are_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_an_idle_local_worker() {
     let (cluster, rt) = local(1, 1).await;
-    let reply = bounded("drain", cluster::drain(&cluster.address, None, "local-0", Duration::from_secs(5))).await.unwrap();
+    let reply = bounded(
+        "drain",
+        cluster::drain(&cluster.address, None, "local-0", Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
     assert!(reply.drained, "{reply:?}");
     let status = rt.status().await.unwrap();
     assert_eq!(status.workers[0].state, "drained");
     // Unknown names are answered, not waited on.
-    let reply = bounded("drain unknown", cluster::drain(&cluster.address, None, "nobody", Duration::from_secs(5))).await.unwrap();
+    let reply = bounded(
+        "drain unknown",
+        cluster::drain(&cluster.address, None, "nobody", Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
     assert!(!reply.drained);
     assert!(reply.message.contains("nobody"), "{reply:?}");
     finish(cluster, rt).await;
@@ -481,9 +681,19 @@ async fn drain_copies_objects_the_worker_alone_holds() {
     let on_w0 = TaskOptions::default().resource("w0", 1).max_retries(0);
     let data = make_bytes.remote_with(&rt, &on_w0, 300_000u64, 2u8);
     let other = make_bytes.remote_with(&rt, &on_w0, 100_000u64, 4u8);
-    bounded("produced", rt.wait(vec![data.clone(), other.clone()], 2, None)).await.unwrap();
+    bounded(
+        "produced",
+        rt.wait(vec![data.clone(), other.clone()], 2, None),
+    )
+    .await
+    .unwrap();
 
-    let reply = bounded("drain w0", cluster::drain(&c.address, None, "w0", Duration::from_secs(10))).await.unwrap();
+    let reply = bounded(
+        "drain w0",
+        cluster::drain(&c.address, None, "w0", Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
     assert!(reply.drained, "{reply:?}");
     let status = rt.status().await.unwrap();
     let w1 = status.workers.iter().find(|w| w.name == "w1").unwrap();
@@ -493,11 +703,19 @@ async fn drain_copies_objects_the_worker_alone_holds() {
 
     // The drained worker goes away (as a scaled-down pod would); the objects live on in w1.
     c.workers.remove("w0").unwrap().stop().await;
-    eventually("w0 leaves", || async { (rt.status().await.ok()?.workers.len() == 1).then_some(()) }).await;
+    eventually("w0 leaves", || async {
+        (rt.status().await.ok()?.workers.len() == 1).then_some(())
+    })
+    .await;
     let value = bounded("get after drain", rt.get(&data)).await.unwrap();
     assert_eq!(value.len(), 300_000);
     assert!(value.iter().all(|b| *b == 2));
-    assert_eq!(bounded("as an argument", byte_sum.remote(&rt, &other)).await.unwrap(), (100_000, 400_000));
+    assert_eq!(
+        bounded("as an argument", byte_sum.remote(&rt, &other))
+            .await
+            .unwrap(),
+        (100_000, 400_000)
+    );
     rt.shutdown().await;
     c.stop().await;
 }
@@ -511,19 +729,34 @@ async fn http_get(address: &str, path: &str) -> (u16, String) {
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
     let text = String::from_utf8_lossy(&response).into_owned();
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
 /// The value of a series line `name{labels} value`.
 fn series(body: &str, key: &str) -> Option<u64> {
-    body.lines().find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    body.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_metrics_and_health() {
-    let config = HeadConfig { cluster: "demo".into(), namespace: "lab".into(), ..HeadConfig::default() };
+    let config = HeadConfig {
+        cluster: "demo".into(),
+        namespace: "lab".into(),
+        ..HeadConfig::default()
+    };
     let mut c = Manual::start(config, true).await;
     let config = c.worker_config("m0", 2);
     c.add_worker(config).await;
@@ -554,16 +787,30 @@ async fn head_metrics_and_health() {
         format!(r#"flotilla_object_store_bytes{{{l},location="spilled"}}"#),
         format!("flotilla_desired_workers{{{l}}}"),
     ] {
-        assert!(series(&body, &key).is_some(), "missing series {key} in:\n{body}");
+        assert!(
+            series(&body, &key).is_some(),
+            "missing series {key} in:\n{body}"
+        );
     }
-    assert!(body.contains("# TYPE flotilla_tasks_finished_total counter"), "{body}");
-    assert!(body.contains("# TYPE flotilla_tasks_pending gauge"), "{body}");
+    assert!(
+        body.contains("# TYPE flotilla_tasks_finished_total counter"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE flotilla_tasks_pending gauge"),
+        "{body}"
+    );
     assert!(series(&body, &format!("flotilla_tasks_finished_total{{{l}}}")).unwrap() >= 1);
     assert!(series(&body, &format!("flotilla_tasks_failed_total{{{l}}}")).unwrap() >= 1);
     let busy = series(&body, &format!(r#"flotilla_slots{{{l},state="busy"}}"#)).unwrap();
     let free = series(&body, &format!(r#"flotilla_slots{{{l},state="free"}}"#)).unwrap();
     assert_eq!(busy + free, 2, "{body}");
-    assert!(body.contains(&format!(r#"flotilla_group_workers{{{l},group="default"}} 1"#)), "{body}");
+    assert!(
+        body.contains(&format!(
+            r#"flotilla_group_workers{{{l},group="default"}} 1"#
+        )),
+        "{body}"
+    );
 
     let (code, _) = bounded("/healthz", http_get(&http, "/healthz")).await;
     assert_eq!(code, 200);
@@ -577,29 +824,56 @@ async fn head_metrics_and_health() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_is_required_when_set() {
-    let config = HeadConfig { token: Some("s3cret-token".into()), ..HeadConfig::default() };
+    let config = HeadConfig {
+        token: Some("s3cret-token".into()),
+        ..HeadConfig::default()
+    };
     let mut c = Manual::start(config, false).await;
     let worker = c.worker_config("t0", 1);
     c.add_worker(worker).await;
 
-    let e = bounded("wrong token", Runtime::connect(&c.address, Some("wrong"))).await.unwrap_err();
+    let e = bounded("wrong token", Runtime::connect(&c.address, Some("wrong")))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("token"), "{e}");
-    let e = bounded("no token", Runtime::connect(&c.address, None)).await.unwrap_err();
+    let e = bounded("no token", Runtime::connect(&c.address, None))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("token"), "{e}");
-    let e = bounded("status without token", cluster::status(&c.address, None)).await.unwrap_err();
+    let e = bounded("status without token", cluster::status(&c.address, None))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("token"), "{e}");
 
     // A worker with the wrong token is refused for good, not retried forever.
     let mut bad = WorkerConfig::new(&c.address, "t-bad");
     bad.token = Some("wrong".into());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let e = bounded("worker with a wrong token", worker::run(bad, listener, None, std::future::pending())).await.unwrap_err();
+    let e = bounded(
+        "worker with a wrong token",
+        worker::run(bad, listener, None, std::future::pending()),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("token"), "{e}");
 
-    let rt = bounded("right token", Runtime::connect(&c.address, Some("s3cret-token"))).await.unwrap();
-    assert_eq!(bounded("a task", add.remote(&rt, 20, 22)).await.unwrap(), 42);
-    let big = rt.put(&ByteBuf::from(vec![1u8; 100_000])).await.unwrap();
-    assert_eq!(bounded("stored object with a token", byte_sum.remote(&rt, &big)).await.unwrap(), (100_000, 100_000));
+    let rt = bounded(
+        "right token",
+        Runtime::connect(&c.address, Some("s3cret-token")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        bounded("a task", add.remote(&rt, 20, 22)).await.unwrap(),
+        42
+    );
+    let big = rt.put(&Blob::from(vec![1u8; 100_000])).await.unwrap();
+    assert_eq!(
+        bounded("stored object with a token", byte_sum.remote(&rt, &big))
+            .await
+            .unwrap(),
+        (100_000, 100_000)
+    );
     rt.shutdown().await;
     c.stop().await;
 }
@@ -613,18 +887,30 @@ async fn no_token_no_listening_beyond_loopback() {
     // 192.0.2.1 (TEST-NET-1) is on no interface here: a bind would fail with "cannot listen",
     // so the token error shows the check happens before any socket is opened.
     for bind in ["192.0.2.1:0", "0.0.0.0:0"] {
-        let e = bounded("head refuses", cluster::run_head_from_env(Some(bind.into()), Some("127.0.0.1:0".into())))
-            .await
-            .unwrap_err();
+        let e = bounded(
+            "head refuses",
+            cluster::run_head_from_env(Some(bind.into()), Some("127.0.0.1:0".into())),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, Error::Config(_)), "{e:?}");
-        assert!(e.to_string().contains("token") && !e.to_string().contains("cannot listen"), "{e}");
+        assert!(
+            e.to_string().contains("token") && !e.to_string().contains("cannot listen"),
+            "{e}"
+        );
 
         let config = WorkerConfig::new("127.0.0.1:1", "unsafe-worker");
-        let e = bounded("worker refuses", cluster::run_worker_from_env(config, Some(bind.into()), Some("127.0.0.1:0".into())))
-            .await
-            .unwrap_err();
+        let e = bounded(
+            "worker refuses",
+            cluster::run_worker_from_env(config, Some(bind.into()), Some("127.0.0.1:0".into())),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, Error::Config(_)), "{e:?}");
-        assert!(e.to_string().contains("token") && !e.to_string().contains("cannot listen"), "{e}");
+        assert!(
+            e.to_string().contains("token") && !e.to_string().contains("cannot listen"),
+            "{e}"
+        );
     }
 }
 
@@ -647,9 +933,24 @@ async fn garbage_on_the_wire_does_not_stop_the_head() {
         // The head closes (or answers) the connection; either way it must not wedge.
         let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut sink)).await;
     }
-    assert_eq!(bounded("a call after garbage", add.remote(&rt, 4, 5)).await.unwrap(), 9);
-    let rt2 = bounded("a new session after garbage", Runtime::connect(&cluster.address, None)).await.unwrap();
-    assert_eq!(bounded("a call from it", add.remote(&rt2, 1, 1)).await.unwrap(), 2);
+    assert_eq!(
+        bounded("a call after garbage", add.remote(&rt, 4, 5))
+            .await
+            .unwrap(),
+        9
+    );
+    let rt2 = bounded(
+        "a new session after garbage",
+        Runtime::connect(&cluster.address, None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        bounded("a call from it", add.remote(&rt2, 1, 1))
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(rt.status().await.unwrap().workers.len(), 1);
     rt2.shutdown().await;
     finish(cluster, rt).await;
@@ -661,18 +962,34 @@ async fn a_duplicate_worker_name_is_refused() {
     let first = c.worker_config("twin", 2);
     c.add_worker(first).await;
     let rt = c.connect().await;
-    assert_eq!(bounded("first works", add.remote(&rt, 1, 2)).await.unwrap(), 3);
+    assert_eq!(
+        bounded("first works", add.remote(&rt, 1, 2)).await.unwrap(),
+        3
+    );
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = c.worker_config("twin", 2);
-    let e = bounded("second is refused", worker::run(second, listener, None, std::future::pending())).await.unwrap_err();
+    let e = bounded(
+        "second is refused",
+        worker::run(second, listener, None, std::future::pending()),
+    )
+    .await
+    .unwrap_err();
     match &e {
-        Error::Config(msg) => assert!(msg.contains("twin") && msg.contains("already registered"), "{msg}"),
+        Error::Config(msg) => assert!(
+            msg.contains("twin") && msg.contains("already registered"),
+            "{msg}"
+        ),
         other => panic!("expected a config error, got {other:?}"),
     }
 
     // The first keeps working and is still the only one.
-    assert_eq!(bounded("first still works", add.remote(&rt, 3, 4)).await.unwrap(), 7);
+    assert_eq!(
+        bounded("first still works", add.remote(&rt, 3, 4))
+            .await
+            .unwrap(),
+        7
+    );
     let status = rt.status().await.unwrap();
     assert_eq!(status.workers.len(), 1);
     assert_eq!(status.workers[0].name, "twin");

@@ -15,12 +15,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use flotilla::Blob;
 use flotilla::{
     builtins::{add, byte_sum, make_bytes, sleep_then, Counter},
     cluster, ActorOptions, ErrorKind, Runtime, TaskOptions,
 };
 use flotilla_proto::v1::{self as pb, head_client::HeadClient};
-use serde_bytes::ByteBuf;
 
 const EXE: &str = env!("CARGO_BIN_EXE_flotilla");
 /// Tells `driver_that_goes_away` to act as the driver process it kills.
@@ -36,8 +36,13 @@ struct Proc {
 
 impl Proc {
     fn spawn(what: &str, cmd: &mut Command) -> Proc {
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Proc { what: what.to_string(), child: Some(child) }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Proc {
+            what: what.to_string(),
+            child: Some(child),
+        }
     }
 
     /// SIGKILL (what `Child::kill` sends on Unix) and reap.
@@ -49,7 +54,9 @@ impl Proc {
     }
 
     fn child(&mut self) -> &mut Child {
-        self.child.as_mut().unwrap_or_else(|| panic!("{} was already killed", self.what))
+        self.child
+            .as_mut()
+            .unwrap_or_else(|| panic!("{} was already killed", self.what))
     }
 }
 
@@ -68,7 +75,11 @@ fn output() -> Stdio {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn local_address() -> String {
@@ -82,7 +93,14 @@ fn new_token() -> String {
 /// A `flotilla` command with none of the cluster variables of the test's environment.
 fn flotilla() -> Command {
     let mut cmd = Command::new(EXE);
-    for var in ["FLOTILLA_HEAD", "FLOTILLA_TOKEN", "FLOTILLA_BIND", "FLOTILLA_ROLE", "FLOTILLA_WORKER_NAME", "FLOTILLA_SLOTS"] {
+    for var in [
+        "FLOTILLA_HEAD",
+        "FLOTILLA_TOKEN",
+        "FLOTILLA_BIND",
+        "FLOTILLA_ROLE",
+        "FLOTILLA_WORKER_NAME",
+        "FLOTILLA_SLOTS",
+    ] {
         cmd.env_remove(var);
     }
     cmd.stdin(Stdio::null());
@@ -102,11 +120,19 @@ fn start_head(address: &str, token: &str) -> Proc {
 
 fn start_worker(head: &str, token: &str, name: &str, slots: u32, resources: &[String]) -> Proc {
     let mut cmd = flotilla();
-    cmd.args(["worker", "--head", head, "--name", name, "--slots", &slots.to_string()])
-        .args(["--bind", &local_address(), "--http-bind", &local_address()])
-        .env("FLOTILLA_TOKEN", token)
-        .stdout(output())
-        .stderr(output());
+    cmd.args([
+        "worker",
+        "--head",
+        head,
+        "--name",
+        name,
+        "--slots",
+        &slots.to_string(),
+    ])
+    .args(["--bind", &local_address(), "--http-bind", &local_address()])
+    .env("FLOTILLA_TOKEN", token)
+    .stdout(output())
+    .stderr(output());
     for r in resources {
         cmd.args(["--resource", r]);
     }
@@ -126,7 +152,12 @@ impl TestCluster {
         let address = local_address();
         let token = new_token();
         let head = start_head(&address, &token);
-        let mut c = TestCluster { address, token, workers: Vec::new(), head };
+        let mut c = TestCluster {
+            address,
+            token,
+            workers: Vec::new(),
+            head,
+        };
         for i in 0..workers {
             let w = c.worker(&format!("{prefix}-{i}"), slots, &[format!("w{i}=1000000")]);
             c.workers.push(w);
@@ -145,11 +176,18 @@ impl TestCluster {
     }
 
     async fn connect(&self) -> Runtime {
-        Runtime::connect(&self.address, Some(&self.token)).await.expect("a driver connects")
+        Runtime::connect(&self.address, Some(&self.token))
+            .await
+            .expect("a driver connects")
     }
 
     /// Polls the head's status until `check` accepts it.
-    async fn wait_status(&self, what: &str, timeout: Duration, check: impl Fn(&pb::StatusReply) -> bool) -> pb::StatusReply {
+    async fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&pb::StatusReply) -> bool,
+    ) -> pb::StatusReply {
         let deadline = Instant::now() + timeout;
         loop {
             let last = match self.status().await {
@@ -157,27 +195,36 @@ impl TestCluster {
                 Ok(s) => format!("{s:?}"),
                 Err(e) => e.to_string(),
             };
-            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last status: {last}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; last status: {last}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// Waits until exactly the workers `names` are registered.
     async fn wait_registered(&self, names: &[String]) -> pb::StatusReply {
-        self.wait_status(&format!("workers {names:?}"), Duration::from_secs(30), |s| {
-            let mut have: Vec<&str> = s.workers.iter().map(|w| w.name.as_str()).collect();
-            have.sort();
-            let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
-            want.sort();
-            have == want
-        })
+        self.wait_status(
+            &format!("workers {names:?}"),
+            Duration::from_secs(30),
+            |s| {
+                let mut have: Vec<&str> = s.workers.iter().map(|w| w.name.as_str()).collect();
+                have.sort();
+                let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
+                want.sort();
+                have == want
+            },
+        )
         .await
     }
 }
 
 /// Runs a future with a deadline; a hang is a test failure, not a stuck test run.
 async fn bounded<T>(what: &str, timeout: Duration, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(timeout, f).await.unwrap_or_else(|_| panic!("{what} did not finish within {timeout:?}"))
+    tokio::time::timeout(timeout, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {timeout:?}"))
 }
 
 // ------------------------------------------------------------------------------------ tests
@@ -192,7 +239,13 @@ async fn worker_killed_mid_task() {
     // 1 MB on worker kill-1 (the only one with w1), still referenced when it dies.
     let on_w1 = TaskOptions::default().resource("w1", 1);
     let big = make_bytes.remote_with(&rt, &on_w1, 1_000_000, 3);
-    let (ready, _) = bounded("make_bytes", Duration::from_secs(30), rt.wait(vec![big.clone()], 1, None)).await.unwrap();
+    let (ready, _) = bounded(
+        "make_bytes",
+        Duration::from_secs(30),
+        rt.wait(vec![big.clone()], 1, None),
+    )
+    .await
+    .unwrap();
     assert_eq!(ready.len(), 1);
 
     let refs: Vec<_> = (0..20).map(|i| sleep_then.remote(&rt, 300, i)).collect();
@@ -202,18 +255,27 @@ async fn worker_killed_mid_task() {
     .await;
     c.workers[1].kill();
 
-    let values = bounded("the 20 tasks", Duration::from_secs(30), rt.get_all(&refs)).await.expect("every task gives its answer");
+    let values = bounded("the 20 tasks", Duration::from_secs(30), rt.get_all(&refs))
+        .await
+        .expect("every task gives its answer");
     assert_eq!(values, (0..20).collect::<Vec<u64>>());
     let s = c.wait_registered(&["kill-0".to_string()]).await;
     // At least one task running there, and the object's rebuild, count as retries.
-    assert!(s.tasks_retried >= 2, "tasks on the killed worker were retried: {s:?}");
+    assert!(
+        s.tasks_retried >= 2,
+        "tasks on the killed worker were retried: {s:?}"
+    );
 
     // Only a worker with w1 can rebuild the object: start one.
     let replacement = c.worker("kill-2", 2, &["w1=1000000".to_string()]);
     c.workers.push(replacement);
-    let sum = bounded("byte_sum of the rebuilt object", Duration::from_secs(30), rt.get(&byte_sum.remote(&rt, &big)))
-        .await
-        .expect("the lost object is rebuilt from lineage");
+    let sum = bounded(
+        "byte_sum of the rebuilt object",
+        Duration::from_secs(30),
+        rt.get(&byte_sum.remote(&rt, &big)),
+    )
+    .await
+    .expect("the lost object is rebuilt from lineage");
     assert_eq!(sum, (1_000_000, 3_000_000));
     rt.shutdown().await;
 }
@@ -225,31 +287,53 @@ async fn actor_restarts_then_dies() {
     let mut c = TestCluster::start("actor", 1, 2).await;
     let rt = c.connect().await;
     // Only actor-0 exists: the actor starts there.
-    let counter = bounded("Counter creation", Duration::from_secs(30), Counter::remote_with(&rt, &ActorOptions::default().max_restarts(1), 0))
-        .await
-        .expect("the actor starts");
+    let counter = bounded(
+        "Counter creation",
+        Duration::from_secs(30),
+        Counter::remote_with(&rt, &ActorOptions::default().max_restarts(1), 0),
+    )
+    .await
+    .expect("the actor starts");
     for want in 1..=3 {
         assert_eq!(rt.get(&counter.increment()).await.unwrap(), want);
     }
 
     let second = c.worker("actor-1", 2, &[]);
     c.workers.push(second);
-    c.wait_registered(&["actor-0".to_string(), "actor-1".to_string()]).await;
+    c.wait_registered(&["actor-0".to_string(), "actor-1".to_string()])
+        .await;
     c.workers[0].kill();
     c.wait_registered(&["actor-1".to_string()]).await;
-    let after_restart = bounded("a call after the restart", Duration::from_secs(30), rt.get(&counter.increment()))
-        .await
-        .expect("the restarted actor answers");
-    assert_eq!(after_restart, 1, "a restarted actor starts from its constructor");
+    let after_restart = bounded(
+        "a call after the restart",
+        Duration::from_secs(30),
+        rt.get(&counter.increment()),
+    )
+    .await
+    .expect("the restarted actor answers");
+    assert_eq!(
+        after_restart, 1,
+        "a restarted actor starts from its constructor"
+    );
     assert_eq!(rt.get(&counter.value()).await.unwrap(), 1);
 
     c.workers[1].kill();
-    c.wait_status("actor-1 gone", Duration::from_secs(30), |s| s.workers.is_empty()).await;
-    let err = bounded("a call to the dead actor", Duration::from_secs(30), rt.get(&counter.increment()))
-        .await
-        .expect_err("the actor is out of restarts");
+    c.wait_status("actor-1 gone", Duration::from_secs(30), |s| {
+        s.workers.is_empty()
+    })
+    .await;
+    let err = bounded(
+        "a call to the dead actor",
+        Duration::from_secs(30),
+        rt.get(&counter.increment()),
+    )
+    .await
+    .expect_err("the actor is out of restarts");
     assert_eq!(err.kind(), Some(ErrorKind::ActorDied), "{err}");
-    assert!(err.to_string().contains("max_restarts"), "the error says why: {err}");
+    assert!(
+        err.to_string().contains("max_restarts"),
+        "the error says why: {err}"
+    );
     rt.shutdown().await;
 }
 
@@ -257,9 +341,14 @@ async fn actor_restarts_then_dies() {
 /// and waits to be killed.
 async fn child_driver(spec: &str) {
     let (address, token) = spec.split_once(' ').expect("address and token");
-    let rt = Runtime::connect(address, Some(token)).await.expect("the child driver connects");
+    let rt = Runtime::connect(address, Some(token))
+        .await
+        .expect("the child driver connects");
     let tasks: Vec<_> = (0..6).map(|i| sleep_then.remote(&rt, 60_000, i)).collect();
-    let big = rt.put(&ByteBuf::from(vec![1u8; 1_000_000])).await.expect("put 1 MB");
+    let big = rt
+        .put(&Blob::from(vec![1u8; 1_000_000]))
+        .await
+        .expect("put 1 MB");
     let small = rt.put(&42u64).await.expect("put a number");
     println!("CHILD READY session {}", rt.session());
     std::io::stdout().flush().unwrap();
@@ -279,7 +368,13 @@ async fn driver_that_goes_away() {
     let mut driver = Proc::spawn(
         "the child driver",
         Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "driver_that_goes_away", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "driver_that_goes_away",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env(CHILD_DRIVER_ENV, format!("{} {}", c.address, c.token))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -296,7 +391,9 @@ async fn driver_that_goes_away() {
     });
     let ready = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while let Ok(line) = lines_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        while let Ok(line) =
+            lines_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             if line.contains("CHILD READY") {
                 return true;
             }
@@ -307,28 +404,48 @@ async fn driver_that_goes_away() {
     .unwrap();
     assert!(ready, "the child driver did not get ready");
 
-    c.wait_status("the child's tasks running and objects stored", Duration::from_secs(30), |s| {
-        s.tasks_running > 0 && s.objects >= 2 && s.workers.iter().any(|w| w.objects > 0)
-    })
+    c.wait_status(
+        "the child's tasks running and objects stored",
+        Duration::from_secs(30),
+        |s| s.tasks_running > 0 && s.objects >= 2 && s.workers.iter().any(|w| w.objects > 0),
+    )
     .await;
     let killed = Instant::now();
     driver.kill();
     // The tasks would run for 3 × 60 s on 2 slots; 15 s is "well before".
     let s = c
-        .wait_status("the child's tasks cancelled and objects freed", Duration::from_secs(15), |s| {
-            s.tasks_pending == 0
-                && s.tasks_waiting == 0
-                && s.tasks_running == 0
-                && s.objects == 0
-                && s.workers.iter().all(|w| w.objects == 0 && w.busy_slots == 0)
-        })
+        .wait_status(
+            "the child's tasks cancelled and objects freed",
+            Duration::from_secs(15),
+            |s| {
+                s.tasks_pending == 0
+                    && s.tasks_waiting == 0
+                    && s.tasks_running == 0
+                    && s.objects == 0
+                    && s.workers
+                        .iter()
+                        .all(|w| w.objects == 0 && w.busy_slots == 0)
+            },
+        )
         .await;
     assert!(killed.elapsed() < Duration::from_secs(15));
-    assert_eq!(s.tasks_finished, 0, "no task of the dead driver ran to the end: {s:?}");
+    assert_eq!(
+        s.tasks_finished, 0,
+        "no task of the dead driver ran to the end: {s:?}"
+    );
 
     // The cluster still works: the freed slots take new work.
     let rt = c.connect().await;
-    assert_eq!(bounded("add", Duration::from_secs(30), rt.get(&add.remote(&rt, 2, 3))).await.unwrap(), 5);
+    assert_eq!(
+        bounded(
+            "add",
+            Duration::from_secs(30),
+            rt.get(&add.remote(&rt, 2, 3))
+        )
+        .await
+        .unwrap(),
+        5
+    );
     rt.shutdown().await;
 }
 
@@ -345,7 +462,10 @@ fn raw_exchange(address: &str, bytes: &[u8]) -> Vec<u8> {
             Ok(0) => return reply,
             Ok(n) => reply.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return reply,
-            Err(e) => panic!("the head neither answered nor closed the connection: {e} (read so far: {:?})", String::from_utf8_lossy(&reply)),
+            Err(e) => panic!(
+                "the head neither answered nor closed the connection: {e} (read so far: {:?})",
+                String::from_utf8_lossy(&reply)
+            ),
         }
     }
 }
@@ -355,7 +475,10 @@ fn raw_exchange(address: &str, bytes: &[u8]) -> Vec<u8> {
 struct Metadata(Vec<(&'static str, String)>);
 
 impl tonic::service::Interceptor for Metadata {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         for (k, v) in &self.0 {
             request.metadata_mut().insert(*k, v.parse().unwrap());
         }
@@ -373,11 +496,22 @@ async fn bad_input_on_the_head_port() {
     // Not HTTP/2: the head drops the connection (and says so in an HTTP/2 GOAWAY, if anything).
     let garbage = tokio::task::spawn_blocking({
         let a = address.clone();
-        move || raw_exchange(&a, b"\x00\xff\x13\x37 this is not a gRPC request \xde\xad\xbe\xef\r\n\r\n")
+        move || {
+            raw_exchange(
+                &a,
+                b"\x00\xff\x13\x37 this is not a gRPC request \xde\xad\xbe\xef\r\n\r\n",
+            )
+        }
     });
     let http1 = tokio::task::spawn_blocking({
         let a = address.clone();
-        move || raw_exchange(&a, format!("GET /metrics HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n").as_bytes())
+        move || {
+            raw_exchange(
+                &a,
+                format!("GET /metrics HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+        }
     });
     let (garbage, http1) = (garbage.await.unwrap(), http1.await.unwrap());
     for (what, reply) in [("garbage", &garbage), ("HTTP/1.1", &http1)] {
@@ -391,49 +525,101 @@ async fn bad_input_on_the_head_port() {
     }
 
     // A wrong token.
-    let err = cluster::status(&address, Some("not-the-token")).await.expect_err("a wrong token is refused");
+    let err = cluster::status(&address, Some("not-the-token"))
+        .await
+        .expect_err("a wrong token is refused");
     let msg = err.to_string();
-    assert!(msg.contains("token") && msg.contains("FLOTILLA_TOKEN"), "{msg}");
-    let err = Runtime::connect(&address, Some("not-the-token")).await.expect_err("a driver with a wrong token is refused");
+    assert!(
+        msg.contains("token") && msg.contains("FLOTILLA_TOKEN"),
+        "{msg}"
+    );
+    let err = Runtime::connect(&address, Some("not-the-token"))
+        .await
+        .expect_err("a driver with a wrong token is refused");
     assert!(err.to_string().contains("token"), "{err}");
-    let err = cluster::status(&address, None).await.expect_err("no token is refused");
+    let err = cluster::status(&address, None)
+        .await
+        .expect_err("no token is refused");
     assert!(err.to_string().contains("token"), "{err}");
 
     // Another protocol version, straight through tonic.
     let channel = flotilla::transport::connect(&address).await.unwrap();
     let mut client = HeadClient::with_interceptor(
         channel.clone(),
-        Metadata(vec![("flotilla-protocol", "99".into()), ("authorization", format!("Bearer {}", c.token))]),
+        Metadata(vec![
+            ("flotilla-protocol", "99".into()),
+            ("authorization", format!("Bearer {}", c.token)),
+        ]),
     );
-    let status = client.status(pb::StatusRequest {}).await.expect_err("protocol 99 is refused");
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .expect_err("protocol 99 is refused");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-    assert!(status.message().contains("protocol version mismatch"), "{}", status.message());
+    assert!(
+        status.message().contains("protocol version mismatch"),
+        "{}",
+        status.message()
+    );
     // No version header at all.
-    let mut client = HeadClient::with_interceptor(channel.clone(), Metadata(vec![("authorization", format!("Bearer {}", c.token))]));
-    let status = client.status(pb::StatusRequest {}).await.expect_err("no protocol header is refused");
-    assert!(status.message().contains("protocol version mismatch"), "{}", status.message());
+    let mut client = HeadClient::with_interceptor(
+        channel.clone(),
+        Metadata(vec![("authorization", format!("Bearer {}", c.token))]),
+    );
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .expect_err("no protocol header is refused");
+    assert!(
+        status.message().contains("protocol version mismatch"),
+        "{}",
+        status.message()
+    );
     // The right header but another version in the driver's hello.
     let mut client = HeadClient::with_interceptor(
         channel,
-        Metadata(vec![("flotilla-protocol", "1".into()), ("authorization", format!("Bearer {}", c.token))]),
+        Metadata(vec![
+            ("flotilla-protocol", "1".into()),
+            ("authorization", format!("Bearer {}", c.token)),
+        ]),
     );
     let hello = pb::DriverBatch {
         ops: vec![pb::DriverOp {
-            op: Some(pb::driver_op::Op::Hello(pb::DriverHello { protocol_version: 99, job: String::new(), worker_name: String::new() })),
+            op: Some(pb::driver_op::Op::Hello(pb::DriverHello {
+                protocol_version: 99,
+                job: String::new(),
+                worker_name: String::new(),
+            })),
         }],
     };
     let refused = bounded("a hello of protocol 99", Duration::from_secs(10), async {
         match client.drive(futures::stream::iter(vec![hello])).await {
             Err(status) => status,
-            Ok(response) => response.into_inner().message().await.expect_err("the session is refused"),
+            Ok(response) => response
+                .into_inner()
+                .message()
+                .await
+                .expect_err("the session is refused"),
         }
     })
     .await;
-    assert!(refused.message().contains("protocol version mismatch"), "{refused:?}");
+    assert!(
+        refused.message().contains("protocol version mismatch"),
+        "{refused:?}"
+    );
 
     // The head still serves a normal driver.
     let rt = c.connect().await;
-    assert_eq!(bounded("add", Duration::from_secs(30), rt.get(&add.remote(&rt, 20, 22))).await.unwrap(), 42);
+    assert_eq!(
+        bounded(
+            "add",
+            Duration::from_secs(30),
+            rt.get(&add.remote(&rt, 20, 22))
+        )
+        .await
+        .unwrap(),
+        42
+    );
     let put = rt.put(&"still here".to_string()).await.unwrap();
     assert_eq!(rt.get(&put).await.unwrap(), "still here");
     let s = c.status().await.unwrap();
@@ -452,7 +638,16 @@ async fn worker_reconnects_to_a_new_head() {
     let s = c.wait_registered(&["loyal-0".to_string()]).await;
     assert_eq!(s.tasks_finished, 0, "this is a new head");
     let rt = c.connect().await;
-    assert_eq!(bounded("add on the new head", Duration::from_secs(30), rt.get(&add.remote(&rt, 1, 2))).await.unwrap(), 3);
+    assert_eq!(
+        bounded(
+            "add on the new head",
+            Duration::from_secs(30),
+            rt.get(&add.remote(&rt, 1, 2))
+        )
+        .await
+        .unwrap(),
+        3
+    );
     rt.shutdown().await;
 }
 
@@ -474,7 +669,10 @@ impl Drop for UpGuard {
         pids.extend(self.state().map(|s| s.pids).unwrap_or_default());
         for pid in pids {
             if alive(pid) {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+                let _ = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
     }
@@ -485,44 +683,76 @@ fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => false,
         // "pid (comm) S ..."; comm may hold spaces and parentheses, the state follows the last ')'.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X"),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
     }
 }
 
 fn run_cli(state_dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = flotilla().args(args).env("FLOTILLA_STATE_DIR", state_dir).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = flotilla()
+        .args(args)
+        .env("FLOTILLA_STATE_DIR", state_dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `flotilla up`, `status`, `drain` and `down` as a user runs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_status_drain_down() {
     let dir = tempfile::tempdir().unwrap();
-    let mut guard = UpGuard { state_dir: dir.path().to_path_buf(), pids: Vec::new() };
+    let mut guard = UpGuard {
+        state_dir: dir.path().to_path_buf(),
+        pids: Vec::new(),
+    };
     let up_dir = dir.path().to_path_buf();
-    let (ok, out, err) = tokio::task::spawn_blocking(move || run_cli(&up_dir, &["up", "--workers", "2", "--port", "0", "--slots", "1"]))
-        .await
-        .unwrap();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        run_cli(
+            &up_dir,
+            &["up", "--workers", "2", "--port", "0", "--slots", "1"],
+        )
+    })
+    .await
+    .unwrap();
     let state = guard.state();
     guard.pids = state.as_ref().map(|s| s.pids.clone()).unwrap_or_default();
     assert!(ok, "flotilla up failed: {out}{err}");
     let state = state.expect("flotilla up records its processes");
     assert_eq!(state.pids.len(), 3, "a head and 2 workers: {state:?}");
     assert!(out.contains(&state.address), "up prints the address: {out}");
-    assert!(state.pids.iter().all(|p| alive(*p)), "all processes run: {state:?}");
+    assert!(
+        state.pids.iter().all(|p| alive(*p)),
+        "all processes run: {state:?}"
+    );
 
     let (ok, out, err) = run_cli(dir.path(), &["status"]);
     assert!(ok, "flotilla status failed: {err}");
     let workers: Vec<&str> = out.lines().filter(|l| l.starts_with("worker-")).collect();
     assert_eq!(workers.len(), 2, "status lists 2 workers:\n{out}");
-    assert!(workers.iter().any(|l| l.starts_with("worker-0 ")) && workers.iter().any(|l| l.starts_with("worker-1 ")), "{out}");
+    assert!(
+        workers.iter().any(|l| l.starts_with("worker-0 "))
+            && workers.iter().any(|l| l.starts_with("worker-1 ")),
+        "{out}"
+    );
 
     let (ok, out, err) = run_cli(dir.path(), &["drain", "worker-0"]);
     assert!(ok, "flotilla drain failed: {out}{err}");
     assert!(out.contains("drained"), "drain reports it: {out}");
     let (_, out, _) = run_cli(dir.path(), &["status"]);
-    let line = out.lines().find(|l| l.starts_with("worker-0 ")).unwrap_or_else(|| panic!("worker-0 listed:\n{out}"));
-    assert!(line.contains("drained"), "worker-0 shows as drained: {line}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("worker-0 "))
+        .unwrap_or_else(|| panic!("worker-0 listed:\n{out}"));
+    assert!(
+        line.contains("drained"),
+        "worker-0 shows as drained: {line}"
+    );
 
     let (ok, out, err) = run_cli(dir.path(), &["down"]);
     assert!(ok, "flotilla down failed: {out}{err}");
@@ -531,7 +761,10 @@ async fn up_status_drain_down() {
     let deadline = Instant::now() + Duration::from_secs(15);
     while state.pids.iter().any(|p| alive(*p)) {
         let left: HashMap<u32, bool> = state.pids.iter().map(|p| (*p, alive(*p))).collect();
-        assert!(Instant::now() < deadline, "processes still running 15 s after down: {left:?}");
+        assert!(
+            Instant::now() < deadline,
+            "processes still running 15 s after down: {left:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -552,14 +785,30 @@ async fn head_refuses_public_bind_without_token() {
         if let Some(status) = head.child().try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the head kept running on 0.0.0.0 without a token");
+        assert!(
+            Instant::now() < deadline,
+            "the head kept running on 0.0.0.0 without a token"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let (mut out, mut err) = (String::new(), String::new());
-    head.child().stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    head.child().stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    head.child()
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    head.child()
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(!status.success(), "exit status {status}");
-    assert!(err.contains("FLOTILLA_TOKEN"), "the error names FLOTILLA_TOKEN: {err}");
+    assert!(
+        err.contains("FLOTILLA_TOKEN"),
+        "the error names FLOTILLA_TOKEN: {err}"
+    );
     // Refused before binding: it never listened, and the message names the requested port 0,
     // not one the OS handed out.
     assert!(!out.contains("listening"), "{out}");

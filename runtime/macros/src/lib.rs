@@ -9,8 +9,8 @@ use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};
 use syn::{
-    parse_macro_input, spanned::Spanned, FnArg, GenericArgument, ImplItem, ImplItemFn, Item, ItemFn, ItemImpl, Pat,
-    PathArguments, ReturnType, Type,
+    parse_macro_input, spanned::Spanned, FnArg, GenericArgument, ImplItem, ImplItemFn, Item,
+    ItemFn, ItemImpl, Pat, PathArguments, ReturnType, Type,
 };
 
 /// Makes a function callable on the cluster: `f.remote(&rt, args…)` returns an `ObjectRef` at
@@ -20,10 +20,14 @@ use syn::{
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
-        return syn::Error::new(Span::call_site(), "#[flotilla::remote] takes no arguments").to_compile_error().into();
+        return syn::Error::new(Span::call_site(), "#[flotilla::remote] takes no arguments")
+            .to_compile_error()
+            .into();
     }
     let func = parse_macro_input!(item as ItemFn);
-    expand_remote(func).unwrap_or_else(|e| e.to_compile_error()).into()
+    expand_remote(func)
+        .unwrap_or_else(|e| e.to_compile_error())
+        .into()
 }
 
 /// Makes a type an actor. Put it on the struct (a marker that checks the type can move between
@@ -33,7 +37,9 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
-        return syn::Error::new(Span::call_site(), "#[flotilla::actor] takes no arguments").to_compile_error().into();
+        return syn::Error::new(Span::call_site(), "#[flotilla::actor] takes no arguments")
+            .to_compile_error()
+            .into();
     }
     let item = parse_macro_input!(item as Item);
     let out = match item {
@@ -48,7 +54,10 @@ pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
             })
         }
         Item::Impl(i) => expand_actor_impl(i),
-        other => Err(syn::Error::new(other.span(), "#[flotilla::actor] goes on a struct and on its impl block")),
+        other => Err(syn::Error::new(
+            other.span(),
+            "#[flotilla::actor] goes on a struct and on its impl block",
+        )),
     };
     out.unwrap_or_else(|e| e.to_compile_error()).into()
 }
@@ -60,9 +69,12 @@ pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
 pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
     let func = parse_macro_input!(item as ItemFn);
     if func.sig.asyncness.is_none() {
-        return syn::Error::new(func.sig.span(), "#[flotilla::main] needs an `async fn main(rt: flotilla::Runtime)`")
-            .to_compile_error()
-            .into();
+        return syn::Error::new(
+            func.sig.span(),
+            "#[flotilla::main] needs an `async fn main(rt: flotilla::Runtime)`",
+        )
+        .to_compile_error()
+        .into();
     }
     let attrs = &func.attrs;
     let vis = &func.vis;
@@ -93,26 +105,37 @@ fn params<'a>(inputs: impl Iterator<Item = &'a FnArg>) -> syn::Result<(bool, Vec
         let FnArg::Typed(pt) = input else { continue };
         if is_runtime_ref(&pt.ty) {
             if i != 0 || !out.is_empty() {
-                return Err(syn::Error::new(pt.span(), "a `&Runtime` parameter must come first"));
+                return Err(syn::Error::new(
+                    pt.span(),
+                    "a `&Runtime` parameter must come first",
+                ));
             }
             takes_rt = true;
             continue;
         }
         if let Type::Reference(r) = &*pt.ty {
-            return Err(syn::Error::new(r.span(), "remote parameters are sent between processes: take them by value"));
+            return Err(syn::Error::new(
+                r.span(),
+                "remote parameters are sent between processes: take them by value",
+            ));
         }
         let name = match &*pt.pat {
             Pat::Ident(id) => id.ident.clone(),
             _ => format_ident!("__flotilla_arg{}", out.len()),
         };
-        out.push(Param { name, ty: (*pt.ty).clone() });
+        out.push(Param {
+            name,
+            ty: (*pt.ty).clone(),
+        });
     }
     Ok((takes_rt, out))
 }
 
 fn is_runtime_ref(ty: &Type) -> bool {
     match ty {
-        Type::Reference(r) => matches!(&*r.elem, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Runtime")),
+        Type::Reference(r) => {
+            matches!(&*r.elem, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Runtime"))
+        }
         _ => false,
     }
 }
@@ -207,7 +230,10 @@ fn push_args(params: &[Param]) -> TokenStream2 {
 
 fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
     if !func.sig.generics.params.is_empty() {
-        return Err(syn::Error::new(func.sig.generics.span(), "remote functions cannot be generic: workers look them up by name"));
+        return Err(syn::Error::new(
+            func.sig.generics.span(),
+            "remote functions cannot be generic: workers look them up by name",
+        ));
     }
     let vis = &func.vis;
     let name = &func.sig.ident;
@@ -222,7 +248,11 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
     let mut inner = func.clone();
     inner.sig.ident = impl_name.clone();
     inner.vis = syn::Visibility::Inherited;
-    let attrs: Vec<_> = func.attrs.iter().filter(|a| a.path().is_ident("doc")).collect();
+    let attrs: Vec<_> = func
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .collect();
 
     let arg_names: Vec<_> = params.iter().map(|p| &p.name).collect();
     let arg_tys: Vec<_> = params.iter().map(|p| &p.ty).collect();
@@ -251,7 +281,11 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
         ReturnType::Default => quote!(()),
         ReturnType::Type(_, t) => quote!(#t),
     };
-    let rt_param = if takes_rt { quote!(rt: &::flotilla::Runtime,) } else { quote!() };
+    let rt_param = if takes_rt {
+        quote!(rt: &::flotilla::Runtime,)
+    } else {
+        quote!()
+    };
     let rt_pass = if takes_rt { quote!(rt,) } else { quote!() };
     let local_call = if is_async {
         quote! {
@@ -342,10 +376,16 @@ struct Method<'a> {
 
 fn expand_actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
     if imp.trait_.is_some() {
-        return Err(syn::Error::new(imp.span(), "#[flotilla::actor] goes on the type's inherent impl block, not a trait impl"));
+        return Err(syn::Error::new(
+            imp.span(),
+            "#[flotilla::actor] goes on the type's inherent impl block, not a trait impl",
+        ));
     }
     if !imp.generics.params.is_empty() {
-        return Err(syn::Error::new(imp.generics.span(), "actor types cannot be generic: workers look them up by name"));
+        return Err(syn::Error::new(
+            imp.generics.span(),
+            "actor types cannot be generic: workers look them up by name",
+        ));
     }
     let self_ty = &imp.self_ty;
     let type_name = match &**self_ty {
@@ -365,25 +405,43 @@ fn expand_actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         if has_self {
             if let Some(FnArg::Receiver(r)) = f.sig.inputs.first() {
                 if r.reference.is_none() {
-                    return Err(syn::Error::new(r.span(), "actor methods take `&self` or `&mut self`"));
+                    return Err(syn::Error::new(
+                        r.span(),
+                        "actor methods take `&self` or `&mut self`",
+                    ));
                 }
             }
             if f.sig.asyncness.is_some() {
-                return Err(syn::Error::new(f.sig.span(), "actor methods run one at a time on the actor's thread: make them plain `fn`s"));
+                return Err(syn::Error::new(
+                    f.sig.span(),
+                    "actor methods run one at a time on the actor's thread: make them plain `fn`s",
+                ));
             }
             let (takes_rt, params) = params(f.sig.inputs.iter().skip(1))?;
             let (out_ty, is_result) = output_type(&f.sig.output);
             let signature = signature_string(&params, &f.sig.output);
-            methods.push(Method { func: f, takes_rt, params, out_ty, is_result, signature });
+            methods.push(Method {
+                func: f,
+                takes_rt,
+                params,
+                out_ty,
+                is_result,
+                signature,
+            });
         } else if f.sig.ident == "new" {
             let (takes_rt, params) = params(f.sig.inputs.iter())?;
             let returns_result = matches!(output_type(&f.sig.output), (_, true));
             ctor = Some((f, takes_rt, params, returns_result));
         }
     }
-    let (ctor_fn, ctor_rt, ctor_params, ctor_result) =
-        ctor.ok_or_else(|| syn::Error::new(imp.span(), "an actor needs a constructor `fn new(…) -> Self`"))?;
-    let ctor_sig = signature_string(&ctor_params, &ReturnType::Default).replace("-> ()", &format!("-> {type_str}"));
+    let (ctor_fn, ctor_rt, ctor_params, ctor_result) = ctor.ok_or_else(|| {
+        syn::Error::new(
+            imp.span(),
+            "an actor needs a constructor `fn new(…) -> Self`",
+        )
+    })?;
+    let ctor_sig = signature_string(&ctor_params, &ReturnType::Default)
+        .replace("-> ()", &format!("-> {type_str}"));
 
     let ctor_names: Vec<_> = ctor_params.iter().map(|p| &p.name).collect();
     let ctor_into: Vec<_> = ctor_params
@@ -396,7 +454,11 @@ fn expand_actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         .collect();
     let ctor_push = push_args(&ctor_params);
     let ctor_decode = decode_params(&ctor_params, quote!(<#self_ty>::__FLOTILLA_CLASS));
-    let ctor_rt_arg = if ctor_rt { quote!(&__ctx.rt,) } else { quote!() };
+    let ctor_rt_arg = if ctor_rt {
+        quote!(&__ctx.rt,)
+    } else {
+        quote!()
+    };
     let ctor_unwrap = if ctor_result {
         quote!(.map_err(|e| ::flotilla::__private::TaskFailure::application(e))?)
     } else {
@@ -415,7 +477,12 @@ fn expand_actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
             quote!(#n: impl ::flotilla::__private::IntoArg<#t>)
         });
         let push = push_args(&m.params);
-        let docs: Vec<_> = m.func.attrs.iter().filter(|a| a.path().is_ident("doc")).collect();
+        let docs: Vec<_> = m
+            .func
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .collect();
         quote! {
             #(#docs)*
             pub fn #name(&self, #(#into),*) -> ::flotilla::ObjectRef<#out> {

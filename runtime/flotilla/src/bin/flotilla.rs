@@ -10,7 +10,11 @@ use flotilla::{
 };
 
 #[derive(Parser)]
-#[command(name = "flotilla", version, about = "Parallel Rust on a cluster: remote functions, actors and objects")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Parallel Rust on a cluster: remote functions, actors and objects"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,11 +42,11 @@ enum Command {
         /// Unique worker name (default: FLOTILLA_WORKER_NAME, or host-pid).
         #[arg(long)]
         name: Option<String>,
-        /// gRPC address for the object service (default FLOTILLA_BIND:7402).
-        #[arg(long, env = "FLOTILLA_BIND")]
+        /// gRPC address for the object service (default: FLOTILLA_BIND's host, port 7402).
+        #[arg(long)]
         bind: Option<String>,
-        /// HTTP address for /metrics (default port 7403).
-        #[arg(long, env = "FLOTILLA_WORKER_HTTP_BIND")]
+        /// HTTP address for /metrics (default: FLOTILLA_WORKER_HTTP_BIND, or port 7403).
+        #[arg(long)]
         http_bind: Option<String>,
         /// Named custom resources, NAME=AMOUNT, repeatable.
         #[arg(long = "resource")]
@@ -101,9 +105,10 @@ fn head_and_token(head: Option<String>) -> Result<(String, Option<String>), Stri
                 .or_else(|| state.filter(|s| s.address == h).map(|s| s.token));
             Ok((h, token))
         }
-        None => state
-            .map(|s| (s.address, Some(s.token)))
-            .ok_or_else(|| "no head address: pass --head, set FLOTILLA_HEAD, or start one with `flotilla up`".to_string()),
+        None => state.map(|s| (s.address, Some(s.token))).ok_or_else(|| {
+            "no head address: pass --head, set FLOTILLA_HEAD, or start one with `flotilla up`"
+                .to_string()
+        }),
     }
 }
 
@@ -121,8 +126,17 @@ fn main() -> ExitCode {
     };
     let result: Result<(), String> = tokio.block_on(async move {
         match cli.command {
-            Command::Head { bind, http_bind } => cluster::run_head_from_env(bind, http_bind).await.map_err(|e| e.to_string()),
-            Command::Worker { head, slots, name, bind, http_bind, resources } => {
+            Command::Head { bind, http_bind } => cluster::run_head_from_env(bind, http_bind)
+                .await
+                .map_err(|e| e.to_string()),
+            Command::Worker {
+                head,
+                slots,
+                name,
+                bind,
+                http_bind,
+                resources,
+            } => {
                 std::env::set_var("FLOTILLA_HEAD", &head);
                 let mut config = WorkerConfig::from_env().map_err(|e| e.to_string())?;
                 if let Some(s) = slots {
@@ -132,18 +146,41 @@ fn main() -> ExitCode {
                     config.name = n;
                 }
                 for r in resources {
-                    let (k, v) = r.split_once('=').ok_or_else(|| format!("--resource {r:?}: expected NAME=AMOUNT"))?;
-                    let v: u64 = v.parse().map_err(|_| format!("--resource {r:?}: {v:?} is not a number"))?;
+                    let (k, v) = r
+                        .split_once('=')
+                        .ok_or_else(|| format!("--resource {r:?}: expected NAME=AMOUNT"))?;
+                    let v: u64 = v
+                        .parse()
+                        .map_err(|_| format!("--resource {r:?}: {v:?} is not a number"))?;
                     config.custom.insert(k.to_string(), v);
                 }
-                cluster::run_worker_from_env(config, bind, http_bind).await.map_err(|e| e.to_string())
-            }
-            Command::Up { workers, slots, worker_bin, port } => {
-                let state = cluster::up(UpOptions { workers, slots, worker_bin, port, log_dir: None })
+                cluster::run_worker_from_env(config, bind, http_bind)
                     .await
-                    .map_err(|e| e.to_string())?;
-                println!("flotilla cluster up: head {} with {} workers (dashboard http://{})", state.address, workers, state.http);
-                println!("connect a driver with:\n  export FLOTILLA_HEAD={} FLOTILLA_TOKEN={}", state.address, state.token);
+                    .map_err(|e| e.to_string())
+            }
+            Command::Up {
+                workers,
+                slots,
+                worker_bin,
+                port,
+            } => {
+                let state = cluster::up(UpOptions {
+                    workers,
+                    slots,
+                    worker_bin,
+                    port,
+                    log_dir: None,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                println!(
+                    "flotilla cluster up: head {} with {} workers (dashboard http://{})",
+                    state.address, workers, state.http
+                );
+                println!(
+                    "connect a driver with:\n  export FLOTILLA_HEAD={} FLOTILLA_TOKEN={}",
+                    state.address, state.token
+                );
                 Ok(())
             }
             Command::Down => {
@@ -153,14 +190,27 @@ fn main() -> ExitCode {
             }
             Command::Status { head } => {
                 let (head, token) = head_and_token(head)?;
-                let s = cluster::status(&head, token.as_deref()).await.map_err(|e| e.to_string())?;
+                let s = cluster::status(&head, token.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 println!("head {head}");
                 println!(
                     "tasks: {} pending, {} waiting, {} running, {} finished, {} failed, {} retried",
-                    s.tasks_pending, s.tasks_waiting, s.tasks_running, s.tasks_finished, s.tasks_failed, s.tasks_retried
+                    s.tasks_pending,
+                    s.tasks_waiting,
+                    s.tasks_running,
+                    s.tasks_finished,
+                    s.tasks_failed,
+                    s.tasks_retried
                 );
-                println!("objects: {}   actors alive: {}   drivers: {}   desired workers: {}", s.objects, s.actors_alive, s.drivers, s.desired_workers);
-                println!("{:<20} {:<22} {:<9} {:>10} {:>8} {:>12} {:>12}", "WORKER", "ADDRESS", "STATE", "BUSY/SLOTS", "OBJECTS", "MEMORY", "SPILLED");
+                println!(
+                    "objects: {}   actors alive: {}   drivers: {}   desired workers: {}",
+                    s.objects, s.actors_alive, s.drivers, s.desired_workers
+                );
+                println!(
+                    "{:<20} {:<22} {:<9} {:>10} {:>8} {:>12} {:>12}",
+                    "WORKER", "ADDRESS", "STATE", "BUSY/SLOTS", "OBJECTS", "MEMORY", "SPILLED"
+                );
                 for w in s.workers {
                     println!(
                         "{:<20} {:<22} {:<9} {:>10} {:>8} {:>12} {:>12}",
@@ -175,15 +225,30 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
-            Command::Drain { worker, head, timeout } => {
+            Command::Drain {
+                worker,
+                head,
+                timeout,
+            } => {
                 let (head, token) = head_and_token(head)?;
-                let reply = cluster::drain(&head, token.as_deref(), &worker, Duration::from_secs(timeout))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let reply = cluster::drain(
+                    &head,
+                    token.as_deref(),
+                    &worker,
+                    Duration::from_secs(timeout),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 println!("{}", reply.message);
-                if reply.drained { Ok(()) } else { Err(format!("{worker} was not drained")) }
+                if reply.drained {
+                    Ok(())
+                } else {
+                    Err(format!("{worker} was not drained"))
+                }
             }
-            Command::Bench { workload, tasks } => flotilla::bench::run(&workload, tasks).await.map_err(|e| e.to_string()),
+            Command::Bench { workload, tasks } => flotilla::bench::run(&workload, tasks)
+                .await
+                .map_err(|e| e.to_string()),
         }
     });
     match result {

@@ -101,6 +101,10 @@ pub struct ObjectLocation {
     /// Path of a shared-memory segment holding the object, when the store keeps one.
     #[prost(string, tag = "4")]
     pub shm_path: ::prost::alloc::string::String,
+    /// The worker's HTTP address: `GET /objects/{id}` streams the object over plain HTTP/1.1,
+    /// which moves bulk bytes with fewer copies than gRPC framing.
+    #[prost(string, tag = "5")]
+    pub http_address: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TaskError {
@@ -382,6 +386,9 @@ pub struct RegisterWorker {
     pub build_id: ::prost::alloc::string::String,
     #[prost(string, tag = "11")]
     pub group: ::prost::alloc::string::String,
+    /// The worker's HTTP address (metrics and bulk object transfer); empty if it has none.
+    #[prost(string, tag = "12")]
+    pub http_address: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TaskResult {
@@ -521,6 +528,8 @@ pub struct WorkerStatus {
     pub program: ::prost::alloc::string::String,
     #[prost(string, tag = "11")]
     pub group: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub http_address: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StatusReply {
