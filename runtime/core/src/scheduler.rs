@@ -244,7 +244,7 @@ pub struct Snapshot {
     pub store_spilled_bytes: u64,
     /// The head's estimate of the workers the current demand needs.
     pub desired_workers: u64,
-    /// Sessions connected.
+    /// Driver sessions connected (not counting the sessions workers keep for nested tasks).
     pub sessions: u64,
 }
 
@@ -1848,7 +1848,12 @@ impl Scheduler {
             tasks_failed: self.failed,
             tasks_retried: self.retried,
             objects: self.objects.len() as u64,
-            sessions: self.sessions.len() as u64,
+            // Drivers only: every worker also holds a session for the tasks its tasks submit.
+            sessions: self
+                .sessions
+                .values()
+                .filter(|s| s.worker.is_none())
+                .count() as u64,
             ..Snapshot::default()
         };
         for t in self.tasks.values() {

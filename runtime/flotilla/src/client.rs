@@ -327,14 +327,7 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Slot::Ready(State::Error(err)));
-        ObjectRef::new(
-            Arc::new(RefInner {
-                id,
-                owned: false,
-                client: self.inner.clone(),
-            }),
-            self.binding.clone(),
-        )
+        self.borrowed_ref(id)
     }
 
     /// Submits a task of any kind; used by the generated code.

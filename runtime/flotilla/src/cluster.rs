@@ -188,27 +188,39 @@ fn parse_bind(var: &str, default: &str) -> Result<String> {
         .unwrap_or_else(|| default.to_string()))
 }
 
+/// Binds a process's gRPC and HTTP listeners. Without a token only loopback addresses are
+/// allowed, and that is checked before binding, so no other socket is opened even for a moment
+/// (`head::serve` and the worker check again, for binds that are names rather than addresses).
+async fn bind_pair(
+    grpc_bind: &str,
+    http_bind: &str,
+    has_token: bool,
+) -> Result<(TcpListener, TcpListener)> {
+    if let Ok(addr) = grpc_bind.parse::<std::net::SocketAddr>() {
+        if !addr.ip().is_loopback() && !has_token {
+            return Err(Error::Config(format!(
+                "refusing to listen on {addr} without a cluster token: set FLOTILLA_TOKEN (only loopback addresses may run without one)"
+            )));
+        }
+    }
+    let bind = |addr: String| async move {
+        TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))
+    };
+    Ok((
+        bind(grpc_bind.to_string()).await?,
+        bind(http_bind.to_string()).await?,
+    ))
+}
+
 /// Runs a head from the environment (`FLOTILLA_BIND`, ports 7400/7401 unless the bind names one).
 pub async fn run_head_from_env(grpc_bind: Option<String>, http_bind: Option<String>) -> Result<()> {
     let host = parse_bind("FLOTILLA_BIND", "127.0.0.1")?;
     let grpc_bind = grpc_bind.unwrap_or_else(|| with_port(&host, 7400));
     let http_bind = http_bind.unwrap_or_else(|| format!("{}:7401", host_of(&host)));
     let config = HeadConfig::from_env();
-    // Refuse before binding, so a head without a token never opens a non-loopback socket even
-    // for a moment (`head::serve` checks again for binds that are names, not addresses).
-    if let Ok(addr) = grpc_bind.parse::<std::net::SocketAddr>() {
-        if !addr.ip().is_loopback() && config.token.is_none() {
-            return Err(Error::Config(format!(
-                "refusing to listen on {addr} without a cluster token: set FLOTILLA_TOKEN (only loopback addresses may run without one)"
-            )));
-        }
-    }
-    let grpc = TcpListener::bind(&grpc_bind)
-        .await
-        .map_err(|e| Error::Config(format!("cannot listen on {grpc_bind}: {e}")))?;
-    let http = TcpListener::bind(&http_bind)
-        .await
-        .map_err(|e| Error::Config(format!("cannot listen on {http_bind}: {e}")))?;
+    let (grpc, http) = bind_pair(&grpc_bind, &http_bind, config.token.is_some()).await?;
     println!(
         "flotilla head listening on {} (http {})",
         grpc.local_addr()?,
@@ -255,21 +267,7 @@ pub async fn run_worker_from_env(
                 .filter(|v| !v.is_empty())
         })
         .unwrap_or_else(|| format!("{}:7403", host_of(&host)));
-    // As for the head: refuse before binding, so no non-loopback socket is opened without a
-    // token (the check after binding below still covers binds that are names).
-    if let Ok(addr) = grpc_bind.parse::<std::net::SocketAddr>() {
-        if !addr.ip().is_loopback() && config.token.is_none() {
-            return Err(Error::Config(format!(
-                "refusing to listen on {addr} without a cluster token: set FLOTILLA_TOKEN"
-            )));
-        }
-    }
-    let grpc = TcpListener::bind(&grpc_bind)
-        .await
-        .map_err(|e| Error::Config(format!("cannot listen on {grpc_bind}: {e}")))?;
-    let http = TcpListener::bind(&http_bind)
-        .await
-        .map_err(|e| Error::Config(format!("cannot listen on {http_bind}: {e}")))?;
+    let (grpc, http) = bind_pair(&grpc_bind, &http_bind, config.token.is_some()).await?;
     if !grpc.local_addr()?.ip().is_loopback() && config.token.is_none() {
         return Err(Error::Config(format!(
             "refusing to listen on {} without a cluster token: set FLOTILLA_TOKEN",

@@ -359,6 +359,33 @@ impl HeadService {
     }
 }
 
+/// Feeds a session's inbound batches to the core as events, then `gone` when the stream ends
+/// (closed by the peer, or broken, as when its process is killed).
+fn forward<B: Send + 'static>(
+    mut inbound: Streaming<B>,
+    events_tx: mpsc::UnboundedSender<HeadEvent>,
+    event: impl Fn(B) -> HeadEvent + Send + 'static,
+    gone: HeadEvent,
+) {
+    tokio::spawn(async move {
+        loop {
+            match inbound.message().await {
+                Ok(Some(batch)) => {
+                    if events_tx.send(event(batch)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!("session stream ended: {}", status.message());
+                    break;
+                }
+            }
+        }
+        let _ = events_tx.send(gone);
+    });
+}
+
 fn check_version(version: u32, who: &str) -> Result<(), Status> {
     if version != PROTOCOL_VERSION {
         return Err(Status::failed_precondition(format!(
@@ -407,31 +434,12 @@ impl Head for HeadService {
         if !rest.is_empty() {
             self.send(HeadEvent::DriverOps(session, rest))?;
         }
-        let events_tx = self.events_tx.clone();
-        tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(batch)) => {
-                        if events_tx
-                            .send(HeadEvent::DriverOps(session, batch.ops))
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(
-                            session = session.0,
-                            "driver stream ended: {}",
-                            status.message()
-                        );
-                        break;
-                    }
-                }
-            }
-            let _ = events_tx.send(HeadEvent::SessionGone(session));
-        });
+        forward(
+            inbound,
+            self.events_tx.clone(),
+            move |batch: pb::DriverBatch| HeadEvent::DriverOps(session, batch.ops),
+            HeadEvent::SessionGone(session),
+        );
         let stream = Batches::new(events_rx).map(|events| Ok(pb::DriverEvents { events }));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -493,27 +501,12 @@ impl Head for HeadService {
         if !rest.is_empty() {
             self.send(HeadEvent::WorkerOps(worker, rest))?;
         }
-        let events_tx = self.events_tx.clone();
-        tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(batch)) => {
-                        if events_tx
-                            .send(HeadEvent::WorkerOps(worker, batch.ops))
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(id = %worker, "worker stream ended: {}", status.message());
-                        break;
-                    }
-                }
-            }
-            let _ = events_tx.send(HeadEvent::WorkerGone(worker));
-        });
+        forward(
+            inbound,
+            self.events_tx.clone(),
+            move |batch: pb::WorkerBatch| HeadEvent::WorkerOps(worker, batch.ops),
+            HeadEvent::WorkerGone(worker),
+        );
         let stream = Batches::new(commands_rx).map(|commands| Ok(pb::WorkerCommands { commands }));
         Ok(Response::new(Box::pin(stream)))
     }

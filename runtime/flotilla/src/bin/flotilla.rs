@@ -97,6 +97,11 @@ enum Command {
     },
 }
 
+// Large objects are allocated and freed over and over; mimalloc keeps freed memory mapped for
+// reuse, where the system allocator returns it and pays page faults to get it back.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn head_and_token(head: Option<String>) -> Result<(String, Option<String>), String> {
     let state = cluster::read_state();
     match head {
