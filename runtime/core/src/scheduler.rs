@@ -259,6 +259,8 @@ pub struct WorkerView {
     pub address: String,
     /// HTTP address.
     pub http_address: String,
+    /// The node it runs on.
+    pub node: String,
     /// `idle`, `busy` or `draining`.
     pub state: &'static str,
     /// Slots.
@@ -293,6 +295,8 @@ pub struct Scheduler {
     finished: u64,
     failed: u64,
     retried: u64,
+    /// Finished and failed runs by task name (the function, method, or the caller's name).
+    by_name: std::collections::BTreeMap<String, (u64, u64)>,
     outbox: Vec<Effect>,
 }
 
@@ -321,8 +325,36 @@ impl Scheduler {
             finished: 0,
             failed: 0,
             retried: 0,
+            by_name: std::collections::BTreeMap::new(),
             outbox: Vec::new(),
         }
+    }
+
+    /// Counts a task's final outcome, in total and under its name.
+    fn count_outcome(&mut self, id: ObjectId, finished: bool) {
+        if finished {
+            self.finished += 1;
+        } else {
+            self.failed += 1;
+        }
+        if let Some(task) = self.tasks.get(&id) {
+            let entry = match self.by_name.get_mut(&task.name) {
+                Some(e) => e,
+                None => self.by_name.entry(task.name.clone()).or_default(),
+            };
+            if finished {
+                entry.0 += 1;
+            } else {
+                entry.1 += 1;
+            }
+        }
+    }
+
+    /// Finished and failed runs by task name.
+    pub fn runs_by_name(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+        self.by_name
+            .iter()
+            .map(|(n, (ok, failed))| (n.as_str(), *ok, *failed))
     }
 
     /// Takes the effects produced so far.
@@ -1167,7 +1199,7 @@ impl Scheduler {
                 if task.is_actor_creation() {
                     self.actor_creation_failed(id, err);
                 } else {
-                    self.failed += 1;
+                    self.count_outcome(id, false);
                     self.remove_task(id);
                     self.set_object(id, ObjectValue::Failed(err));
                 }
@@ -1184,7 +1216,7 @@ impl Scheduler {
                 if task.is_actor_creation() {
                     self.actor_created(id, worker);
                 }
-                self.finished += 1;
+                self.count_outcome(id, true);
                 self.remove_task(id);
                 self.set_object(id, value);
                 if matches!(
@@ -1258,7 +1290,7 @@ impl Scheduler {
             }
         }
         self.queue.retain(|t| *t != id);
-        self.failed += 1;
+        self.count_outcome(id, false);
         self.remove_task(id);
         self.set_object(id, ObjectValue::Failed(err));
     }
@@ -1292,7 +1324,7 @@ impl Scheduler {
                     worker,
                     worker_command::Command::Cancel(id.0),
                 ));
-                self.failed += 1;
+                self.count_outcome(id, false);
                 self.set_object(id, ObjectValue::Failed(err));
             }
             TaskState::Cancelled { .. } => {}
@@ -1577,7 +1609,7 @@ impl Scheduler {
     }
 
     fn actor_creation_failed(&mut self, id: ObjectId, err: TaskError) {
-        self.failed += 1;
+        self.count_outcome(id, false);
         self.remove_task(id);
         let msg = format!("its constructor {} failed: {}", err.task, err.message);
         if self
@@ -1911,6 +1943,7 @@ impl Scheduler {
                 name: w.info.name.clone(),
                 address: w.info.address.clone(),
                 http_address: w.info.http_address.clone(),
+                node: w.info.node.clone(),
                 state: match w.state {
                     WorkerState::Draining { .. } => "draining",
                     WorkerState::Drained => "drained",

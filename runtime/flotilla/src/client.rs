@@ -552,14 +552,20 @@ impl Runtime {
             }
             None => {
                 let target = self.pick_store().await?;
-                let location = pb::ObjectLocation {
+                let mut location = pb::ObjectLocation {
                     worker: target.id,
                     address: target.address,
-                    node: String::new(),
+                    node: target.node.clone(),
                     shm_path: String::new(),
                     http_address: target.http_address,
                 };
-                self.inner.peers.upload(id, &location, bytes).await?;
+                match self
+                    .share_on_host(id, &target.node, &location.http_address, &bytes)
+                    .await
+                {
+                    Some(segment) => location.shm_path = segment,
+                    None => self.inner.peers.upload(id, &location, bytes).await?,
+                }
                 location
             }
         };
@@ -573,6 +579,29 @@ impl Runtime {
             value: Some(put_object::Value::Stored(stored)),
         }));
         Ok(r)
+    }
+
+    /// On the worker's own host, writes the value once into shared memory and lets the worker
+    /// map it: no upload, and gets on this host map it too. `None` when that is not possible.
+    async fn share_on_host(
+        &self,
+        id: ObjectId,
+        node: &str,
+        http_address: &str,
+        bytes: &[u8],
+    ) -> Option<String> {
+        if http_address.is_empty() || node != crate::worker::hostname() {
+            return None;
+        }
+        let segment = crate::shm::write(id, bytes).ok()?;
+        match self.inner.peers.adopt(id, http_address, &segment).await {
+            Ok(()) => Some(segment.to_string_lossy().into_owned()),
+            Err(e) => {
+                tracing::debug!("shared-memory put of {id} fell back to an upload: {e}");
+                let _ = std::fs::remove_file(&segment);
+                None
+            }
+        }
     }
 
     async fn pick_store(&self) -> Result<pb::WorkerStatus> {

@@ -80,6 +80,9 @@ impl HeadConfig {
 /// A status snapshot with its workers.
 pub type StatusView = (Snapshot, Vec<WorkerView>);
 
+/// Finished and failed runs by task name.
+pub type RunsByName = Vec<(String, u64, u64)>;
+
 pub(crate) enum HeadEvent {
     RegisterWorker {
         info: Box<WorkerInfo>,
@@ -96,6 +99,7 @@ pub(crate) enum HeadEvent {
     DriverOps(SessionId, Vec<pb::DriverOp>),
     SessionGone(SessionId),
     Status(oneshot::Sender<StatusView>),
+    Runs(oneshot::Sender<RunsByName>),
     Drain {
         worker: String,
         timeout: Duration,
@@ -113,6 +117,15 @@ pub struct HeadHandle {
 }
 
 impl HeadHandle {
+    /// Finished and failed runs by task name, for metrics.
+    pub async fn runs_by_name(&self) -> Result<RunsByName> {
+        let (reply, rx) = oneshot::channel();
+        self.events_tx
+            .send(HeadEvent::Runs(reply))
+            .map_err(|_| Error::Shutdown("head stopped".into()))?;
+        rx.await.map_err(|_| Error::Shutdown("head stopped".into()))
+    }
+
     /// The scheduler's counters and workers.
     pub async fn status(&self) -> Result<StatusView> {
         let (reply, rx) = oneshot::channel();
@@ -236,6 +249,13 @@ impl Core {
             }
             HeadEvent::Status(reply) => {
                 let _ = reply.send((s.snapshot(), s.workers()));
+            }
+            HeadEvent::Runs(reply) => {
+                let _ = reply.send(
+                    s.runs_by_name()
+                        .map(|(n, ok, failed)| (n.to_string(), ok, failed))
+                        .collect(),
+                );
             }
             HeadEvent::Drain {
                 worker,
@@ -568,6 +588,7 @@ pub fn status_reply(snap: &Snapshot, workers: &[WorkerView]) -> pb::StatusReply 
                 program: w.program.clone(),
                 group: w.group.clone(),
                 http_address: w.http_address.clone(),
+                node: w.node.clone(),
             })
             .collect(),
         tasks_pending: snap.tasks_pending,

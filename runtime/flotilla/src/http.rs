@@ -31,11 +31,12 @@ async fn head_ready(State(state): HeadState) -> impl IntoResponse {
 }
 
 async fn head_metrics(State(state): HeadState) -> impl IntoResponse {
+    let runs = state.0.runs_by_name().await.unwrap_or_default();
     match state.0.status().await {
         Ok(view) => (
             axum::http::StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            render_head_metrics(&view, &state.1),
+            render_head_metrics(&view, &state.1) + &render_runs(&runs, &state.1),
         ),
         Err(e) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -179,6 +180,31 @@ pub fn render_head_metrics((snap, workers): &StatusView, config: &HeadConfig) ->
         "Task slots per group.",
         &slots_by_group,
     );
+    out
+}
+
+/// `flotilla_task_runs_total{task, outcome}`: runs by task name (the function or method, or the
+/// name a call gave in its options).
+pub fn render_runs(runs: &crate::head::RunsByName, config: &HeadConfig) -> String {
+    let mut out = String::from(
+        "# HELP flotilla_task_runs_total Task runs by task name and outcome.\n# TYPE flotilla_task_runs_total counter\n",
+    );
+    let labels = format!(
+        "cluster=\"{}\",namespace=\"{}\"",
+        escape(&config.cluster),
+        escape(&config.namespace)
+    );
+    for (name, finished, failed) in runs {
+        let task = escape(name);
+        let _ = writeln!(
+            out,
+            "flotilla_task_runs_total{{{labels},task=\"{task}\",outcome=\"finished\"}} {finished}"
+        );
+        let _ = writeln!(
+            out,
+            "flotilla_task_runs_total{{{labels},task=\"{task}\",outcome=\"failed\"}} {failed}"
+        );
+    }
     out
 }
 

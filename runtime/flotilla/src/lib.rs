@@ -35,6 +35,7 @@ pub mod http;
 pub mod object_ref;
 pub mod peer;
 pub mod registry;
+pub mod shm;
 pub mod store;
 pub mod transport;
 pub mod worker;

@@ -71,6 +71,14 @@ impl Peers {
     /// Fetches an object from the first location that has it.
     pub async fn fetch(&self, id: ObjectId, stored: &pb::StoredObject) -> Result<Bytes> {
         let mut last = format!("object {id} has no known location");
+        // A segment on this host is mapped, not copied.
+        for loc in stored.locations.iter().filter(|l| !l.shm_path.is_empty()) {
+            if let Ok(value) = crate::shm::map(std::path::Path::new(&loc.shm_path)) {
+                if value.len() as u64 == stored.size {
+                    return Ok(value);
+                }
+            }
+        }
         for loc in &stored.locations {
             let fetched = if loc.http_address.is_empty() {
                 self.fetch_from(id, &loc.address).await
@@ -191,6 +199,26 @@ impl Peers {
         Ok(buf.freeze())
     }
 
+    /// Hands a shared-memory segment to the worker at `http_address`, which maps it into its
+    /// store.
+    pub async fn adopt(
+        &self,
+        id: ObjectId,
+        http_address: &str,
+        segment: &std::path::Path,
+    ) -> Result<()> {
+        let request = http::Request::post(format!("/objects/{}/adopt", id.0));
+        let body = Bytes::from(segment.to_string_lossy().into_owned());
+        let response = self.http_request(http_address, request, body).await?;
+        if !response.status().is_success() {
+            return Err(Error::Rpc(format!(
+                "{http_address}: adopting object {id}: {}",
+                response.status()
+            )));
+        }
+        Ok(())
+    }
+
     /// Uploads a value into the store of the worker at `location`.
     pub async fn upload(
         &self,
@@ -262,6 +290,7 @@ pub fn object_router(store: Arc<ObjectStore>, token: Option<String>) -> axum::Ro
     let state = Arc::new((store, token.map(|t| format!("Bearer {t}"))));
     axum::Router::new()
         .route("/objects/{id}", get(get_object).put(put_object))
+        .route("/objects/{id}/adopt", axum::routing::post(adopt_object))
         // Objects are as large as the store allows; the cap applies there.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -304,6 +333,38 @@ async fn get_object(
             format!("reading object {id}: {e}\n"),
         )
             .into_response(),
+    }
+}
+
+async fn adopt_object(
+    axum::extract::State(state): ObjectState,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    headers: http::HeaderMap,
+    body: String,
+) -> (http::StatusCode, String) {
+    if !authorized(&state.1, &headers) {
+        return (
+            http::StatusCode::UNAUTHORIZED,
+            "missing or wrong cluster token\n".into(),
+        );
+    }
+    let id = ObjectId(id);
+    let segment = std::path::PathBuf::from(body.trim());
+    if !crate::shm::is_segment(&segment) {
+        return (
+            http::StatusCode::BAD_REQUEST,
+            format!(
+                "{} is not a flotilla shared-memory segment\n",
+                segment.display()
+            ),
+        );
+    }
+    match state.0.adopt_segment(id, segment) {
+        Ok(size) => (http::StatusCode::OK, size.to_string()),
+        Err(e) => (
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("mapping object {id}: {e}\n"),
+        ),
     }
 }
 

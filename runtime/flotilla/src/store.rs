@@ -12,8 +12,16 @@ use flotilla_core::ObjectId;
 use flotilla_proto::v1::StoreStats;
 
 enum Entry {
-    Memory { value: Bytes, used: u64 },
-    Spilled { path: PathBuf, size: u64 },
+    /// In memory; `segment` is the shared-memory file the value is mapped from, if any.
+    Memory {
+        value: Bytes,
+        used: u64,
+        segment: Option<PathBuf>,
+    },
+    Spilled {
+        path: PathBuf,
+        size: u64,
+    },
 }
 
 struct Inner {
@@ -55,13 +63,33 @@ impl ObjectStore {
 
     /// Stores a value, spilling older ones if the cap is exceeded.
     pub fn put(&self, id: ObjectId, value: Bytes) -> std::io::Result<()> {
+        self.insert(id, value, None)
+    }
+
+    /// Adopts a shared-memory segment another process on this host wrote: the store maps it
+    /// rather than copying it, and deletes it when the object is freed or spilled.
+    pub fn adopt_segment(&self, id: ObjectId, segment: PathBuf) -> std::io::Result<u64> {
+        let value = crate::shm::map(&segment)?;
+        let size = value.len() as u64;
+        self.insert(id, value, Some(segment))?;
+        Ok(size)
+    }
+
+    fn insert(&self, id: ObjectId, value: Bytes, segment: Option<PathBuf>) -> std::io::Result<()> {
         let mut inner = self.lock();
         remove_entry(&mut inner, id);
         inner.clock += 1;
         let used = inner.clock;
         inner.memory_bytes += value.len() as u64;
         inner.lru.insert(used, id);
-        inner.entries.insert(id, Entry::Memory { value, used });
+        inner.entries.insert(
+            id,
+            Entry::Memory {
+                value,
+                used,
+                segment,
+            },
+        );
         self.spill_over_cap(&mut inner, id)
     }
 
@@ -69,9 +97,17 @@ impl ObjectStore {
         while inner.memory_bytes > self.cap {
             let victim = inner.lru.values().copied().find(|id| *id != keep);
             let Some(victim) = victim else { break };
-            let Some(Entry::Memory { value, used }) = inner.entries.remove(&victim) else {
+            let Some(Entry::Memory {
+                value,
+                used,
+                segment,
+            }) = inner.entries.remove(&victim)
+            else {
                 break;
             };
+            if let Some(segment) = segment {
+                let _ = std::fs::remove_file(segment);
+            }
             std::fs::create_dir_all(&self.spill_dir)?;
             let path = self.spill_dir.join(format!("{}.obj", victim));
             std::fs::write(&path, &value)?;
@@ -97,7 +133,7 @@ impl ObjectStore {
         let now = inner.clock;
         match inner.entries.get_mut(&id) {
             None => Ok(None),
-            Some(Entry::Memory { value, used }) => {
+            Some(Entry::Memory { value, used, .. }) => {
                 let value = value.clone();
                 let old = std::mem::replace(used, now);
                 inner.lru.remove(&old);
@@ -116,6 +152,7 @@ impl ObjectStore {
                     Entry::Memory {
                         value: value.clone(),
                         used: now,
+                        segment: None,
                     },
                 );
                 self.spill_over_cap(&mut inner, id)?;
@@ -155,9 +192,16 @@ impl ObjectStore {
 
 fn remove_entry(inner: &mut Inner, id: ObjectId) {
     match inner.entries.remove(&id) {
-        Some(Entry::Memory { value, used }) => {
+        Some(Entry::Memory {
+            value,
+            used,
+            segment,
+        }) => {
             inner.lru.remove(&used);
             inner.memory_bytes -= value.len() as u64;
+            if let Some(segment) = segment {
+                let _ = std::fs::remove_file(segment);
+            }
         }
         Some(Entry::Spilled { path, size }) => {
             let _ = std::fs::remove_file(path);
@@ -169,6 +213,8 @@ fn remove_entry(inner: &mut Inner, id: ObjectId) {
 
 impl Drop for ObjectStore {
     fn drop(&mut self) {
+        // Shared-memory segments outlive the process unless removed.
+        self.clear();
         let _ = std::fs::remove_dir_all(&self.spill_dir);
     }
 }

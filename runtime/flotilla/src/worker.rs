@@ -129,7 +129,7 @@ fn env_number(key: &str) -> Result<Option<u64>> {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
@@ -424,7 +424,7 @@ async fn session(shared: Arc<Shared>) -> Result<(), SessionError> {
 
     // Running tasks and the attempt each runs.
     let mut tasks: HashMap<ObjectId, (AbortHandle, u32)> = HashMap::new();
-    let mut actors: HashMap<ObjectId, std::sync::mpsc::Sender<ActorMsg>> = HashMap::new();
+    let mut actors: HashMap<ObjectId, ActorSlot> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ObjectId>();
     let mut stats_timer = tokio::time::interval(Duration::from_millis(500));
     let mut last_stats = pb::StoreStats::default();
@@ -451,15 +451,17 @@ async fn session(shared: Arc<Shared>) -> Result<(), SessionError> {
                                         signature: spec.signature.clone(),
                                         args: d.args,
                                     };
-                                    let delivered = actors.get(&actor).is_some_and(|tx| tx.send(msg).is_ok());
+                                    let delivered = actors
+                                        .get(&actor)
+                                        .is_some_and(|slot| slot.deliver(msg, &shared, &rt, &ops_tx));
                                     if !delivered {
                                         let failure = TaskFailure::new(ErrorKind::ActorDied, format!("actor {actor} is not on worker {}", config.name));
                                         let _ = ops_tx.send(result_op(&shared, task, d.attempt, Err(failure), Duration::ZERO));
                                     }
                                 }
                                 Some(task_spec::Kind::CreateActor(create)) => {
-                                    let tx = start_actor(shared.clone(), rt.clone(), create.class.clone(), d, ops_tx.clone());
-                                    actors.insert(task, tx);
+                                    let slot = start_actor(shared.clone(), rt.clone(), create.class.clone(), d, ops_tx.clone());
+                                    actors.insert(task, slot);
                                 }
                                 _ => {
                                     let attempt = d.attempt;
@@ -753,14 +755,128 @@ async fn invoke(name: &str, signature: &str, args: Vec<Bytes>, ctx: TaskContext)
 
 /// Starts an actor on its own thread: the constructor first (its outcome is the creation
 /// task's result), then calls one at a time in arrival order.
+/// An actor on this worker: its instance, shared by its thread and the I/O thread, and the
+/// calls queued for its thread.
+struct ActorSlot {
+    tx: std::sync::mpsc::Sender<ActorMsg>,
+    state: Arc<ActorState>,
+}
+
+#[derive(Default)]
+struct ActorState {
+    /// Set once the constructor ran.
+    instance: std::sync::Mutex<Option<Box<dyn ActorInstance>>>,
+    /// Calls sent to the actor's thread and not finished.
+    queued: AtomicU64,
+    /// Average call time, microseconds (as f64 bits).
+    avg_micros: AtomicU64,
+}
+
+impl ActorState {
+    fn record(&self, took: Duration) {
+        let sample = took.as_secs_f64() * 1e6;
+        let old = f64::from_bits(self.avg_micros.load(Ordering::Relaxed));
+        let avg = if old == 0.0 {
+            sample
+        } else {
+            0.8 * old + 0.2 * sample
+        };
+        self.avg_micros
+            .store(avg.max(f64::MIN_POSITIVE).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Runs one call on the calling thread, catching panics.
+    fn call(
+        &self,
+        instance: &mut dyn ActorInstance,
+        method: &str,
+        signature: &str,
+        args: Vec<Bytes>,
+        rt: &Runtime,
+    ) -> TaskOutput {
+        let started = std::time::Instant::now();
+        let ctx = TaskContext { rt: rt.clone() };
+        let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            instance.call(method, signature, args, ctx)
+        }))
+        .unwrap_or_else(|p| Err(TaskFailure::new(ErrorKind::Panic, panic_message(&*p))));
+        self.record(started.elapsed());
+        out
+    }
+}
+
+impl ActorSlot {
+    /// Runs a call at once on this (I/O) thread when the actor is idle, its calls are tiny and
+    /// the arguments are at hand (a thread hand-off would cost more than the call); otherwise
+    /// queues it for the actor's thread. Either way calls run in arrival order.
+    fn deliver(
+        &self,
+        msg: ActorMsg,
+        shared: &Shared,
+        rt: &Runtime,
+        ops_tx: &mpsc::UnboundedSender<pb::WorkerOp>,
+    ) -> bool {
+        let ActorMsg::Call {
+            task,
+            attempt,
+            method,
+            signature,
+            args,
+        } = msg;
+        let avg = f64::from_bits(self.state.avg_micros.load(Ordering::Relaxed));
+        let inline_args = args
+            .iter()
+            .all(|a| !matches!(a.kind, Some(resolved_arg::Kind::Stored(_))));
+        if avg > 0.0
+            && avg < INLINE_RUN_MICROS
+            && inline_args
+            && self.state.queued.load(Ordering::Acquire) == 0
+        {
+            if let Ok(mut guard) = self.state.instance.try_lock() {
+                if let Some(instance) = guard.as_mut() {
+                    let values = args
+                        .into_iter()
+                        .map(|a| match a.kind {
+                            Some(resolved_arg::Kind::Value(b)) => b,
+                            _ => Bytes::new(),
+                        })
+                        .collect();
+                    let started = std::time::Instant::now();
+                    let output =
+                        self.state
+                            .call(instance.as_mut(), &method, &signature, values, rt);
+                    let _ =
+                        ops_tx.send(result_op(shared, task, attempt, output, started.elapsed()));
+                    return true;
+                }
+            }
+        }
+        self.state.queued.fetch_add(1, Ordering::AcqRel);
+        let msg = ActorMsg::Call {
+            task,
+            attempt,
+            method,
+            signature,
+            args,
+        };
+        if self.tx.send(msg).is_err() {
+            self.state.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
+
 fn start_actor(
     shared: Arc<Shared>,
     rt: Runtime,
     class: String,
     d: pb::Dispatch,
     ops_tx: mpsc::UnboundedSender<pb::WorkerOp>,
-) -> std::sync::mpsc::Sender<ActorMsg> {
+) -> ActorSlot {
     let (tx, rx) = std::sync::mpsc::channel::<ActorMsg>();
+    let state = Arc::new(ActorState::default());
+    let actor_state = state.clone();
     let handle = tokio::runtime::Handle::current();
     let spec = d.spec.unwrap_or_default();
     let id = ObjectId(spec.task);
@@ -786,32 +902,35 @@ fn start_actor(
             std::panic::catch_unwind(AssertUnwindSafe(|| (c.create)(args, ctx)))
                 .unwrap_or_else(|p| Err(TaskFailure::new(ErrorKind::Panic, panic_message(&*p))))
         })();
-        let mut instance = match created {
+        let state = actor_state;
+        match created {
             Ok(i) => {
+                // Stored before the creation is reported, so no call can find it missing.
+                *state.instance.lock().unwrap_or_else(|e| e.into_inner()) = Some(i);
                 let _ = ops_tx.send(result_op(&shared, id, d.attempt, codec::encode(&()).map_err(TaskFailure::application), Duration::ZERO));
-                i
             }
             Err(f) => {
                 let _ = ops_tx.send(result_op(&shared, id, d.attempt, Err(f), Duration::ZERO));
                 return;
             }
-        };
+        }
         while let Ok(ActorMsg::Call { task, attempt, method, signature, args }) = rx.recv() {
-            shared.running.fetch_add(1, Ordering::Relaxed);
+            let running = RunningGuard::new(&shared.running);
             let started = std::time::Instant::now();
             let output = resolve(args).and_then(|args| {
-                let ctx = TaskContext { rt: rt.clone() };
-                std::panic::catch_unwind(AssertUnwindSafe(|| instance.call(&method, &signature, args, ctx)))
-                    .unwrap_or_else(|p| Err(TaskFailure::new(ErrorKind::Panic, panic_message(&*p))))
+                let mut guard = state.instance.lock().unwrap_or_else(|e| e.into_inner());
+                let instance = guard.as_mut().expect("calls arrive only after the constructor stored the instance");
+                state.call(instance.as_mut(), &method, &signature, args, &rt)
             });
-            shared.running.fetch_sub(1, Ordering::Relaxed);
+            drop(running);
             let _ = ops_tx.send(result_op(&shared, task, attempt, output, started.elapsed()));
+            state.queued.fetch_sub(1, Ordering::AcqRel);
         }
     });
     if let Err(e) = spawned {
         tracing::error!("cannot start an actor thread: {e}");
     }
-    tx
+    ActorSlot { tx, state }
 }
 
 /// Keeps an in-process worker's pieces together for local clusters.

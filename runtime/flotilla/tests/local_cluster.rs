@@ -320,11 +320,11 @@ async fn put_small_and_large() {
         bounded("large put", rt.get(&large)).await.unwrap().to_vec(),
         big
     );
-    let status = rt.status().await.unwrap();
-    assert!(
-        status.objects >= 2,
-        "the head tracks put objects: {status:?}"
-    );
+    // Puts reach the head on the session's stream, status on its own call: wait for them.
+    eventually("the head tracks put objects", || async {
+        (rt.status().await.unwrap().objects >= 2).then_some(())
+    })
+    .await;
 
     // Put objects are arguments like any other.
     let expected: u64 = big.iter().map(|b| u64::from(*b)).sum();
@@ -334,6 +334,22 @@ async fn put_small_and_large() {
             .unwrap(),
         (300_000, expected)
     );
+
+    // On the worker's host the value went through one shared-memory segment, mapped by the
+    // worker's store; freeing the object removes it.
+    if let Some(dir) = flotilla::shm::segment_dir() {
+        let segment = dir.join(format!("{}-{}", std::process::id(), large.id()));
+        assert!(
+            segment.is_file(),
+            "{} should hold the put",
+            segment.display()
+        );
+        drop(large);
+        eventually("the segment is removed with the object", || async {
+            (!segment.exists()).then_some(())
+        })
+        .await;
+    }
     finish(cluster, rt).await;
 }
 
@@ -763,6 +779,13 @@ async fn head_metrics_and_health() {
     let rt = c.connect().await;
     assert_eq!(bounded("a task", add.remote(&rt, 1, 2)).await.unwrap(), 3);
     let _ = bounded("a failure", fail_with.remote(&rt, "x".to_string())).await;
+    let named = TaskOptions::default().name("nightly-sum");
+    assert_eq!(
+        bounded("a named task", add.remote_with(&rt, &named, 2, 2))
+            .await
+            .unwrap(),
+        4
+    );
 
     let http = c.http.clone().unwrap();
     let (code, body) = bounded("/metrics", http_get(&http, "/metrics")).await;
@@ -786,12 +809,21 @@ async fn head_metrics_and_health() {
         format!(r#"flotilla_object_store_bytes{{{l},location="memory"}}"#),
         format!(r#"flotilla_object_store_bytes{{{l},location="spilled"}}"#),
         format!("flotilla_desired_workers{{{l}}}"),
+        format!(r#"flotilla_task_runs_total{{{l},task="nightly-sum",outcome="finished"}}"#),
     ] {
         assert!(
             series(&body, &key).is_some(),
             "missing series {key} in:\n{body}"
         );
     }
+    assert_eq!(
+        series(
+            &body,
+            &format!(r#"flotilla_task_runs_total{{{l},task="nightly-sum",outcome="finished"}}"#)
+        ),
+        Some(1),
+        "a call's name labels its runs"
+    );
     assert!(
         body.contains("# TYPE flotilla_tasks_finished_total counter"),
         "{body}"

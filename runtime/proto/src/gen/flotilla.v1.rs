@@ -530,6 +530,8 @@ pub struct WorkerStatus {
     pub group: ::prost::alloc::string::String,
     #[prost(string, tag = "12")]
     pub http_address: ::prost::alloc::string::String,
+    #[prost(string, tag = "13")]
+    pub node: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StatusReply {
