@@ -53,7 +53,7 @@ pub fn map(path: &Path) -> std::io::Result<Bytes> {
     // process writes to it afterwards; freeing unlinks the file rather than truncating it, so
     // the pages stay valid for as long as this mapping lives. Mapping (instead of reading) is
     // what makes a same-host put/get of a large value cost one copy instead of four.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
+    let map = unsafe { memmap2::MmapOptions::new().map(&file)? };
     Ok(Bytes::from_owner(map))
 }
 
