@@ -1028,3 +1028,92 @@ async fn a_duplicate_worker_name_is_refused() {
     rt.shutdown().await;
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_http_serves_metrics_and_guards_its_objects() {
+    let config = HeadConfig {
+        token: Some("worker-http-secret".into()),
+        ..HeadConfig::default()
+    };
+    let mut c = Manual::start(config, false).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_address = http.local_addr().unwrap().to_string();
+    let (stop, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker::run(
+        c.worker_config("h0", 2),
+        listener,
+        Some(http),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    c.workers.insert("h0".into(), Node { stop, handle });
+    cluster::wait_for_workers(&c.address, c.token.as_deref(), 1, BOUND)
+        .await
+        .unwrap();
+    let rt = c.connect().await;
+    let status = rt.status().await.unwrap();
+    assert_eq!(status.workers[0].http_address, http_address);
+
+    // A stored result reaches the driver over the worker's HTTP port, with the token.
+    let big = make_bytes.remote(&rt, 200_000, 3);
+    let blob: Blob = bounded("get over HTTP", rt.get(&big)).await.unwrap();
+    assert_eq!((blob.len(), blob[0]), (200_000, 3));
+    assert_eq!(
+        bounded("an argument", byte_sum.remote(&rt, &big))
+            .await
+            .unwrap(),
+        (200_000, 600_000)
+    );
+
+    let (code, body) = bounded("worker /metrics", http_get(&http_address, "/metrics")).await;
+    assert_eq!(code, 200, "{body}");
+    let l = r#"worker="h0",group="default""#;
+    assert!(
+        series(&body, &format!("flotilla_worker_tasks_total{{{l}}}")).is_some_and(|n| n >= 2),
+        "{body}"
+    );
+    assert_eq!(
+        series(&body, &format!("flotilla_worker_slots{{{l}}}")),
+        Some(2),
+        "{body}"
+    );
+    assert!(
+        series(
+            &body,
+            &format!(r#"flotilla_worker_object_store_bytes{{{l},location="memory"}}"#)
+        )
+        .is_some_and(|b| b >= 200_000),
+        "{body}"
+    );
+    let (code, _) = bounded("/readyz", http_get(&http_address, "/readyz")).await;
+    assert_eq!(code, 200);
+
+    // Without the token the object routes refuse, and nothing outside the segment directory can
+    // be adopted even with it.
+    let (code, _) = bounded(
+        "object without token",
+        http_get(&http_address, &format!("/objects/{}", big.id().0)),
+    )
+    .await;
+    assert_eq!(code, 401);
+    let mut stream = TcpStream::connect(&http_address).await.unwrap();
+    let request = format!(
+        "POST /objects/99/adopt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer worker-http-secret\r\n\
+         Content-Length: 11\r\nConnection: close\r\n\r\n/etc/passwd"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    bounded("adopt answer", stream.read_to_string(&mut response))
+        .await
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(
+        response.contains("not a flotilla shared-memory segment"),
+        "{response}"
+    );
+
+    rt.shutdown().await;
+    c.stop().await;
+}
