@@ -633,6 +633,20 @@ impl Scheduler {
 
     /// A session put a value: inline bytes, or stored on a worker.
     pub fn put(&mut self, session: SessionId, id: ObjectId, value: pb::put_object::Value) {
+        // Ids are minted by their session; anything else would overwrite another's object.
+        if id.session() != session || self.objects.contains_key(&id) || self.tasks.contains_key(&id)
+        {
+            self.outbox.push(Effect::ToSession(
+                session,
+                error_state(
+                    id,
+                    "put",
+                    ErrorKind::Invalid,
+                    format!("object id {id} is not this session's to create"),
+                ),
+            ));
+            return;
+        }
         let value = match value {
             pb::put_object::Value::InlineValue(b) => ObjectValue::Inline(b),
             pb::put_object::Value::Stored(s) => {
@@ -814,7 +828,8 @@ impl Scheduler {
                 }
             }
         }
-        if self.objects[&id].refs == 0 {
+        // Failing a dependent may have released the last reference and freed the object already.
+        if self.objects.get(&id).is_some_and(|o| o.refs == 0) {
             self.free_object(id);
         }
     }
@@ -862,14 +877,15 @@ impl Scheduler {
     /// A session submitted a task, an actor creation or an actor call.
     pub fn submit(&mut self, session: SessionId, spec: TaskSpec) {
         let id = ObjectId(spec.task);
-        if self.tasks.contains_key(&id) || self.objects.contains_key(&id) {
+        if id.session() != session || self.tasks.contains_key(&id) || self.objects.contains_key(&id)
+        {
             self.outbox.push(Effect::ToSession(
                 session,
                 error_state(
                     id,
                     &spec_name(&spec),
                     ErrorKind::Invalid,
-                    "task id already in use".into(),
+                    "task id already in use, or minted by another session".into(),
                 ),
             ));
             return;
@@ -1181,14 +1197,13 @@ impl Scheduler {
         }
         match result.outcome {
             Some(task_result::Outcome::Error(err))
-                if err.kind == ErrorKind::ObjectLost as i32 && task.refetches < MAX_REFETCHES =>
+                if err.kind == ErrorKind::ObjectLost as i32
+                    && task.refetches < MAX_REFETCHES
+                    && actor.is_none() =>
             {
                 // An argument vanished while the worker fetched it: run again once it is back.
+                // (Not actor calls: later calls may have run already, and order is promised.)
                 task.refetches += 1;
-                if let Some(a) = actor.and_then(|a| self.actors.get_mut(&a)) {
-                    // An actor call is dispatched from its actor's queue: put it back in front.
-                    a.queue.push_front(id);
-                }
                 self.requeue(id);
             }
             Some(task_result::Outcome::Error(mut err)) => {
@@ -1366,8 +1381,11 @@ impl Scheduler {
             return;
         }
         let mut skipped = VecDeque::new();
+        // Tasks that would fit an idle worker but not now; tasks no live worker could ever run
+        // (waiting for one to join) do not count, so they never hold up the queue behind them.
+        let mut blocked = 0;
         while let Some(id) = self.queue.pop_front() {
-            if !self.has_room_anywhere() || skipped.len() >= MAX_UNPLACED_SCAN {
+            if !self.has_room_anywhere() || blocked >= MAX_UNPLACED_SCAN {
                 self.queue.push_front(id);
                 break;
             }
@@ -1386,13 +1404,33 @@ impl Scheduler {
             }
             match self.pick_worker(id) {
                 Some(worker) => self.dispatch(id, worker),
-                None => skipped.push_back(id),
+                None => {
+                    if self.fits_some_worker(id) {
+                        blocked += 1;
+                    }
+                    skipped.push_back(id);
+                }
             }
         }
         // Tasks that fit nowhere now keep their place at the front.
         while let Some(id) = skipped.pop_back() {
             self.queue.push_front(id);
         }
+    }
+
+    /// Whether some live worker could run the task once idle (enough slots and resources).
+    fn fits_some_worker(&self, id: ObjectId) -> bool {
+        let Some(task) = self.tasks.get(&id) else {
+            return false;
+        };
+        self.workers.values().any(|w| {
+            w.state == WorkerState::Active
+                && task.slots <= w.info.slots
+                && task
+                    .custom
+                    .iter()
+                    .all(|(k, v)| w.info.custom.get(k).copied().unwrap_or(0) >= *v)
+        })
     }
 
     /// Whether a ready task's arguments are all still there. An argument lost since it became

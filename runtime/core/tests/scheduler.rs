@@ -1050,7 +1050,7 @@ fn dropping_the_last_handle_kills_the_actor() {
 }
 
 #[test]
-fn actor_call_whose_argument_fetch_failed_is_dispatched_again() {
+fn actor_call_whose_argument_fetch_failed_fails_instead_of_running_out_of_order() {
     let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
     let actor = oid(sess, 1);
     let home = create_actor(&mut s, sess, actor, 0, "");
@@ -1058,17 +1058,43 @@ fn actor_call_whose_argument_fetch_failed_is_dispatched_again() {
     s.put(sess, x, put_stored(100, &[ws[1]]));
     let c = oid(sess, 3);
     s.submit(sess, call(c, actor, "add", vec![obj(x)]));
-    assert_eq!(run_ids(&s.drain_effects()), vec![(home, c)]);
+    let later = oid(sess, 4);
+    s.submit(sess, call(later, actor, "add", vec![val(b"1")]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(home, c), (home, later)]);
 
+    // Later calls may have run already: running `c` again would break the caller's order.
     s.task_finished(home, failed(c, 0, Kind::ObjectLost, "fetch of x failed"));
     let fx = s.drain_effects();
-    assert_eq!(run_ids(&fx), vec![(home, c)], "{fx:?}");
-    assert!(states(&fx, sess).is_empty());
-    s.task_finished(home, inline(c, 0, b"ok"));
+    assert!(run_ids(&fx).is_empty(), "{fx:?}");
+    let err = error_of(&fx, sess, c);
+    assert_eq!(err.kind, Kind::ObjectLost as i32);
+    assert!(err.message.contains("fetch of x failed"), "{}", err.message);
+    s.task_finished(home, inline(later, 0, b"ok"));
     assert_eq!(
-        value_of(&s.drain_effects(), sess, c),
+        value_of(&s.drain_effects(), sess, later),
         Bytes::from_static(b"ok")
     );
+}
+
+#[test]
+fn ids_minted_by_another_session_are_refused() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let other = s.open_session(None);
+    let x = oid(sess, 1);
+    s.put(sess, x, put_stored(100, &[ws[0]]));
+    s.drain_effects();
+    // Another session may neither overwrite x nor create objects in sess's id space.
+    s.put(other, x, put_stored(5, &[ws[0]]));
+    s.submit(other, task(oid(sess, 2), "f", vec![]));
+    let fx = s.drain_effects();
+    assert_eq!(error_of(&fx, other, x).kind, Kind::Invalid as i32);
+    assert_eq!(
+        error_of(&fx, other, oid(sess, 2)).kind,
+        Kind::Invalid as i32
+    );
+    assert!(run_ids(&fx).is_empty());
+    s.subscribe(sess, x);
+    assert_eq!(stored_at(&s.drain_effects(), sess, x), vec![ws[0].0]);
 }
 
 // ---------------------------------------------------------------------------------- drain
@@ -1268,4 +1294,26 @@ fn blocked_task_lends_its_slot() {
     );
     s.task_finished(ws[0], inline(a, 0, b""));
     assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], c)]);
+}
+
+#[test]
+fn tasks_no_worker_can_run_wait_without_holding_up_the_rest() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    // 100 tasks wanting a resource nobody has sit at the front of the queue.
+    for n in 1..=100 {
+        let mut spec = task(oid(sess, n), "f", vec![]);
+        spec.options = Some(pb::TaskOptions {
+            max_retries: -1,
+            resources: Some(pb::Resources {
+                slots: 1,
+                custom: [("gpu".to_string(), 1)].into(),
+            }),
+            name: String::new(),
+        });
+        s.submit(sess, spec);
+    }
+    let plain = oid(sess, 101);
+    s.submit(sess, task(plain, "f", vec![]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], plain)]);
+    assert_eq!(s.snapshot().tasks_pending, 100);
 }

@@ -60,6 +60,52 @@ pub(crate) struct TaskBinding {
     pub(crate) permits: u32,
 }
 
+/// Slots a blocked task lent back to its worker; taken back when the wait ends, also when the
+/// waiting future is dropped (a cancelled task, or `wait` returning early).
+struct Lending {
+    binding: Option<TaskBinding>,
+    inner: Arc<ClientInner>,
+}
+
+impl Lending {
+    fn start(binding: &TaskBinding, inner: &Arc<ClientInner>) -> Lending {
+        inner.send(driver_op::Op::Blocked(binding.task.0));
+        binding.slots.add_permits(binding.permits as usize);
+        Lending {
+            binding: Some(binding.clone()),
+            inner: inner.clone(),
+        }
+    }
+
+    async fn finish(mut self) {
+        if let Some(b) = self.binding.take() {
+            if let Ok(permit) = b.slots.acquire_many(b.permits).await {
+                permit.forget();
+            }
+            self.inner.send(driver_op::Op::Unblocked(b.task.0));
+        }
+    }
+}
+
+impl Drop for Lending {
+    fn drop(&mut self) {
+        let Some(b) = self.binding.take() else { return };
+        self.inner.send(driver_op::Op::Unblocked(b.task.0));
+        let taken = b.slots.forget_permits(b.permits as usize);
+        let owed = b.permits as usize - taken;
+        if owed > 0 {
+            // Busy now: take the rest back as soon as they are released.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if let Ok(permit) = b.slots.acquire_many(owed as u32).await {
+                        permit.forget();
+                    }
+                });
+            }
+        }
+    }
+}
+
 pub(crate) type HeadRpc = HeadClient<InterceptedService<Channel, AddAuth>>;
 
 pub(crate) struct ClientInner {
@@ -389,6 +435,9 @@ impl Runtime {
                     rx
                 }
                 None => {
+                    if self.inner.closed.load(Ordering::SeqCst) {
+                        return Err(self.inner.shutdown_error());
+                    }
                     let (tx, rx) = oneshot::channel();
                     objects.insert(id, Slot::Pending(vec![tx]));
                     self.inner.send(driver_op::Op::Subscribe(id.0));
@@ -397,16 +446,13 @@ impl Runtime {
             }
         };
         // A task waiting here lends its slots to other work until the value arrives.
-        if let Some(b) = &self.binding {
-            self.inner.send(driver_op::Op::Blocked(b.task.0));
-            b.slots.add_permits(b.permits as usize);
-        }
+        let lending = self
+            .binding
+            .as_ref()
+            .map(|b| Lending::start(b, &self.inner));
         let result = rx.await.map_err(|_| self.inner.shutdown_error());
-        if let Some(b) = &self.binding {
-            if let Ok(permit) = b.slots.acquire_many(b.permits).await {
-                permit.forget();
-            }
-            self.inner.send(driver_op::Op::Unblocked(b.task.0));
+        if let Some(lending) = lending {
+            lending.finish().await;
         }
         result
     }
@@ -481,7 +527,10 @@ impl Runtime {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let rt = self.clone();
+                let rt = Runtime {
+                    inner: self.inner.clone(),
+                    binding: None,
+                };
                 let id = r.id();
                 async move { (i, rt.resolve(id).await) }
             })
@@ -501,14 +550,19 @@ impl Runtime {
             }
             Ok(())
         };
-        match timeout {
-            Some(t) => {
-                if let Ok(r) = tokio::time::timeout(t, collect).await {
-                    r?;
-                }
-            }
-            None => collect.await?,
+        // The per-object waits are unbound; a task lends its slots once for the whole wait.
+        let lending = self
+            .binding
+            .as_ref()
+            .map(|b| Lending::start(b, &self.inner));
+        let outcome = match timeout {
+            Some(t) => tokio::time::timeout(t, collect).await.unwrap_or(Ok(())),
+            None => collect.await,
+        };
+        if let Some(lending) = lending {
+            lending.finish().await;
         }
+        outcome?;
         drop(pending);
         let (mut yes, mut no) = (Vec::new(), Vec::new());
         for (i, r) in refs.into_iter().enumerate() {
@@ -629,11 +683,14 @@ impl Runtime {
     pub(crate) async fn lookup_actor_id(&self, name: &str) -> Result<pb::ActorFound> {
         let request = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .lookups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(request, tx);
+        {
+            let mut lookups = self.inner.lookups.lock().unwrap_or_else(|e| e.into_inner());
+            // `close` clears lookups after setting `closed`: check under the same lock.
+            if self.inner.closed.load(Ordering::SeqCst) {
+                return Err(self.inner.shutdown_error());
+            }
+            lookups.insert(request, tx);
+        }
         self.inner.send(driver_op::Op::LookupActor(pb::LookupActor {
             request,
             name: name.to_string(),

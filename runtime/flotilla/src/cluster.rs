@@ -196,11 +196,14 @@ async fn bind_pair(
     http_bind: &str,
     has_token: bool,
 ) -> Result<(TcpListener, TcpListener)> {
-    if let Ok(addr) = grpc_bind.parse::<std::net::SocketAddr>() {
-        if !addr.ip().is_loopback() && !has_token {
-            return Err(Error::Config(format!(
-                "refusing to listen on {addr} without a cluster token: set FLOTILLA_TOKEN (only loopback addresses may run without one)"
-            )));
+    // Both ports: the HTTP one serves objects too.
+    for bind in [grpc_bind, http_bind] {
+        if let Ok(addr) = bind.parse::<std::net::SocketAddr>() {
+            if !addr.ip().is_loopback() && !has_token {
+                return Err(Error::Config(format!(
+                    "refusing to listen on {addr} without a cluster token: set FLOTILLA_TOKEN (only loopback addresses may run without one)"
+                )));
+            }
         }
     }
     let bind = |addr: String| async move {

@@ -29,6 +29,11 @@ use crate::{
     transport::{self, CHUNK_BYTES, MAX_MESSAGE_BYTES},
 };
 
+/// Longest a transfer may go without progress before it counts as failed.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most memory reserved up front on a peer's word about a size; beyond it buffers grow with data.
+const MAX_RESERVE_BYTES: usize = 256 << 20;
+
 type Client = ObjectStoreClient<InterceptedService<Channel, AddAuth>>;
 
 /// Connections to other processes' object stores, opened once per address.
@@ -113,7 +118,8 @@ impl Peers {
         let mut first = true;
         while let Some(chunk) = stream.message().await? {
             if first {
-                buf.reserve(chunk.total_size as usize);
+                // The peer's claim is only a hint: reserve what one message can carry at most.
+                buf.reserve((chunk.total_size as usize).min(MAX_MESSAGE_BYTES));
                 first = false;
                 if chunk.data.len() as u64 == chunk.total_size {
                     // One chunk: keep the received buffer as it is.
@@ -134,8 +140,12 @@ impl Peers {
         request: http::request::Builder,
         body: Bytes,
     ) -> Result<http::Response<hyper::body::Incoming>> {
-        let stream = tokio::net::TcpStream::connect(address)
+        let stream = tokio::time::timeout(IDLE_TIMEOUT, tokio::net::TcpStream::connect(address))
             .await
+            .map_err(|_| Error::Connect {
+                address: address.to_string(),
+                message: "connect timed out".into(),
+            })?
             .map_err(|e| Error::Connect {
                 address: address.to_string(),
                 message: e.to_string(),
@@ -146,6 +156,7 @@ impl Peers {
                 .await
                 .map_err(|e| Error::Rpc(format!("{address}: {e}")))?;
         tokio::spawn(connection);
+        let body_len = body.len() as u64;
         let mut request = request.header(http::header::HOST, address);
         if let Some(token) = &self.token {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
@@ -153,9 +164,11 @@ impl Peers {
         let request = request
             .body(http_body_util::Full::new(body))
             .map_err(|e| Error::Rpc(format!("{address}: {e}")))?;
-        sender
-            .send_request(request)
+        // The answer comes once the body is sent: allow for it at a slow 10 MB/s.
+        let limit = IDLE_TIMEOUT + std::time::Duration::from_millis(body_len / 10_000);
+        tokio::time::timeout(limit, sender.send_request(request))
             .await
+            .map_err(|_| Error::Rpc(format!("{address}: no answer within {limit:?}")))?
             .map_err(|e| Error::Rpc(format!("{address}: {e}")))
     }
 
@@ -183,8 +196,16 @@ impl Peers {
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(0);
         let mut body = response.into_body();
-        let mut buf = BytesMut::with_capacity(len);
-        while let Some(frame) = body.frame().await {
+        let mut buf = BytesMut::with_capacity(len.min(MAX_RESERVE_BYTES));
+        // A peer that stops sending (its node gone) must not hold the fetch forever.
+        while let Some(frame) = tokio::time::timeout(IDLE_TIMEOUT, body.frame())
+            .await
+            .map_err(|_| {
+                Error::Rpc(format!(
+                    "{address}: object {id}: no data for {IDLE_TIMEOUT:?}"
+                ))
+            })?
+        {
             let frame = frame.map_err(|e| Error::Rpc(format!("{address}: {e}")))?;
             if let Ok(data) = frame.into_data() {
                 buf.extend_from_slice(&data);
@@ -291,9 +312,31 @@ pub fn object_router(store: Arc<ObjectStore>, token: Option<String>) -> axum::Ro
     axum::Router::new()
         .route("/objects/{id}", get(get_object).put(put_object))
         .route("/objects/{id}/adopt", axum::routing::post(adopt_object))
+        // The token is checked before any body is read.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         // Objects are as large as the store allows; the cap applies there.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+async fn require_token(
+    axum::extract::State(state): ObjectState,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if authorized(&state.1, request.headers()) {
+        next.run(request).await
+    } else {
+        (
+            http::StatusCode::UNAUTHORIZED,
+            "missing or wrong cluster token\n",
+        )
+            .into_response()
+    }
 }
 
 type ObjectState = axum::extract::State<Arc<(Arc<ObjectStore>, Option<String>)>>;
@@ -303,23 +346,15 @@ fn authorized(expected: &Option<String>, headers: &http::HeaderMap) -> bool {
         None => true,
         Some(e) => headers
             .get(http::header::AUTHORIZATION)
-            .is_some_and(|v| v.as_bytes() == e.as_bytes()),
+            .is_some_and(|v| crate::auth::same(v.as_bytes(), e.as_bytes())),
     }
 }
 
 async fn get_object(
     axum::extract::State(state): ObjectState,
     axum::extract::Path(id): axum::extract::Path<u64>,
-    headers: http::HeaderMap,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if !authorized(&state.1, &headers) {
-        return (
-            http::StatusCode::UNAUTHORIZED,
-            "missing or wrong cluster token\n",
-        )
-            .into_response();
-    }
     let id = ObjectId(id);
     match state.0.get(id) {
         Ok(Some(value)) => value.into_response(),
@@ -339,15 +374,8 @@ async fn get_object(
 async fn adopt_object(
     axum::extract::State(state): ObjectState,
     axum::extract::Path(id): axum::extract::Path<u64>,
-    headers: http::HeaderMap,
     body: String,
 ) -> (http::StatusCode, String) {
-    if !authorized(&state.1, &headers) {
-        return (
-            http::StatusCode::UNAUTHORIZED,
-            "missing or wrong cluster token\n".into(),
-        );
-    }
     let id = ObjectId(id);
     let segment = std::path::PathBuf::from(body.trim());
     if !crate::shm::is_segment(&segment) {
@@ -371,15 +399,8 @@ async fn adopt_object(
 async fn put_object(
     axum::extract::State(state): ObjectState,
     axum::extract::Path(id): axum::extract::Path<u64>,
-    headers: http::HeaderMap,
     body: Bytes,
 ) -> (http::StatusCode, String) {
-    if !authorized(&state.1, &headers) {
-        return (
-            http::StatusCode::UNAUTHORIZED,
-            "missing or wrong cluster token\n".into(),
-        );
-    }
     let id = ObjectId(id);
     match state.0.put(id, body) {
         Ok(()) => (http::StatusCode::OK, String::new()),
@@ -443,7 +464,7 @@ impl ObjectStoreRpc for StoreService {
                 "object of {total} bytes is too large"
             )));
         }
-        let mut buf = BytesMut::with_capacity(total as usize);
+        let mut buf = BytesMut::with_capacity((total as usize).min(MAX_RESERVE_BYTES));
         buf.extend_from_slice(&first.data);
         while let Some(chunk) = stream.message().await? {
             if (buf.len() + chunk.data.len()) as u64 > total {

@@ -64,6 +64,9 @@ pub struct RemoteFunction {
     pub signature: &'static str,
     /// Decodes arguments and prepares the call.
     pub invoke: fn(Vec<Bytes>, TaskContext) -> Invocation,
+    /// Whether it takes the runtime (and so may block waiting on other work): such functions
+    /// never run on a worker's I/O thread, however short they usually are.
+    pub takes_runtime: bool,
 }
 
 /// A live actor on a worker.
@@ -76,6 +79,12 @@ pub trait ActorInstance: Send + 'static {
         args: Vec<Bytes>,
         ctx: TaskContext,
     ) -> TaskOutput;
+
+    /// Whether `method` takes the runtime (and so may block waiting on other work).
+    fn takes_runtime(&self, method: &str) -> bool {
+        let _ = method;
+        false
+    }
 }
 
 /// A freshly constructed actor, or why its constructor failed.

@@ -16,17 +16,43 @@ pub fn segment_dir() -> Option<PathBuf> {
     if !root.is_dir() {
         return None;
     }
-    let dir = root.join(format!(
-        "flotilla-{}",
-        std::env::var("USER").unwrap_or_else(|_| "user".into())
-    ));
-    std::fs::create_dir_all(&dir).ok()?;
-    Some(dir)
+    let uid = own_uid()?;
+    let dir = root.join(format!("flotilla-{uid}"));
+    if std::fs::create_dir(&dir).is_ok() {
+        #[cfg(unix)]
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).ok()?;
+    }
+    // Someone else's directory (or a symlink planted in its place) is not ours to use.
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    (meta.is_dir() && owner(&meta) == Some(uid)).then_some(dir)
+}
+
+/// This process's user id: the owner of its own /proc entry.
+fn own_uid() -> Option<u32> {
+    std::fs::metadata("/proc/self").ok().and_then(|m| owner(&m))
+}
+
+fn owner(meta: &std::fs::Metadata) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        Some(std::os::unix::fs::MetadataExt::uid(meta))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
 }
 
 /// Whether `path` names a segment this module could have written (adoption takes no other).
 pub fn is_segment(path: &Path) -> bool {
-    segment_dir().is_some_and(|dir| path.parent() == Some(dir.as_path())) && path.is_file()
+    let Some(dir) = segment_dir() else {
+        return false;
+    };
+    // A regular file (not a symlink) of ours, directly in our directory.
+    path.parent() == Some(dir.as_path())
+        && std::fs::symlink_metadata(path)
+            .is_ok_and(|m| m.file_type().is_file() && owner(&m) == own_uid())
 }
 
 /// Writes `value` into a new segment for object `id` (readable by this user only).

@@ -97,6 +97,14 @@ impl ObjectStore {
         while inner.memory_bytes > self.cap {
             let victim = inner.lru.values().copied().find(|id| *id != keep);
             let Some(victim) = victim else { break };
+            let Some(Entry::Memory { value, .. }) = inner.entries.get(&victim) else {
+                break;
+            };
+            // Written before anything changes, so a full disk loses nothing and leaves the
+            // books straight.
+            std::fs::create_dir_all(&self.spill_dir)?;
+            let path = self.spill_dir.join(format!("{}.obj", victim));
+            std::fs::write(&path, value)?;
             let Some(Entry::Memory {
                 value,
                 used,
@@ -108,9 +116,6 @@ impl ObjectStore {
             if let Some(segment) = segment {
                 let _ = std::fs::remove_file(segment);
             }
-            std::fs::create_dir_all(&self.spill_dir)?;
-            let path = self.spill_dir.join(format!("{}.obj", victim));
-            std::fs::write(&path, &value)?;
             inner.lru.remove(&used);
             inner.memory_bytes -= value.len() as u64;
             inner.spilled_bytes += value.len() as u64;

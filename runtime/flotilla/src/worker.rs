@@ -277,6 +277,7 @@ pub async fn run(
         let shared = shared.clone();
         async move {
             let mut backoff = Duration::from_millis(50);
+            let mut duplicates = 0;
             loop {
                 match session(shared.clone()).await {
                     Ok(()) => {
@@ -284,6 +285,14 @@ pub async fn run(
                         backoff = Duration::from_millis(50);
                     }
                     Err(SessionError::Refused(msg)) => return Err(Error::Config(msg)),
+                    Err(SessionError::Duplicate(msg)) => {
+                        duplicates += 1;
+                        if duplicates >= DUPLICATE_RETRIES {
+                            return Err(Error::Config(format!(
+                                "the head refused this worker: {msg}"
+                            )));
+                        }
+                    }
                     Err(SessionError::Lost(msg)) => {
                         // A head starting at the same time is normal; say it loudly once it lasts.
                         if backoff >= Duration::from_millis(800) {
@@ -313,26 +322,35 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     let _ = server.await;
+    // Shared-memory segments outlive the process unless removed.
+    shared.store.clear();
     result
 }
+
+/// How often a worker retries a registration refused for a duplicate name before giving up:
+/// long enough for the head to notice the worker's previous connection is gone.
+const DUPLICATE_RETRIES: u32 = 5;
 
 enum SessionError {
     /// The head refused us for good (duplicate name, wrong token, other protocol).
     Refused(String),
     /// The connection failed or dropped.
     Lost(String),
+    /// Another connection holds this worker's name.
+    Duplicate(String),
 }
 
 fn classify(status: tonic::Status) -> SessionError {
     use tonic::Code;
     match status.code() {
-        Code::AlreadyExists
-        | Code::Unauthenticated
-        | Code::FailedPrecondition
-        | Code::InvalidArgument => SessionError::Refused(format!(
-            "the head refused this worker: {}",
-            status.message()
-        )),
+        Code::Unauthenticated | Code::FailedPrecondition | Code::InvalidArgument => {
+            SessionError::Refused(format!(
+                "the head refused this worker: {}",
+                status.message()
+            ))
+        }
+        // The head may not have noticed yet that this worker's previous connection dropped.
+        Code::AlreadyExists => SessionError::Duplicate(status.message().to_string()),
         _ => SessionError::Lost(status.message().to_string()),
     }
 }
@@ -502,7 +520,9 @@ async fn session(shared: Arc<Shared>) -> Result<(), SessionError> {
                             });
                         }
                         worker_command::Command::KillActor(a) => {
-                            actors.remove(&ObjectId(a));
+                            if let Some(slot) = actors.remove(&ObjectId(a)) {
+                                slot.state.killed.store(true, Ordering::Release);
+                            }
                         }
                         worker_command::Command::Registered(_) => {}
                     }
@@ -720,7 +740,7 @@ async fn invoke(name: &str, signature: &str, args: Vec<Bytes>, ctx: TaskContext)
     let times = run_times();
     match (f.invoke)(args, ctx) {
         Invocation::Failed(e) => Err(e),
-        Invocation::Blocking(call) if times.is_tiny(f.name) => {
+        Invocation::Blocking(call) if !f.takes_runtime && times.is_tiny(f.name) => {
             let started = std::time::Instant::now();
             let out = std::panic::catch_unwind(AssertUnwindSafe(call));
             times.record(f.name, started.elapsed());
@@ -770,6 +790,8 @@ struct ActorState {
     queued: AtomicU64,
     /// Average call time, microseconds (as f64 bits).
     avg_micros: AtomicU64,
+    /// Killed (or drained away): queued calls are refused, not run.
+    killed: AtomicBool,
 }
 
 impl ActorState {
@@ -833,7 +855,7 @@ impl ActorSlot {
             && self.state.queued.load(Ordering::Acquire) == 0
         {
             if let Ok(mut guard) = self.state.instance.try_lock() {
-                if let Some(instance) = guard.as_mut() {
+                if let Some(instance) = guard.as_mut().filter(|i| !i.takes_runtime(&method)) {
                     let values = args
                         .into_iter()
                         .map(|a| match a.kind {
@@ -881,6 +903,7 @@ fn start_actor(
     let spec = d.spec.unwrap_or_default();
     let id = ObjectId(spec.task);
     let signature = spec.signature.clone();
+    let (failure_shared, failure_ops, attempt) = (shared.clone(), ops_tx.clone(), d.attempt);
     let spawned = std::thread::Builder::new().name(format!("actor-{id}")).spawn(move || {
         let resolve = |args: Vec<pb::ResolvedArg>| handle.block_on(resolve_args(&shared, args, &ops_tx));
         let created: Result<Box<dyn ActorInstance>, TaskFailure> = (|| {
@@ -915,6 +938,12 @@ fn start_actor(
             }
         }
         while let Ok(ActorMsg::Call { task, attempt, method, signature, args }) = rx.recv() {
+            if state.killed.load(Ordering::Acquire) {
+                let failure = TaskFailure::new(ErrorKind::ActorDied, format!("actor {id} was killed before this call ran"));
+                let _ = ops_tx.send(result_op(&shared, task, attempt, Err(failure), Duration::ZERO));
+                state.queued.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
             let running = RunningGuard::new(&shared.running);
             let started = std::time::Instant::now();
             let output = resolve(args).and_then(|args| {
@@ -929,6 +958,17 @@ fn start_actor(
     });
     if let Err(e) = spawned {
         tracing::error!("cannot start an actor thread: {e}");
+        let failure = TaskFailure::new(
+            ErrorKind::ActorDied,
+            format!("the worker cannot start a thread for the actor: {e}"),
+        );
+        let _ = failure_ops.send(result_op(
+            &failure_shared,
+            id,
+            attempt,
+            Err(failure),
+            Duration::ZERO,
+        ));
     }
     ActorSlot { tx, state }
 }

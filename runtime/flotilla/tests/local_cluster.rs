@@ -1099,10 +1099,8 @@ async fn worker_http_serves_metrics_and_guards_its_objects() {
     .await;
     assert_eq!(code, 401);
     let mut stream = TcpStream::connect(&http_address).await.unwrap();
-    let request = format!(
-        "POST /objects/99/adopt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer worker-http-secret\r\n\
-         Content-Length: 11\r\nConnection: close\r\n\r\n/etc/passwd"
-    );
+    let request = "POST /objects/99/adopt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer worker-http-secret\r\n\
+         Content-Length: 11\r\nConnection: close\r\n\r\n/etc/passwd";
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     bounded("adopt answer", stream.read_to_string(&mut response))

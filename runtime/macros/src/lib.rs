@@ -360,6 +360,7 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
                 name: #name::NAME,
                 signature: #name::SIGNATURE,
                 invoke: #invoke_name,
+                takes_runtime: #takes_rt,
             }
         }
     })
@@ -466,6 +467,11 @@ fn expand_actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
     };
     let _ = ctor_fn;
 
+    let rt_methods: Vec<String> = methods
+        .iter()
+        .filter(|m| m.takes_rt)
+        .map(|m| m.func.sig.ident.to_string())
+        .collect();
     let handle_methods = methods.iter().map(|m| {
         let name = &m.func.sig.ident;
         let name_str = name.to_string();
@@ -555,6 +561,11 @@ fn expand_actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         }
 
         impl ::flotilla::__private::ActorInstance for #self_ty {
+            fn takes_runtime(&self, __method: &str) -> bool {
+                let __blocking: &[&str] = &[#(#rt_methods),*];
+                __blocking.contains(&__method)
+            }
+
             fn call(
                 &mut self,
                 __method: &str,
