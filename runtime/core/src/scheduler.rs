@@ -1184,6 +1184,14 @@ impl Scheduler {
                     worker_command::Command::Free(id.0),
                 ));
             }
+            // An actor killed while its constructor ran came up anyway: stop it there.
+            let created = !matches!(result.outcome, Some(task_result::Outcome::Error(_)));
+            if created && self.tasks.get(&id).is_some_and(Task::is_actor_creation) {
+                self.outbox.push(Effect::ToWorker(
+                    worker,
+                    worker_command::Command::KillActor(id.0),
+                ));
+            }
             self.remove_task(id);
             self.schedule();
             return;

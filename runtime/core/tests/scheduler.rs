@@ -1317,3 +1317,21 @@ fn tasks_no_worker_can_run_wait_without_holding_up_the_rest() {
     assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], plain)]);
     assert_eq!(s.snapshot().tasks_pending, 100);
 }
+
+#[test]
+fn an_actor_killed_while_its_constructor_runs_is_stopped_when_it_comes_up() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let actor = oid(sess, 1);
+    s.submit(sess, create(actor, 0, "", false));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], actor)]);
+    // Its driver goes away before the constructor finished: the creation is cancelled.
+    s.close_session(sess);
+    s.drain_effects();
+    s.task_finished(ws[0], inline(actor, 0, b""));
+    let fx = s.drain_effects();
+    assert!(
+        commands(&fx).contains(&(ws[0], Command::KillActor(actor.0))),
+        "{fx:?}"
+    );
+    assert_eq!(s.snapshot().actors_alive, 0);
+}
