@@ -24,7 +24,18 @@ pub struct ProcessCluster {
 
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
+        // SIGTERM first, so workers remove their shared-memory segments; SIGKILL what is left.
+        for c in &self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
         for c in &mut self.children {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -276,13 +276,13 @@ pub async fn run(
     let work = {
         let shared = shared.clone();
         async move {
-            let mut backoff = Duration::from_millis(50);
+            let mut backoff = FIRST_RETRY;
             let mut duplicates = 0;
             loop {
                 match session(shared.clone()).await {
                     Ok(()) => {
                         tracing::warn!("head closed the session; reconnecting");
-                        backoff = Duration::from_millis(50);
+                        backoff = FIRST_RETRY;
                     }
                     Err(SessionError::Refused(msg)) => return Err(Error::Config(msg)),
                     Err(SessionError::Duplicate(msg)) => {
@@ -326,6 +326,10 @@ pub async fn run(
     shared.store.clear();
     result
 }
+
+/// First wait before reconnecting to the head; it doubles up to 2 s. Short, because a worker
+/// started beside its head usually just beat it to the port.
+const FIRST_RETRY: Duration = Duration::from_millis(5);
 
 /// How often a worker retries a registration refused for a duplicate name before giving up:
 /// long enough for the head to notice the worker's previous connection is gone.
