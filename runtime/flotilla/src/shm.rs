@@ -71,8 +71,21 @@ pub fn write(id: ObjectId, value: &[u8]) -> std::io::Result<PathBuf> {
 /// Maps a segment read-only; the returned bytes share the pages with every other mapping.
 #[allow(unsafe_code)]
 pub fn map(path: &Path) -> std::io::Result<Bytes> {
-    let file = std::fs::File::open(path)?;
-    if file.metadata()?.len() == 0 {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // Never through a symlink, and checked on the open file itself, so nothing can be swapped
+    // in between a check of the path and the mapping.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || owner(&meta) != own_uid() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file of this user",
+            path.display()
+        )));
+    }
+    if meta.len() == 0 {
         return Ok(Bytes::new());
     }
     // SAFETY: a segment is written completely before its path is handed to anyone, and no
@@ -99,5 +112,15 @@ mod tests {
         assert_eq!(&map(&path).unwrap()[..], b"shared bytes");
         std::fs::remove_file(&path).unwrap();
         assert!(map(&path).is_err());
+        // A symlink to a segment is refused, even one of ours.
+        let real = write(ObjectId(id.0 + 1), b"x").unwrap();
+        let link = segment_dir()
+            .unwrap()
+            .join(format!("link-{}", std::process::id()));
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(!is_segment(&link));
+        assert!(map(&link).is_err());
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_file(&real).unwrap();
     }
 }
