@@ -1,15 +1,23 @@
 //! The Flotilla Kubernetes operator: the `ComputeCluster` and `ComputeJob` resources, the checks
 //! on their specs, and the children (Secret, Service, pods) a cluster is made of (DESIGN.md §4).
 //!
-//! The reconcile pipeline reads what exists, [`validation::validate`]s the spec (pure), builds
-//! the desired children with [`builders`] (pure), applies them, and derives the status.
+//! The reconcile pipeline ([`controller`]) reads what exists, [`validation::validate`]s the spec
+//! (pure), [`plan`]s one step from the desired children [`builders`] make (pure), carries it out,
+//! and derives the [`status`] (pure). [`head`] asks a cluster's head which workers are idle and
+//! drains them; [`leader`] elects one acting replica; [`metrics`] serves the operator's own.
 
 use std::path::PathBuf;
 
 pub mod builders;
 pub mod contract;
+pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod head;
+pub mod leader;
+pub mod metrics;
+pub mod plan;
+pub mod status;
 pub mod validation;
 
 /// Everything that can go wrong in the operator.
@@ -18,6 +26,15 @@ pub enum Error {
     /// A ComputeCluster spec the operator cannot honour.
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] validation::InvalidSpec),
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The cluster's token Secret exists but holds no token.
+    #[error("Secret {name} has no `token` entry; delete it and the operator makes a new one")]
+    BadSecret {
+        /// Name of the Secret.
+        name: String,
+    },
     /// A CRD could not be rendered as YAML.
     #[error("cannot render CRD {name} as YAML")]
     RenderCrd {
@@ -43,6 +60,10 @@ impl Error {
     pub fn label(&self) -> &'static str {
         match self {
             Self::InvalidSpec(_) => "invalid_spec",
+            Self::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
+            Self::Kube(kube::Error::Api(_)) => "kube_api",
+            Self::Kube(_) => "kube_client",
+            Self::BadSecret { .. } => "bad_secret",
             Self::RenderCrd { .. } => "render_crd",
             Self::WriteFile { .. } => "write_file",
         }

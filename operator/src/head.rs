@@ -1,0 +1,134 @@
+//! The operator's client of a cluster head: which workers it has and in what state, and draining
+//! one before its pod is deleted.
+//!
+//! The operator dials the head pod's IP rather than the head Service's DNS name: it always can
+//! (pod IPs are routable from the operator's pod), it needs no cluster DNS, and a reconcile never
+//! talks to a head pod that is already being replaced.
+
+use std::{collections::HashMap, time::Duration};
+
+use flotilla_proto::{
+    v1::{head_client::HeadClient, DrainRequest, StatusRequest},
+    PROTOCOL_HEADER, PROTOCOL_VERSION,
+};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+    Request, Status,
+};
+
+use crate::{contract::HEAD_GRPC_PORT, plan::HeadView};
+
+/// How long to wait for a head to accept a connection or answer a status request.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the head could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    /// The head's address or the token is not usable.
+    #[error("cannot address the head at {address}: {message}")]
+    Address {
+        /// The address dialled.
+        address: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The connection failed.
+    #[error("cannot reach the head at {address}")]
+    Connect {
+        /// The address dialled.
+        address: String,
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The head answered with an error.
+    #[error("the head refused: {0}")]
+    Rpc(#[from] Status),
+}
+
+type Client = HeadClient<InterceptedService<Channel, Credentials>>;
+
+/// Adds the cluster token and the protocol version to every request.
+#[derive(Clone)]
+pub struct Credentials {
+    bearer: MetadataValue<Ascii>,
+    version: MetadataValue<Ascii>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let metadata = request.metadata_mut();
+        metadata.insert("authorization", self.bearer.clone());
+        metadata.insert(PROTOCOL_HEADER, self.version.clone());
+        Ok(request)
+    }
+}
+
+/// A connection to one head.
+pub struct Head {
+    client: Client,
+}
+
+impl Head {
+    /// Connects to the head at `pod_ip` with the cluster's `token`.
+    pub async fn connect(pod_ip: &str, token: &str) -> Result<Self, HeadError> {
+        let address = format!("http://{pod_ip}:{HEAD_GRPC_PORT}");
+        let bad_address = |message: String| HeadError::Address {
+            address: address.clone(),
+            message,
+        };
+        let endpoint = Endpoint::from_shared(address.clone())
+            .map_err(|e| bad_address(e.to_string()))?
+            .connect_timeout(HEAD_TIMEOUT);
+        let credentials = Credentials {
+            bearer: format!("Bearer {token}")
+                .parse()
+                .map_err(|_| bad_address("the token is not valid metadata".into()))?,
+            version: PROTOCOL_VERSION
+                .to_string()
+                .parse()
+                .map_err(|_| bad_address("bad protocol version".into()))?,
+        };
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| HeadError::Connect { address, source })?;
+        Ok(Head {
+            client: HeadClient::with_interceptor(channel, credentials),
+        })
+    }
+
+    /// The head's workers by name, and what each is doing.
+    pub async fn workers(&mut self) -> Result<HashMap<String, HeadView>, HeadError> {
+        let mut request = Request::new(StatusRequest {});
+        request.set_timeout(HEAD_TIMEOUT);
+        let reply = self.client.status(request).await?.into_inner();
+        Ok(reply
+            .workers
+            .into_iter()
+            .map(|w| {
+                let view = HeadView::parse(&w.state);
+                (w.name, view)
+            })
+            .collect())
+    }
+
+    /// Drains `worker`: its objects move elsewhere and its running tasks finish, or move
+    /// elsewhere after `timeout`. Returns whether it drained in time, and the head's message.
+    pub async fn drain(
+        &mut self,
+        worker: &str,
+        timeout: Duration,
+    ) -> Result<(bool, String), HeadError> {
+        let mut request = Request::new(DrainRequest {
+            worker: worker.to_owned(),
+            timeout_seconds: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1),
+        });
+        // The head answers at its own deadline; allow for the copy of the last objects.
+        request.set_timeout(timeout + HEAD_TIMEOUT * 10);
+        let reply = self.client.drain(request).await?.into_inner();
+        Ok((reply.drained, reply.message))
+    }
+}
