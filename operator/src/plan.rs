@@ -280,7 +280,11 @@ pub fn plan(
             for pod in victims.into_iter().take(live.len() - desired) {
                 remove_worker(pod, head_workers, DeleteReason::ScaleDown, &mut plan);
             }
-        } else if let Some(old) = live.iter().find(|p| stale(p)) {
+        } else if let Some(old) = live
+            .iter()
+            .filter(|p| stale(p))
+            .min_by_key(|p| head_workers.and_then(|w| w.get(name(p))) != Some(&HeadView::Idle))
+        {
             // One at a time, and only while the rest of the group is whole.
             let group_busy = all.iter().any(|p| is_draining(p) || is_terminating(p));
             if !group_busy && live.iter().all(|p| is_ready(p)) {

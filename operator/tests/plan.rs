@@ -1,0 +1,409 @@
+//! The pure half of the controller: which pods to create, drain and delete, and the status the
+//! operator derives from what it observed.
+
+use std::collections::HashMap;
+
+use flotilla_operator::{
+    builders,
+    crd::{ClusterPhase, ComputeCluster},
+    plan::{self, DeleteReason, HeadView, Plan, ANNOTATION_DRAINING},
+    status,
+    validation::{self, ValidatedCluster},
+};
+use k8s_openapi::{
+    api::core::v1::{
+        ContainerState, ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+
+fn cluster(spec: &str) -> ValidatedCluster {
+    let yaml = format!(
+        r#"
+apiVersion: flotilla.dev/v1alpha1
+kind: ComputeCluster
+metadata: {{name: demo, namespace: ns, uid: 1f2e3d4c-0000-0000-0000-000000000001, generation: 3}}
+spec:
+{spec}
+"#
+    );
+    let cluster: ComputeCluster = serde_yaml::from_str(&yaml).expect("cluster parses");
+    validation::validate(&cluster).expect("cluster is valid")
+}
+
+fn two_workers() -> ValidatedCluster {
+    cluster("  image: flotilla:1\n  workerGroups: [{name: cpu, replicas: 2}]")
+}
+
+fn counter() -> impl FnMut() -> String {
+    let mut n = 0;
+    move || {
+        n += 1;
+        format!("s{n:04}")
+    }
+}
+
+/// A pod as the kubelet reports it: `Running` and ready, created `age` seconds after the epoch.
+fn running(mut pod: Pod, age: i64) -> Pod {
+    pod.metadata.creation_timestamp = Some(Time(
+        Timestamp::from_second(1_700_000_000 + age).expect("valid time"),
+    ));
+    pod.status = Some(PodStatus {
+        phase: Some("Running".into()),
+        pod_ip: Some("127.0.0.9".into()),
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            ..PodCondition::default()
+        }]),
+        ..PodStatus::default()
+    });
+    pod
+}
+
+fn not_ready(mut pod: Pod) -> Pod {
+    pod.status = Some(PodStatus {
+        phase: Some("Pending".into()),
+        ..PodStatus::default()
+    });
+    pod
+}
+
+fn waiting(mut pod: Pod, reason: &str, message: &str) -> Pod {
+    pod.status = Some(PodStatus {
+        phase: Some("Pending".into()),
+        container_statuses: Some(vec![ContainerStatus {
+            name: "flotilla".into(),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.into()),
+                    message: Some(message.into()),
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    });
+    pod
+}
+
+fn worker(cluster: &ValidatedCluster, group: &str, suffix: &str) -> Pod {
+    builders::worker_pod(cluster, cluster.group(group).expect("group"), suffix)
+}
+
+fn head(cluster: &ValidatedCluster) -> Pod {
+    running(builders::head_pod(cluster), 0)
+}
+
+fn names(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .map(|p| p.metadata.name.clone().expect("name"))
+        .collect()
+}
+
+fn names_of(list: &[(String, DeleteReason)]) -> Vec<&str> {
+    list.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+fn views(entries: &[(&str, HeadView)]) -> HashMap<String, HeadView> {
+    entries.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect()
+}
+
+fn now() -> Time {
+    Time(Timestamp::from_second(1_800_000_000).expect("valid time"))
+}
+
+#[test]
+fn a_new_cluster_gets_its_head_and_every_worker() {
+    let c = two_workers();
+    let step = plan::plan(&c, &[], None, counter());
+    assert_eq!(
+        names(&step.create),
+        ["demo-head", "demo-cpu-s0001", "demo-cpu-s0002"]
+    );
+    assert!(step.delete.is_empty() && step.drain.is_empty());
+}
+
+#[test]
+fn a_whole_cluster_needs_nothing_and_is_running() {
+    let c = two_workers();
+    let pods = vec![
+        head(&c),
+        running(worker(&c, "cpu", "a"), 1),
+        running(worker(&c, "cpu", "b"), 2),
+    ];
+    let step = plan::plan(&c, &pods, Some(&HashMap::new()), counter());
+    assert!(step.is_empty(), "{step:?}");
+    let s = status::derive(&c, &pods, &step, None, Some(3), now());
+    assert_eq!(s.phase, Some(ClusterPhase::Running));
+    assert_eq!((s.desired_workers, s.workers, s.ready_workers), (2, 2, 2));
+    assert_eq!(s.observed_generation, Some(3));
+    let progressing = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .expect("condition");
+    assert_eq!(progressing.status, "False");
+    assert_eq!(s.worker_groups[0].ready_replicas, 2);
+    assert_eq!(
+        s.head.and_then(|h| h.address).as_deref(),
+        Some("demo-head.ns.svc:7400")
+    );
+}
+
+#[test]
+fn a_failed_worker_is_deleted_and_replaced() {
+    let c = two_workers();
+    let mut failed = running(worker(&c, "cpu", "a"), 1);
+    failed.status.as_mut().expect("status").phase = Some("Failed".into());
+    let pods = vec![head(&c), failed, running(worker(&c, "cpu", "b"), 2)];
+    let step = plan::plan(&c, &pods, Some(&HashMap::new()), counter());
+    assert_eq!(
+        step.delete,
+        [("demo-cpu-a".to_owned(), DeleteReason::Failed)]
+    );
+    assert_eq!(names(&step.create), ["demo-cpu-s0001"]);
+}
+
+#[test]
+fn scale_down_drains_idle_workers_and_never_a_busy_one() {
+    let c = cluster("  image: flotilla:1\n  workerGroups: [{name: cpu, replicas: 1}]");
+    let pods = vec![
+        head(&c),
+        running(worker(&c, "cpu", "a"), 1),
+        running(worker(&c, "cpu", "b"), 2),
+        running(worker(&c, "cpu", "c"), 3),
+    ];
+    let head_view = views(&[
+        ("demo-cpu-a", HeadView::Idle),
+        ("demo-cpu-b", HeadView::Busy),
+        ("demo-cpu-c", HeadView::Idle),
+    ]);
+    let step = plan::plan(&c, &pods, Some(&head_view), counter());
+    let mut drained = names_of(&step.drain);
+    drained.sort_unstable();
+    assert_eq!(drained, ["demo-cpu-a", "demo-cpu-c"]);
+    assert!(step.delete.is_empty() && step.create.is_empty());
+}
+
+#[test]
+fn scale_down_prefers_workers_that_never_became_ready() {
+    let c = cluster("  image: flotilla:1\n  workerGroups: [{name: cpu, replicas: 1}]");
+    let pods = vec![
+        head(&c),
+        running(worker(&c, "cpu", "a"), 1),
+        not_ready(worker(&c, "cpu", "b")),
+    ];
+    let head_view = views(&[("demo-cpu-a", HeadView::Idle)]);
+    let step = plan::plan(&c, &pods, Some(&head_view), counter());
+    // Not registered at the head: nothing to drain, so it goes at once.
+    assert_eq!(
+        step.delete,
+        [("demo-cpu-b".to_owned(), DeleteReason::ScaleDown)]
+    );
+    assert!(step.drain.is_empty());
+}
+
+#[test]
+fn without_the_head_a_ready_worker_is_never_removed() {
+    let c = cluster("  image: flotilla:1\n  workerGroups: [{name: cpu, replicas: 0}]");
+    let pods = vec![
+        head(&c),
+        running(worker(&c, "cpu", "a"), 1),
+        not_ready(worker(&c, "cpu", "b")),
+    ];
+    let step = plan::plan(&c, &pods, None, counter());
+    assert_eq!(names_of(&step.delete), ["demo-cpu-b"]);
+    assert!(
+        step.drain.is_empty(),
+        "a ready worker may be busy: {step:?}"
+    );
+}
+
+#[test]
+fn draining_workers_no_longer_count_towards_the_group() {
+    let c = two_workers();
+    let mut leaving = running(worker(&c, "cpu", "a"), 1);
+    leaving
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(ANNOTATION_DRAINING.into(), "2026-01-01T00:00:00Z".into());
+    let pods = vec![head(&c), leaving, running(worker(&c, "cpu", "b"), 2)];
+    let step = plan::plan(&c, &pods, Some(&HashMap::new()), counter());
+    assert_eq!(names(&step.create), ["demo-cpu-s0001"]);
+    assert!(step.drain.is_empty() && step.delete.is_empty());
+}
+
+#[test]
+fn a_new_image_replaces_workers_one_at_a_time() {
+    let old = two_workers();
+    let new = cluster("  image: flotilla:2\n  workerGroups: [{name: cpu, replicas: 2}]");
+    let pods = vec![
+        running(builders::head_pod(&new), 0),
+        running(worker(&old, "cpu", "a"), 1),
+        running(worker(&old, "cpu", "b"), 2),
+    ];
+    let head_view = views(&[
+        ("demo-cpu-a", HeadView::Idle),
+        ("demo-cpu-b", HeadView::Busy),
+    ]);
+    let step = plan::plan(&new, &pods, Some(&head_view), counter());
+    assert_eq!(step.drain.len(), 1, "{step:?}");
+    assert_eq!(step.drain[0].1, DeleteReason::Outdated);
+
+    // While one is being replaced, the other waits.
+    let mut pods = pods;
+    pods[1].metadata.deletion_timestamp = Some(now());
+    let step = plan::plan(&new, &pods, Some(&head_view), counter());
+    assert_eq!(names(&step.create), ["demo-cpu-s0001"]);
+    assert!(step.drain.is_empty() && step.delete.is_empty(), "{step:?}");
+}
+
+#[test]
+fn a_changed_head_template_replaces_the_head() {
+    let old = two_workers();
+    let new = cluster("  image: flotilla:2\n  workerGroups: [{name: cpu, replicas: 2}]");
+    let step = plan::plan(&new, &[head(&old)], None, counter());
+    assert_eq!(
+        step.delete,
+        [("demo-head".to_owned(), DeleteReason::Outdated)]
+    );
+}
+
+#[test]
+fn suspend_deletes_every_pod_and_reports_suspended() {
+    let c =
+        cluster("  image: flotilla:1\n  suspend: true\n  workerGroups: [{name: cpu, replicas: 2}]");
+    let pods = vec![head(&c), running(worker(&c, "cpu", "a"), 1)];
+    let step = plan::plan(&c, &pods, None, counter());
+    let mut deleted = names_of(&step.delete);
+    deleted.sort_unstable();
+    assert_eq!(deleted, ["demo-cpu-a", "demo-head"]);
+    assert!(step.create.is_empty());
+    let s = status::derive(&c, &pods, &step, None, Some(3), now());
+    assert_eq!(s.phase, Some(ClusterPhase::Suspended));
+    assert_eq!(s.desired_workers, 0);
+}
+
+#[test]
+fn workers_of_a_removed_group_are_drained() {
+    let old = cluster(
+        "  image: flotilla:1\n  workerGroups: [{name: cpu, replicas: 1}, {name: gpu, replicas: 1}]",
+    );
+    let new = cluster("  image: flotilla:1\n  workerGroups: [{name: cpu, replicas: 1}]");
+    let pods = vec![
+        head(&new),
+        running(worker(&old, "cpu", "a"), 1),
+        running(worker(&old, "gpu", "b"), 2),
+    ];
+    let head_view = views(&[
+        ("demo-cpu-a", HeadView::Idle),
+        ("demo-gpu-b", HeadView::Busy),
+    ]);
+    let step = plan::plan(&new, &pods, Some(&head_view), counter());
+    assert_eq!(
+        step.drain,
+        [("demo-gpu-b".to_owned(), DeleteReason::GroupRemoved)]
+    );
+}
+
+#[test]
+fn a_worker_that_cannot_start_shows_its_own_message() {
+    let c = two_workers();
+    let pods = vec![
+        head(&c),
+        running(worker(&c, "cpu", "a"), 1),
+        waiting(
+            worker(&c, "cpu", "b"),
+            "ImagePullBackOff",
+            "Back-off pulling image \"flotilla:1\"",
+        ),
+    ];
+    let s = status::derive(&c, &pods, &Plan::default(), None, Some(3), now());
+    assert_eq!(s.phase, Some(ClusterPhase::Degraded));
+    let workers = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "WorkersReady")
+        .expect("condition");
+    assert_eq!(workers.status, "False");
+    assert_eq!(workers.reason, "ImagePullBackOff");
+    assert_eq!(
+        workers.message,
+        "demo-cpu-b: Back-off pulling image \"flotilla:1\""
+    );
+}
+
+#[test]
+fn a_head_in_a_crash_loop_fails_the_cluster() {
+    let c = two_workers();
+    let pods = vec![waiting(
+        builders::head_pod(&c),
+        "CrashLoopBackOff",
+        "back-off 10s restarting failed container",
+    )];
+    let s = status::derive(&c, &pods, &Plan::default(), None, Some(3), now());
+    assert_eq!(s.phase, Some(ClusterPhase::Failed));
+    let head = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "HeadReady")
+        .expect("condition");
+    assert_eq!(
+        (head.status.as_str(), head.reason.as_str()),
+        ("False", "CrashLoopBackOff")
+    );
+}
+
+#[test]
+fn conditions_keep_their_transition_time_until_they_flip() {
+    let c = two_workers();
+    let pods = vec![head(&c), running(worker(&c, "cpu", "a"), 1)];
+    let earlier = Time(Timestamp::from_second(1_750_000_000).expect("valid time"));
+    let first = status::derive(&c, &pods, &Plan::default(), None, Some(3), earlier.clone());
+    let second = status::derive(&c, &pods, &Plan::default(), Some(&first), Some(3), now());
+    assert_eq!(first, second, "nothing changed, so nothing moves");
+
+    let pods = vec![
+        head(&c),
+        running(worker(&c, "cpu", "a"), 1),
+        running(worker(&c, "cpu", "b"), 2),
+    ];
+    let third = status::derive(&c, &pods, &Plan::default(), Some(&second), Some(3), now());
+    let time_of = |s: &flotilla_operator::crd::ComputeClusterStatus, t: &str| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| c.last_transition_time.clone())
+    };
+    assert_eq!(time_of(&third, "HeadReady"), Some(earlier));
+    assert_eq!(time_of(&third, "WorkersReady"), Some(now()));
+}
+
+#[test]
+fn an_invalid_spec_fails_the_cluster_and_names_the_problem() {
+    let raw: ComputeCluster = serde_yaml::from_str(
+        r#"
+apiVersion: flotilla.dev/v1alpha1
+kind: ComputeCluster
+metadata: {name: demo, namespace: ns, uid: u1, generation: 4}
+spec:
+  image: flotilla:1
+  workerGroups: [{name: cpu, replicas: 5, maxReplicas: 2}]
+"#,
+    )
+    .expect("parses");
+    let problems = validation::validate(&raw).expect_err("min/max violated");
+    let s = status::invalid(None, Some(4), &problems, now());
+    assert_eq!(s.phase, Some(ClusterPhase::Failed));
+    let valid = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "SpecValid")
+        .expect("condition");
+    assert_eq!(valid.status, "False");
+    assert!(valid.message.contains("maxReplicas"), "{}", valid.message);
+}
