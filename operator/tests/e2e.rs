@@ -1,0 +1,509 @@
+//! End to end, as a user does it, on one machine: the fake API server, the real `kubectl`, the
+//! operator binary out of process (through a kubeconfig), and the process kubelet running the
+//! real `flotilla` binary for every pod.
+//!
+//! The runtime binary must be built next to the operator's (`cargo test --workspace` does that;
+//! alone: `cargo build -p flotilla --bin flotilla`).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use flotilla_operator::{
+    crd::{ClusterPhase, ComputeCluster},
+    head::Head,
+    plan::HeadView,
+};
+use flotilla_testenv::{
+    apiserver::FakeApiServer,
+    kubelet::{ImageMapping, KubeletConfig, ProcessKubelet},
+};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Pod, Secret, Service},
+    events::v1::Event,
+};
+use kube::{api::ListParams, Api, Client};
+
+const NS: &str = "default";
+/// Generous: the first pods of a debug build on a busy 2-core machine.
+const LONG: Duration = Duration::from_secs(90);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The directory of the built binaries, checked to hold the runtime's.
+fn bin_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_flotilla-operator"))
+        .parent()
+        .expect("binaries live in a directory")
+        .to_owned();
+    assert!(
+        dir.join("flotilla").exists(),
+        "{} has no `flotilla` binary: build it first with `cargo build -p flotilla --bin flotilla` \
+         (cargo test --workspace does)",
+        dir.display()
+    );
+    dir
+}
+
+/// Polls `check` every 50 ms until it yields a value, or panics after `limit` naming `what`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A process killed (SIGTERM, then SIGKILL) when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The local Kubernetes: API server, kubeconfig, and a scratch directory.
+struct Kube {
+    api: FakeApiServer,
+    kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Kube {
+    async fn start() -> Self {
+        let api = FakeApiServer::start()
+            .await
+            .expect("fake API server starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig)
+            .expect("kubeconfig written");
+        let kube = Kube {
+            api,
+            kubeconfig,
+            dir,
+        };
+        kube.kubectl_ok(&["apply", "-f", &repo().join("crds").display().to_string()]);
+        kube
+    }
+
+    async fn client(&self) -> Client {
+        self.api.client().await.expect("kube client")
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("kubectl runs")
+    }
+
+    fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts the operator binary; returns it and its HTTP address.
+    fn operator(&self, name: &str, extra: &[&str]) -> (Process, String) {
+        let http = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_flotilla-operator"))
+            .args(["run", "--http-bind", &http, "--identity", name])
+            .args(extra)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("operator starts");
+        (Process(child), http)
+    }
+
+    async fn kubelet(&self) -> ProcessKubelet {
+        let config = KubeletConfig {
+            node_name: "local".into(),
+            images: vec![ImageMapping {
+                image: "flotilla".into(),
+                bin_dir: bin_dir(),
+                entrypoint: Some(bin_dir().join("flotilla")),
+            }],
+            log_dir: self.dir.path().join("pods"),
+            restart_backoff: (Duration::from_millis(100), Duration::from_secs(2)),
+            schedule: true,
+        };
+        ProcessKubelet::start(self.client().await, config)
+            .await
+            .expect("kubelet starts")
+    }
+
+    fn operator_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+async fn http_get(address: &str, path: &str) -> Option<String> {
+    let out = tokio::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1],timeout=2).read().decode())",
+            &format!("http://{address}{path}"),
+        ])
+        .output()
+        .await
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn cluster(api: &Api<ComputeCluster>, name: &str) -> Option<ComputeCluster> {
+    api.get_opt(name).await.ok().flatten()
+}
+
+/// Live (not terminating) worker pods of `cluster`.
+async fn workers(pods: &Api<Pod>, cluster: &str) -> Vec<Pod> {
+    let selector = format!("flotilla.dev/cluster={cluster},flotilla.dev/role=worker");
+    pods.list(&ListParams::default().labels(&selector))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// The workers registered at the cluster's head, asked through the head's own API.
+async fn registered(client: &Client, cluster: &str) -> Option<Vec<(String, HeadView)>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let head = pods.get_opt(&format!("{cluster}-head")).await.ok()??;
+    let ip = head.status?.pod_ip?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let secret = secrets.get_opt(&format!("{cluster}-token")).await.ok()??;
+    let token = String::from_utf8(secret.data?.get("token")?.0.clone()).ok()?;
+    let mut head = Head::connect(&ip, &token).await.ok()?;
+    let mut workers: Vec<_> = head.workers().await.ok()?.into_iter().collect();
+    workers.sort();
+    Some(workers)
+}
+
+fn names(pods: &[Pod]) -> Vec<String> {
+    let mut names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+fn alive(pid: u32) -> bool {
+    // Signal 0 checks for existence; a zombie reaped by the kubelet is gone.
+    Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn set_replicas(kube: &Kube, replicas: u32) {
+    let patch =
+        format!(r#"{{"spec":{{"workerGroups":[{{"name":"default","replicas":{replicas}}}]}}}}"#);
+    kube.kubectl_ok(&["patch", "fcc", "minimal", "--type", "merge", "-p", &patch]);
+}
+
+/// Waits until the group has `n` live worker pods, all ready and all registered at the head.
+async fn wait_for_workers(kube: &Kube, n: usize) -> Vec<String> {
+    let client = kube.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let clusters: Api<ComputeCluster> = Api::namespaced(client.clone(), NS);
+    eventually(
+        &format!("{n} workers registered at the head"),
+        LONG,
+        || async {
+            let pod_names = names(&workers(&pods, "minimal").await);
+            let at_head: Vec<String> = registered(&client, "minimal")
+                .await?
+                .into_iter()
+                .filter(|(_, view)| *view != HeadView::Draining)
+                .map(|(name, _)| name)
+                .collect();
+            let status = cluster(&clusters, "minimal").await?.status?;
+            (pod_names.len() == n
+                && at_head == pod_names
+                && status.ready_workers == n as i32
+                && status.phase == Some(ClusterPhase::Running))
+            .then_some(pod_names)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_from_apply_to_delete() {
+    let kube = Kube::start().await;
+    let kubelet = kube.kubelet().await;
+    let (_operator, http) = kube.operator("operator", &[]);
+    let client = kube.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let clusters: Api<ComputeCluster> = Api::namespaced(client.clone(), NS);
+
+    // Apply the minimal example: a head and two workers, registered at the head.
+    let example = repo().join("examples/minimal-cluster.yaml");
+    kube.kubectl_ok(&["apply", "-f", &example.display().to_string()]);
+    let first = wait_for_workers(&kube, 2).await;
+    let table = kube.kubectl_ok(&["get", "fcc", "minimal"]);
+    assert!(
+        table.contains("Running"),
+        "kubectl get fcc shows the phase: {table}"
+    );
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    assert!(services
+        .get_opt("minimal-head")
+        .await
+        .expect("get")
+        .is_some());
+
+    // A spec the schema accepts but the operator cannot honour: a False condition and a
+    // Warning Event, while the first cluster is still served.
+    let bad = r#"
+apiVersion: flotilla.dev/v1alpha1
+kind: ComputeCluster
+metadata: {name: reserved}
+spec:
+  image: flotilla:latest
+  workerGroups:
+    - name: default
+      podTemplate: {env: [{name: FLOTILLA_TOKEN, value: guessable}]}
+"#;
+    let mut apply = Command::new("kubectl")
+        .args(["apply", "-f", "-"])
+        .env("KUBECONFIG", &kube.kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("kubectl runs");
+    std::io::Write::write_all(&mut apply.stdin.take().expect("stdin"), bad.as_bytes())
+        .expect("manifest written");
+    assert!(apply.wait().expect("kubectl ends").success());
+    let condition = eventually("the refused spec's condition", LONG, || async {
+        let status = cluster(&clusters, "reserved").await?.status?;
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "SpecValid" && c.status == "False")
+    })
+    .await;
+    assert_eq!(condition.reason, "ReservedEnvVar");
+    assert!(
+        condition.message.contains("FLOTILLA_TOKEN"),
+        "{}",
+        condition.message
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    eventually("a Warning event on the refused cluster", LONG, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("reserved")
+            })
+            .map(|_| ())
+    })
+    .await;
+    assert!(workers(&pods, "reserved").await.is_empty());
+
+    // Scale up, then down: removed workers are drained at the head before their pods go.
+    set_replicas(&kube, 3).await;
+    let three = wait_for_workers(&kube, 3).await;
+    assert!(
+        first.iter().all(|n| three.contains(n)),
+        "scale-up keeps the old workers"
+    );
+    set_replicas(&kube, 1).await;
+    let one = wait_for_workers(&kube, 1).await;
+    assert!(three.contains(&one[0]));
+    let drained = eventually("drain events", LONG, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let reasons: Vec<String> = list.items.into_iter().filter_map(|e| e.reason).collect();
+        (reasons.iter().filter(|r| *r == "DrainedWorker").count() >= 2).then_some(reasons)
+    })
+    .await;
+    assert!(drained.iter().any(|r| r == "DrainingWorker"), "{drained:?}");
+
+    // Kill the worker's process: it comes back and registers again.
+    let survivor = one[0].clone();
+    let pid = kubelet.pid_of(NS, &survivor).expect("the worker runs");
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    eventually(
+        "the killed worker restarted and registered",
+        LONG,
+        || async {
+            let pod = pods.get_opt(&survivor).await.ok()??;
+            let restarts = pod.status?.container_statuses?.first()?.restart_count;
+            let at_head = registered(&client, "minimal").await?;
+            let new_pid = kubelet.pid_of(NS, &survivor)?;
+            (restarts >= 1 && new_pid != pid && at_head.iter().any(|(n, _)| *n == survivor))
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Suspend: every pod and process goes, the resource, Secret and Service stay.
+    let pids: Vec<u32> = [&survivor, &"minimal-head".to_owned()]
+        .iter()
+        .filter_map(|p| kubelet.pid_of(NS, p))
+        .collect();
+    kube.kubectl_ok(&[
+        "patch",
+        "fcc",
+        "minimal",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
+    eventually("a suspended cluster without pods", LONG, || async {
+        let status = cluster(&clusters, "minimal").await?.status?;
+        let left = pods
+            .list(&ListParams::default().labels("flotilla.dev/cluster=minimal"))
+            .await
+            .ok()?;
+        (status.phase == Some(ClusterPhase::Suspended) && left.items.is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        pids.iter().all(|p| !alive(*p)),
+        "suspended pods' processes are gone"
+    );
+    assert!(services
+        .get_opt("minimal-head")
+        .await
+        .expect("get")
+        .is_some());
+
+    // The operator's own metrics count what it did.
+    let metrics = http_get(&http, "/metrics").await.expect("operator metrics");
+    assert!(
+        metrics.contains(
+            "flotilla_operator_reconcile_total{kind=\"ComputeCluster\",result=\"success\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("error=\"invalid_spec\""), "{metrics}");
+    assert!(
+        metrics.contains("flotilla_operator_drains_total{result=\"drained\"}"),
+        "{metrics}"
+    );
+
+    // Delete: the garbage collector removes everything the operator created.
+    kube.kubectl_ok(&["delete", "fcc", "minimal", "reserved", "--wait=true"]);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    eventually("every child gone", LONG, || async {
+        let pods_left = pods.list(&ListParams::default()).await.ok()?.items;
+        let service = services.get_opt("minimal-head").await.ok()?;
+        let secret = secrets.get_opt("minimal-token").await.ok()?;
+        (pods_left.is_empty() && service.is_none() && secret.is_none()).then_some(())
+    })
+    .await;
+    kubelet.shutdown().await;
+    assert!(
+        !kube.operator_log("operator").contains("panicked"),
+        "{}",
+        kube.operator_log("operator")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_never_both_lead() {
+    let kube = Kube::start().await;
+    let client = kube.client().await;
+    let lease_args = [
+        "--leader-election",
+        "--lease-name",
+        "flotilla-test",
+        "--lease-namespace",
+        NS,
+        "--lease-duration-seconds",
+        "3",
+    ];
+    let (first, first_http) = kube.operator("first", &lease_args);
+    let (second, second_http) = kube.operator("second", &lease_args);
+
+    let leader_of = |http: String| async move {
+        let metrics = http_get(&http, "/metrics").await?;
+        Some(metrics.contains("flotilla_operator_leader 1"))
+    };
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let holder = eventually("exactly one leader, the lease's holder", LONG, || async {
+        let lease = leases.get_opt("flotilla-test").await.ok()??;
+        let holder = lease.spec?.holder_identity?;
+        let first = leader_of(first_http.clone()).await?;
+        let second = leader_of(second_http.clone()).await?;
+        let expected = if holder == "first" {
+            (true, false)
+        } else {
+            (false, true)
+        };
+        ((first, second) == expected).then_some(holder)
+    })
+    .await;
+
+    // The leader stops (and hands the lease back): the standby takes over.
+    let (standby, standby_http) = if holder == "first" {
+        drop(first);
+        ("second", second_http)
+    } else {
+        drop(second);
+        ("first", first_http)
+    };
+    eventually("the standby takes over", LONG, || async {
+        let lease = leases.get_opt("flotilla-test").await.ok()??;
+        let holder = lease.spec?.holder_identity?;
+        (holder == standby && leader_of(standby_http.clone()).await?).then_some(())
+    })
+    .await;
+}
