@@ -1,0 +1,1208 @@
+//! The in-memory object store: objects, the global resourceVersion, the watch history, and the
+//! write semantics (metadata, generation, status subresource, deletion, garbage collection).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    sync::Arc,
+};
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use rand::Rng;
+use serde_json::{json, Map, Value};
+
+use super::{
+    builtin,
+    error::{ApiError, ApiResult, FieldError},
+    resources::{GroupResource, Registry, Resource},
+    schema,
+    selector::{FieldSelector, LabelSelector},
+};
+
+/// How many watch events are kept; watching from further back is answered with 410 Expired.
+const HISTORY: usize = 10_000;
+
+/// What the server does with fields a custom resource's schema does not declare.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Drop them with a `Warning` header (the default).
+    #[default]
+    Warn,
+    /// Refuse the request.
+    Strict,
+}
+
+/// Options of one write.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WriteOptions {
+    pub field_validation: FieldValidation,
+    pub dry_run: bool,
+}
+
+/// Which part of an object a write changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// The object, except status when the resource has a status subresource.
+    Main,
+    /// Only the status.
+    Status,
+}
+
+impl Part {
+    /// The subresource name used to key server-side apply ownership.
+    pub fn subresource(self) -> &'static str {
+        match self {
+            Self::Main => "",
+            Self::Status => "status",
+        }
+    }
+}
+
+/// `DeleteOptions`, from the body and the query.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_resource_version: Option<String>,
+    pub dry_run: bool,
+}
+
+/// The outcome of a delete.
+pub(crate) enum Deleted {
+    /// The object is gone; this is its last state.
+    Removed(Value),
+    /// The object is terminating (finalizers or a graceful pod deletion); this is its state.
+    Pending(Value),
+}
+
+/// A successful create or update.
+pub(crate) struct Written {
+    pub object: Value,
+    /// `Warning` header texts.
+    pub warnings: Vec<String>,
+}
+
+/// The type of a watch event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "ADDED",
+            Self::Modified => "MODIFIED",
+            Self::Deleted => "DELETED",
+        }
+    }
+}
+
+/// A change, as recorded for watches.
+#[derive(Debug)]
+pub(crate) struct Change {
+    pub resource_version: u64,
+    pub key: GroupResource,
+    pub type_: EventType,
+    pub object: Value,
+    /// The object before a modification, to send ADDED/DELETED to watches whose selector it
+    /// enters or leaves.
+    pub old: Option<Value>,
+}
+
+/// One stored object and the server-side apply state of its managers.
+#[derive(Clone, Debug)]
+struct Stored {
+    object: Value,
+    /// What each manager last applied, by manager and subresource.
+    applied: BTreeMap<(String, String), Value>,
+}
+
+/// Objects of one group/resource, by namespace and name.
+type Bucket = BTreeMap<(String, String), Stored>;
+
+/// The whole state of the server.
+pub(crate) struct Store {
+    pub registry: Registry,
+    objects: BTreeMap<GroupResource, Bucket>,
+    resource_version: u64,
+    history: VecDeque<Arc<Change>>,
+    /// The resourceVersion of the newest change dropped from the history.
+    compacted: u64,
+    next_cluster_ip: u32,
+}
+
+/// The current time as a Kubernetes timestamp.
+pub(crate) fn now() -> String {
+    format_time(Timestamp::now())
+}
+
+fn format_time(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn new_uid() -> String {
+    let mut rng = rand::rng();
+    let (a, b): (u64, u64) = (rng.random(), rng.random());
+    let hex = format!("{a:016x}{b:016x}");
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn meta(object: &Value) -> &Value {
+    object.get("metadata").unwrap_or(&Value::Null)
+}
+
+fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
+    meta(object)
+        .get(field)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
+    if !object.get("metadata").is_some_and(Value::is_object) {
+        object["metadata"] = json!({});
+    }
+    match object.get_mut("metadata") {
+        Some(Value::Object(m)) => m,
+        _ => unreachable!("metadata was just made an object"),
+    }
+}
+
+fn has_finalizers(object: &Value) -> bool {
+    meta(object)
+        .get("finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
+}
+
+/// The object without metadata and, when `without_status`, status: what `generation` tracks.
+fn content(object: &Value, without_status: bool) -> Value {
+    let mut content = object.clone();
+    if let Value::Object(map) = &mut content {
+        map.remove("metadata");
+        map.remove("apiVersion");
+        map.remove("kind");
+        if without_status {
+            map.remove("status");
+        }
+    }
+    content
+}
+
+/// Checks a DNS-1123 subdomain (or label) name.
+fn check_name(name: &str, label: bool) -> Option<FieldError> {
+    let max = if label { 63 } else { 253 };
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (c == '.' && !label)
+        })
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    (!ok).then(|| {
+        let what = if label { "RFC 1123 label" } else { "RFC 1123 subdomain" };
+        FieldError::invalid(
+            "metadata.name",
+            &Value::String(name.to_owned()),
+            format!("a lowercase {what} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+        )
+    })
+}
+
+impl Store {
+    /// A store with the built-in resources and the `default`, `kube-system` and `kube-public`
+    /// namespaces.
+    pub fn new() -> Self {
+        let mut store = Self {
+            registry: Registry::builtin(),
+            objects: BTreeMap::new(),
+            resource_version: 0,
+            history: VecDeque::new(),
+            compacted: 0,
+            next_cluster_ip: 1,
+        };
+        let namespaces = store.registry.get("", "v1", "namespaces").cloned();
+        if let Some(namespaces) = namespaces {
+            for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                let namespace =
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+                // Creating a fixed, valid namespace in an empty store cannot fail.
+                let _ = store.create(&namespaces, None, namespace, WriteOptions::default());
+            }
+        }
+        store
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.resource_version
+    }
+
+    /// The resourceVersion below which watches have expired.
+    pub fn compacted(&self) -> u64 {
+        self.compacted
+    }
+
+    /// The changes after `resource_version`, oldest first.
+    pub fn changes_since(&self, resource_version: u64) -> Vec<Arc<Change>> {
+        let start = self
+            .history
+            .partition_point(|c| c.resource_version <= resource_version);
+        self.history.iter().skip(start).cloned().collect()
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.resource_version += 1;
+        self.resource_version
+    }
+
+    fn record(&mut self, key: GroupResource, type_: EventType, object: Value, old: Option<Value>) {
+        let resource_version = self.resource_version;
+        self.history.push_back(Arc::new(Change {
+            resource_version,
+            key,
+            type_,
+            object,
+            old,
+        }));
+        while self.history.len() > HISTORY {
+            if let Some(dropped) = self.history.pop_front() {
+                self.compacted = dropped.resource_version;
+            }
+        }
+    }
+
+    fn stored(&self, key: &GroupResource, namespace: &str, name: &str) -> Option<&Stored> {
+        self.objects
+            .get(key)?
+            .get(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// One object.
+    pub fn get(&self, resource: &Resource, namespace: &str, name: &str) -> ApiResult<Value> {
+        self.stored(&resource.key(), namespace, name)
+            .map(|s| s.object.clone())
+            .ok_or_else(|| ApiError::not_found(resource, name))
+    }
+
+    /// The objects of a resource (in one namespace, or all), filtered by selectors.
+    pub fn list(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+    ) -> Vec<Value> {
+        self.objects
+            .get(&resource.key())
+            .into_iter()
+            .flat_map(|bucket| bucket.iter())
+            .filter(|((ns, _), _)| namespace.is_none_or(|wanted| wanted == ns))
+            .map(|(_, s)| &s.object)
+            .filter(|o| labels.matches(o) && fields.matches(o))
+            .cloned()
+            .collect()
+    }
+
+    /// Checks that a namespace exists.
+    pub fn require_namespace(&self, namespace: &str) -> ApiResult<()> {
+        if self
+            .stored(
+                &GroupResource {
+                    group: String::new(),
+                    plural: "namespaces".to_owned(),
+                },
+                "",
+                namespace,
+            )
+            .is_some()
+        {
+            Ok(())
+        } else {
+            Err(ApiError::not_found_in("", "namespaces", namespace))
+        }
+    }
+
+    /// Prunes, defaults and validates a custom resource or a CRD; returns field warnings.
+    fn admit(
+        &self,
+        resource: &Resource,
+        name: &str,
+        object: &mut Value,
+        old: Option<&Value>,
+        options: WriteOptions,
+    ) -> ApiResult<Vec<String>> {
+        let mut warnings = Vec::new();
+        if let Some(schema) = &resource.schema {
+            let unknown = schema::prune_and_default(schema, object);
+            if !unknown.is_empty() {
+                let listed: Vec<String> = unknown
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect();
+                match options.field_validation {
+                    FieldValidation::Strict => {
+                        return Err(ApiError::bad_request(format!(
+                            "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                            listed.join(", "),
+                            kind = resource.kind,
+                            version = resource.version,
+                        )))
+                    }
+                    FieldValidation::Warn => warnings = listed,
+                    FieldValidation::Ignore => {}
+                }
+            }
+            let errors = schema::validate(schema, object, old);
+            if !errors.is_empty() {
+                return Err(ApiError::invalid(resource, name, &errors));
+            }
+        }
+        if resource.group == "apiextensions.k8s.io"
+            && resource.plural == "customresourcedefinitions"
+        {
+            super::resources::resources_of_crd(object)?;
+            builtin::crd_status(object);
+        }
+        Ok(warnings)
+    }
+
+    /// Creates an object (POST).
+    pub fn create(
+        &mut self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        mut object: Value,
+        options: WriteOptions,
+    ) -> ApiResult<Written> {
+        self.create_with(resource, namespace, &mut object, options, None)
+    }
+
+    /// Creates an object, recording an applied configuration for `manager` when it comes from
+    /// server-side apply.
+    pub fn create_with(
+        &mut self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        object: &mut Value,
+        options: WriteOptions,
+        applied: Option<(String, Value)>,
+    ) -> ApiResult<Written> {
+        if !object.is_object() {
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
+        }
+        if let Some(kind) = object.get("kind").and_then(Value::as_str) {
+            if kind != resource.kind {
+                return Err(ApiError::bad_request(format!(
+                    "the kind of the object ({kind}) does not match the kind served here ({})",
+                    resource.kind
+                )));
+            }
+        }
+        object["apiVersion"] = Value::String(resource.api_version());
+        object["kind"] = Value::String(resource.kind.clone());
+        let namespace = if resource.namespaced {
+            let ns = namespace.ok_or_else(|| {
+                ApiError::bad_request("a namespaced resource is created in a namespace")
+            })?;
+            if let Some(body_ns) = meta_str(object, "namespace") {
+                if body_ns != ns {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+            }
+            self.require_namespace(ns)?;
+            ns.to_owned()
+        } else {
+            String::new()
+        };
+        let name = match (meta_str(object, "name"), meta_str(object, "generateName")) {
+            (Some(name), _) => name.to_owned(),
+            (None, Some(prefix)) => format!("{prefix}{}", random_suffix()),
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    resource,
+                    "",
+                    &[FieldError::required(
+                        "metadata.name",
+                        "name or generateName is required",
+                    )],
+                ))
+            }
+        };
+        if let Some(error) = check_name(&name, resource.plural == "namespaces") {
+            return Err(ApiError::invalid(resource, &name, &[error]));
+        }
+        let key = resource.key();
+        if self.stored(&key, &namespace, &name).is_some() {
+            return Err(ApiError::already_exists(resource, &name));
+        }
+        if resource.status {
+            if let Value::Object(map) = object {
+                map.remove("status");
+            }
+        }
+        {
+            let metadata = meta_mut(object);
+            for field in [
+                "uid",
+                "resourceVersion",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "managedFields",
+                "selfLink",
+            ] {
+                metadata.remove(field);
+            }
+            metadata.insert("name".to_owned(), Value::String(name.clone()));
+            if resource.namespaced {
+                metadata.insert("namespace".to_owned(), Value::String(namespace.clone()));
+            } else {
+                metadata.remove("namespace");
+            }
+        }
+        builtin::default_on_create(resource, object, &mut self.next_cluster_ip);
+        let warnings = self.admit(resource, &name, object, None, options)?;
+        if options.dry_run {
+            return Ok(Written {
+                object: object.clone(),
+                warnings,
+            });
+        }
+        let resource_version = self.bump();
+        let metadata = meta_mut(object);
+        metadata.insert("uid".to_owned(), Value::String(new_uid()));
+        metadata.insert(
+            "resourceVersion".to_owned(),
+            Value::String(resource_version.to_string()),
+        );
+        metadata.insert("creationTimestamp".to_owned(), Value::String(now()));
+        metadata.insert("generation".to_owned(), json!(1));
+        let mut stored = Stored {
+            object: object.clone(),
+            applied: BTreeMap::new(),
+        };
+        if let Some((manager, config)) = applied {
+            stored.applied.insert((manager, String::new()), config);
+        }
+        set_managed_fields(resource, &mut stored);
+        let object = stored.object.clone();
+        self.objects
+            .entry(key.clone())
+            .or_default()
+            .insert((namespace.clone(), name.clone()), stored);
+        self.record(key, EventType::Added, object.clone(), None);
+        self.after_create(resource, &namespace, &name, &object)?;
+        Ok(Written { object, warnings })
+    }
+
+    /// Side effects of creating CRDs and namespaces.
+    fn after_create(
+        &mut self,
+        resource: &Resource,
+        _namespace: &str,
+        name: &str,
+        object: &Value,
+    ) -> ApiResult<()> {
+        match (resource.group.as_str(), resource.plural.as_str()) {
+            ("apiextensions.k8s.io", "customresourcedefinitions") => {
+                self.registry.register_crd(object)
+            }
+            ("", "namespaces") => {
+                if let Some(accounts) = self.registry.get("", "v1", "serviceaccounts").cloned() {
+                    let account = json!({"metadata": {"name": "default"}});
+                    self.create(&accounts, Some(name), account, WriteOptions::default())?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The applied configurations of the other managers of an object's subresource.
+    pub fn other_applied(
+        &self,
+        resource: &Resource,
+        namespace: &str,
+        name: &str,
+        manager: &str,
+        part: Part,
+    ) -> BTreeMap<String, Value> {
+        self.stored(&resource.key(), namespace, name)
+            .map(|s| {
+                s.applied
+                    .iter()
+                    .filter(|((m, sub), _)| m != manager && sub == part.subresource())
+                    .map(|((m, _), v)| (m.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// What `manager` last applied to an object's subresource.
+    pub fn applied_by(
+        &self,
+        resource: &Resource,
+        namespace: &str,
+        name: &str,
+        manager: &str,
+        part: Part,
+    ) -> Option<Value> {
+        self.stored(&resource.key(), namespace, name)?
+            .applied
+            .get(&(manager.to_owned(), part.subresource().to_owned()))
+            .cloned()
+    }
+
+    /// Replaces an object or its status (PUT, and the end of every patch).
+    ///
+    /// `applied` records a server-side apply: the manager, its configuration, and the other
+    /// managers' configurations after a forced apply took fields over.
+    pub fn update(
+        &mut self,
+        resource: &Resource,
+        namespace: &str,
+        name: &str,
+        mut incoming: Value,
+        part: Part,
+        options: WriteOptions,
+        applied: Option<ApplyRecord>,
+    ) -> ApiResult<Written> {
+        let key = resource.key();
+        let current = self
+            .stored(&key, namespace, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(resource, name))?;
+        if !incoming.is_object() {
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
+        }
+        if let Some(body_name) = meta_str(&incoming, "name") {
+            if body_name != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                )));
+            }
+        }
+        let current_rv = meta_str(&current.object, "resourceVersion")
+            .unwrap_or_default()
+            .to_owned();
+        match meta_str(&incoming, "resourceVersion") {
+            Some(rv) if rv != current_rv => return Err(ApiError::modified(resource, name)),
+            Some(_) => {}
+            None if resource.custom && applied.is_none() => {
+                return Err(ApiError::invalid(
+                    resource,
+                    name,
+                    &[FieldError::invalid(
+                        "metadata.resourceVersion",
+                        &json!("0x0"),
+                        "must be specified for an update",
+                    )],
+                ))
+            }
+            None => {}
+        }
+        let mut new = match part {
+            Part::Status => {
+                let mut new = current.object.clone();
+                match incoming.get("status") {
+                    Some(status) => new["status"] = status.clone(),
+                    None => {
+                        if let Value::Object(map) = &mut new {
+                            map.remove("status");
+                        }
+                    }
+                }
+                new
+            }
+            Part::Main => {
+                if resource.status {
+                    match current.object.get("status") {
+                        Some(status) => incoming["status"] = status.clone(),
+                        None => {
+                            if let Value::Object(map) = &mut incoming {
+                                map.remove("status");
+                            }
+                        }
+                    }
+                }
+                let old_meta = meta(&current.object).clone();
+                let metadata = meta_mut(&mut incoming);
+                for field in [
+                    "name",
+                    "namespace",
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "generation",
+                    "resourceVersion",
+                ] {
+                    match old_meta.get(field) {
+                        Some(v) => metadata.insert(field.to_owned(), v.clone()),
+                        None => metadata.remove(field),
+                    };
+                }
+                incoming
+            }
+        };
+        new["apiVersion"] = current
+            .object
+            .get("apiVersion")
+            .cloned()
+            .unwrap_or(Value::Null);
+        new["kind"] = Value::String(resource.kind.clone());
+        let warnings = self.admit(resource, name, &mut new, Some(&current.object), options)?;
+        let mut stored = Stored {
+            object: new,
+            applied: current.applied.clone(),
+        };
+        if let Some(record) = applied {
+            stored.applied.insert(
+                (record.manager, part.subresource().to_owned()),
+                record.config,
+            );
+            for (other, config) in record.others {
+                stored
+                    .applied
+                    .insert((other, part.subresource().to_owned()), config);
+            }
+        }
+        set_managed_fields(resource, &mut stored);
+        let mut new = stored.object.clone();
+        if meta(&new).get("managedFields") == meta(&current.object).get("managedFields")
+            && new == current.object
+        {
+            return Ok(Written {
+                object: current.object,
+                warnings,
+            });
+        }
+        if content(&new, resource.status) != content(&current.object, resource.status) {
+            let generation = meta(&current.object)
+                .get("generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            meta_mut(&mut new).insert("generation".to_owned(), json!(generation + 1));
+        }
+        if options.dry_run {
+            return Ok(Written {
+                object: new,
+                warnings,
+            });
+        }
+        let resource_version = self.bump();
+        meta_mut(&mut new).insert(
+            "resourceVersion".to_owned(),
+            Value::String(resource_version.to_string()),
+        );
+        stored.object = new.clone();
+        if let Some(bucket) = self.objects.get_mut(&key) {
+            bucket.insert((namespace.to_owned(), name.to_owned()), stored);
+        }
+        self.record(
+            key.clone(),
+            EventType::Modified,
+            new.clone(),
+            Some(current.object),
+        );
+        if resource.group == "apiextensions.k8s.io"
+            && resource.plural == "customresourcedefinitions"
+        {
+            self.registry.register_crd(&new)?;
+        }
+        if meta(&new).get("deletionTimestamp").is_some()
+            && !has_finalizers(&new)
+            && !graceful_pending(resource, &new)
+        {
+            return Ok(Written {
+                object: self.remove(&key, namespace, name).unwrap_or(new),
+                warnings,
+            });
+        }
+        self.collect_garbage();
+        Ok(Written {
+            object: new,
+            warnings,
+        })
+    }
+
+    /// Deletes an object: at once, or by marking it terminating when finalizers or a bound pod's
+    /// grace period hold it.
+    pub fn delete(
+        &mut self,
+        resource: &Resource,
+        namespace: &str,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> ApiResult<Deleted> {
+        let key = resource.key();
+        let current = self
+            .stored(&key, namespace, name)
+            .map(|s| s.object.clone())
+            .ok_or_else(|| ApiError::not_found(resource, name))?;
+        if let Some(uid) = &options.precondition_uid {
+            if meta_str(&current, "uid") != Some(uid.as_str()) {
+                return Err(ApiError::conflict(
+                    resource,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta_str(&current, "uid").unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        if let Some(rv) = &options.precondition_resource_version {
+            if meta_str(&current, "resourceVersion") != Some(rv.as_str()) {
+                return Err(ApiError::modified(resource, name));
+            }
+        }
+        if options.dry_run {
+            return Ok(Deleted::Pending(current));
+        }
+        let uid = meta_str(&current, "uid").unwrap_or_default().to_owned();
+        let mut marked = current.clone();
+        let mut changed = false;
+        match options.propagation_policy.as_deref() {
+            Some("Orphan") => self.orphan_dependents(&uid),
+            Some("Foreground") if self.has_dependents(&uid) => {
+                changed |= add_finalizer(&mut marked, "foregroundDeletion")
+            }
+            _ => {}
+        }
+        let grace = pod_grace_period(resource, &current, options.grace_period_seconds);
+        let terminating = meta(&current).get("deletionTimestamp").is_some();
+        if let Some(grace) = grace.filter(|g| *g > 0) {
+            let shorter = meta(&current)
+                .get("deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .is_none_or(|g| grace < g);
+            if !terminating || shorter {
+                let at = Timestamp::now()
+                    .checked_add(SignedDuration::from_secs(grace))
+                    .unwrap_or_else(|_| Timestamp::now());
+                let metadata = meta_mut(&mut marked);
+                metadata.insert(
+                    "deletionTimestamp".to_owned(),
+                    Value::String(format_time(at)),
+                );
+                metadata.insert("deletionGracePeriodSeconds".to_owned(), json!(grace));
+                changed = true;
+            }
+        } else if has_finalizers(&marked) && !terminating {
+            let metadata = meta_mut(&mut marked);
+            metadata.insert("deletionTimestamp".to_owned(), Value::String(now()));
+            metadata.insert("deletionGracePeriodSeconds".to_owned(), json!(0));
+            changed = true;
+        }
+        if resource.plural == "namespaces" && resource.group.is_empty() {
+            return Ok(self.delete_namespace(resource, name, marked));
+        }
+        if grace.is_some_and(|g| g > 0) || has_finalizers(&marked) {
+            if changed {
+                let resource_version = self.bump();
+                meta_mut(&mut marked).insert(
+                    "resourceVersion".to_owned(),
+                    Value::String(resource_version.to_string()),
+                );
+                if let Some(stored) = self
+                    .objects
+                    .get_mut(&key)
+                    .and_then(|b| b.get_mut(&(namespace.to_owned(), name.to_owned())))
+                {
+                    stored.object = marked.clone();
+                }
+                self.record(key, EventType::Modified, marked.clone(), Some(current));
+                self.collect_garbage();
+            }
+            return Ok(Deleted::Pending(marked));
+        }
+        let removed = self.remove(&key, namespace, name).unwrap_or(current);
+        Ok(Deleted::Removed(removed))
+    }
+
+    /// Namespaces terminate: their objects are deleted, and the namespace goes when it is empty.
+    fn delete_namespace(&mut self, resource: &Resource, name: &str, mut marked: Value) -> Deleted {
+        let key = resource.key();
+        if meta(&marked).get("deletionTimestamp").is_none() {
+            meta_mut(&mut marked).insert("deletionTimestamp".to_owned(), Value::String(now()));
+        }
+        marked["status"] = json!({"phase": "Terminating"});
+        let old = self.stored(&key, "", name).map(|s| s.object.clone());
+        let resource_version = self.bump();
+        meta_mut(&mut marked).insert(
+            "resourceVersion".to_owned(),
+            Value::String(resource_version.to_string()),
+        );
+        if let Some(stored) = self
+            .objects
+            .get_mut(&key)
+            .and_then(|b| b.get_mut(&(String::new(), name.to_owned())))
+        {
+            stored.object = marked.clone();
+        }
+        self.record(key, EventType::Modified, marked.clone(), old);
+        self.collect_garbage();
+        match self.stored(&resource.key(), "", name) {
+            Some(stored) => Deleted::Pending(stored.object.clone()),
+            None => Deleted::Removed(marked),
+        }
+    }
+
+    /// Removes an object for good, with its side effects; returns its last state.
+    fn remove(&mut self, key: &GroupResource, namespace: &str, name: &str) -> Option<Value> {
+        let stored = self
+            .objects
+            .get_mut(key)?
+            .remove(&(namespace.to_owned(), name.to_owned()))?;
+        let mut object = stored.object;
+        let resource_version = self.bump();
+        meta_mut(&mut object).insert(
+            "resourceVersion".to_owned(),
+            Value::String(resource_version.to_string()),
+        );
+        self.record(key.clone(), EventType::Deleted, object.clone(), None);
+        if key.group == "apiextensions.k8s.io" && key.plural == "customresourcedefinitions" {
+            if let Some(gone) = self.registry.unregister_crd(name) {
+                let objects: Vec<(String, String)> = self
+                    .objects
+                    .get(&gone)
+                    .map(|b| b.keys().cloned().collect())
+                    .unwrap_or_default();
+                for (ns, n) in objects {
+                    self.remove(&gone, &ns, &n);
+                }
+                self.objects.remove(&gone);
+            }
+        }
+        self.collect_garbage();
+        Some(object)
+    }
+
+    fn has_dependents(&self, uid: &str) -> bool {
+        self.objects
+            .values()
+            .flat_map(|b| b.values())
+            .any(|s| owner_uids(&s.object).contains(uid))
+    }
+
+    /// Removes the owner references to `uid` (the `Orphan` propagation policy).
+    fn orphan_dependents(&mut self, uid: &str) {
+        let dependents: Vec<(GroupResource, String, String)> = self
+            .objects
+            .iter()
+            .flat_map(|(key, bucket)| bucket.iter().map(move |((ns, n), s)| (key, ns, n, s)))
+            .filter(|(_, _, _, s)| owner_uids(&s.object).contains(uid))
+            .map(|(key, ns, n, _)| (key.clone(), ns.clone(), n.clone()))
+            .collect();
+        for (key, ns, n) in dependents {
+            let resource_version = self.bump();
+            let Some(stored) = self.objects.get_mut(&key).and_then(|b| b.get_mut(&(ns, n))) else {
+                continue;
+            };
+            let old = stored.object.clone();
+            let metadata = meta_mut(&mut stored.object);
+            if let Some(Value::Array(refs)) = metadata.get_mut("ownerReferences") {
+                refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+            }
+            metadata.insert(
+                "resourceVersion".to_owned(),
+                Value::String(resource_version.to_string()),
+            );
+            let object = stored.object.clone();
+            self.record(key, EventType::Modified, object, Some(old));
+        }
+    }
+
+    /// The garbage collector, run to a fixed point after every change that can orphan objects:
+    /// deletes objects whose owners are all gone, finishes foreground deletions and
+    /// terminating namespaces.
+    fn collect_garbage(&mut self) {
+        loop {
+            let uids: BTreeSet<String> = self
+                .objects
+                .values()
+                .flat_map(|b| b.values())
+                .filter_map(|s| meta_str(&s.object, "uid").map(str::to_owned))
+                .collect();
+            let mut work: Vec<(GroupResource, String, String, Action)> = Vec::new();
+            let terminating_namespaces: BTreeSet<String> = self
+                .objects
+                .get(&GroupResource {
+                    group: String::new(),
+                    plural: "namespaces".to_owned(),
+                })
+                .into_iter()
+                .flat_map(|b| b.values())
+                .filter(|s| meta(&s.object).get("deletionTimestamp").is_some())
+                .filter_map(|s| meta_str(&s.object, "name").map(str::to_owned))
+                .collect();
+            let mut occupied: BTreeSet<String> = BTreeSet::new();
+            for (key, bucket) in &self.objects {
+                for ((ns, name), stored) in bucket {
+                    let object = &stored.object;
+                    let terminating = meta(object).get("deletionTimestamp").is_some();
+                    if !ns.is_empty() {
+                        occupied.insert(ns.clone());
+                    }
+                    let owners = owner_uids(object);
+                    if !terminating && terminating_namespaces.contains(ns) {
+                        work.push((key.clone(), ns.clone(), name.clone(), Action::Delete));
+                    } else if !terminating
+                        && !owners.is_empty()
+                        && owners.iter().all(|o| !uids.contains(o))
+                    {
+                        work.push((key.clone(), ns.clone(), name.clone(), Action::Delete));
+                    } else if terminating && has_finalizer(object, "foregroundDeletion") {
+                        let uid = meta_str(object, "uid").unwrap_or_default();
+                        let dependents = self.dependents_of(uid);
+                        if dependents.is_empty() {
+                            work.push((
+                                key.clone(),
+                                ns.clone(),
+                                name.clone(),
+                                Action::DropForegroundFinalizer,
+                            ));
+                        } else {
+                            for (dk, dns, dn, dependent_terminating) in dependents {
+                                if !dependent_terminating {
+                                    work.push((dk, dns, dn, Action::Delete));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for ns in &terminating_namespaces {
+                if !occupied.contains(ns) {
+                    work.push((
+                        GroupResource {
+                            group: String::new(),
+                            plural: "namespaces".to_owned(),
+                        },
+                        String::new(),
+                        ns.clone(),
+                        Action::RemoveNamespace,
+                    ));
+                }
+            }
+            if work.is_empty() {
+                return;
+            }
+            for (key, ns, name, action) in work {
+                match action {
+                    Action::Delete => {
+                        if let Some(resource) = self.registry.any_version(&key).cloned() {
+                            // The object may already be gone through an earlier item of this round.
+                            let _ = self.delete(&resource, &ns, &name, &DeleteOptions::default());
+                        }
+                    }
+                    Action::DropForegroundFinalizer => {
+                        self.drop_finalizer(&key, &ns, &name, "foregroundDeletion")
+                    }
+                    Action::RemoveNamespace => {
+                        self.remove(&key, &ns, &name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The objects owned by `uid`: key, namespace, name and whether they are terminating.
+    fn dependents_of(&self, uid: &str) -> Vec<(GroupResource, String, String, bool)> {
+        self.objects
+            .iter()
+            .flat_map(|(key, bucket)| {
+                bucket
+                    .iter()
+                    .filter(|(_, s)| owner_uids(&s.object).contains(uid))
+                    .map(move |((ns, n), s)| {
+                        (
+                            key.clone(),
+                            ns.clone(),
+                            n.clone(),
+                            meta(&s.object).get("deletionTimestamp").is_some(),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    fn drop_finalizer(
+        &mut self,
+        key: &GroupResource,
+        namespace: &str,
+        name: &str,
+        finalizer: &str,
+    ) {
+        let Some(stored) = self.stored(key, namespace, name).cloned() else {
+            return;
+        };
+        let mut object = stored.object.clone();
+        if let Some(Value::Array(finalizers)) = meta_mut(&mut object).get_mut("finalizers") {
+            finalizers.retain(|f| f.as_str() != Some(finalizer));
+        }
+        if has_finalizers(&object) {
+            let resource_version = self.bump();
+            meta_mut(&mut object).insert(
+                "resourceVersion".to_owned(),
+                Value::String(resource_version.to_string()),
+            );
+            if let Some(s) = self
+                .objects
+                .get_mut(key)
+                .and_then(|b| b.get_mut(&(namespace.to_owned(), name.to_owned())))
+            {
+                s.object = object.clone();
+            }
+            self.record(
+                key.clone(),
+                EventType::Modified,
+                object,
+                Some(stored.object),
+            );
+        } else {
+            self.remove(key, namespace, name);
+        }
+    }
+}
+
+/// A step of the garbage collector.
+enum Action {
+    Delete,
+    DropForegroundFinalizer,
+    RemoveNamespace,
+}
+
+/// The record of a server-side apply, stored with the object.
+pub(crate) struct ApplyRecord {
+    pub manager: String,
+    pub config: Value,
+    /// Other managers' configurations, rewritten after a forced apply took fields from them.
+    pub others: BTreeMap<String, Value>,
+}
+
+fn owner_uids(object: &Value) -> BTreeSet<String> {
+    meta(object)
+        .get("ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
+fn has_finalizer(object: &Value, finalizer: &str) -> bool {
+    meta(object)
+        .get("finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| f.iter().any(|x| x.as_str() == Some(finalizer)))
+}
+
+fn add_finalizer(object: &mut Value, finalizer: &str) -> bool {
+    if has_finalizer(object, finalizer) {
+        return false;
+    }
+    let metadata = meta_mut(object);
+    match metadata.get_mut("finalizers") {
+        Some(Value::Array(list)) => list.push(Value::String(finalizer.to_owned())),
+        _ => {
+            metadata.insert("finalizers".to_owned(), json!([finalizer]));
+        }
+    }
+    true
+}
+
+/// The grace period of deleting a pod, as the real server decides it: none for pods that are
+/// not bound to a node or have finished; otherwise the request's, else the pod's
+/// `terminationGracePeriodSeconds`, else 30. `None` for every other resource.
+fn pod_grace_period(resource: &Resource, pod: &Value, requested: Option<i64>) -> Option<i64> {
+    if !(resource.group.is_empty() && resource.plural == "pods") {
+        return None;
+    }
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    if !bound || finished {
+        return Some(0);
+    }
+    Some(
+        requested
+            .or_else(|| {
+                pod.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30),
+    )
+}
+
+/// Whether a terminating pod still waits for its kubelet (a graceful deletion not yet confirmed
+/// with a zero grace period).
+fn graceful_pending(resource: &Resource, object: &Value) -> bool {
+    resource.group.is_empty()
+        && resource.plural == "pods"
+        && meta(object)
+            .get("deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_some_and(|g| g > 0)
+}
+
+/// Writes `metadata.managedFields` from the apply managers' configurations.
+fn set_managed_fields(resource: &Resource, stored: &mut Stored) {
+    let entries: Vec<Value> = stored
+        .applied
+        .iter()
+        .map(|((manager, subresource), config)| {
+            let mut entry = json!({
+                "manager": manager,
+                "operation": "Apply",
+                "apiVersion": resource.api_version(),
+                "time": now(),
+                "fieldsType": "FieldsV1",
+                "fieldsV1": super::patch::fields_v1(config, resource.shape()),
+            });
+            if !subresource.is_empty() {
+                entry["subresource"] = Value::String(subresource.clone());
+            }
+            entry
+        })
+        .collect();
+    let metadata = meta_mut(&mut stored.object);
+    if entries.is_empty() {
+        metadata.remove("managedFields");
+    } else {
+        metadata.insert("managedFields".to_owned(), Value::Array(entries));
+    }
+}
