@@ -79,7 +79,17 @@ impl Request {
         })
     }
 
+    /// The body as JSON; protobuf bodies (kubectl's typed generators send them) are refused with
+    /// 415 as a server without protobuf support would.
     fn json_body(&self) -> ApiResult<Value> {
+        let content_type = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|c| c.to_str().ok())
+            .unwrap_or_default();
+        if content_type.contains("protobuf") || content_type.contains("cbor") {
+            return Err(ApiError::unsupported_media_type(content_type));
+        }
         serde_json::from_slice(&self.body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
     }
