@@ -497,7 +497,7 @@ async fn server_side_apply_creates_updates_and_removes_fields() {
         .patch("applied", &params, &Patch::Apply(apply(json!({"a": "10"}))))
         .await
         .expect("update by apply");
-    let data = updated.data.unwrap_or_default();
+    let data = updated.data.clone().unwrap_or_default();
     assert_eq!(data.get("a").map(String::as_str), Some("10"));
     assert_eq!(
         data.get("b"),
@@ -512,11 +512,21 @@ async fn server_side_apply_creates_updates_and_removes_fields() {
     let managers: Vec<String> = updated
         .metadata
         .managed_fields
+        .clone()
         .unwrap_or_default()
         .into_iter()
         .filter_map(|m| m.manager)
         .collect();
     assert_eq!(managers, ["other", "x"]);
+    // Applying the same configuration again writes nothing.
+    let same = maps
+        .patch("applied", &params, &Patch::Apply(apply(json!({"a": "10"}))))
+        .await
+        .expect("reapply");
+    assert_eq!(
+        same.metadata.resource_version,
+        updated.metadata.resource_version
+    );
 
     // A manager that does not force cannot take a field another manager applies.
     let conflict = maps

@@ -17,7 +17,9 @@ use super::{
     patch::{self, PatchType},
     resources::Resource,
     selector::{FieldSelector, LabelSelector},
-    store::{ApplyRecord, DeleteOptions, Deleted, FieldValidation, Part, WriteOptions, Written},
+    store::{
+        ApplyRecord, DeleteOptions, Deleted, FieldValidation, Part, Update, WriteOptions, Written,
+    },
     table::{self, IncludeObject},
     watch::{self, WatchRequest},
     Shared,
@@ -375,7 +377,7 @@ fn start_watch(
         .unwrap_or(1800);
     let table = request.wants_table();
     let include = IncludeObject::parse(request.param("includeObject"));
-    let render: Box<dyn Fn(&Resource, &Value) -> Value + Send + Sync> = if table {
+    let render: watch::Render = if table {
         Box::new(move |resource, object| {
             let rv = object
                 .pointer("/metadata/resourceVersion")
@@ -447,11 +449,23 @@ fn replace(shared: &Shared, target: &Target, name: &str, request: &Request) -> A
             let object = store.get(resource, ns, name)?;
             let scaled = with_scale(resource, object, &body)?;
             return store
-                .update(resource, ns, name, scaled, Part::Main, options, None)
+                .update(
+                    resource,
+                    ns,
+                    name,
+                    scaled,
+                    Update::plain(Part::Main, options),
+                )
                 .map(|w| (w, true));
         }
         store
-            .update(resource, ns, name, body, part_of(target), options, None)
+            .update(
+                resource,
+                ns,
+                name,
+                body,
+                Update::plain(part_of(target), options),
+            )
             .map(|w| (w, false))
     })?;
     finish_write(target, request, written)
@@ -523,11 +537,23 @@ fn patch_object(
         if scale {
             let scaled = with_scale(resource, current, &patched)?;
             return store
-                .update(resource, ns, name, scaled, Part::Main, options, None)
+                .update(
+                    resource,
+                    ns,
+                    name,
+                    scaled,
+                    Update::plain(Part::Main, options),
+                )
                 .map(|w| (w, true));
         }
         store
-            .update(resource, ns, name, patched, part_of(target), options, None)
+            .update(
+                resource,
+                ns,
+                name,
+                patched,
+                Update::plain(part_of(target), options),
+            )
             .map(|w| (w, false))
     })?;
     finish_write(target, request, result)
@@ -630,7 +656,17 @@ fn apply(
             config: config.clone(),
             others,
         };
-        let written = store.update(resource, ns, name, live, part, options, Some(record))?;
+        let written = store.update(
+            resource,
+            ns,
+            name,
+            live,
+            Update {
+                part,
+                options,
+                applied: Some(record),
+            },
+        )?;
         Ok((written, StatusCode::OK))
     })?;
     let (written, code) = written;
@@ -786,7 +822,7 @@ fn bind(shared: &Shared, target: &Target, name: &str, request: &Request) -> ApiR
             return Err(ApiError::conflict(resource, name, &format!("pod {name} is already assigned to node \"{current}\"")));
         }
         pod["spec"]["nodeName"] = Value::String(node.clone());
-        let mut pod = store.update(resource, ns, name, pod, Part::Main, WriteOptions::default(), None)?.object;
+        let mut pod = store.update(resource, ns, name, pod, Update::plain(Part::Main, WriteOptions::default()))?.object;
         let condition = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": super::store::now()});
         let conditions = &mut pod["status"]["conditions"];
         match conditions {
@@ -796,7 +832,7 @@ fn bind(shared: &Shared, target: &Target, name: &str, request: &Request) -> ApiR
             }
             _ => *conditions = json!([condition]),
         }
-        store.update(resource, ns, name, pod, Part::Status, WriteOptions::default(), None)?;
+        store.update(resource, ns, name, pod, Update::plain(Part::Status, WriteOptions::default()))?;
         Ok(())
     })?;
     Ok(json_response(

@@ -580,18 +580,19 @@ impl Store {
 
     /// Replaces an object or its status (PUT, and the end of every patch).
     ///
-    /// `applied` records a server-side apply: the manager, its configuration, and the other
-    /// managers' configurations after a forced apply took fields over.
     pub fn update(
         &mut self,
         resource: &Resource,
         namespace: &str,
         name: &str,
         mut incoming: Value,
-        part: Part,
-        options: WriteOptions,
-        applied: Option<ApplyRecord>,
+        how: Update,
     ) -> ApiResult<Written> {
+        let Update {
+            part,
+            options,
+            applied,
+        } = how;
         let key = resource.key();
         let current = self
             .stored(&key, namespace, name)
@@ -694,16 +695,17 @@ impl Store {
                     .insert((other, part.subresource().to_owned()), config);
             }
         }
-        set_managed_fields(resource, &mut stored);
-        let mut new = stored.object.clone();
-        if meta(&new).get("managedFields") == meta(&current.object).get("managedFields")
-            && new == current.object
+        // Nothing changed, the apply ownership included: no write, no event.
+        if without_managed_fields(&stored.object) == without_managed_fields(&current.object)
+            && stored.applied == current.applied
         {
             return Ok(Written {
                 object: current.object,
                 warnings,
             });
         }
+        set_managed_fields(resource, &mut stored);
+        let mut new = stored.object.clone();
         if content(&new, resource.status) != content(&current.object, resource.status) {
             let generation = meta(&current.object)
                 .get("generation")
@@ -973,12 +975,8 @@ impl Store {
                         occupied.insert(ns.clone());
                     }
                     let owners = owner_uids(object);
-                    if !terminating && terminating_namespaces.contains(ns) {
-                        work.push((key.clone(), ns.clone(), name.clone(), Action::Delete));
-                    } else if !terminating
-                        && !owners.is_empty()
-                        && owners.iter().all(|o| !uids.contains(o))
-                    {
+                    let orphaned = !owners.is_empty() && owners.iter().all(|o| !uids.contains(o));
+                    if !terminating && (terminating_namespaces.contains(ns) || orphaned) {
                         work.push((key.clone(), ns.clone(), name.clone(), Action::Delete));
                     } else if terminating && has_finalizer(object, "foregroundDeletion") {
                         let uid = meta_str(object, "uid").unwrap_or_default();
@@ -1101,7 +1099,27 @@ enum Action {
     RemoveNamespace,
 }
 
-/// The record of a server-side apply, stored with the object.
+/// How an update writes: which part, with which options, and for server-side apply, the record
+/// of the apply.
+pub(crate) struct Update {
+    pub part: Part,
+    pub options: WriteOptions,
+    pub applied: Option<ApplyRecord>,
+}
+
+impl Update {
+    /// A plain (not server-side apply) update.
+    pub fn plain(part: Part, options: WriteOptions) -> Self {
+        Self {
+            part,
+            options,
+            applied: None,
+        }
+    }
+}
+
+/// The record of a server-side apply, stored with the object: the manager, its configuration,
+/// and the other managers' configurations after a forced apply took fields over.
 pub(crate) struct ApplyRecord {
     pub manager: String,
     pub config: Value,
@@ -1177,6 +1195,15 @@ fn graceful_pending(resource: &Resource, object: &Value) -> bool {
             .get("deletionGracePeriodSeconds")
             .and_then(Value::as_i64)
             .is_some_and(|g| g > 0)
+}
+
+/// The object without `metadata.managedFields`.
+fn without_managed_fields(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(Value::Object(metadata)) = object.get_mut("metadata") {
+        metadata.remove("managedFields");
+    }
+    object
 }
 
 /// Writes `metadata.managedFields` from the apply managers' configurations.

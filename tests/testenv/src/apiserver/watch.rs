@@ -18,6 +18,9 @@ use super::{
 /// How often an idle watch that asked for bookmarks gets one.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Renders each object of a watch (as itself, or as a one-row Table).
+pub(crate) type Render = Box<dyn Fn(&Resource, &Value) -> Value + Send + Sync>;
+
 /// What a watch sends.
 pub(crate) struct WatchRequest {
     pub resource: Resource,
@@ -29,8 +32,7 @@ pub(crate) struct WatchRequest {
     pub send_initial_events: bool,
     pub bookmarks: bool,
     pub timeout: Duration,
-    /// Renders each object (as itself, or as a one-row Table).
-    pub render: Box<dyn Fn(&Resource, &Value) -> Value + Send + Sync>,
+    pub render: Render,
 }
 
 impl WatchRequest {
