@@ -96,16 +96,19 @@ pub fn spawn_prober(
                 None => report(ProbeEvent::Ready(true)),
             }
         };
-        let liveness = async {
-            if let Some(probe) = &liveness {
-                let message = watch_liveness(probe, &target).await;
-                report(ProbeEvent::Unhealthy(message));
+        match &liveness {
+            // Readiness runs until the liveness probe fails, which ends the prober.
+            Some(probe) => {
+                let readiness = async {
+                    readiness.await;
+                    std::future::pending::<()>().await;
+                };
+                tokio::select! {
+                    () = readiness => {}
+                    message = watch_liveness(probe, &target) => report(ProbeEvent::Unhealthy(message)),
+                }
             }
-        };
-        // Liveness ends the prober; readiness runs until then (or forever without liveness).
-        tokio::select! {
-            () = async { readiness.await; std::future::pending::<()>().await } => {}
-            () = liveness => {}
+            None => readiness.await,
         }
     })
 }
