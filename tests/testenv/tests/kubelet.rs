@@ -636,3 +636,187 @@ async fn service_host_names_are_rewritten_to_a_selected_pods_ip() {
         .await;
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_recreated_pod_gets_its_address_back() {
+    let cluster = Cluster::start().await;
+    cluster.create(sh_pod("head", "sleep 600", "Always")).await;
+    cluster.create(sh_pod("other", "sleep 600", "Always")).await;
+    let ready = |pod: &Pod| condition(pod, "Ready").as_deref() == Some("True");
+    let first = cluster.wait_pod("head", "Ready", ready).await;
+    let other = cluster.wait_pod("other", "Ready", ready).await;
+    let ip = pod_ip(&first).expect("IP").to_owned();
+    assert_ne!(Some(ip.as_str()), pod_ip(&other));
+
+    cluster
+        .pods()
+        .delete("head", &DeleteParams::default())
+        .await
+        .expect("delete accepted");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while cluster
+        .pods()
+        .get_opt("head")
+        .await
+        .expect("get pod")
+        .is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pod head never went away"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.create(sh_pod("head", "sleep 600", "Always")).await;
+    let second = cluster.wait_pod("head", "Ready", ready).await;
+    assert_ne!(first.metadata.uid, second.metadata.uid);
+    assert_eq!(pod_ip(&second), Some(ip.as_str()));
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_liveness_probe_restarts_the_container() {
+    let cluster = Cluster::start().await;
+    let mut pod = sh_pod("flaky", "touch alive; sleep 600", "Always");
+    container(&mut pod).liveness_probe = Some(Probe {
+        exec: Some(k8s_openapi::api::core::v1::ExecAction {
+            command: Some(vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                "test -e gone".to_owned(),
+            ]),
+        }),
+        period_seconds: Some(1),
+        failure_threshold: Some(2),
+        ..Probe::default()
+    });
+    cluster.create(pod).await;
+    let pod = cluster
+        .wait_pod("flaky", "a liveness restart", |pod| {
+            main_status(pod).is_some_and(|s| s.restart_count >= 1)
+        })
+        .await;
+    let last = main_status(&pod)
+        .and_then(|s| s.last_state.as_ref()?.terminated.clone())
+        .expect("last state");
+    assert_eq!(last.exit_code, 143, "stopped with SIGTERM");
+    let message = last.message.unwrap_or_default();
+    assert!(message.starts_with("Liveness probe failed: "), "{message}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropping_the_kubelet_stops_its_processes() {
+    let mut cluster = Cluster::start().await;
+    cluster
+        .create(sh_pod("orphan", "sleep 600 & wait", "Always"))
+        .await;
+    cluster
+        .wait_pod("orphan", "Ready", |pod| {
+            condition(pod, "Ready").as_deref() == Some("True")
+        })
+        .await;
+    let pid = cluster
+        .kubelet()
+        .pid_of(NAMESPACE, "orphan")
+        .expect("a process runs");
+    drop(cluster.kubelet.take());
+    // The shell may stay a zombie until this runtime reaps it; its group must be empty of
+    // anything running.
+    wait_until("the process group to stop", || {
+        group_stopped(pid).then_some(())
+    })
+    .await;
+}
+
+/// Whether no process of the process group `pgid` is still running (zombies are stopped).
+fn group_stopped(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().all(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return true;
+        };
+        // Fields after the command name: state, ppid, pgrp, ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return true;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.get(2) != Some(&pgid.to_string().as_str()) || fields.first() == Some(&"Z")
+    })
+}
+
+#[tokio::test]
+async fn the_kubelet_binary_runs_pods_until_sigterm() {
+    let server = FakeApiServer::start()
+        .await
+        .expect("fake API server starts");
+    let client = server.client().await.expect("client");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    server
+        .write_kubeconfig(&kubeconfig)
+        .expect("kubeconfig written");
+    let mut kubelet = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla-kubelet"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--image", "busybox=/bin", "--node", "local", "--log-dir"])
+        .arg(dir.path().join("logs"))
+        .stderr(std::fs::File::create(dir.path().join("kubelet.log")).expect("kubelet log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubelet starts");
+    let pods: Api<Pod> = Api::namespaced(client, NAMESPACE);
+    pods.create(
+        &PostParams::default(),
+        &sh_pod("bin", "echo hello; sleep 600", "Always"),
+    )
+    .await
+    .expect("pod created");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let pid = loop {
+        let pod = pods.get("bin").await.expect("get pod");
+        let id = main_status(&pod).filter(|s| s.ready).and_then(|s| {
+            s.container_id
+                .as_deref()?
+                .strip_prefix("process://")?
+                .parse::<u32>()
+                .ok()
+        });
+        if let Some(pid) = id {
+            break pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pod never ready: {:#?}",
+            pod.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = dir
+        .path()
+        .join("logs")
+        .join(format!("{NAMESPACE}_bin_main.log"));
+    wait_until("the container's output", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l == "hello\n")
+    })
+    .await;
+
+    let kubelet_pid = kubelet.id().expect("kubelet pid").to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &kubelet_pid])
+        .status()
+        .expect("kill runs");
+    let status = tokio::time::timeout(WAIT, kubelet.wait())
+        .await
+        .expect("the kubelet exits on SIGTERM")
+        .expect("kubelet status");
+    assert!(status.success(), "{status}");
+    wait_until("the pod's process to stop", || {
+        process_gone(pid).then_some(())
+    })
+    .await;
+}

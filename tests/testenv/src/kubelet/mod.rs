@@ -200,6 +200,9 @@ impl std::fmt::Debug for ProcessKubelet {
     }
 }
 
+/// How soon a failed binding is tried again.
+const BIND_RETRY: Duration = Duration::from_secs(1);
+
 /// How long a dropped kubelet gives its processes between SIGTERM and SIGKILL.
 const DROP_GRACE: Duration = Duration::from_secs(2);
 
@@ -296,6 +299,8 @@ struct Node {
     finished: HashSet<String>,
     /// Pods a binding was posted for.
     bound: HashSet<String>,
+    /// Pods whose binding failed, to try again.
+    unbound: HashMap<String, Pod>,
     /// During a re-list: the uids seen so far.
     relisting: Option<HashSet<String>>,
     worker_shutdown: watch::Sender<bool>,
@@ -310,6 +315,7 @@ impl Node {
             task_uids: HashMap::new(),
             finished: HashSet::new(),
             bound: HashSet::new(),
+            unbound: HashMap::new(),
             relisting: None,
             worker_shutdown: watch::channel(false).0,
         }
@@ -319,8 +325,14 @@ impl Node {
         let pods = Api::<Pod>::all(self.shared.client.clone());
         let events = watcher(pods, watcher::Config::default()).default_backoff();
         let mut events = std::pin::pin!(events);
+        let mut bind_retry = tokio::time::interval(BIND_RETRY);
         loop {
             tokio::select! {
+                _ = bind_retry.tick(), if !self.unbound.is_empty() => {
+                    for (_, pod) in std::mem::take(&mut self.unbound) {
+                        self.try_bind(pod).await;
+                    }
+                }
                 () = pod::became_true(&mut shutdown) => break,
                 Some(joined) = self.tasks.join_next_with_id() => {
                     let id = match joined {
@@ -357,6 +369,7 @@ impl Node {
                     }
                     self.finished.remove(&uid);
                     self.bound.remove(&uid);
+                    self.unbound.remove(&uid);
                 }
             }
             watcher::Event::InitDone => {
@@ -368,6 +381,7 @@ impl Node {
                     }
                     self.finished.retain(|uid| seen.contains(uid));
                     self.bound.retain(|uid| seen.contains(uid));
+                    self.unbound.retain(|uid, _| seen.contains(uid));
                 }
             }
         }
@@ -381,7 +395,11 @@ impl Node {
             seen.insert(uid.clone());
         }
         let spec = pod.spec.as_ref();
-        match spec.and_then(|spec| spec.node_name.as_deref()) {
+        let node = spec.and_then(|spec| spec.node_name.as_deref());
+        if node.is_some() {
+            self.unbound.remove(&uid);
+        }
+        match node {
             Some(node) if node == self.shared.config.node_name => self.run_pod(uid, pod),
             Some(_) => {}
             None => {
@@ -391,12 +409,9 @@ impl Node {
                 if self.shared.config.schedule
                     && default_scheduler
                     && pod.metadata.deletion_timestamp.is_none()
-                    && self.bound.insert(uid.clone())
+                    && self.bound.insert(uid)
                 {
-                    if let Err(err) = self.bind(&pod).await {
-                        tracing::warn!(%err, "binding pod");
-                        self.bound.remove(&uid);
-                    }
+                    self.try_bind(pod).await;
                 }
             }
         }
@@ -451,6 +466,21 @@ impl Node {
                 done,
             },
         );
+    }
+
+    /// Binds a pod, or keeps it to try again.
+    async fn try_bind(&mut self, pod: Pod) {
+        match self.bind(&pod).await {
+            Ok(()) => {}
+            // Bound meanwhile (or gone): the watch brings the news.
+            Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {}
+            Err(err) => {
+                tracing::warn!(%err, "binding pod");
+                if let Some(uid) = pod.metadata.uid.clone() {
+                    self.unbound.insert(uid, pod);
+                }
+            }
+        }
     }
 
     /// Binds a pod to this node, as a scheduler does.
