@@ -41,8 +41,14 @@
 //!   than twice its cap. Init containers run one after another before the others; sidecar init
 //!   containers (`restartPolicy: Always`) are refused with a `CreateContainerConfigError`.
 //! - **Probes**: startup, readiness and liveness probes (httpGet over plain HTTP, tcpSocket,
-//!   exec) with timings capped for tests; see [`probe`]. Without a readiness probe a container
-//!   is ready once running. A failed liveness or startup probe restarts the container.
+//!   exec) with `failureThreshold`/`successThreshold` as written and timings capped for tests:
+//!   `initialDelaySeconds` at 2 s, `periodSeconds` at 1 s, `timeoutSeconds` at 2 s, and until a
+//!   container first becomes ready its readiness probe runs every 100 ms. Without a readiness
+//!   probe a container is ready once running. A failed liveness or startup probe restarts the
+//!   container (SIGTERM, SIGKILL after the grace period).
+//! - **Not modelled**: volumes (every mount shares the per-pod directory), security contexts
+//!   and users (processes run as the kubelet's user), resources, image pull policy, host
+//!   ports, and Services' own cluster IPs (only the DNS stand-in above).
 //! - **Status**: written through `pods/status` (JSON merge patch, guarded by the pod's uid) only
 //!   when it changed: phase, the `PodReadyToStartContainers`, `Initialized`, `Ready`,
 //!   `ContainersReady` and `PodScheduled` conditions (others are kept), pod and host IPs,
@@ -64,7 +70,7 @@ mod command;
 mod env;
 mod ip;
 mod pod;
-pub mod probe;
+mod probe;
 mod process;
 mod status;
 
