@@ -16,7 +16,7 @@ use std::{
 
 use futures::{future::join_all, StreamExt};
 use k8s_openapi::{
-    api::core::v1::{Pod, Secret, Service},
+    api::core::v1::{ObjectReference, Pod, Secret, Service},
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
@@ -80,13 +80,29 @@ impl Context {
         self.draining.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn event(&self, cluster: &ComputeCluster, type_: EventType, reason: &str, note: String) {
+    /// Records an Event on `cluster`; `pod` names the pod it concerns, if any (the Event's
+    /// `related` object, which also keeps Events about different pods apart).
+    async fn event(
+        &self,
+        cluster: &ComputeCluster,
+        pod: Option<&str>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let secondary = pod.map(|name| ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Pod".to_owned()),
+            name: Some(name.to_owned()),
+            namespace: cluster.namespace(),
+            ..ObjectReference::default()
+        });
         let event = Event {
             type_,
             reason: reason.to_owned(),
             note: Some(note),
             action: reason.to_owned(),
-            secondary: None,
+            secondary,
         };
         if let Err(e) = self
             .recorder
@@ -178,6 +194,7 @@ async fn reconcile_cluster(cluster: &ComputeCluster, ctx: &Arc<Context>) -> Resu
             if cluster.status.as_ref() != Some(&new) {
                 ctx.event(
                     cluster,
+                    None,
                     EventType::Warning,
                     problems.reason(),
                     problems.to_string(),
@@ -301,6 +318,7 @@ async fn ensure_secret(
         .await?;
     ctx.event(
         cluster,
+        None,
         EventType::Normal,
         "CreatedSecret",
         format!("created Secret {name} with the cluster token"),
@@ -330,6 +348,7 @@ async fn ensure_service(
     if !existed {
         ctx.event(
             cluster,
+            None,
             EventType::Normal,
             "CreatedService",
             format!("created Service {name}"),
@@ -369,6 +388,7 @@ async fn carry_out(
             Ok(_) => {
                 ctx.event(
                     cluster,
+                    Some(&name),
                     EventType::Normal,
                     "CreatedPod",
                     format!("created pod {name}"),
@@ -380,6 +400,7 @@ async fn carry_out(
             Err(e) => {
                 ctx.event(
                     cluster,
+                    Some(&name),
                     EventType::Warning,
                     "CreatePodFailed",
                     format!("cannot create pod {name}: {e}"),
@@ -393,6 +414,7 @@ async fn carry_out(
         delete_pod(&pods, name).await?;
         ctx.event(
             cluster,
+            Some(name),
             EventType::Normal,
             reason.as_str(),
             format!("deleted pod {name}"),
@@ -407,6 +429,7 @@ async fn carry_out(
             .await?;
         ctx.event(
             cluster,
+            Some(name),
             EventType::Normal,
             "DrainingWorker",
             format!(
@@ -529,7 +552,11 @@ impl DrainJob {
         self.ctx.metrics.drained(result);
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         match delete_pod(&pods, &self.pod).await {
-            Ok(()) => self.ctx.event(&self.cluster, type_, reason, note).await,
+            Ok(()) => {
+                self.ctx
+                    .event(&self.cluster, Some(&self.pod), type_, reason, note)
+                    .await
+            }
             Err(e) => tracing::warn!(pod = %self.pod, error = %e, "cannot delete a drained worker"),
         }
         self.ctx.draining().remove(&self.key);

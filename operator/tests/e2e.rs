@@ -223,7 +223,7 @@ async fn registered(client: &Client, cluster: &str) -> Option<Vec<(String, HeadV
     let token = String::from_utf8(secret.data?.get("token")?.0.clone()).ok()?;
     let mut head = Head::connect(&ip, &token).await.ok()?;
     let mut workers: Vec<_> = head.workers().await.ok()?.into_iter().collect();
-    workers.sort();
+    workers.sort_by(|a, b| a.0.cmp(&b.0));
     Some(workers)
 }
 
