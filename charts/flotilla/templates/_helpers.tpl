@@ -58,24 +58,28 @@ pods, Services, Secrets and Events it creates. `finalizers` lets it set blockOwn
 the owner references of its children.
 */}}
 {{- define "flotilla.workloadRules" -}}
+{{- /* What the controller does, and no more: it never writes a spec, never deletes a Service or a
+Secret (the garbage collector does, through owner references), and patches pods only to mark a
+worker as draining. */ -}}
 - apiGroups: ["flotilla.dev"]
-  resources: ["computeclusters"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-- apiGroups: ["flotilla.dev"]
-  resources: ["computejobs"]
-  verbs: ["get", "list", "watch", "update", "patch", "delete"]
+  resources: ["computeclusters", "computejobs"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["flotilla.dev"]
   resources: ["computeclusters/status", "computejobs/status"]
   verbs: ["get", "update", "patch"]
 - apiGroups: ["flotilla.dev"]
+  # Owner references with blockOwnerDeletion need this where that admission plugin is on.
   resources: ["computeclusters/finalizers", "computejobs/finalizers"]
   verbs: ["update"]
 - apiGroups: [""]
-  resources: ["pods", "services", "secrets"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
