@@ -144,7 +144,6 @@ pub async fn run(
             }
         })
     });
-    ctx.metrics.set_ready();
     join_all(controllers).await;
 }
 
@@ -230,7 +229,7 @@ async fn reconcile_cluster(cluster: &ComputeCluster, ctx: &Arc<Context>) -> Resu
             Ok(mut head) => head.workers().await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
-        None => Err("the head is not ready".to_owned()),
+        None => Err("no head pod runs".to_owned()),
     };
     let head_workers = match head_workers {
         Ok(workers) => Some(workers),
@@ -241,13 +240,17 @@ async fn reconcile_cluster(cluster: &ComputeCluster, ctx: &Arc<Context>) -> Resu
     };
 
     let step = plan::plan(&valid, &observed, head_workers.as_ref(), worker_suffix);
-    carry_out(cluster, &valid, &step, ctx).await?;
+    let carried = carry_out(cluster, &valid, &step, ctx).await;
     resume_drains(cluster, &valid, &observed, head_ip.as_deref(), &token, ctx);
 
+    // An API server that refuses a child (quota, admission policy) blocks progress: say so in
+    // the status, not only in the operator's log.
+    let blocked = carried.as_ref().err().map(ToString::to_string);
     let new = status::derive(
         &valid,
         &observed,
         &step,
+        blocked.as_deref(),
         cluster.status.as_ref(),
         generation,
         now,
@@ -256,19 +259,12 @@ async fn reconcile_cluster(cluster: &ComputeCluster, ctx: &Arc<Context>) -> Resu
         .conditions
         .iter()
         .any(|c| c.type_ == status::PROGRESSING && c.status == "False");
-    if !same_status(cluster.status.as_ref(), &new) {
+    if cluster.status.as_ref() != Some(&new) {
         write_status(&clusters, cluster, &new).await?;
     }
-    Ok(Action::requeue(if settled && head_workers.is_some() {
-        RESYNC
-    } else {
-        SETTLING
-    }))
-}
-
-/// Whether two statuses differ only in timestamps that move on every reconcile.
-fn same_status(old: Option<&ComputeClusterStatus>, new: &ComputeClusterStatus) -> bool {
-    old == Some(new)
+    carried?;
+    // A settled cluster changes through the watches; one still moving is looked at again soon.
+    Ok(Action::requeue(if settled { RESYNC } else { SETTLING }))
 }
 
 async fn write_status(
@@ -276,11 +272,16 @@ async fn write_status(
     cluster: &ComputeCluster,
     status: &ComputeClusterStatus,
 ) -> Result<(), Error> {
-    let patch = serde_json::json!({ "status": status });
+    // Server-side apply: fields the operator no longer sends (a head that went away) are removed.
+    let patch = serde_json::json!({
+        "apiVersion": ComputeCluster::api_version(&()),
+        "kind": ComputeCluster::kind(&()),
+        "status": status,
+    });
     api.patch_status(
         &cluster.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
+        &PatchParams::apply(MANAGER_NAME).force(),
+        &Patch::Apply(&patch),
     )
     .await?;
     Ok(())
@@ -296,6 +297,15 @@ async fn ensure_secret(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &valid.namespace);
     let name = builders::token_secret_name(&valid.name);
     if let Some(secret) = secrets.get_opt(&name).await? {
+        let owner = secret
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true));
+        if owner.is_some_and(|o| Some(&o.uid) != cluster.uid().as_ref()) {
+            // Left by an earlier cluster of the same name, and about to be garbage collected:
+            // its token must not reach the new cluster's pods.
+            return Err(Error::ForeignSecret { name });
+        }
         let token = secret
             .data
             .as_ref()
@@ -311,10 +321,7 @@ async fn ensure_secret(
             .collect()
     };
     secrets
-        .create(
-            &PostParams::default(),
-            &builders::token_secret(valid, &token),
-        )
+        .create(&post_params(), &builders::token_secret(valid, &token))
         .await?;
     ctx.event(
         cluster,
@@ -358,11 +365,29 @@ async fn ensure_service(
     Ok(())
 }
 
+/// Creates under the operator's field manager.
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(MANAGER_NAME.to_owned()),
+        ..PostParams::default()
+    }
+}
+
+/// Patches under the operator's field manager.
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER_NAME.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
+/// The IP of a head pod that runs (ready or not: a head failing its probe may still schedule),
+/// `None` when there is none, or it is going or gone.
 fn head_pod_ip(valid: &ValidatedCluster, pods: &[Pod]) -> Option<String> {
     let head_name = builders::head_pod_name(&valid.name);
     pods.iter()
         .find(|p| p.metadata.name.as_deref() == Some(head_name.as_str()))
-        .filter(|p| plan::is_ready(p) && !plan::is_terminating(p))
+        .filter(|p| !plan::is_terminating(p) && !plan::is_finished(p))
         .and_then(|p| p.status.as_ref()?.pod_ip.clone())
 }
 
@@ -384,7 +409,7 @@ async fn carry_out(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &valid.namespace);
     for pod in &step.create {
         let name = pod.name_any();
-        match pods.create(&PostParams::default(), pod).await {
+        match pods.create(&post_params(), pod).await {
             Ok(_) => {
                 ctx.event(
                     cluster,
@@ -398,9 +423,10 @@ async fn carry_out(
             // Created by an earlier reconcile that did not see it yet.
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => {
+                // No `related` pod: the name is new on every retry, the refusal is not.
                 ctx.event(
                     cluster,
-                    Some(&name),
+                    None,
                     EventType::Warning,
                     "CreatePodFailed",
                     format!("cannot create pod {name}: {e}"),
@@ -425,7 +451,7 @@ async fn carry_out(
         let patch = serde_json::json!({
             "metadata": {"annotations": {ANNOTATION_DRAINING: Timestamp::now().to_string()}}
         });
-        pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        pods.patch(name, &patch_params(), &Patch::Merge(&patch))
             .await?;
         ctx.event(
             cluster,
@@ -476,6 +502,16 @@ fn resume_drains(
         if !ctx.draining().insert(key.clone()) {
             continue;
         }
+        // The deadline counts from when the drain started, across retries and operator restarts.
+        let started = pod
+            .annotations()
+            .get(ANNOTATION_DRAINING)
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .unwrap_or_else(Timestamp::now);
+        let elapsed = Timestamp::now()
+            .duration_since(started)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
         let job = DrainJob {
             ctx: ctx.clone(),
             cluster: cluster.clone(),
@@ -483,7 +519,7 @@ fn resume_drains(
             pod: name,
             head_ip: head_ip.map(str::to_owned),
             token: token.to_owned(),
-            timeout,
+            remaining: timeout.saturating_sub(elapsed),
             key,
         };
         tokio::spawn(job.run());
@@ -496,68 +532,93 @@ struct DrainJob {
     cluster: ComputeCluster,
     namespace: String,
     pod: String,
+    /// The head pod's IP; `None` when no head pod runs.
     head_ip: Option<String>,
     token: String,
-    timeout: Duration,
+    /// What is left of the drain timeout.
+    remaining: Duration,
     key: String,
+}
+
+/// How a drain ended, and so what the Event says.
+enum Drained {
+    /// The head moved the worker's objects and its tasks finished.
+    Done,
+    /// The head does not know the worker: nothing runs there.
+    NotRegistered,
+    /// The deadline passed first (the head's answer, or ours when it did not answer).
+    TimedOut(String),
+    /// No head pod runs, so nothing runs on the worker either.
+    NoHead,
 }
 
 impl DrainJob {
     async fn run(self) {
         let outcome = match &self.head_ip {
+            None => Ok(Drained::NoHead),
+            Some(_) if self.remaining.is_zero() => {
+                Ok(Drained::TimedOut("the head did not answer".to_owned()))
+            }
             Some(ip) => match Head::connect(ip, &self.token).await {
-                Ok(mut head) => head
-                    .drain(&self.pod, self.timeout)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(mut head) => match head.drain(&self.pod, self.remaining).await {
+                    Ok((true, _)) => Ok(Drained::Done),
+                    // The head's words for a worker it does not know.
+                    Ok((false, message)) if message.starts_with("no worker named") => {
+                        Ok(Drained::NotRegistered)
+                    }
+                    Ok((false, message)) => Ok(Drained::TimedOut(message)),
+                    Err(e) => Err(e.to_string()),
+                },
                 Err(e) => Err(e.to_string()),
             },
-            None => Err("the head is not ready".to_owned()),
         };
         let outcome = match outcome {
-            Err(why) if self.head_ip.is_some() => {
-                // The head runs but did not answer: the worker may be busy, so it stays; the
-                // next reconcile tries again.
-                tracing::warn!(pod = %self.pod, why, "cannot drain a worker; will retry");
+            Ok(outcome) => outcome,
+            Err(why) => {
+                // The head runs but did not answer: the worker may be busy, so it stays until
+                // the deadline; the next reconcile tries again.
+                tracing::warn!(pod = %self.pod, why, "cannot drain a worker yet; will retry");
                 self.ctx.metrics.drained("error");
                 self.ctx.draining().remove(&self.key);
                 return;
             }
-            other => other,
         };
+        let pod = &self.pod;
         let (type_, reason, note, result) = match outcome {
-            Ok((true, _)) => (
+            Drained::Done => (
                 EventType::Normal,
                 "DrainedWorker",
-                format!("worker {} drained; deleting its pod", self.pod),
+                format!("worker {pod} drained; deleting its pod"),
                 "drained",
             ),
-            Ok((false, message)) => (
+            Drained::NotRegistered => (
+                EventType::Normal,
+                "NothingToDrain",
+                format!("worker {pod} is not registered at the head; deleting its pod"),
+                "not_registered",
+            ),
+            Drained::TimedOut(message) => (
                 EventType::Warning,
                 "DrainTimedOut",
-                format!(
-                    "worker {} did not drain within {:?} ({message}); deleting its pod",
-                    self.pod, self.timeout
-                ),
+                format!("worker {pod} did not drain in time ({message}); deleting its pod"),
                 "timeout",
             ),
-            // No head runs, so nothing runs on the worker either.
-            Err(why) => (
+            Drained::NoHead => (
                 EventType::Normal,
                 "DeletedWorker",
-                format!("deleting worker {} without a drain: {why}", self.pod),
+                format!("no head runs, so nothing runs on worker {pod}; deleting its pod"),
                 "no_head",
             ),
         };
         self.ctx.metrics.drained(result);
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        match delete_pod(&pods, &self.pod).await {
+        match delete_pod(&pods, pod).await {
             Ok(()) => {
                 self.ctx
-                    .event(&self.cluster, Some(&self.pod), type_, reason, note)
+                    .event(&self.cluster, Some(pod), type_, reason, note)
                     .await
             }
-            Err(e) => tracing::warn!(pod = %self.pod, error = %e, "cannot delete a drained worker"),
+            Err(e) => tracing::warn!(pod, error = %e, "cannot delete a drained worker"),
         }
         self.ctx.draining().remove(&self.key);
     }

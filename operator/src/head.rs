@@ -74,7 +74,14 @@ pub struct Head {
 impl Head {
     /// Connects to the head at `pod_ip` with the cluster's `token`.
     pub async fn connect(pod_ip: &str, token: &str) -> Result<Self, HeadError> {
-        let address = format!("http://{pod_ip}:{HEAD_GRPC_PORT}");
+        // Through SocketAddr, so an IPv6 pod IP gets its brackets.
+        let address = match pod_ip.parse::<std::net::IpAddr>() {
+            Ok(ip) => format!(
+                "http://{}",
+                std::net::SocketAddr::new(ip, HEAD_GRPC_PORT as u16)
+            ),
+            Err(_) => format!("http://{pod_ip}:{HEAD_GRPC_PORT}"),
+        };
         let bad_address = |message: String| HeadError::Address {
             address: address.clone(),
             message,

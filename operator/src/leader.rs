@@ -1,13 +1,21 @@
 //! Leader election through a `coordination.k8s.io/v1` Lease, so that of several operator
 //! replicas exactly one acts.
 //!
-//! A replica takes the Lease when it is free or expired (its holder stopped renewing it for
-//! `leaseDurationSeconds`), renews it every `renew_every`, and stops acting as soon as a renewal
-//! fails for longer than the lease lasts: by then another replica may have taken it. Writes use
-//! the Lease's `resourceVersion`, so two replicas racing for a free Lease cannot both win. On a
-//! clean stop the holder hands the Lease back so a standby takes over at once.
+//! The rules, as client-go's leader election has them:
+//! - A standby takes the Lease when it is free, or when its record (holder, renew time) has not
+//!   changed for `leaseDurationSeconds` as measured on the standby's own monotonic clock: no
+//!   comparison of two machines' wall clocks, so clock skew cannot expire a live lease.
+//! - The holder renews every `renew_every`, each attempt bounded by a timeout, and stops acting
+//!   once it has not renewed for the renew deadline (two thirds of the lease), measured from
+//!   before its last successful request: it stops before any standby may start.
+//! - Writes carry the Lease's `resourceVersion`, so two replicas racing for a free Lease cannot
+//!   both win.
+//! - On a clean stop the holder hands the Lease back so a standby takes over at once.
 
-use std::time::Duration;
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -30,7 +38,7 @@ pub struct LeaseConfig {
     pub identity: String,
     /// How long a Lease stays valid without renewal.
     pub duration: Duration,
-    /// How often the holder renews.
+    /// How often the holder renews, and the time limit of one attempt.
     pub renew_every: Duration,
 }
 
@@ -38,25 +46,8 @@ pub struct LeaseConfig {
 pub struct Leadership {
     api: Api<Lease>,
     config: LeaseConfig,
-}
-
-fn expired(lease: &Lease, now: Timestamp) -> bool {
-    let Some(spec) = &lease.spec else {
-        return true;
-    };
-    if spec
-        .holder_identity
-        .as_deref()
-        .unwrap_or_default()
-        .is_empty()
-    {
-        return true;
-    }
-    let duration_ms = i64::from(spec.lease_duration_seconds.unwrap_or(0)) * 1000;
-    match &spec.renew_time {
-        Some(MicroTime(renewed)) => renewed.as_millisecond() + duration_ms < now.as_millisecond(),
-        None => true,
-    }
+    /// The last Lease record seen, and when (on this replica's clock) it was first seen.
+    observed: Mutex<Option<(String, Instant)>>,
 }
 
 impl Leadership {
@@ -65,15 +56,52 @@ impl Leadership {
         let leadership = Leadership {
             api: Api::namespaced(client, &config.namespace),
             config,
+            observed: Mutex::new(None),
         };
         loop {
-            match leadership.try_acquire().await {
-                Ok(true) => return Ok(leadership),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read or write the leader lease"),
+            match leadership.attempt().await {
+                Some(Ok(true)) => return Ok(leadership),
+                Some(Ok(false)) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "cannot read or write the leader lease"),
+                None => tracing::warn!("the API server did not answer about the lease in time"),
             }
             tokio::time::sleep(leadership.config.renew_every).await;
         }
+    }
+
+    /// Whether the Lease is free, or its record has not changed for as long as it lasts.
+    fn expired(&self, lease: &Lease) -> bool {
+        let Some(spec) = &lease.spec else {
+            return true;
+        };
+        let holder = spec.holder_identity.as_deref().unwrap_or_default();
+        if holder.is_empty() {
+            return true;
+        }
+        let record = format!(
+            "{holder}/{:?}/{:?}",
+            spec.renew_time.as_ref().map(|t| t.0),
+            spec.lease_transitions
+        );
+        let lasts = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
+        );
+        let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        match observed.as_ref() {
+            Some((seen, since)) if *seen == record => since.elapsed() >= lasts,
+            _ => {
+                *observed = Some((record, Instant::now()));
+                false
+            }
+        }
+    }
+
+    /// One try to take or renew the Lease, bounded by `renew_every`; `None` when the API server
+    /// did not answer in time.
+    async fn attempt(&self) -> Option<kube::Result<bool>> {
+        tokio::time::timeout(self.config.renew_every, self.try_acquire())
+            .await
+            .ok()
     }
 
     /// Takes or renews the Lease; `false` when another replica holds it or won a race.
@@ -99,10 +127,13 @@ impl Leadership {
             };
             return conflict_is_false(self.api.create(&PostParams::default(), &lease).await);
         };
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        let mine = spec.holder_identity.as_deref() == Some(me.as_str());
+        let mine = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(me.as_str());
         if !mine {
-            if !expired(&lease, now) {
+            if !self.expired(&lease) {
                 return Ok(false);
             }
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -121,22 +152,25 @@ impl Leadership {
         )
     }
 
-    /// Renews the Lease until a renewal has failed for as long as the Lease lasts; returns then,
-    /// when this replica must stop acting.
+    /// Renews the Lease until it has not been renewed for the renew deadline; returns then, when
+    /// this replica must stop acting, before any standby may take over.
     pub async fn keep(&self) {
-        let mut last_renewal = tokio::time::Instant::now();
+        let renew_deadline = self.config.duration * 2 / 3;
+        let mut last_renewal = Instant::now();
         loop {
             tokio::time::sleep(self.config.renew_every).await;
-            match self.try_acquire().await {
-                Ok(true) => last_renewal = tokio::time::Instant::now(),
-                Ok(false) => {
+            let attempt_started = Instant::now();
+            match self.attempt().await {
+                Some(Ok(true)) => last_renewal = attempt_started,
+                Some(Ok(false)) => {
                     tracing::error!(lease = %self.config.name, "another replica took the leader lease");
                     return;
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot renew the leader lease"),
+                Some(Err(e)) => tracing::warn!(error = %e, "cannot renew the leader lease"),
+                None => tracing::warn!("renewing the leader lease timed out"),
             }
-            if last_renewal.elapsed() >= self.config.duration {
-                tracing::error!(lease = %self.config.name, "the leader lease expired before it could be renewed");
+            if last_renewal.elapsed() >= renew_deadline {
+                tracing::error!(lease = %self.config.name, "could not renew the leader lease in time");
                 return;
             }
         }

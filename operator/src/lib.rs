@@ -35,6 +35,12 @@ pub enum Error {
         /// Name of the Secret.
         name: String,
     },
+    /// The cluster's Secret belongs to an earlier cluster of the same name.
+    #[error("Secret {name} belongs to an earlier cluster of the same name; waiting for it to be deleted")]
+    ForeignSecret {
+        /// Name of the Secret.
+        name: String,
+    },
     /// A CRD could not be rendered as YAML.
     #[error("cannot render CRD {name} as YAML")]
     RenderCrd {
@@ -64,6 +70,7 @@ impl Error {
             Self::Kube(kube::Error::Api(_)) => "kube_api",
             Self::Kube(_) => "kube_client",
             Self::BadSecret { .. } => "bad_secret",
+            Self::ForeignSecret { .. } => "foreign_secret",
             Self::RenderCrd { .. } => "render_crd",
             Self::WriteFile { .. } => "write_file",
         }

@@ -106,6 +106,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes (kubeconfig or in-cluster config)")?;
     let metrics = Metrics::default();
+    // Ready once connected, standbys included: a standby waiting for the Lease is healthy, and a
+    // rolling update of a one-replica Deployment must not wait for it to lead.
+    metrics.set_ready();
     let listener = metrics.clone().serve(args.http_bind);
     let identity = args
         .identity

@@ -1,5 +1,7 @@
 //! The operator's own metrics, in the Prometheus text format, and its HTTP endpoints:
-//! `/metrics`, `/healthz` (the process serves) and `/readyz` (its watches are running).
+//! `/metrics`, `/healthz` (the process serves) and `/readyz` (it reached the API server; a
+//! standby waiting for the leader Lease is ready too, and `flotilla_operator_leader` says which
+//! replica acts).
 //!
 //! Series:
 //! - `flotilla_operator_reconcile_total{kind, result="success"|"error"}`
@@ -82,7 +84,7 @@ impl Metrics {
         self.leader.store(leader, Ordering::Relaxed);
     }
 
-    /// Marks the operator ready (its watches run).
+    /// Marks the operator ready (it reached the API server).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }

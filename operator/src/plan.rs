@@ -11,10 +11,12 @@
 //! - A group with too few live workers gets new ones, all at once.
 //! - A group with too many loses the least useful first: workers that never became ready, then
 //!   stale ones, then idle ones (as the head reports them), newest first. A worker the head
-//!   knows is drained first; one it does not know has nothing to drain and is deleted; a ready
-//!   worker is never deleted while the head cannot be asked, since it may be busy.
+//!   knows is drained first; one it does not know has nothing to drain and is deleted; a worker
+//!   that started is never deleted while the head cannot be asked, since it may be busy.
 //! - A group whose workers run an old template (image, command, pod settings) replaces them one
-//!   at a time, and only while every other worker of the group is ready.
+//!   at a time, only while every other worker of the group is ready, and only behind a current,
+//!   ready head (a new image replaces the head first). Stale workers that are not ready go
+//!   first, without waiting.
 //! - Workers of a group the spec no longer has are drained and deleted.
 //! - `suspend` deletes every pod at once.
 
@@ -244,7 +246,7 @@ pub fn plan(
         return plan;
     }
 
-    plan_head(cluster, sorted.head, &mut plan);
+    let head_settled = plan_head(cluster, sorted.head, &mut plan);
 
     for group in &cluster.groups {
         let all = sorted
@@ -280,6 +282,12 @@ pub fn plan(
             for pod in victims.into_iter().take(live.len() - desired) {
                 remove_worker(pod, head_workers, DeleteReason::ScaleDown, &mut plan);
             }
+        } else if let Some(old) = live.iter().find(|p| stale(p) && !is_ready(p)) {
+            // A stale worker that is not ready serves nothing: replace it first, whatever the
+            // rest of the group does (a rollout must not wait on the pods it replaces).
+            remove_worker(old, head_workers, DeleteReason::Outdated, &mut plan);
+        } else if !head_settled {
+            // Replace workers only behind a current, ready head: it drains them.
         } else if let Some(old) = live
             .iter()
             .filter(|p| stale(p))
@@ -306,7 +314,8 @@ pub fn plan(
     plan
 }
 
-fn plan_head(cluster: &ValidatedCluster, head: Option<&Pod>, plan: &mut Plan) {
+/// Plans the head; returns whether it is settled: current, ready and staying.
+fn plan_head(cluster: &ValidatedCluster, head: Option<&Pod>, plan: &mut Plan) -> bool {
     match head {
         None => plan.create.push(builders::head_pod(cluster)),
         Some(pod) if is_terminating(pod) => {}
@@ -321,12 +330,19 @@ fn plan_head(cluster: &ValidatedCluster, head: Option<&Pod>, plan: &mut Plan) {
             plan.delete
                 .push((name(pod).to_owned(), DeleteReason::Outdated));
         }
-        Some(_) => {}
+        Some(pod) => return is_ready(pod),
     }
+    false
+}
+
+/// Whether the pod never ran its program: still pending, or unable to start.
+fn never_started(pod: &Pod) -> bool {
+    matches!(phase(pod), None | Some("Pending")) || start_problem(pod).is_some()
 }
 
 /// Drains a worker the head knows, and deletes one it does not know (nothing runs there). While
-/// the head cannot be asked, a ready worker may be busy, so it stays until the head answers.
+/// the head cannot be asked, a worker that started may be busy (even one failing its readiness
+/// probe), so it stays until the head answers.
 fn remove_worker(
     pod: &Pod,
     head_workers: Option<&HashMap<String, HeadView>>,
@@ -337,7 +353,7 @@ fn remove_worker(
     match head_workers {
         Some(workers) if workers.contains_key(name(pod)) => plan.drain.push(target),
         Some(_) => plan.delete.push(target),
-        None if !is_ready(pod) => plan.delete.push(target),
+        None if never_started(pod) => plan.delete.push(target),
         None => {}
     }
 }

@@ -5,7 +5,10 @@
 //! - `HeadReady`: the head pod is ready; `False` carries the pod's own words when it cannot start.
 //! - `WorkersReady`: every desired worker is ready; `False` says how many are, or why one cannot
 //!   start.
-//! - `Progressing`: the operator is creating, draining or deleting pods, or pods are starting.
+//! - `Progressing`: the operator is creating, draining or deleting pods, or pods are starting;
+//!   `False` with the API server's refusal when it cannot (quota, admission policy).
+//! - `Ready`: the cluster runs as the spec asks (phase `Running`), for `kubectl wait
+//!   --for=condition=Ready` and status-aware tools.
 //!
 //! A condition keeps its `lastTransitionTime` until its status flips.
 
@@ -26,6 +29,8 @@ pub const HEAD_READY: &str = "HeadReady";
 pub const WORKERS_READY: &str = "WorkersReady";
 /// Condition type: pods are being created, drained, deleted or are starting.
 pub const PROGRESSING: &str = "Progressing";
+/// Condition type: the cluster runs as the spec asks.
+pub const READY: &str = "Ready";
 
 /// Builds conditions, keeping the transition times of those whose status did not change.
 struct Conditions<'a> {
@@ -89,11 +94,14 @@ pub fn invalid(
     status
 }
 
-/// The status of a valid cluster from its pods and the step this reconcile takes.
+/// The status of a valid cluster from its pods and the step this reconcile takes; `blocked` is
+/// the API server's refusal of that step, if it refused.
+#[allow(clippy::too_many_arguments)]
 pub fn derive(
     cluster: &ValidatedCluster,
     pods: &[k8s_openapi::api::core::v1::Pod],
     step: &Plan,
+    blocked: Option<&str>,
     previous: Option<&ComputeClusterStatus>,
     generation: Option<i64>,
     now: Time,
@@ -137,7 +145,7 @@ pub fn derive(
 
     // The workers.
     let mut groups = Vec::new();
-    let (mut desired_total, mut existing_total, mut ready_total) = (0, 0, 0);
+    let (mut desired_total, mut existing_total, mut live_total, mut ready_total) = (0, 0, 0, 0);
     let mut worker_problem = None;
     for group in &cluster.groups {
         let existing = sorted
@@ -174,6 +182,7 @@ pub fn derive(
         };
         desired_total += desired;
         existing_total += existing as i32;
+        live_total += live.len() as i32;
         ready_total += ready as i32;
         groups.push(WorkerGroupStatus {
             name: group.name.clone(),
@@ -183,7 +192,8 @@ pub fn derive(
             last_scale_time,
         });
     }
-    let workers_ready = ready_total == desired_total && existing_total == desired_total;
+    // Draining workers are on their way out: they neither count nor keep the cluster from ready.
+    let workers_ready = ready_total == desired_total && live_total == desired_total;
     match &worker_problem {
         _ if workers_ready => conditions.set(
             WORKERS_READY,
@@ -207,7 +217,9 @@ pub fn derive(
     let starting = pods
         .iter()
         .any(|p| !plan::is_terminating(p) && !plan::is_ready(p) && !plan::is_finished(p));
-    let (progressing, reason, message) = if !step.create.is_empty() {
+    let (progressing, reason, message) = if let Some(refusal) = blocked {
+        (false, "ApplyFailed", refusal.to_owned())
+    } else if !step.create.is_empty() {
         (
             true,
             "CreatingPods",
@@ -253,6 +265,14 @@ pub fn derive(
     } else {
         ClusterPhase::Degraded
     };
+
+    let running = phase == ClusterPhase::Running;
+    conditions.set(
+        READY,
+        running,
+        if running { "Running" } else { "NotRunning" },
+        format!("the cluster is {phase:?}"),
+    );
 
     ComputeClusterStatus {
         phase: Some(phase),

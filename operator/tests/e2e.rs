@@ -353,6 +353,29 @@ spec:
     .await;
     assert!(workers(&pods, "reserved").await.is_empty());
 
+    // A cluster whose image cannot be pulled says so, in the kubelet's words.
+    let broken = repo().join("operator/tests/fixtures/unpullable-cluster.yaml");
+    kube.kubectl_ok(&["apply", "-f", &broken.display().to_string()]);
+    let head_ready = eventually("the unpullable head's condition", LONG, || async {
+        let status = cluster(&clusters, "unpullable").await?.status?;
+        let condition = status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "HeadReady")?;
+        (status.phase == Some(ClusterPhase::Failed)).then_some(condition)
+    })
+    .await;
+    assert!(
+        ["ErrImagePull", "ImagePullBackOff"].contains(&head_ready.reason.as_str()),
+        "{head_ready:?}"
+    );
+    assert!(
+        head_ready.message.contains("no-such-image"),
+        "{}",
+        head_ready.message
+    );
+    kube.kubectl_ok(&["delete", "fcc", "unpullable"]);
+
     // Scale up, then down: removed workers are drained at the head before their pods go.
     set_replicas(&kube, 3).await;
     let three = wait_for_workers(&kube, 3).await;
@@ -391,6 +414,54 @@ spec:
         },
     )
     .await;
+
+    // A deleted worker pod is replaced by a new one, which registers.
+    kube.kubectl_ok(&["delete", "pod", &survivor, "--wait=false"]);
+    let replaced = wait_for_workers(&kube, 1).await;
+    assert_ne!(replaced[0], survivor, "a new pod, with a new name");
+
+    // A new image replaces the head first, then the worker; all come back registered.
+    kube.kubectl_ok(&[
+        "patch",
+        "fcc",
+        "minimal",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"image":"flotilla:v2"}}"#,
+    ]);
+    eventually(
+        "every pod on the new image, the worker registered",
+        LONG,
+        || async {
+            let live: Vec<Pod> = pods
+                .list(&ListParams::default().labels("flotilla.dev/cluster=minimal"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            let images: Vec<String> = live
+                .iter()
+                .filter_map(|p| p.spec.as_ref()?.containers.first()?.image.clone())
+                .collect();
+            let worker_names = names(&workers(&pods, "minimal").await);
+            let at_head: Vec<String> = registered(&client, "minimal")
+                .await?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            let status = cluster(&clusters, "minimal").await?.status?;
+            (live.len() == 2
+                && images.iter().all(|i| i == "flotilla:v2")
+                && at_head == worker_names
+                && status.phase == Some(ClusterPhase::Running))
+            .then_some(())
+        },
+    )
+    .await;
+    let survivor = names(&workers(&pods, "minimal").await).remove(0);
 
     // Suspend: every pod and process goes, the resource, Secret and Service stay.
     let pids: Vec<u32> = [&survivor, &"minimal-head".to_owned()]
@@ -470,40 +541,72 @@ async fn two_operators_never_both_lead() {
         "--lease-duration-seconds",
         "3",
     ];
-    let (first, first_http) = kube.operator("first", &lease_args);
-    let (second, second_http) = kube.operator("second", &lease_args);
-
-    let leader_of = |http: String| async move {
-        let metrics = http_get(&http, "/metrics").await?;
-        Some(metrics.contains("flotilla_operator_leader 1"))
-    };
+    let mut replicas = vec![
+        ("first", kube.operator("first", &lease_args)),
+        ("second", kube.operator("second", &lease_args)),
+    ];
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
-    let holder = eventually("exactly one leader, the lease's holder", LONG, || async {
-        let lease = leases.get_opt("flotilla-test").await.ok()??;
-        let holder = lease.spec?.holder_identity?;
-        let first = leader_of(first_http.clone()).await?;
-        let second = leader_of(second_http.clone()).await?;
-        let expected = if holder == "first" {
-            (true, false)
-        } else {
-            (false, true)
-        };
-        ((first, second) == expected).then_some(holder)
+
+    // Which replicas say they lead, asked over and over: never two at once.
+    async fn leaders(replicas: &[(&str, (Process, String))]) -> Vec<String> {
+        let mut leading = Vec::new();
+        for (name, (_, http)) in replicas {
+            if http_get(http, "/metrics")
+                .await
+                .is_some_and(|m| m.contains("flotilla_operator_leader 1"))
+            {
+                leading.push((*name).to_owned());
+            }
+        }
+        assert!(leading.len() <= 1, "two replicas lead at once: {leading:?}");
+        leading
+    }
+    let holder_is = |expected: Vec<String>| {
+        let leases = leases.clone();
+        async move {
+            let lease = leases.get_opt("flotilla-test").await.ok()??;
+            let holder = lease.spec?.holder_identity?;
+            (expected == [holder]).then_some(())
+        }
+    };
+
+    let first_leader = eventually("one leader, holding the lease", LONG, || async {
+        let leading = leaders(&replicas).await;
+        holder_is(leading.clone()).await?;
+        leading.into_iter().next()
     })
     .await;
 
-    // The leader stops (and hands the lease back): the standby takes over.
-    let (standby, standby_http) = if holder == "first" {
-        drop(first);
-        ("second", second_http)
-    } else {
-        drop(second);
-        ("first", first_http)
-    };
-    eventually("the standby takes over", LONG, || async {
-        let lease = leases.get_opt("flotilla-test").await.ok()??;
-        let holder = lease.spec?.holder_identity?;
-        (holder == standby && leader_of(standby_http.clone()).await?).then_some(())
+    // The leader dies without a word (SIGKILL): the standby takes over once the lease expires.
+    let index = replicas
+        .iter()
+        .position(|(n, _)| *n == first_leader)
+        .expect("leader");
+    let (_, (mut process, _)) = replicas.remove(index);
+    process.0.kill().expect("SIGKILL");
+    let _ = process.0.wait();
+    let standby = replicas[0].0;
+    eventually("the standby takes over an expired lease", LONG, || async {
+        let leading = leaders(&replicas).await;
+        holder_is(leading.clone()).await?;
+        (leading == [standby]).then_some(())
+    })
+    .await;
+
+    // A new replica waits; the leader stops cleanly and hands the lease over at once.
+    replicas.push(("third", kube.operator("third", &lease_args)));
+    eventually("the third replica up and waiting", LONG, || async {
+        let (_, (_, http)) = &replicas[1];
+        http_get(http, "/readyz").await.map(|_| ())
+    })
+    .await;
+    assert_eq!(leaders(&replicas).await, [standby]);
+    let (_, (leader, _)) = replicas.remove(0);
+    drop(leader);
+    eventually("the third replica leads", LONG, || async {
+        let leading = leaders(&replicas).await;
+        holder_is(leading.clone()).await?;
+        (leading == ["third"]).then_some(())
     })
     .await;
 }

@@ -136,8 +136,14 @@ fn a_whole_cluster_needs_nothing_and_is_running() {
     ];
     let step = plan::plan(&c, &pods, Some(&HashMap::new()), counter());
     assert!(step.is_empty(), "{step:?}");
-    let s = status::derive(&c, &pods, &step, None, Some(3), now());
+    let s = status::derive(&c, &pods, &step, None, None, Some(3), now());
     assert_eq!(s.phase, Some(ClusterPhase::Running));
+    let ready = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("condition");
+    assert_eq!(ready.status, "True");
     assert_eq!((s.desired_workers, s.workers, s.ready_workers), (2, 2, 2));
     assert_eq!(s.observed_generation, Some(3));
     let progressing = s
@@ -266,10 +272,23 @@ fn a_new_image_replaces_workers_one_at_a_time() {
 fn a_changed_head_template_replaces_the_head() {
     let old = two_workers();
     let new = cluster("  image: flotilla:2\n  workerGroups: [{name: cpu, replicas: 2}]");
-    let step = plan::plan(&new, &[head(&old)], None, counter());
+    let pods = vec![
+        head(&old),
+        running(worker(&old, "cpu", "a"), 1),
+        running(worker(&old, "cpu", "b"), 2),
+    ];
+    let head_view = views(&[
+        ("demo-cpu-a", HeadView::Idle),
+        ("demo-cpu-b", HeadView::Idle),
+    ]);
+    let step = plan::plan(&new, &pods, Some(&head_view), counter());
     assert_eq!(
         step.delete,
         [("demo-head".to_owned(), DeleteReason::Outdated)]
+    );
+    assert!(
+        step.drain.is_empty(),
+        "workers wait for the new head: {step:?}"
     );
 }
 
@@ -283,7 +302,7 @@ fn suspend_deletes_every_pod_and_reports_suspended() {
     deleted.sort_unstable();
     assert_eq!(deleted, ["demo-cpu-a", "demo-head"]);
     assert!(step.create.is_empty());
-    let s = status::derive(&c, &pods, &step, None, Some(3), now());
+    let s = status::derive(&c, &pods, &step, None, None, Some(3), now());
     assert_eq!(s.phase, Some(ClusterPhase::Suspended));
     assert_eq!(s.desired_workers, 0);
 }
@@ -322,7 +341,7 @@ fn a_worker_that_cannot_start_shows_its_own_message() {
             "Back-off pulling image \"flotilla:1\"",
         ),
     ];
-    let s = status::derive(&c, &pods, &Plan::default(), None, Some(3), now());
+    let s = status::derive(&c, &pods, &Plan::default(), None, None, Some(3), now());
     assert_eq!(s.phase, Some(ClusterPhase::Degraded));
     let workers = s
         .conditions
@@ -345,7 +364,7 @@ fn a_head_in_a_crash_loop_fails_the_cluster() {
         "CrashLoopBackOff",
         "back-off 10s restarting failed container",
     )];
-    let s = status::derive(&c, &pods, &Plan::default(), None, Some(3), now());
+    let s = status::derive(&c, &pods, &Plan::default(), None, None, Some(3), now());
     assert_eq!(s.phase, Some(ClusterPhase::Failed));
     let head = s
         .conditions
@@ -363,8 +382,24 @@ fn conditions_keep_their_transition_time_until_they_flip() {
     let c = two_workers();
     let pods = vec![head(&c), running(worker(&c, "cpu", "a"), 1)];
     let earlier = Time(Timestamp::from_second(1_750_000_000).expect("valid time"));
-    let first = status::derive(&c, &pods, &Plan::default(), None, Some(3), earlier.clone());
-    let second = status::derive(&c, &pods, &Plan::default(), Some(&first), Some(3), now());
+    let first = status::derive(
+        &c,
+        &pods,
+        &Plan::default(),
+        None,
+        None,
+        Some(3),
+        earlier.clone(),
+    );
+    let second = status::derive(
+        &c,
+        &pods,
+        &Plan::default(),
+        None,
+        Some(&first),
+        Some(3),
+        now(),
+    );
     assert_eq!(first, second, "nothing changed, so nothing moves");
 
     let pods = vec![
@@ -372,7 +407,15 @@ fn conditions_keep_their_transition_time_until_they_flip() {
         running(worker(&c, "cpu", "a"), 1),
         running(worker(&c, "cpu", "b"), 2),
     ];
-    let third = status::derive(&c, &pods, &Plan::default(), Some(&second), Some(3), now());
+    let third = status::derive(
+        &c,
+        &pods,
+        &Plan::default(),
+        None,
+        Some(&second),
+        Some(3),
+        now(),
+    );
     let time_of = |s: &flotilla_operator::crd::ComputeClusterStatus, t: &str| {
         s.conditions
             .iter()
@@ -406,4 +449,58 @@ spec:
         .expect("condition");
     assert_eq!(valid.status, "False");
     assert!(valid.message.contains("maxReplicas"), "{}", valid.message);
+}
+
+#[test]
+fn a_stale_worker_that_is_not_ready_is_replaced_without_waiting() {
+    let old = two_workers();
+    let new = cluster("  image: flotilla:3\n  workerGroups: [{name: cpu, replicas: 2}]");
+    let mut crashing = running(worker(&old, "cpu", "a"), 1);
+    crashing.status = waiting(worker(&old, "cpu", "a"), "CrashLoopBackOff", "back-off").status;
+    let pods = vec![
+        running(builders::head_pod(&new), 0),
+        crashing,
+        running(worker(&old, "cpu", "b"), 2),
+    ];
+    let head_view = views(&[("demo-cpu-b", HeadView::Busy)]);
+    let step = plan::plan(&new, &pods, Some(&head_view), counter());
+    assert_eq!(
+        step.delete,
+        [("demo-cpu-a".to_owned(), DeleteReason::Outdated)]
+    );
+    assert!(step.drain.is_empty(), "{step:?}");
+}
+
+#[test]
+fn without_the_head_a_started_worker_stays_even_if_not_ready() {
+    let c = cluster("  image: flotilla:1\n  workerGroups: [{name: cpu, replicas: 0}]");
+    let mut slow = running(worker(&c, "cpu", "a"), 1);
+    // Running, but its readiness probe fails: it may be busy.
+    slow.status.as_mut().expect("status").conditions = None;
+    let step = plan::plan(&c, &[head(&c), slow], None, counter());
+    assert!(step.is_empty(), "{step:?}");
+}
+
+#[test]
+fn a_refused_step_stops_progress_with_the_refusal() {
+    let c = two_workers();
+    let step = plan::plan(&c, &[head(&c)], Some(&HashMap::new()), counter());
+    let refusal = "pods \"demo-cpu-s0001\" is forbidden: exceeded quota";
+    let s = status::derive(&c, &[head(&c)], &step, Some(refusal), None, Some(3), now());
+    let progressing = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .expect("condition");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("False", "ApplyFailed")
+    );
+    assert_eq!(progressing.message, refusal);
+    let ready = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("condition");
+    assert_eq!(ready.status, "False");
 }
