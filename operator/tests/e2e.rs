@@ -143,6 +143,11 @@ impl Kube {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kubectl patch fcc <name> --type merge -p <patch>`.
+    fn patch_cluster(&self, name: &str, patch: &str) {
+        self.kubectl_ok(&["patch", "fcc", name, "--type", "merge", "-p", patch]);
+    }
+
     /// Starts the operator binary; returns it and its HTTP address.
     fn operator(&self, name: &str, extra: &[&str]) -> (Process, String) {
         let http = format!("127.0.0.1:{}", free_port());
@@ -248,7 +253,7 @@ fn alive(pid: u32) -> bool {
 async fn set_replicas(kube: &Kube, replicas: u32) {
     let patch =
         format!(r#"{{"spec":{{"workerGroups":[{{"name":"default","replicas":{replicas}}}]}}}}"#);
-    kube.kubectl_ok(&["patch", "fcc", "minimal", "--type", "merge", "-p", &patch]);
+    kube.patch_cluster("minimal", &patch);
 }
 
 /// Waits until the group has `n` live worker pods, all ready and all registered at the head.
@@ -421,15 +426,7 @@ spec:
     assert_ne!(replaced[0], survivor, "a new pod, with a new name");
 
     // A new image replaces the head first, then the worker; all come back registered.
-    kube.kubectl_ok(&[
-        "patch",
-        "fcc",
-        "minimal",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"image":"flotilla:v2"}}"#,
-    ]);
+    kube.patch_cluster("minimal", r#"{"spec":{"image":"flotilla:v2"}}"#);
     eventually(
         "every pod on the new image, the worker registered",
         LONG,
@@ -468,15 +465,7 @@ spec:
         .iter()
         .filter_map(|p| kubelet.pid_of(NS, p))
         .collect();
-    kube.kubectl_ok(&[
-        "patch",
-        "fcc",
-        "minimal",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"suspend":true}}"#,
-    ]);
+    kube.patch_cluster("minimal", r#"{"spec":{"suspend":true}}"#);
     eventually("a suspended cluster without pods", LONG, || async {
         let status = cluster(&clusters, "minimal").await?.status?;
         let left = pods
