@@ -10,13 +10,17 @@ use flotilla_testenv::apiserver::FakeApiServer;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{
     coordination::v1::Lease,
-    core::v1::{ConfigMap, Pod},
+    core::v1::{ConfigMap, Event as CoreEvent, Pod},
+    events::v1::Event as EventsEvent,
 };
 use kube::{
     api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
     core::{ApiResource, GroupVersionKind},
-    runtime::watcher,
-    Api, Client,
+    runtime::{
+        events::{Event, EventType, Recorder, Reporter},
+        watcher,
+    },
+    Api, Client, Resource as _,
 };
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -647,6 +651,294 @@ async fn label_and_field_selectors() {
         .kubectl_ok(&["get", "pods", "-l", "app=web", "-o", "name"])
         .await;
     assert_eq!(by_kubectl, "pod/a\npod/b\n");
+}
+
+#[tokio::test]
+async fn recorder_events_show_in_kubectl_get_events_and_core_lists() {
+    let env = Env::start().await;
+    let maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    let subject: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "subject"}})).expect("configmap");
+    let subject = maps
+        .create(&PostParams::default(), &subject)
+        .await
+        .expect("create");
+    let core: Api<CoreEvent> = Api::namespaced(env.client.clone(), "default");
+    let mut seen = watcher(
+        core.clone(),
+        watcher::Config::default().fields("involvedObject.name=subject"),
+    )
+    .boxed();
+    loop {
+        let event = tokio::time::timeout(PATIENCE, seen.try_next())
+            .await
+            .expect("watch in time")
+            .expect("watch")
+            .expect("stream");
+        if matches!(event, watcher::Event::InitDone) {
+            break;
+        }
+    }
+    let recorder = Recorder::new(
+        env.client.clone(),
+        Reporter {
+            controller: "flotilla-test".to_owned(),
+            instance: Some("test-0".to_owned()),
+        },
+    );
+    let checked = Event {
+        type_: EventType::Warning,
+        reason: "Checked".to_owned(),
+        note: Some("the subject was checked".to_owned()),
+        action: "Check".to_owned(),
+        secondary: None,
+    };
+    let reference = subject.object_ref(&());
+    recorder
+        .publish(&checked, &reference)
+        .await
+        .expect("publish");
+
+    let shown = env
+        .kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=Checked,involvedObject.name=subject",
+            "-o",
+            "jsonpath={range .items[*]}{.message}|{.involvedObject.kind}/{.involvedObject.name}|{.type}|{.reportingComponent}|{.reportingInstance}|{.action}{\"\\n\"}{end}",
+        ])
+        .await;
+    assert_eq!(
+        shown,
+        "the subject was checked|ConfigMap/subject|Warning|flotilla-test|test-0|Check\n"
+    );
+    let none = env
+        .kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=Other",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .await;
+    assert_eq!(none, "");
+
+    let listed = core
+        .list(
+            &ListParams::default()
+                .fields("involvedObject.kind=ConfigMap,source=flotilla-test,type=Warning"),
+        )
+        .await
+        .expect("core list")
+        .items;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let event = &listed[0];
+    assert_eq!(event.message.as_deref(), Some("the subject was checked"));
+    assert_eq!(event.involved_object.name.as_deref(), Some("subject"));
+    assert_eq!(event.involved_object.uid, subject.metadata.uid);
+    assert_eq!(event.reporting_component.as_deref(), Some("flotilla-test"));
+    assert!(event.event_time.is_some() && event.count.is_none());
+    let added = tokio::time::timeout(PATIENCE, seen.try_next())
+        .await
+        .expect("watch in time")
+        .expect("watch")
+        .expect("stream");
+    let watcher::Event::Apply(added) = added else {
+        panic!("expected the event, got {added:?}");
+    };
+    assert_eq!(added.message.as_deref(), Some("the subject was checked"));
+
+    // Publishing again makes a series, patched through events.k8s.io and seen through core v1.
+    recorder
+        .publish(&checked, &reference)
+        .await
+        .expect("publish again");
+    let modified = tokio::time::timeout(PATIENCE, seen.try_next())
+        .await
+        .expect("watch in time")
+        .expect("watch")
+        .expect("stream");
+    let watcher::Event::Apply(modified) = modified else {
+        panic!("expected the series, got {modified:?}");
+    };
+    assert_eq!(modified.series.and_then(|s| s.count), Some(2));
+    assert_eq!(modified.metadata.name, event.metadata.name);
+}
+
+#[tokio::test]
+async fn core_and_events_k8s_io_events_are_one_kind() {
+    let env = Env::start().await;
+    let core: Api<CoreEvent> = Api::namespaced(env.client.clone(), "default");
+    let modern: Api<EventsEvent> = Api::namespaced(env.client.clone(), "default");
+    let legacy: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"name": "legacy"},
+        "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default"},
+        "reason": "Started",
+        "message": "started the container",
+        "type": "Normal",
+        "source": {"component": "kubelet", "host": "n1"},
+        "firstTimestamp": "2025-01-01T00:00:00Z",
+        "lastTimestamp": "2025-01-01T00:01:00Z",
+        "count": 3,
+    }))
+    .expect("core event");
+    core.create(&PostParams::default(), &legacy)
+        .await
+        .expect("create core event");
+    let seen = modern.get("legacy").await.expect("get as events.k8s.io");
+    assert_eq!(seen.note.as_deref(), Some("started the container"));
+    assert_eq!(
+        seen.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("web")
+    );
+    assert_eq!(seen.deprecated_count, Some(3));
+    assert_eq!(
+        seen.deprecated_source
+            .as_ref()
+            .and_then(|s| s.component.as_deref()),
+        Some("kubelet")
+    );
+    assert!(seen.deprecated_first_timestamp.is_some() && seen.deprecated_last_timestamp.is_some());
+
+    let names = |list: kube::api::ObjectList<EventsEvent>| -> Vec<String> {
+        list.items
+            .into_iter()
+            .filter_map(|e| e.metadata.name)
+            .collect()
+    };
+    for selector in [
+        "regarding.name=web,reason=Started",
+        "regarding.kind=Pod,type=Normal",
+        "source=kubelet",
+    ] {
+        let found = names(
+            modern
+                .list(&ListParams::default().fields(selector))
+                .await
+                .expect("list"),
+        );
+        assert_eq!(found, ["legacy"], "{selector}");
+    }
+    for (api, selector) in [
+        ("events.k8s.io", "involvedObject.name=web"),
+        ("events.k8s.io", "note=x"),
+        ("core", "regarding.name=web"),
+        ("core", "message=x"),
+    ] {
+        let error = if api == "core" {
+            core.list(&ListParams::default().fields(selector))
+                .await
+                .map(|_| ())
+        } else {
+            modern
+                .list(&ListParams::default().fields(selector))
+                .await
+                .map(|_| ())
+        }
+        .expect_err(selector);
+        assert!(
+            matches!(error, kube::Error::Api(ref s) if s.code == 400 && s.message.contains("field label not supported")),
+            "{selector}: {error:?}"
+        );
+    }
+
+    // events.k8s.io/v1 creations are checked strictly, with a 422 naming the fields.
+    let incomplete: EventsEvent = serde_json::from_value(json!({
+        "metadata": {"name": "incomplete"},
+        "regarding": {"kind": "Pod", "name": "web", "namespace": "default"},
+        "reason": "Started",
+        "type": "Sometimes",
+        "eventTime": "2025-01-01T00:00:00.000000Z",
+        "deprecatedCount": 2,
+        "series": {"count": 1, "lastObservedTime": "2025-01-01T00:00:00.000000Z"},
+    }))
+    .expect("events.k8s.io event");
+    let error = modern
+        .create(&PostParams::default(), &incomplete)
+        .await
+        .expect_err("incomplete event");
+    let kube::Error::Api(status) = error else {
+        panic!("expected a Status, got {error:?}");
+    };
+    assert_eq!(status.code, 422, "{status:?}");
+    for field in [
+        "series.count",
+        "reportingInstance",
+        "type",
+        "count",
+        "reportingController",
+        "action",
+    ] {
+        assert!(
+            status.message.contains(field),
+            "{field}: {}",
+            status.message
+        );
+    }
+
+    // A field of the other version is unknown: dropped with a warning, refused when strict.
+    let mixed = json!({
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": "mixed"},
+        "regarding": {"kind": "Pod", "name": "web", "namespace": "default"},
+        "note": "the note",
+        "message": "not a field of events.k8s.io/v1",
+        "reason": "Started",
+        "action": "Start",
+        "type": "Normal",
+        "eventTime": "2025-01-01T00:00:00.000000Z",
+        "reportingController": "flotilla.dev/test",
+        "reportingInstance": "test-0",
+    });
+    let events = env.dir.path().join("mixed.json");
+    std::fs::write(&events, mixed.to_string()).expect("write event");
+    let events = events.to_str().expect("utf-8 path");
+    let refused = env
+        .kubectl(&["create", "--validate=strict", "-f", events])
+        .await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unknown field \"message\""),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let accepted = env
+        .kubectl(&["create", "--validate=warn", "-f", events])
+        .await;
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert!(String::from_utf8_lossy(&accepted.stderr).contains("unknown field \"message\""));
+    let stored = core.get("mixed").await.expect("get as core");
+    assert_eq!(stored.message.as_deref(), Some("the note"));
+    assert_eq!(
+        stored.reporting_component.as_deref(),
+        Some("flotilla.dev/test")
+    );
+    assert_eq!(
+        stored.metadata.uid,
+        modern.get("mixed").await.expect("get").metadata.uid
+    );
+
+    // Deleting through one version deletes the one object.
+    modern
+        .delete("legacy", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let left: Vec<String> = core
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|e| e.metadata.name)
+        .collect();
+    assert_eq!(left, ["mixed"]);
 }
 
 #[tokio::test]

@@ -14,11 +14,13 @@ use serde_json::{json, Value};
 use super::{
     discovery,
     error::{ApiError, ApiResult},
+    events,
     patch::{self, PatchType},
     resources::Resource,
     selector::{FieldSelector, LabelSelector},
     store::{
-        ApplyRecord, DeleteOptions, Deleted, FieldValidation, Part, Update, WriteOptions, Written,
+        unknown_fields, ApplyRecord, DeleteOptions, Deleted, FieldValidation, Part, Update,
+        WriteOptions, Written,
     },
     table::{self, IncludeObject},
     watch::{self, WatchRequest},
@@ -268,10 +270,28 @@ fn namespace(target: &Target) -> &str {
     target.namespace.as_deref().unwrap_or_default()
 }
 
-/// Sets the apiVersion of the requested version.
-fn present(resource: &Resource, mut object: Value) -> Value {
-    object["apiVersion"] = Value::String(resource.api_version());
-    object
+/// A stored object in the requested version.
+fn present(resource: &Resource, object: Value) -> Value {
+    resource.present(object)
+}
+
+/// A body sent to `resource` in its stored form, with the warnings about the fields its version
+/// does not have.
+fn stored_form(
+    resource: &Resource,
+    body: Value,
+    options: WriteOptions,
+) -> ApiResult<(Value, Vec<String>)> {
+    let (object, unknown) = events::to_storage(resource, body);
+    let warnings = unknown_fields(resource, &unknown, options.field_validation)?;
+    Ok((object, warnings))
+}
+
+/// Puts the warnings about a body before those of its write.
+fn with_warnings(mut written: Written, mut warnings: Vec<String>) -> Written {
+    warnings.append(&mut written.warnings);
+    written.warnings = warnings;
+    written
 }
 
 /// One object, as itself or as a Table.
@@ -420,7 +440,7 @@ fn created(target: &Target, request: &Request, written: Written) -> ApiResult<Re
 
 fn create(shared: &Shared, target: &Target, request: &Request) -> ApiResult<Response> {
     let options = request.write_options()?;
-    let object = request.json_body()?;
+    let (object, warnings) = stored_form(&target.resource, request.json_body()?, options)?;
     let written = shared.write(|store| {
         store.create(
             &target.resource,
@@ -429,7 +449,7 @@ fn create(shared: &Shared, target: &Target, request: &Request) -> ApiResult<Resp
             options,
         )
     })?;
-    created(target, request, written)
+    created(target, request, with_warnings(written, warnings))
 }
 
 fn part_of(target: &Target) -> Part {
@@ -458,15 +478,16 @@ fn replace(shared: &Shared, target: &Target, name: &str, request: &Request) -> A
                 )
                 .map(|w| (w, true));
         }
+        let (object, warnings) = stored_form(resource, body, options)?;
         store
             .update(
                 resource,
                 ns,
                 name,
-                body,
+                object,
                 Update::plain(part_of(target), options),
             )
-            .map(|w| (w, false))
+            .map(|w| (with_warnings(w, warnings), false))
     })?;
     finish_write(target, request, written)
 }
@@ -524,7 +545,7 @@ fn patch_object(
         let mut patched = if scale {
             scale_of(resource, &current)
         } else {
-            current.clone()
+            present(resource, current.clone())
         };
         match patch_type {
             PatchType::Merge => patch::merge_patch(&mut patched, &body),
@@ -546,15 +567,16 @@ fn patch_object(
                 )
                 .map(|w| (w, true));
         }
+        let (object, warnings) = stored_form(resource, patched, options)?;
         store
             .update(
                 resource,
                 ns,
                 name,
-                patched,
+                object,
                 Update::plain(part_of(target), options),
             )
-            .map(|w| (w, false))
+            .map(|w| (with_warnings(w, warnings), false))
     })?;
     finish_write(target, request, result)
 }
@@ -574,7 +596,7 @@ fn apply(
         .ok_or_else(|| ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"))?
         .to_owned();
     let force = request.flag("force");
-    let mut config: Value = serde_yaml::from_slice(&request.body)
+    let config: Value = serde_yaml::from_slice(&request.body)
         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
     if !config.is_object() {
         return Err(ApiError::bad_request(
@@ -597,6 +619,7 @@ fn apply(
             )));
         }
     }
+    let (mut config, warnings) = stored_form(resource, config, options)?;
     let part = part_of(target);
     if let Value::Object(map) = &mut config {
         match part {
@@ -670,6 +693,7 @@ fn apply(
         Ok((written, StatusCode::OK))
     })?;
     let (written, code) = written;
+    let written = with_warnings(written, warnings);
     respond(resource, request, code, written.object, &written.warnings)
 }
 

@@ -7,7 +7,8 @@
 //! - discovery (`/api`, `/apis`, resource lists with short names, categories and subresources)
 //!   and the OpenAPI v3 documents kubectl reads to use server-side field validation;
 //! - built-in namespaces, pods (with `status` and `binding`), services, secrets, configmaps,
-//!   service accounts, nodes, events (core and `events.k8s.io`), leases and CRDs;
+//!   service accounts, nodes, events, leases and CRDs; Events are one stored kind served as core
+//!   `v1` and as `events.k8s.io/v1`, converted between the two as Kubernetes does;
 //! - custom resources of the CRDs created in it, pruned, defaulted and validated against their
 //!   OpenAPI v3 schema and CEL rules, with the `status` and `scale` subresources;
 //! - get, list and watch with label and field selectors, create, update with optimistic
@@ -21,6 +22,7 @@
 mod builtin;
 mod discovery;
 mod error;
+mod events;
 mod handlers;
 mod patch;
 mod resources;

@@ -4,7 +4,10 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde_json::Value;
 
-use super::error::{ApiError, ApiResult};
+use super::{
+    error::{ApiError, ApiResult},
+    events,
+};
 
 /// Where a CRD's scale subresource reads and writes replicas.
 #[derive(Clone, Debug)]
@@ -69,12 +72,35 @@ impl Resource {
         super::error::qualified(&self.group, &self.kind)
     }
 
-    /// The storage key: objects are shared by every version of a group/resource.
+    /// The storage key: objects are shared by every version of a group/resource, and
+    /// `events.k8s.io` Events are core Events.
     pub fn key(&self) -> GroupResource {
+        if events::is_events_v1(self) {
+            return GroupResource {
+                group: String::new(),
+                plural: self.plural.clone(),
+            };
+        }
         GroupResource {
             group: self.group.clone(),
             plural: self.plural.clone(),
         }
+    }
+
+    /// The apiVersion objects of this resource are stored in.
+    pub fn storage_api_version(&self) -> String {
+        if events::is_events_v1(self) {
+            "v1".to_owned()
+        } else {
+            self.api_version()
+        }
+    }
+
+    /// A stored object as this version serves it.
+    pub fn present(&self, object: Value) -> Value {
+        let mut object = events::from_storage(self, object);
+        object["apiVersion"] = Value::String(self.api_version());
+        object
     }
 
     /// The list semantics of the root of an object of this resource.

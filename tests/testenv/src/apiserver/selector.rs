@@ -4,6 +4,7 @@ use serde_json::Value;
 
 use super::{
     error::{ApiError, ApiResult},
+    events,
     resources::Resource,
 };
 
@@ -105,9 +106,18 @@ impl LabelSelector {
     }
 }
 
+/// One term of a field selector: the JSON pointers of the stored field (the first set one
+/// counts), whether it must equal or differ from the value, and the value.
+#[derive(Clone, Debug)]
+struct FieldTerm {
+    pointers: Vec<String>,
+    equal: bool,
+    value: String,
+}
+
 /// A parsed `fieldSelector` (`metadata.name=x,spec.nodeName!=`).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct FieldSelector(Vec<(String, bool, String)>);
+pub(crate) struct FieldSelector(Vec<FieldTerm>);
 
 /// The fields a resource can be selected by, beyond `metadata.name` and `metadata.namespace`.
 fn selectable(resource: &Resource) -> &'static [&'static str] {
@@ -124,29 +134,32 @@ fn selectable(resource: &Resource) -> &'static [&'static str] {
         ],
         ("", "namespaces") => &["status.phase"],
         ("", "secrets") => &["type"],
-        ("", "events") => &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-        ],
-        ("events.k8s.io", "events") => &[
-            "regarding.kind",
-            "regarding.namespace",
-            "regarding.name",
-            "regarding.uid",
-            "reason",
-            "type",
-        ],
+        ("", "events") => events::CORE_FIELD_LABELS,
         _ => &[],
     }
+}
+
+/// The stored field a field label of a resource selects by, as the real server maps it.
+fn stored_label(resource: &Resource, label: &str) -> Option<&'static str> {
+    if events::is_events_v1(resource) {
+        return events::core_field_label(label);
+    }
+    ["metadata.name", "metadata.namespace"]
+        .into_iter()
+        .chain(selectable(resource).iter().copied())
+        .find(|l| *l == label)
+}
+
+/// Where a stored field label reads: an Event's `source` is its `source.component`, else its
+/// `reportingComponent`.
+fn pointers(resource: &Resource, label: &str) -> Vec<String> {
+    if events::is_event(resource) && label == "source" {
+        return vec![
+            "/source/component".to_owned(),
+            "/reportingComponent".to_owned(),
+        ];
+    }
+    vec![format!("/{}", label.replace('.', "/"))]
 }
 
 impl FieldSelector {
@@ -163,27 +176,31 @@ impl FieldSelector {
                 )));
             };
             let field = field.trim();
-            if !matches!(field, "metadata.name" | "metadata.namespace")
-                && !selectable(resource).contains(&field)
-            {
-                return Err(ApiError::bad_request(format!(
-                    "field label not supported: {field}"
-                )));
-            }
-            terms.push((field.to_owned(), equal, value.trim().to_owned()));
+            let label = stored_label(resource, field).ok_or_else(|| {
+                ApiError::bad_request(format!("field label not supported: {field}"))
+            })?;
+            terms.push(FieldTerm {
+                pointers: pointers(resource, label),
+                equal,
+                value: value.trim().to_owned(),
+            });
         }
         Ok(Self(terms))
     }
 
     pub fn matches(&self, object: &Value) -> bool {
-        self.0.iter().all(|(field, equal, wanted)| {
-            let pointer = format!("/{}", field.replace('.', "/"));
-            let actual = match object.pointer(&pointer) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Null) | None => String::new(),
-                Some(other) => other.to_string(),
-            };
-            (actual == *wanted) == *equal
+        self.0.iter().all(|term| {
+            let actual = term
+                .pointers
+                .iter()
+                .map(|pointer| match object.pointer(pointer) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Null) | None => String::new(),
+                    Some(other) => other.to_string(),
+                })
+                .find(|v| !v.is_empty())
+                .unwrap_or_default();
+            (actual == term.value) == term.equal
         })
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use super::{
     builtin,
     error::{ApiError, ApiResult, FieldError},
+    events,
     resources::{GroupResource, Registry, Resource},
     schema,
     selector::{FieldSelector, LabelSelector},
@@ -134,6 +135,32 @@ pub(crate) struct Store {
     /// The resourceVersion of the newest change dropped from the history.
     compacted: u64,
     next_cluster_ip: u32,
+}
+
+/// What `fieldValidation` makes of the fields a write sent that its version does not have (and
+/// that were dropped): a refusal when strict, else the warnings to send.
+pub(crate) fn unknown_fields(
+    resource: &Resource,
+    unknown: &[String],
+    validation: FieldValidation,
+) -> ApiResult<Vec<String>> {
+    if unknown.is_empty() {
+        return Ok(Vec::new());
+    }
+    let listed: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    match validation {
+        FieldValidation::Strict => Err(ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+            listed.join(", "),
+            kind = resource.kind,
+            version = resource.version,
+        ))),
+        FieldValidation::Warn => Ok(listed),
+        FieldValidation::Ignore => Ok(Vec::new()),
+    }
 }
 
 /// The current time as a Kubernetes timestamp.
@@ -354,25 +381,17 @@ impl Store {
         let mut warnings = Vec::new();
         if let Some(schema) = &resource.schema {
             let unknown = schema::prune_and_default(schema, object);
-            if !unknown.is_empty() {
-                let listed: Vec<String> = unknown
-                    .iter()
-                    .map(|f| format!("unknown field \"{f}\""))
-                    .collect();
-                match options.field_validation {
-                    FieldValidation::Strict => {
-                        return Err(ApiError::bad_request(format!(
-                            "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
-                            listed.join(", "),
-                            kind = resource.kind,
-                            version = resource.version,
-                        )))
-                    }
-                    FieldValidation::Warn => warnings = listed,
-                    FieldValidation::Ignore => {}
-                }
-            }
+            warnings = unknown_fields(resource, &unknown, options.field_validation)?;
             let errors = schema::validate(schema, object, old);
+            if !errors.is_empty() {
+                return Err(ApiError::invalid(resource, name, &errors));
+            }
+        }
+        if events::is_event(resource) {
+            let errors = match old {
+                None => events::validate_create(resource, object),
+                Some(_) => events::validate_update(object),
+            };
             if !errors.is_empty() {
                 return Err(ApiError::invalid(resource, name, &errors));
             }
@@ -420,7 +439,7 @@ impl Store {
                 )));
             }
         }
-        object["apiVersion"] = Value::String(resource.api_version());
+        object["apiVersion"] = Value::String(resource.storage_api_version());
         object["kind"] = Value::String(resource.kind.clone());
         let namespace = if resource.namespaced {
             let ns = namespace.ok_or_else(|| {

@@ -47,8 +47,7 @@ impl WatchRequest {
     }
 
     fn event(&self, type_: &str, object: &Value) -> Bytes {
-        let mut object = object.clone();
-        object["apiVersion"] = Value::String(self.resource.api_version());
+        let object = self.resource.present(object.clone());
         let line = json!({"type": type_, "object": (self.render)(&self.resource, &object)});
         Bytes::from(format!("{line}\n"))
     }
