@@ -420,8 +420,21 @@ async fn carry_out(
                 )
                 .await;
             }
-            // Created by an earlier reconcile that did not see it yet.
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            // Created by an earlier reconcile that did not see it yet, or left by an earlier
+            // cluster of the same name and about to be garbage collected; anything else holding
+            // the name blocks the cluster, and the status says so.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let holder = pods.get_opt(&name).await?;
+                let owner = holder.as_ref().and_then(|p| {
+                    p.owner_references()
+                        .iter()
+                        .find(|o| o.controller == Some(true))
+                        .map(|o| o.kind.clone())
+                });
+                if owner.as_deref() != Some("ComputeCluster") {
+                    return Err(Error::NameTaken { kind: "Pod", name });
+                }
+            }
             Err(e) => {
                 // No `related` pod: the name is new on every retry, the refusal is not.
                 ctx.event(

@@ -41,6 +41,16 @@ pub enum Error {
         /// Name of the Secret.
         name: String,
     },
+    /// An object the operator must create already exists and is not the operator's.
+    #[error(
+        "{kind} {name} already exists and does not belong to a ComputeCluster; delete or rename it"
+    )]
+    NameTaken {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
     /// A CRD could not be rendered as YAML.
     #[error("cannot render CRD {name} as YAML")]
     RenderCrd {
@@ -71,6 +81,7 @@ impl Error {
             Self::Kube(_) => "kube_client",
             Self::BadSecret { .. } => "bad_secret",
             Self::ForeignSecret { .. } => "foreign_secret",
+            Self::NameTaken { .. } => "name_taken",
             Self::RenderCrd { .. } => "render_crd",
             Self::WriteFile { .. } => "write_file",
         }

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use flotilla::builtins::sleep_then;
 use flotilla_operator::{
     crd::{ClusterPhase, ComputeCluster},
     head::Head,
@@ -218,14 +219,20 @@ async fn workers(pods: &Api<Pod>, cluster: &str) -> Vec<Pod> {
         .collect()
 }
 
-/// The workers registered at the cluster's head, asked through the head's own API.
-async fn registered(client: &Client, cluster: &str) -> Option<Vec<(String, HeadView)>> {
+/// The head pod's IP and the cluster token.
+async fn head_of(client: &Client, cluster: &str) -> Option<(String, String)> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let head = pods.get_opt(&format!("{cluster}-head")).await.ok()??;
     let ip = head.status?.pod_ip?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let secret = secrets.get_opt(&format!("{cluster}-token")).await.ok()??;
     let token = String::from_utf8(secret.data?.get("token")?.0.clone()).ok()?;
+    Some((ip, token))
+}
+
+/// The workers registered at the cluster's head, asked through the head's own API.
+async fn registered(client: &Client, cluster: &str) -> Option<Vec<(String, HeadView)>> {
+    let (ip, token) = head_of(client, cluster).await?;
     let mut head = Head::connect(&ip, &token).await.ok()?;
     let mut workers: Vec<_> = head.workers().await.ok()?.into_iter().collect();
     workers.sort_by(|a, b| a.0.cmp(&b.0));
@@ -381,6 +388,34 @@ spec:
     );
     kube.kubectl_ok(&["delete", "fcc", "unpullable"]);
 
+    // A pod of someone else's holding the head's name blocks the cluster, visibly.
+    kube.kubectl_ok(&[
+        "run",
+        "taken-head",
+        "--image=registry.invalid/other:1",
+        "--restart=Never",
+    ]);
+    let mut taken = std::fs::read_to_string(&broken).expect("fixture");
+    taken = taken.replace("name: unpullable", "name: taken");
+    let taken_path = kube.dir.path().join("taken.yaml");
+    std::fs::write(&taken_path, taken).expect("manifest written");
+    kube.kubectl_ok(&["apply", "-f", &taken_path.display().to_string()]);
+    let progressing = eventually("the blocked cluster's condition", LONG, || async {
+        let status = cluster(&clusters, "taken").await?.status?;
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Progressing" && c.reason == "ApplyFailed")
+    })
+    .await;
+    assert!(
+        progressing.message.contains("taken-head already exists"),
+        "{}",
+        progressing.message
+    );
+    kube.kubectl_ok(&["delete", "fcc", "taken"]);
+    kube.kubectl_ok(&["delete", "pod", "taken-head"]);
+
     // Scale up, then down: removed workers are drained at the head before their pods go.
     set_replicas(&kube, 3).await;
     let three = wait_for_workers(&kube, 3).await;
@@ -388,9 +423,42 @@ spec:
         first.iter().all(|n| three.contains(n)),
         "scale-up keeps the old workers"
     );
+    // Scale down while every slot is busy: drained workers finish their tasks before their pods
+    // go, so every task succeeds and none is retried elsewhere.
+    let (head_ip, token) = head_of(&client, "minimal")
+        .await
+        .expect("the head's address");
+    let driver = flotilla::Runtime::connect(&format!("{head_ip}:7400"), Some(&token))
+        .await
+        .expect("a driver connects to the head");
+    let slots: u32 = driver
+        .status()
+        .await
+        .expect("status")
+        .workers
+        .iter()
+        .map(|w| w.slots)
+        .sum();
+    let tasks: Vec<_> = (0..u64::from(slots))
+        .map(|i| sleep_then.remote(&driver, 1500, i))
+        .collect();
+    eventually("every slot busy", LONG, || async {
+        let status = driver.status().await.ok()?;
+        (status.tasks_running == u64::from(slots)).then_some(())
+    })
+    .await;
     set_replicas(&kube, 1).await;
+    let results = driver.get_all(&tasks).await.expect("every task succeeds");
+    assert_eq!(results, (0..u64::from(slots)).collect::<Vec<_>>());
     let one = wait_for_workers(&kube, 1).await;
     assert!(three.contains(&one[0]));
+    let status = driver.status().await.expect("status");
+    assert_eq!(
+        (status.tasks_failed, status.tasks_retried),
+        (0, 0),
+        "no task lost its worker"
+    );
+    drop(driver);
     let drained = eventually("drain events", LONG, || async {
         let list = events.list(&ListParams::default()).await.ok()?;
         let reasons: Vec<String> = list.items.into_iter().filter_map(|e| e.reason).collect();
