@@ -19,7 +19,7 @@ use super::{
     resources::Resource,
     selector::{FieldSelector, LabelSelector},
     store::{
-        unknown_fields, ApplyRecord, DeleteOptions, Deleted, FieldValidation, Part, Update,
+        unknown_fields, ApplyRecord, DeleteOptions, Deleted, FieldValidation, Part, Store, Update,
         WriteOptions, Written,
     },
     table::{self, IncludeObject},
@@ -462,34 +462,45 @@ fn part_of(target: &Target) -> Part {
 fn replace(shared: &Shared, target: &Target, name: &str, request: &Request) -> ApiResult<Response> {
     let options = request.write_options()?;
     let body = request.json_body()?;
+    let written = shared.write(|store| update_object(store, target, name, body, options))?;
+    finish_write(target, request, written)
+}
+
+/// Writes the new state of an object sent by a replace or a patch: for the scale subresource
+/// `body` is a Scale, applied to the stored object. Returns the write and whether it was to the
+/// scale subresource.
+fn update_object(
+    store: &mut Store,
+    target: &Target,
+    name: &str,
+    body: Value,
+    options: WriteOptions,
+) -> ApiResult<(Written, bool)> {
     let resource = &target.resource;
     let ns = namespace(target);
-    let written = shared.write(|store| {
-        if target.subresource.as_deref() == Some("scale") {
-            let object = store.get(resource, ns, name)?;
-            let scaled = with_scale(resource, object, &body)?;
-            return store
-                .update(
-                    resource,
-                    ns,
-                    name,
-                    scaled,
-                    Update::plain(Part::Main, options),
-                )
-                .map(|w| (w, true));
-        }
-        let (object, warnings) = stored_form(resource, body, options)?;
-        store
+    if target.subresource.as_deref() == Some("scale") {
+        let object = store.get(resource, ns, name)?;
+        let scaled = with_scale(resource, object, &body)?;
+        return store
             .update(
                 resource,
                 ns,
                 name,
-                object,
-                Update::plain(part_of(target), options),
+                scaled,
+                Update::plain(Part::Main, options),
             )
-            .map(|w| (with_warnings(w, warnings), false))
-    })?;
-    finish_write(target, request, written)
+            .map(|w| (w, true));
+    }
+    let (object, warnings) = stored_form(resource, body, options)?;
+    store
+        .update(
+            resource,
+            ns,
+            name,
+            object,
+            Update::plain(part_of(target), options),
+        )
+        .map(|w| (with_warnings(w, warnings), false))
 }
 
 /// Answers a write, as a Scale for the scale subresource.
@@ -545,7 +556,7 @@ fn patch_object(
         let mut patched = if scale {
             scale_of(resource, &current)
         } else {
-            present(resource, current.clone())
+            present(resource, current)
         };
         match patch_type {
             PatchType::Merge => patch::merge_patch(&mut patched, &body),
@@ -555,28 +566,7 @@ fn patch_object(
             }
             PatchType::Apply => unreachable!("apply patches are handled above"),
         }
-        if scale {
-            let scaled = with_scale(resource, current, &patched)?;
-            return store
-                .update(
-                    resource,
-                    ns,
-                    name,
-                    scaled,
-                    Update::plain(Part::Main, options),
-                )
-                .map(|w| (w, true));
-        }
-        let (object, warnings) = stored_form(resource, patched, options)?;
-        store
-            .update(
-                resource,
-                ns,
-                name,
-                object,
-                Update::plain(part_of(target), options),
-            )
-            .map(|w| (with_warnings(w, warnings), false))
+        update_object(store, target, name, patched, options)
     })?;
     finish_write(target, request, result)
 }

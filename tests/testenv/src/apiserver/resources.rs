@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{
     error::{ApiError, ApiResult},
-    events,
+    events, schema,
 };
 
 /// Where a CRD's scale subresource reads and writes replicas.
@@ -147,127 +147,66 @@ struct Builtin {
     binding: bool,
 }
 
+impl Builtin {
+    /// A namespaced `v1` resource in no category, without status or binding subresource.
+    const fn new(
+        group: &'static str,
+        plural: &'static str,
+        kind: &'static str,
+        short_names: &'static [&'static str],
+    ) -> Self {
+        Self {
+            group,
+            version: "v1",
+            plural,
+            kind,
+            namespaced: true,
+            short_names,
+            categories: &[],
+            status: false,
+            binding: false,
+        }
+    }
+}
+
 const BUILTINS: &[Builtin] = &[
     Builtin {
-        group: "",
-        version: "v1",
-        plural: "namespaces",
-        kind: "Namespace",
         namespaced: false,
-        short_names: &["ns"],
-        categories: &[],
         status: true,
-        binding: false,
+        ..Builtin::new("", "namespaces", "Namespace", &["ns"])
     },
     Builtin {
-        group: "",
-        version: "v1",
-        plural: "pods",
-        kind: "Pod",
-        namespaced: true,
-        short_names: &["po"],
         categories: &["all"],
         status: true,
         binding: true,
+        ..Builtin::new("", "pods", "Pod", &["po"])
     },
     Builtin {
-        group: "",
-        version: "v1",
-        plural: "services",
-        kind: "Service",
-        namespaced: true,
-        short_names: &["svc"],
         categories: &["all"],
         status: true,
-        binding: false,
+        ..Builtin::new("", "services", "Service", &["svc"])
     },
+    Builtin::new("", "secrets", "Secret", &[]),
+    Builtin::new("", "configmaps", "ConfigMap", &["cm"]),
+    Builtin::new("", "serviceaccounts", "ServiceAccount", &["sa"]),
+    Builtin::new("", "events", "Event", &["ev"]),
     Builtin {
-        group: "",
-        version: "v1",
-        plural: "secrets",
-        kind: "Secret",
-        namespaced: true,
-        short_names: &[],
-        categories: &[],
-        status: false,
-        binding: false,
-    },
-    Builtin {
-        group: "",
-        version: "v1",
-        plural: "configmaps",
-        kind: "ConfigMap",
-        namespaced: true,
-        short_names: &["cm"],
-        categories: &[],
-        status: false,
-        binding: false,
-    },
-    Builtin {
-        group: "",
-        version: "v1",
-        plural: "serviceaccounts",
-        kind: "ServiceAccount",
-        namespaced: true,
-        short_names: &["sa"],
-        categories: &[],
-        status: false,
-        binding: false,
-    },
-    Builtin {
-        group: "",
-        version: "v1",
-        plural: "events",
-        kind: "Event",
-        namespaced: true,
-        short_names: &["ev"],
-        categories: &[],
-        status: false,
-        binding: false,
-    },
-    Builtin {
-        group: "",
-        version: "v1",
-        plural: "nodes",
-        kind: "Node",
         namespaced: false,
-        short_names: &["no"],
-        categories: &[],
         status: true,
-        binding: false,
+        ..Builtin::new("", "nodes", "Node", &["no"])
     },
+    Builtin::new("events.k8s.io", "events", "Event", &["ev"]),
+    Builtin::new("coordination.k8s.io", "leases", "Lease", &[]),
     Builtin {
-        group: "events.k8s.io",
-        version: "v1",
-        plural: "events",
-        kind: "Event",
-        namespaced: true,
-        short_names: &["ev"],
-        categories: &[],
-        status: false,
-        binding: false,
-    },
-    Builtin {
-        group: "coordination.k8s.io",
-        version: "v1",
-        plural: "leases",
-        kind: "Lease",
-        namespaced: true,
-        short_names: &[],
-        categories: &[],
-        status: false,
-        binding: false,
-    },
-    Builtin {
-        group: "apiextensions.k8s.io",
-        version: "v1",
-        plural: "customresourcedefinitions",
-        kind: "CustomResourceDefinition",
         namespaced: false,
-        short_names: &["crd", "crds"],
         categories: &["api-extensions"],
         status: true,
-        binding: false,
+        ..Builtin::new(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            &["crd", "crds"],
+        )
     },
 ];
 
@@ -514,16 +453,7 @@ impl<'a> Shape<'a> {
     pub fn list_kind(self, items: &[Value]) -> ListKind {
         if let Some(schema) = self.schema {
             return match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
-                Some("map") => ListKind::Map(
-                    schema
-                        .get("x-kubernetes-list-map-keys")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect(),
-                ),
+                Some("map") => ListKind::Map(schema::list_map_keys(schema)),
                 Some("set") => ListKind::Set,
                 _ => ListKind::Atomic,
             };

@@ -9,6 +9,18 @@ use super::error::{FieldError, FieldErrorKind};
 /// Fields every object keeps at its root whatever the schema says.
 const ROOT_FIELDS: [&str; 3] = ["apiVersion", "kind", "metadata"];
 
+/// The `x-kubernetes-list-map-keys` of a list schema: the fields that identify an item.
+pub(crate) fn list_map_keys(schema: &Value) -> Vec<String> {
+    schema
+        .get("x-kubernetes-list-map-keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Removes the fields the schema does not declare and fills in schema defaults, in place.
 /// Returns the paths of the removed fields (`spec.foo`), for field validation.
 pub(crate) fn prune_and_default(schema: &Value, object: &mut Value) -> Vec<String> {
@@ -362,14 +374,7 @@ fn check_array(
             }
         }
         Some("map") => {
-            let keys: Vec<String> = schema
-                .get("x-kubernetes-list-map-keys")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect();
+            let keys = list_map_keys(schema);
             let identity = |item: &Value| -> Map<String, Value> {
                 keys.iter()
                     .filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone())))

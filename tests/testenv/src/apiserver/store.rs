@@ -302,6 +302,36 @@ impl Store {
         self.resource_version
     }
 
+    /// Gives `object` the next resourceVersion.
+    fn stamp(&mut self, object: &mut Value) {
+        let resource_version = self.bump();
+        meta_mut(object).insert(
+            "resourceVersion".to_owned(),
+            Value::String(resource_version.to_string()),
+        );
+    }
+
+    /// Stores a new state of an existing object in place, under the next resourceVersion, and
+    /// records the change.
+    fn rewrite(
+        &mut self,
+        key: &GroupResource,
+        namespace: &str,
+        name: &str,
+        object: &mut Value,
+        old: Option<Value>,
+    ) {
+        self.stamp(object);
+        if let Some(stored) = self
+            .objects
+            .get_mut(key)
+            .and_then(|b| b.get_mut(&(namespace.to_owned(), name.to_owned())))
+        {
+            stored.object = object.clone();
+        }
+        self.record(key.clone(), EventType::Modified, object.clone(), old);
+    }
+
     fn record(&mut self, key: GroupResource, type_: EventType, object: Value, old: Option<Value>) {
         let resource_version = self.resource_version;
         self.history.push_back(Arc::new(Change {
@@ -512,13 +542,9 @@ impl Store {
                 warnings,
             });
         }
-        let resource_version = self.bump();
+        self.stamp(object);
         let metadata = meta_mut(object);
         metadata.insert("uid".to_owned(), Value::String(new_uid()));
-        metadata.insert(
-            "resourceVersion".to_owned(),
-            Value::String(resource_version.to_string()),
-        );
         metadata.insert("creationTimestamp".to_owned(), Value::String(now()));
         metadata.insert("generation".to_owned(), json!(1));
         let mut stored = Stored {
@@ -738,11 +764,7 @@ impl Store {
                 warnings,
             });
         }
-        let resource_version = self.bump();
-        meta_mut(&mut new).insert(
-            "resourceVersion".to_owned(),
-            Value::String(resource_version.to_string()),
-        );
+        self.stamp(&mut new);
         stored.object = new.clone();
         if let Some(bucket) = self.objects.get_mut(&key) {
             bucket.insert((namespace.to_owned(), name.to_owned()), stored);
@@ -848,19 +870,7 @@ impl Store {
         }
         if grace.is_some_and(|g| g > 0) || has_finalizers(&marked) {
             if changed {
-                let resource_version = self.bump();
-                meta_mut(&mut marked).insert(
-                    "resourceVersion".to_owned(),
-                    Value::String(resource_version.to_string()),
-                );
-                if let Some(stored) = self
-                    .objects
-                    .get_mut(&key)
-                    .and_then(|b| b.get_mut(&(namespace.to_owned(), name.to_owned())))
-                {
-                    stored.object = marked.clone();
-                }
-                self.record(key, EventType::Modified, marked.clone(), Some(current));
+                self.rewrite(&key, namespace, name, &mut marked, Some(current));
                 self.collect_garbage();
             }
             return Ok(Deleted::Pending(marked));
@@ -877,19 +887,7 @@ impl Store {
         }
         marked["status"] = json!({"phase": "Terminating"});
         let old = self.stored(&key, "", name).map(|s| s.object.clone());
-        let resource_version = self.bump();
-        meta_mut(&mut marked).insert(
-            "resourceVersion".to_owned(),
-            Value::String(resource_version.to_string()),
-        );
-        if let Some(stored) = self
-            .objects
-            .get_mut(&key)
-            .and_then(|b| b.get_mut(&(String::new(), name.to_owned())))
-        {
-            stored.object = marked.clone();
-        }
-        self.record(key, EventType::Modified, marked.clone(), old);
+        self.rewrite(&key, "", name, &mut marked, old);
         self.collect_garbage();
         match self.stored(&resource.key(), "", name) {
             Some(stored) => Deleted::Pending(stored.object.clone()),
@@ -904,11 +902,7 @@ impl Store {
             .get_mut(key)?
             .remove(&(namespace.to_owned(), name.to_owned()))?;
         let mut object = stored.object;
-        let resource_version = self.bump();
-        meta_mut(&mut object).insert(
-            "resourceVersion".to_owned(),
-            Value::String(resource_version.to_string()),
-        );
+        self.stamp(&mut object);
         self.record(key.clone(), EventType::Deleted, object.clone(), None);
         if key.group == "apiextensions.k8s.io" && key.plural == "customresourcedefinitions" {
             if let Some(gone) = self.registry.unregister_crd(name) {
@@ -944,21 +938,14 @@ impl Store {
             .map(|(key, ns, n, _)| (key.clone(), ns.clone(), n.clone()))
             .collect();
         for (key, ns, n) in dependents {
-            let resource_version = self.bump();
-            let Some(stored) = self.objects.get_mut(&key).and_then(|b| b.get_mut(&(ns, n))) else {
+            let Some(old) = self.stored(&key, &ns, &n).map(|s| s.object.clone()) else {
                 continue;
             };
-            let old = stored.object.clone();
-            let metadata = meta_mut(&mut stored.object);
-            if let Some(Value::Array(refs)) = metadata.get_mut("ownerReferences") {
+            let mut object = old.clone();
+            if let Some(Value::Array(refs)) = meta_mut(&mut object).get_mut("ownerReferences") {
                 refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
             }
-            metadata.insert(
-                "resourceVersion".to_owned(),
-                Value::String(resource_version.to_string()),
-            );
-            let object = stored.object.clone();
-            self.record(key, EventType::Modified, object, Some(old));
+            self.rewrite(&key, &ns, &n, &mut object, Some(old));
         }
     }
 
@@ -1087,24 +1074,7 @@ impl Store {
             finalizers.retain(|f| f.as_str() != Some(finalizer));
         }
         if has_finalizers(&object) {
-            let resource_version = self.bump();
-            meta_mut(&mut object).insert(
-                "resourceVersion".to_owned(),
-                Value::String(resource_version.to_string()),
-            );
-            if let Some(s) = self
-                .objects
-                .get_mut(key)
-                .and_then(|b| b.get_mut(&(namespace.to_owned(), name.to_owned())))
-            {
-                s.object = object.clone();
-            }
-            self.record(
-                key.clone(),
-                EventType::Modified,
-                object,
-                Some(stored.object),
-            );
+            self.rewrite(key, namespace, name, &mut object, Some(stored.object));
         } else {
             self.remove(key, namespace, name);
         }

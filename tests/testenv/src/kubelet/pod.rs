@@ -430,12 +430,7 @@ impl PodWorker {
             Ok(resolved) => resolved,
             Err(err) => {
                 let message = format!("failed to start container {:?}: {err}", spec.name);
-                self.after_exit(
-                    position,
-                    Terminated::start_error(message, Timestamp::now()),
-                    Duration::ZERO,
-                    true,
-                );
+                self.start_failed(position, message);
                 return;
             }
         };
@@ -466,12 +461,7 @@ impl PodWorker {
                     spec.name,
                     program.display()
                 );
-                self.after_exit(
-                    position,
-                    Terminated::start_error(message, Timestamp::now()),
-                    Duration::ZERO,
-                    true,
-                );
+                self.start_failed(position, message);
                 return;
             }
         };
@@ -552,6 +542,16 @@ impl PodWorker {
             Terminated::exited(code, signal, pid, process.started_at, Timestamp::now());
         terminated.message = process.stop_reason;
         self.after_exit(position, terminated, process.since.elapsed(), may_restart);
+    }
+
+    /// Records a container that could not be started, as a run that ended at once.
+    fn start_failed(&mut self, position: usize, message: String) {
+        self.after_exit(
+            position,
+            Terminated::start_error(message, Timestamp::now()),
+            Duration::ZERO,
+            true,
+        );
     }
 
     /// Records a finished (or failed to start) run and schedules the restart, if any.
@@ -638,46 +638,45 @@ impl PodWorker {
         Duration::from_secs(u64::try_from(seconds).unwrap_or(0)).min(MAX_GRACE)
     }
 
+    /// The pids of the containers' running processes.
+    fn running(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.process.as_ref())
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    /// Handles exits until no process runs or `within` has passed.
+    async fn wait_for_exits(
+        &mut self,
+        within: Duration,
+        exits: &mut mpsc::UnboundedReceiver<Exit>,
+    ) {
+        let deadline = Instant::now() + within;
+        while !self.running().is_empty() {
+            match timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                exits.recv(),
+            )
+            .await
+            {
+                Ok(Some(exit)) => self.on_exit(exit, false),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
     /// Stops every process: SIGTERM, up to `grace` to exit, then SIGKILL.
     async fn stop_processes(&mut self, grace: Duration, exits: &mut mpsc::UnboundedReceiver<Exit>) {
-        let running = |worker: &Self| {
-            worker
-                .slots
-                .iter()
-                .filter_map(|s| s.process.as_ref())
-                .map(|p| p.pid)
-                .collect::<Vec<_>>()
-        };
-        for pid in running(self) {
+        for pid in self.running() {
             signal_group(pid, Signal::TERM);
         }
-        let deadline = Instant::now() + grace;
-        while !running(self).is_empty() {
-            match timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                exits.recv(),
-            )
-            .await
-            {
-                Ok(Some(exit)) => self.on_exit(exit, false),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        for pid in running(self) {
+        self.wait_for_exits(grace, exits).await;
+        for pid in self.running() {
             signal_group(pid, Signal::KILL);
         }
-        let deadline = Instant::now() + KILL_WAIT;
-        while !running(self).is_empty() {
-            match timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                exits.recv(),
-            )
-            .await
-            {
-                Ok(Some(exit)) => self.on_exit(exit, false),
-                Ok(None) | Err(_) => break,
-            }
-        }
+        self.wait_for_exits(KILL_WAIT, exits).await;
         for slot in &mut self.slots {
             if let Some(mut process) = slot.process.take() {
                 tracing::warn!(
