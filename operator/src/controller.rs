@@ -570,7 +570,7 @@ impl DrainJob {
         let outcome = match &self.head_ip {
             None => Ok(Drained::NoHead),
             Some(_) if self.remaining.is_zero() => {
-                Ok(Drained::TimedOut("the head did not answer".to_owned()))
+                Ok(Drained::TimedOut("the drain timeout passed".to_owned()))
             }
             Some(ip) => match Head::connect(ip, &self.token).await {
                 Ok(mut head) => match head.drain(&self.pod, self.remaining).await {

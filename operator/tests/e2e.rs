@@ -258,13 +258,19 @@ fn alive(pid: u32) -> bool {
 }
 
 async fn set_replicas(kube: &Kube, replicas: u32) {
-    let patch =
-        format!(r#"{{"spec":{{"workerGroups":[{{"name":"default","replicas":{replicas}}}]}}}}"#);
-    kube.patch_cluster("minimal", &patch);
+    scale(kube, "minimal", replicas);
 }
 
-/// Waits until the group has `n` live worker pods, all ready and all registered at the head.
-async fn wait_for_workers(kube: &Kube, n: usize) -> Vec<String> {
+/// Sets the first worker group's `replicas`, leaving its other fields as they are.
+fn scale(kube: &Kube, cluster: &str, replicas: u32) {
+    let patch = format!(
+        r#"[{{"op":"replace","path":"/spec/workerGroups/0/replicas","value":{replicas}}}]"#
+    );
+    kube.kubectl_ok(&["patch", "fcc", cluster, "--type", "json", "-p", &patch]);
+}
+
+/// Waits until the cluster `name` has `n` live worker pods, all ready and all registered at the head.
+async fn wait_for_workers(kube: &Kube, name: &str, n: usize) -> Vec<String> {
     let client = kube.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let clusters: Api<ComputeCluster> = Api::namespaced(client.clone(), NS);
@@ -272,14 +278,14 @@ async fn wait_for_workers(kube: &Kube, n: usize) -> Vec<String> {
         &format!("{n} workers registered at the head"),
         LONG,
         || async {
-            let pod_names = names(&workers(&pods, "minimal").await);
-            let at_head: Vec<String> = registered(&client, "minimal")
+            let pod_names = names(&workers(&pods, name).await);
+            let at_head: Vec<String> = registered(&client, name)
                 .await?
                 .into_iter()
                 .filter(|(_, view)| *view != HeadView::Draining)
                 .map(|(name, _)| name)
                 .collect();
-            let status = cluster(&clusters, "minimal").await?.status?;
+            let status = cluster(&clusters, name).await?.status?;
             (pod_names.len() == n
                 && at_head == pod_names
                 && status.ready_workers == n as i32
@@ -302,7 +308,7 @@ async fn a_cluster_from_apply_to_delete() {
     // Apply the minimal example: a head and two workers, registered at the head.
     let example = repo().join("examples/minimal-cluster.yaml");
     kube.kubectl_ok(&["apply", "-f", &example.display().to_string()]);
-    let first = wait_for_workers(&kube, 2).await;
+    let first = wait_for_workers(&kube, "minimal", 2).await;
     let table = kube.kubectl_ok(&["get", "fcc", "minimal"]);
     assert!(
         table.contains("Running"),
@@ -418,7 +424,7 @@ spec:
 
     // Scale up, then down: removed workers are drained at the head before their pods go.
     set_replicas(&kube, 3).await;
-    let three = wait_for_workers(&kube, 3).await;
+    let three = wait_for_workers(&kube, "minimal", 3).await;
     assert!(
         first.iter().all(|n| three.contains(n)),
         "scale-up keeps the old workers"
@@ -450,7 +456,7 @@ spec:
     set_replicas(&kube, 1).await;
     let results = driver.get_all(&tasks).await.expect("every task succeeds");
     assert_eq!(results, (0..u64::from(slots)).collect::<Vec<_>>());
-    let one = wait_for_workers(&kube, 1).await;
+    let one = wait_for_workers(&kube, "minimal", 1).await;
     assert!(three.contains(&one[0]));
     let status = driver.status().await.expect("status");
     assert_eq!(
@@ -490,7 +496,7 @@ spec:
 
     // A deleted worker pod is replaced by a new one, which registers.
     kube.kubectl_ok(&["delete", "pod", &survivor, "--wait=false"]);
-    let replaced = wait_for_workers(&kube, 1).await;
+    let replaced = wait_for_workers(&kube, "minimal", 1).await;
     assert_ne!(replaced[0], survivor, "a new pod, with a new name");
 
     // A new image replaces the head first, then the worker; all come back registered.
@@ -666,4 +672,46 @@ async fn two_operators_never_both_lead() {
         (leading == ["third"]).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_that_times_out_moves_the_work_elsewhere() {
+    let kube = Kube::start().await;
+    let _kubelet = kube.kubelet().await;
+    let (_operator, _http) = kube.operator("operator", &[]);
+    let client = kube.client().await;
+    let manifest = repo().join("operator/tests/fixtures/short-drain-cluster.yaml");
+    kube.kubectl_ok(&["apply", "-f", &manifest.display().to_string()]);
+    let both = wait_for_workers(&kube, "short-drain", 2).await;
+
+    // Both single-slot workers run a task longer than the 1 s drain timeout.
+    let (head_ip, token) = head_of(&client, "short-drain")
+        .await
+        .expect("the head's address");
+    let driver = flotilla::Runtime::connect(&format!("{head_ip}:7400"), Some(&token))
+        .await
+        .expect("a driver connects to the head");
+    let tasks: Vec<_> = (0..2)
+        .map(|i| sleep_then.remote(&driver, 3000, i))
+        .collect();
+    eventually("both workers busy", LONG, || async {
+        (driver.status().await.ok()?.tasks_running == 2).then_some(())
+    })
+    .await;
+    scale(&kube, "short-drain", 1);
+
+    // The drain gives up after 1 s: the pod goes, and its task runs again on the other worker.
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    let timed_out = eventually("a DrainTimedOut event", LONG, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("DrainTimedOut"))
+    })
+    .await;
+    assert_eq!(timed_out.type_.as_deref(), Some("Warning"));
+    let results = driver.get_all(&tasks).await.expect("every task succeeds");
+    assert_eq!(results, [0, 1]);
+    let left = wait_for_workers(&kube, "short-drain", 1).await;
+    assert!(both.contains(&left[0]));
 }

@@ -42,6 +42,9 @@ pub enum Effect {
     Drained {
         /// The worker that was drained.
         worker: WorkerId,
+        /// Whether it emptied by itself: its tasks finished and its objects were copied. False
+        /// when the deadline passed (its running tasks were moved elsewhere) or it went away.
+        clean: bool,
         /// What happened to its work.
         message: String,
     },
@@ -473,6 +476,7 @@ impl Scheduler {
         if was_draining {
             self.outbox.push(Effect::Drained {
                 worker,
+                clean: false,
                 message: format!("worker {} went away while draining", w.info.name),
             });
         }
@@ -1796,7 +1800,11 @@ impl Scheduler {
             WorkerState::Draining { .. } => return,
             WorkerState::Drained => {
                 let message = format!("worker {} is already drained", w.info.name);
-                self.outbox.push(Effect::Drained { worker, message });
+                self.outbox.push(Effect::Drained {
+                    worker,
+                    clean: true,
+                    message,
+                });
                 return;
             }
             WorkerState::Active => {}
@@ -1868,18 +1876,23 @@ impl Scheduler {
             if w.running.is_empty() && self.sole_objects(id) == 0 {
                 self.finish_drain(
                     id,
+                    true,
                     "drained: no running tasks, every object it held has a copy elsewhere".into(),
                 );
             }
         }
     }
 
-    fn finish_drain(&mut self, worker: WorkerId, message: String) {
+    fn finish_drain(&mut self, worker: WorkerId, clean: bool, message: String) {
         // The worker stays registered (so it takes no work) until its process goes away.
         if let Some(w) = self.workers.get_mut(&worker) {
             w.state = WorkerState::Drained;
         }
-        self.outbox.push(Effect::Drained { worker, message });
+        self.outbox.push(Effect::Drained {
+            worker,
+            clean,
+            message,
+        });
     }
 
     /// Enforces drain deadlines.
@@ -1911,6 +1924,7 @@ impl Scheduler {
             let lost = self.sole_objects(id);
             self.finish_drain(
                 id,
+                false,
                 format!("drain deadline passed: {n} running tasks were moved elsewhere, {lost} objects had no copy"),
             );
             self.schedule();

@@ -262,11 +262,16 @@ fn stored_at(effects: &[Effect], session: SessionId, id: ObjectId) -> Vec<u32> {
     }
 }
 
-fn drained(effects: &[Effect]) -> Vec<(WorkerId, String)> {
+/// The drains that finished: worker, message, and whether the worker emptied by itself.
+fn drained(effects: &[Effect]) -> Vec<(WorkerId, String, bool)> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Drained { worker, message } => Some((*worker, message.clone())),
+            Effect::Drained {
+                worker,
+                message,
+                clean,
+            } => Some((*worker, message.clone(), *clean)),
             _ => None,
         })
         .collect()
@@ -1140,6 +1145,7 @@ fn drain_copies_sole_objects_and_reports_drained_when_empty() {
     assert_eq!(drained(&fx).len(), 1);
     assert_eq!(drained(&fx)[0].0, ws[0]);
     assert!(drained(&fx)[0].1.contains("no running tasks"));
+    assert!(drained(&fx)[0].2, "it emptied by itself");
 }
 
 #[test]
@@ -1187,6 +1193,7 @@ fn drain_deadline_moves_running_tasks_elsewhere() {
         "{}",
         d[0].1
     );
+    assert!(!d[0].2, "the deadline passed with tasks running");
     assert_eq!(s.snapshot().tasks_retried, 1);
 
     // The drained worker's late report is stale.

@@ -303,11 +303,15 @@ impl Core {
                         });
                     }
                 }
-                Effect::Drained { worker, message } => {
+                Effect::Drained {
+                    worker,
+                    clean,
+                    message,
+                } => {
                     tracing::info!(id = %worker, %message, "drain finished");
                     for reply in self.drains.remove(&worker).unwrap_or_default() {
                         let _ = reply.send(pb::DrainReply {
-                            drained: true,
+                            drained: clean,
                             message: message.clone(),
                         });
                     }

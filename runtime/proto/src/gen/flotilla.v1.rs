@@ -569,8 +569,12 @@ pub struct DrainRequest {
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DrainReply {
+    /// True when the worker emptied in time: its tasks finished and its objects have copies
+    /// elsewhere. False when the deadline passed (its running tasks were moved to other workers),
+    /// the worker went away, or no worker has that name.
     #[prost(bool, tag = "1")]
     pub drained: bool,
+    /// What happened, for people.
     #[prost(string, tag = "2")]
     pub message: ::prost::alloc::string::String,
 }
