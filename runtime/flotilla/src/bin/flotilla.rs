@@ -76,6 +76,7 @@ enum Command {
         head: Option<String>,
     },
     /// Drain a worker: no new work, running tasks finish, its objects are copied elsewhere.
+    /// Exits non-zero when the timeout passed first (its running tasks were moved elsewhere).
     Drain {
         /// The worker's name.
         worker: String,
@@ -248,7 +249,7 @@ fn main() -> ExitCode {
                 if reply.drained {
                     Ok(())
                 } else {
-                    Err(format!("{worker} was not drained"))
+                    Err(format!("{worker} did not empty in time"))
                 }
             }
             Command::Bench { workload, tasks } => flotilla::bench::run(&workload, tasks)
