@@ -111,7 +111,7 @@ fn start_head(address: &str, token: &str) -> Proc {
     Proc::spawn(
         &format!("head at {address}"),
         flotilla()
-            .args(["head", "--bind", address, "--http-bind", &local_address()])
+            .args(["head", "--bind", address, "--http-bind", "127.0.0.1:0"])
             .env("FLOTILLA_TOKEN", token)
             .stdout(output())
             .stderr(output()),
@@ -129,7 +129,9 @@ fn start_worker(head: &str, token: &str, name: &str, slots: u32, resources: &[St
         "--slots",
         &slots.to_string(),
     ])
-    .args(["--bind", &local_address(), "--http-bind", &local_address()])
+    // Port 0: the worker tells the head the ports it got, and no other test can take them
+    // between a pick and the bind.
+    .args(["--bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"])
     .env("FLOTILLA_TOKEN", token)
     .stdout(output())
     .stderr(output());
