@@ -26,6 +26,7 @@ use k8s_openapi::api::{
     core::v1::{Pod, Secret, Service},
     events::v1::Event,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{api::ListParams, Api, Client};
 
 const NS: &str = "default";
@@ -144,6 +145,23 @@ impl Kube {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kubectl apply -f -` of `yaml`.
+    fn apply_manifest(&self, yaml: &str) {
+        let mut apply = Command::new("kubectl")
+            .args(["apply", "-f", "-"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("kubectl runs");
+        std::io::Write::write_all(&mut apply.stdin.take().expect("stdin"), yaml.as_bytes())
+            .expect("manifest written");
+        assert!(
+            apply.wait().expect("kubectl ends").success(),
+            "kubectl apply of {yaml}"
+        );
+    }
+
     /// `kubectl patch fcc <name> --type merge -p <patch>`.
     fn patch_cluster(&self, name: &str, patch: &str) {
         self.kubectl_ok(&["patch", "fcc", name, "--type", "merge", "-p", patch]);
@@ -205,6 +223,19 @@ async fn http_get(address: &str, path: &str) -> Option<String> {
 
 async fn cluster(api: &Api<ComputeCluster>, name: &str) -> Option<ComputeCluster> {
     api.get_opt(name).await.ok().flatten()
+}
+
+/// Waits for a condition of cluster `name` that `matches`.
+async fn condition_of(
+    clusters: &Api<ComputeCluster>,
+    name: &str,
+    matches: impl Fn(&Condition) -> bool,
+) -> Condition {
+    eventually(&format!("a matching condition on {name}"), LONG, || async {
+        let status = cluster(clusters, name).await?.status?;
+        status.conditions.into_iter().find(|c| matches(c))
+    })
+    .await
 }
 
 /// Live (not terminating) worker pods of `cluster`.
@@ -333,22 +364,9 @@ spec:
     - name: default
       podTemplate: {env: [{name: FLOTILLA_TOKEN, value: guessable}]}
 "#;
-    let mut apply = Command::new("kubectl")
-        .args(["apply", "-f", "-"])
-        .env("KUBECONFIG", &kube.kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("kubectl runs");
-    std::io::Write::write_all(&mut apply.stdin.take().expect("stdin"), bad.as_bytes())
-        .expect("manifest written");
-    assert!(apply.wait().expect("kubectl ends").success());
-    let condition = eventually("the refused spec's condition", LONG, || async {
-        let status = cluster(&clusters, "reserved").await?.status?;
-        status
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "SpecValid" && c.status == "False")
+    kube.apply_manifest(bad);
+    let condition = condition_of(&clusters, "reserved", |c| {
+        c.type_ == "SpecValid" && c.status == "False"
     })
     .await;
     assert_eq!(condition.reason, "ReservedEnvVar");
@@ -401,17 +419,10 @@ spec:
         "--image=registry.invalid/other:1",
         "--restart=Never",
     ]);
-    let mut taken = std::fs::read_to_string(&broken).expect("fixture");
-    taken = taken.replace("name: unpullable", "name: taken");
-    let taken_path = kube.dir.path().join("taken.yaml");
-    std::fs::write(&taken_path, taken).expect("manifest written");
-    kube.kubectl_ok(&["apply", "-f", &taken_path.display().to_string()]);
-    let progressing = eventually("the blocked cluster's condition", LONG, || async {
-        let status = cluster(&clusters, "taken").await?.status?;
-        status
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Progressing" && c.reason == "ApplyFailed")
+    let taken = std::fs::read_to_string(&broken).expect("fixture");
+    kube.apply_manifest(&taken.replace("name: unpullable", "name: taken"));
+    let progressing = condition_of(&clusters, "taken", |c| {
+        c.type_ == "Progressing" && c.reason == "ApplyFailed"
     })
     .await;
     assert!(
