@@ -1,26 +1,10 @@
-//! Names and numbers the operator shares with the runtime and with tools: environment variables,
-//! ports, probe paths and labels (DESIGN.md §3).
+//! Names and numbers the operator shares with the runtime and with tools: the environment
+//! variables and ports of `flotilla_proto::contract`, and the labels the operator puts on children.
 
-/// `head`, `worker` or `driver`.
-pub const ENV_ROLE: &str = "FLOTILLA_ROLE";
-/// Head gRPC address `host:port`.
-pub const ENV_HEAD: &str = "FLOTILLA_HEAD";
-/// Cluster token, from the cluster's Secret.
-pub const ENV_TOKEN: &str = "FLOTILLA_TOKEN";
-/// Name of the ComputeCluster.
-pub const ENV_CLUSTER: &str = "FLOTILLA_CLUSTER";
-/// Namespace of the ComputeCluster.
-pub const ENV_NAMESPACE: &str = "FLOTILLA_NAMESPACE";
-/// Worker group of a worker.
-pub const ENV_GROUP: &str = "FLOTILLA_GROUP";
-/// Name of a worker: its pod name.
-pub const ENV_WORKER_NAME: &str = "FLOTILLA_WORKER_NAME";
-/// Task slots of a worker.
-pub const ENV_SLOTS: &str = "FLOTILLA_SLOTS";
-/// Address to listen on.
-pub const ENV_BIND: &str = "FLOTILLA_BIND";
-/// Job id of a driver started for a ComputeJob.
-pub const ENV_JOB: &str = "FLOTILLA_JOB";
+pub use flotilla_proto::contract::{
+    ENV_BIND, ENV_CLUSTER, ENV_GROUP, ENV_HEAD, ENV_JOB, ENV_NAMESPACE, ENV_ROLE, ENV_SLOTS,
+    ENV_TOKEN, ENV_WORKER_NAME, READINESS_PATH,
+};
 
 /// Variables only the operator sets; a pod template may not override them.
 pub const RESERVED_ENV: &[&str] = &[
@@ -36,17 +20,14 @@ pub const RESERVED_ENV: &[&str] = &[
     ENV_JOB,
 ];
 
-/// Head gRPC port.
-pub const HEAD_GRPC_PORT: i32 = 7400;
-/// Head HTTP port (`/metrics`, `/healthz`, `/readyz`, the dashboard).
-pub const HEAD_HTTP_PORT: i32 = 7401;
+/// Head gRPC port, as Kubernetes types want it.
+pub const HEAD_GRPC_PORT: i32 = flotilla_proto::contract::HEAD_GRPC_PORT as i32;
+/// Head HTTP port.
+pub const HEAD_HTTP_PORT: i32 = flotilla_proto::contract::HEAD_HTTP_PORT as i32;
 /// Worker gRPC port.
-pub const WORKER_GRPC_PORT: i32 = 7402;
+pub const WORKER_GRPC_PORT: i32 = flotilla_proto::contract::WORKER_GRPC_PORT as i32;
 /// Worker HTTP port.
-pub const WORKER_HTTP_PORT: i32 = 7403;
-
-/// Path answering 200 once a process can take work.
-pub const READINESS_PATH: &str = "/readyz";
+pub const WORKER_HTTP_PORT: i32 = flotilla_proto::contract::WORKER_HTTP_PORT as i32;
 
 /// Key of the token in the cluster's Secret.
 pub const TOKEN_SECRET_KEY: &str = "token";

@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use flotilla_proto::v1::DrainOutcome;
 use futures::{future::join_all, StreamExt};
 use k8s_openapi::{
     api::core::v1::{ObjectReference, Pod, Secret, Service},
@@ -574,12 +575,15 @@ impl DrainJob {
             }
             Some(ip) => match Head::connect(ip, &self.token).await {
                 Ok(mut head) => match head.drain(&self.pod, self.remaining).await {
-                    Ok((true, _)) => Ok(Drained::Done),
-                    // The head's words for a worker it does not know.
-                    Ok((false, message)) if message.starts_with("no worker named") => {
-                        Ok(Drained::NotRegistered)
-                    }
-                    Ok((false, message)) => Ok(Drained::TimedOut(message)),
+                    Ok((DrainOutcome::Drained, _)) => Ok(Drained::Done),
+                    Ok((DrainOutcome::NotRegistered, _)) => Ok(Drained::NotRegistered),
+                    // The deadline passed, or the worker went away before it emptied.
+                    Ok((
+                        DrainOutcome::TimedOut
+                        | DrainOutcome::WorkerLost
+                        | DrainOutcome::Unspecified,
+                        message,
+                    )) => Ok(Drained::TimedOut(message)),
                     Err(e) => Err(e.to_string()),
                 },
                 Err(e) => Err(e.to_string()),

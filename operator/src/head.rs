@@ -8,8 +8,8 @@
 use std::{collections::HashMap, time::Duration};
 
 use flotilla_proto::{
-    v1::{head_client::HeadClient, DrainRequest, StatusRequest},
-    PROTOCOL_HEADER, PROTOCOL_VERSION,
+    auth::AddAuth,
+    v1::{head_client::HeadClient, DrainOutcome, DrainRequest, StatusRequest},
 };
 use tonic::{
     metadata::{Ascii, MetadataValue},
@@ -48,23 +48,7 @@ pub enum HeadError {
     Rpc(#[from] Status),
 }
 
-type Client = HeadClient<InterceptedService<Channel, Credentials>>;
-
-/// Adds the cluster token and the protocol version to every request.
-#[derive(Clone)]
-pub struct Credentials {
-    bearer: MetadataValue<Ascii>,
-    version: MetadataValue<Ascii>,
-}
-
-impl tonic::service::Interceptor for Credentials {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let metadata = request.metadata_mut();
-        metadata.insert("authorization", self.bearer.clone());
-        metadata.insert(PROTOCOL_HEADER, self.version.clone());
-        Ok(request)
-    }
-}
+type Client = HeadClient<InterceptedService<Channel, AddAuth>>;
 
 /// A connection to one head.
 pub struct Head {
@@ -89,15 +73,10 @@ impl Head {
         let endpoint = Endpoint::from_shared(address.clone())
             .map_err(|e| bad_address(e.to_string()))?
             .connect_timeout(HEAD_TIMEOUT);
-        let credentials = Credentials {
-            bearer: format!("Bearer {token}")
-                .parse()
-                .map_err(|_| bad_address("the token is not valid metadata".into()))?,
-            version: PROTOCOL_VERSION
-                .to_string()
-                .parse()
-                .map_err(|_| bad_address("bad protocol version".into()))?,
-        };
+        if MetadataValue::<Ascii>::try_from(format!("Bearer {token}")).is_err() {
+            return Err(bad_address("the token is not valid metadata".into()));
+        }
+        let credentials = AddAuth::new(Some(token));
         let channel = endpoint
             .connect()
             .await
@@ -116,19 +95,19 @@ impl Head {
             .workers
             .into_iter()
             .map(|w| {
-                let view = HeadView::parse(&w.state);
+                let view = HeadView::from(w.state());
                 (w.name, view)
             })
             .collect())
     }
 
     /// Drains `worker`: its objects move elsewhere and its running tasks finish, or move
-    /// elsewhere after `timeout`. Returns whether it drained in time, and the head's message.
+    /// elsewhere after `timeout`. Returns how the drain ended, and the head's message.
     pub async fn drain(
         &mut self,
         worker: &str,
         timeout: Duration,
-    ) -> Result<(bool, String), HeadError> {
+    ) -> Result<(DrainOutcome, String), HeadError> {
         let mut request = Request::new(DrainRequest {
             worker: worker.to_owned(),
             timeout_seconds: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1),
@@ -136,6 +115,6 @@ impl Head {
         // The head answers at its own deadline; allow for the copy of the last objects.
         request.set_timeout(timeout + HEAD_TIMEOUT * 10);
         let reply = self.client.drain(request).await?.into_inner();
-        Ok((reply.drained, reply.message))
+        Ok((reply.outcome(), reply.message))
     }
 }

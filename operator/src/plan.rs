@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use flotilla_proto::v1::WorkerState;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::{
@@ -45,13 +46,14 @@ pub enum HeadView {
     Draining,
 }
 
-impl HeadView {
-    /// Parses the head's worker state (`idle`, `busy`, `draining`); other states count as busy.
-    pub fn parse(state: &str) -> Self {
+impl From<WorkerState> for HeadView {
+    /// A drained worker is still draining for the operator until its pod is gone; a state this
+    /// operator does not know counts as busy, so it is never picked first for scale-down.
+    fn from(state: WorkerState) -> Self {
         match state {
-            "idle" => Self::Idle,
-            "draining" => Self::Draining,
-            _ => Self::Busy,
+            WorkerState::Idle => Self::Idle,
+            WorkerState::Draining | WorkerState::Drained => Self::Draining,
+            WorkerState::Busy | WorkerState::Unspecified => Self::Busy,
         }
     }
 }

@@ -42,9 +42,9 @@ pub enum Effect {
     Drained {
         /// The worker that was drained.
         worker: WorkerId,
-        /// Whether it emptied by itself: its tasks finished and its objects were copied. False
-        /// when the deadline passed (its running tasks were moved elsewhere) or it went away.
-        clean: bool,
+        /// How it ended: emptied by itself (its tasks finished and its objects were copied), the
+        /// deadline passed first (its running tasks were moved elsewhere), or it went away.
+        outcome: pb::DrainOutcome,
         /// What happened to its work.
         message: String,
     },
@@ -264,8 +264,8 @@ pub struct WorkerView {
     pub http_address: String,
     /// The node it runs on.
     pub node: String,
-    /// `idle`, `busy` or `draining`.
-    pub state: &'static str,
+    /// Idle, busy, draining or drained.
+    pub state: pb::WorkerState,
     /// Slots.
     pub slots: u32,
     /// Busy slots.
@@ -476,7 +476,7 @@ impl Scheduler {
         if was_draining {
             self.outbox.push(Effect::Drained {
                 worker,
-                clean: false,
+                outcome: pb::DrainOutcome::WorkerLost,
                 message: format!("worker {} went away while draining", w.info.name),
             });
         }
@@ -1802,7 +1802,7 @@ impl Scheduler {
                 let message = format!("worker {} is already drained", w.info.name);
                 self.outbox.push(Effect::Drained {
                     worker,
-                    clean: true,
+                    outcome: pb::DrainOutcome::Drained,
                     message,
                 });
                 return;
@@ -1876,21 +1876,21 @@ impl Scheduler {
             if w.running.is_empty() && self.sole_objects(id) == 0 {
                 self.finish_drain(
                     id,
-                    true,
+                    pb::DrainOutcome::Drained,
                     "drained: no running tasks, every object it held has a copy elsewhere".into(),
                 );
             }
         }
     }
 
-    fn finish_drain(&mut self, worker: WorkerId, clean: bool, message: String) {
+    fn finish_drain(&mut self, worker: WorkerId, outcome: pb::DrainOutcome, message: String) {
         // The worker stays registered (so it takes no work) until its process goes away.
         if let Some(w) = self.workers.get_mut(&worker) {
             w.state = WorkerState::Drained;
         }
         self.outbox.push(Effect::Drained {
             worker,
-            clean,
+            outcome,
             message,
         });
     }
@@ -1924,7 +1924,7 @@ impl Scheduler {
             let lost = self.sole_objects(id);
             self.finish_drain(
                 id,
-                false,
+                pb::DrainOutcome::TimedOut,
                 format!("drain deadline passed: {n} running tasks were moved elsewhere, {lost} objects had no copy"),
             );
             self.schedule();
@@ -2005,10 +2005,12 @@ impl Scheduler {
                 http_address: w.info.http_address.clone(),
                 node: w.info.node.clone(),
                 state: match w.state {
-                    WorkerState::Draining { .. } => "draining",
-                    WorkerState::Drained => "drained",
-                    WorkerState::Active if w.running.is_empty() && w.actors.is_empty() => "idle",
-                    WorkerState::Active => "busy",
+                    WorkerState::Draining { .. } => pb::WorkerState::Draining,
+                    WorkerState::Drained => pb::WorkerState::Drained,
+                    WorkerState::Active if w.running.is_empty() && w.actors.is_empty() => {
+                        pb::WorkerState::Idle
+                    }
+                    WorkerState::Active => pb::WorkerState::Busy,
                 },
                 slots: w.info.slots,
                 busy_slots: w.busy_slots.min(w.info.slots),

@@ -263,15 +263,15 @@ fn stored_at(effects: &[Effect], session: SessionId, id: ObjectId) -> Vec<u32> {
 }
 
 /// The drains that finished: worker, message, and whether the worker emptied by itself.
-fn drained(effects: &[Effect]) -> Vec<(WorkerId, String, bool)> {
+fn drained(effects: &[Effect]) -> Vec<(WorkerId, String, pb::DrainOutcome)> {
     effects
         .iter()
         .filter_map(|e| match e {
             Effect::Drained {
                 worker,
                 message,
-                clean,
-            } => Some((*worker, message.clone(), *clean)),
+                outcome,
+            } => Some((*worker, message.clone(), *outcome)),
             _ => None,
         })
         .collect()
@@ -1145,7 +1145,11 @@ fn drain_copies_sole_objects_and_reports_drained_when_empty() {
     assert_eq!(drained(&fx).len(), 1);
     assert_eq!(drained(&fx)[0].0, ws[0]);
     assert!(drained(&fx)[0].1.contains("no running tasks"));
-    assert!(drained(&fx)[0].2, "it emptied by itself");
+    assert_eq!(
+        drained(&fx)[0].2,
+        pb::DrainOutcome::Drained,
+        "it emptied by itself"
+    );
 }
 
 #[test]
@@ -1193,7 +1197,11 @@ fn drain_deadline_moves_running_tasks_elsewhere() {
         "{}",
         d[0].1
     );
-    assert!(!d[0].2, "the deadline passed with tasks running");
+    assert_eq!(
+        d[0].2,
+        pb::DrainOutcome::TimedOut,
+        "the deadline passed with tasks running"
+    );
     assert_eq!(s.snapshot().tasks_retried, 1);
 
     // The drained worker's late report is stale.

@@ -25,7 +25,6 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use crate::{
-    auth::AddAuth,
     cluster::LocalCluster,
     codec,
     error::{Error, ErrorKind, Result},
@@ -35,6 +34,7 @@ use crate::{
     store::ObjectStore,
     transport::{self, Batches, INLINE_MAX_BYTES, MAX_MESSAGE_BYTES},
 };
+use flotilla_proto::auth::AddAuth;
 
 type State = object_state::State;
 
@@ -209,7 +209,11 @@ impl Runtime {
             .filter(|a| !a.is_empty())
         {
             Some(address) => {
-                Runtime::connect(&address, crate::auth::token_from_env().as_deref()).await
+                Runtime::connect(
+                    &address,
+                    flotilla_proto::contract::token_from_env().as_deref(),
+                )
+                .await
             }
             None => {
                 let cluster = LocalCluster::start(crate::cluster::LocalOptions::from_env()).await?;
@@ -663,7 +667,12 @@ impl Runtime {
         status
             .workers
             .into_iter()
-            .filter(|w| w.state != "draining" && w.state != "drained")
+            .filter(|w| {
+                !matches!(
+                    w.state(),
+                    pb::WorkerState::Draining | pb::WorkerState::Drained
+                )
+            })
             .min_by_key(|w| (w.memory_bytes, w.id))
             .ok_or_else(|| Error::Rpc("no worker is available to store a large object".into()))
     }

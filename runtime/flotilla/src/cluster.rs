@@ -130,7 +130,7 @@ pub async fn status(address: &str, token: Option<&str>) -> Result<flotilla_proto
     let channel = crate::transport::connect(address).await?;
     let mut client = flotilla_proto::v1::head_client::HeadClient::with_interceptor(
         channel,
-        crate::auth::AddAuth::new(token),
+        flotilla_proto::auth::AddAuth::new(token),
     );
     Ok(client
         .status(flotilla_proto::v1::StatusRequest {})
@@ -148,7 +148,7 @@ pub async fn drain(
     let channel = crate::transport::connect(address).await?;
     let mut client = flotilla_proto::v1::head_client::HeadClient::with_interceptor(
         channel,
-        crate::auth::AddAuth::new(token),
+        flotilla_proto::auth::AddAuth::new(token),
     );
     let req = flotilla_proto::v1::DrainRequest {
         worker: worker.to_string(),

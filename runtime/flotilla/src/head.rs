@@ -29,11 +29,11 @@ use tokio::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    auth::CheckAuth,
     error::{Error, Result},
     http,
     transport::{self, Batches, MAX_MESSAGE_BYTES},
 };
+use flotilla_proto::auth::CheckAuth;
 
 /// How the head runs.
 #[derive(Debug, Clone)]
@@ -69,7 +69,7 @@ impl HeadConfig {
                 .unwrap_or_else(|| d.into())
         };
         HeadConfig {
-            token: crate::auth::token_from_env(),
+            token: flotilla_proto::contract::token_from_env(),
             cluster: env("FLOTILLA_CLUSTER", "local"),
             namespace: env("FLOTILLA_NAMESPACE", "default"),
             prefetch: env("FLOTILLA_PREFETCH", "2").parse().unwrap_or(2),
@@ -269,7 +269,7 @@ impl Core {
                 }
                 None => {
                     let _ = reply.send(pb::DrainReply {
-                        drained: false,
+                        outcome: pb::DrainOutcome::NotRegistered as i32,
                         message: format!("no worker named {worker:?} is registered"),
                     });
                 }
@@ -305,13 +305,13 @@ impl Core {
                 }
                 Effect::Drained {
                     worker,
-                    clean,
+                    outcome,
                     message,
                 } => {
                     tracing::info!(id = %worker, %message, "drain finished");
                     for reply in self.drains.remove(&worker).unwrap_or_default() {
                         let _ = reply.send(pb::DrainReply {
-                            drained: clean,
+                            outcome: outcome as i32,
                             message: message.clone(),
                         });
                     }
@@ -583,7 +583,7 @@ pub fn status_reply(snap: &Snapshot, workers: &[WorkerView]) -> pb::StatusReply 
                 id: w.id.0,
                 name: w.name.clone(),
                 address: w.address.clone(),
-                state: w.state.to_string(),
+                state: w.state as i32,
                 slots: w.slots,
                 busy_slots: w.busy_slots,
                 objects: w.store.objects,

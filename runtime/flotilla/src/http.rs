@@ -225,7 +225,7 @@ async fn dashboard(State(state): HeadState) -> impl IntoResponse {
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             html(&w.name),
             html(&w.address),
-            w.state,
+            w.state.label(),
             w.busy_slots,
             w.slots,
             w.store.objects,

@@ -23,7 +23,6 @@
 extern crate self as flotilla;
 
 pub mod actor;
-pub mod auth;
 pub mod bench;
 pub mod builtins;
 pub mod client;

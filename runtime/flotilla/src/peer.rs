@@ -23,11 +23,11 @@ use tonic::{
 };
 
 use crate::{
-    auth::{AddAuth, CheckAuth},
     error::{Error, Result},
     store::ObjectStore,
     transport::{self, CHUNK_BYTES, MAX_MESSAGE_BYTES},
 };
+use flotilla_proto::auth::{AddAuth, CheckAuth};
 
 /// Longest a transfer may go without progress before it counts as failed.
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -346,7 +346,7 @@ fn authorized(expected: &Option<String>, headers: &http::HeaderMap) -> bool {
         None => true,
         Some(e) => headers
             .get(http::header::AUTHORIZATION)
-            .is_some_and(|v| crate::auth::same(v.as_bytes(), e.as_bytes())),
+            .is_some_and(|v| flotilla_proto::auth::same(v.as_bytes(), e.as_bytes())),
     }
 }
 

@@ -32,7 +32,6 @@ use tokio::{
 };
 
 use crate::{
-    auth::AddAuth,
     client::{LocalStore, Runtime, TaskBinding},
     codec,
     error::{Error, ErrorKind, Result},
@@ -42,6 +41,7 @@ use crate::{
     store::ObjectStore,
     transport::{self, Batches, INLINE_MAX_BYTES, MAX_MESSAGE_BYTES},
 };
+use flotilla_proto::auth::AddAuth;
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -109,7 +109,7 @@ impl WorkerConfig {
         if let Some(b) = env_number("FLOTILLA_OBJECT_STORE_BYTES")? {
             c.store_bytes = b;
         }
-        c.token = crate::auth::token_from_env();
+        c.token = flotilla_proto::contract::token_from_env();
         if let Ok(g) = std::env::var("FLOTILLA_GROUP") {
             if !g.is_empty() {
                 c.group = g;

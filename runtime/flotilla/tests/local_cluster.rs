@@ -21,6 +21,7 @@ use flotilla::{
     worker::{self, WorkerConfig},
     ActorOptions, Error, ErrorKind, IntoArg, ObjectRef, Runtime, TaskOptions,
 };
+use flotilla_proto::v1 as pb;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -670,9 +671,9 @@ async fn drain_an_idle_local_worker() {
     )
     .await
     .unwrap();
-    assert!(reply.drained, "{reply:?}");
+    assert_eq!(reply.outcome(), pb::DrainOutcome::Drained, "{reply:?}");
     let status = rt.status().await.unwrap();
-    assert_eq!(status.workers[0].state, "drained");
+    assert_eq!(status.workers[0].state(), pb::WorkerState::Drained);
     // Unknown names are answered, not waited on.
     let reply = bounded(
         "drain unknown",
@@ -680,7 +681,7 @@ async fn drain_an_idle_local_worker() {
     )
     .await
     .unwrap();
-    assert!(!reply.drained);
+    assert_eq!(reply.outcome(), pb::DrainOutcome::NotRegistered);
     assert!(reply.message.contains("nobody"), "{reply:?}");
     finish(cluster, rt).await;
 }
@@ -710,12 +711,12 @@ async fn drain_copies_objects_the_worker_alone_holds() {
     )
     .await
     .unwrap();
-    assert!(reply.drained, "{reply:?}");
+    assert_eq!(reply.outcome(), pb::DrainOutcome::Drained, "{reply:?}");
     let status = rt.status().await.unwrap();
     let w1 = status.workers.iter().find(|w| w.name == "w1").unwrap();
     let w0 = status.workers.iter().find(|w| w.name == "w0").unwrap();
-    assert_eq!(w0.state, "drained");
-    assert_ne!(w1.state, "drained");
+    assert_eq!(w0.state(), pb::WorkerState::Drained);
+    assert_ne!(w1.state(), pb::WorkerState::Drained);
 
     // The drained worker goes away (as a scaled-down pod would); the objects live on in w1.
     c.workers.remove("w0").unwrap().stop().await;
@@ -912,7 +913,7 @@ async fn token_is_required_when_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_no_listening_beyond_loopback() {
-    if flotilla::auth::token_from_env().is_some() {
+    if flotilla_proto::contract::token_from_env().is_some() {
         eprintln!("FLOTILLA_TOKEN is set in the environment; skipping");
         return;
     }

@@ -4,13 +4,15 @@
 //! `generated_code_is_fresh` regenerates it with a pure-Rust compiler and fails when it is stale
 //! (run it with `FLOTILLA_REGEN=1` to rewrite the file).
 
-#![allow(clippy::all, missing_docs)]
-
 /// The protocol version carried in every RPC's `flotilla-protocol` metadata entry and in hellos.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The metadata key carrying the protocol version.
 pub const PROTOCOL_HEADER: &str = "flotilla-protocol";
 
+pub mod auth;
+pub mod contract;
+
+#[allow(clippy::all, missing_docs)]
 pub mod v1 {
     include!("gen/flotilla.v1.rs");
 }

@@ -107,7 +107,7 @@ fn head_and_token(head: Option<String>) -> Result<(String, Option<String>), Stri
     let state = cluster::read_state();
     match head {
         Some(h) => {
-            let token = flotilla::auth::token_from_env()
+            let token = flotilla_proto::contract::token_from_env()
                 .or_else(|| state.filter(|s| s.address == h).map(|s| s.token));
             Ok((h, token))
         }
@@ -222,7 +222,7 @@ fn main() -> ExitCode {
                         "{:<20} {:<22} {:<9} {:>10} {:>8} {:>12} {:>12}",
                         w.name,
                         w.address,
-                        w.state,
+                        w.state().label(),
                         format!("{}/{}", w.busy_slots, w.slots),
                         w.objects,
                         w.memory_bytes,
@@ -246,10 +246,12 @@ fn main() -> ExitCode {
                 .await
                 .map_err(|e| e.to_string())?;
                 println!("{}", reply.message);
-                if reply.drained {
-                    Ok(())
-                } else {
-                    Err(format!("{worker} did not empty in time"))
+                match reply.outcome() {
+                    flotilla_proto::v1::DrainOutcome::Drained => Ok(()),
+                    flotilla_proto::v1::DrainOutcome::NotRegistered => {
+                        Err(format!("no worker named {worker} is registered"))
+                    }
+                    _ => Err(format!("{worker} did not empty in time")),
                 }
             }
             Command::Bench { workload, tasks } => flotilla::bench::run(&workload, tasks)

@@ -512,8 +512,8 @@ pub struct WorkerStatus {
     pub name: ::prost::alloc::string::String,
     #[prost(string, tag = "3")]
     pub address: ::prost::alloc::string::String,
-    #[prost(string, tag = "4")]
-    pub state: ::prost::alloc::string::String,
+    #[prost(enumeration = "WorkerState", tag = "14")]
+    pub state: i32,
     #[prost(uint32, tag = "5")]
     pub slots: u32,
     #[prost(uint32, tag = "6")]
@@ -569,11 +569,8 @@ pub struct DrainRequest {
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DrainReply {
-    /// True when the worker emptied in time: its tasks finished and its objects have copies
-    /// elsewhere. False when the deadline passed (its running tasks were moved to other workers),
-    /// the worker went away, or no worker has that name.
-    #[prost(bool, tag = "1")]
-    pub drained: bool,
+    #[prost(enumeration = "DrainOutcome", tag = "3")]
+    pub outcome: i32,
     /// What happened, for people.
     #[prost(string, tag = "2")]
     pub message: ::prost::alloc::string::String,
@@ -597,6 +594,86 @@ pub struct Chunk {
 pub struct UploadReply {
     #[prost(uint64, tag = "1")]
     pub size: u64,
+}
+/// What a worker is doing, as the head sees it. The operator picks scale-down victims by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum WorkerState {
+    Unspecified = 0,
+    /// Registered, running no task and hosting no actor.
+    Idle = 1,
+    /// Running tasks or hosting actors.
+    Busy = 2,
+    /// Being drained: no new work is placed on it.
+    Draining = 3,
+    /// Drained: empty, waiting to be stopped.
+    Drained = 4,
+}
+impl WorkerState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "WORKER_STATE_UNSPECIFIED",
+            Self::Idle => "WORKER_STATE_IDLE",
+            Self::Busy => "WORKER_STATE_BUSY",
+            Self::Draining => "WORKER_STATE_DRAINING",
+            Self::Drained => "WORKER_STATE_DRAINED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "WORKER_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "WORKER_STATE_IDLE" => Some(Self::Idle),
+            "WORKER_STATE_BUSY" => Some(Self::Busy),
+            "WORKER_STATE_DRAINING" => Some(Self::Draining),
+            "WORKER_STATE_DRAINED" => Some(Self::Drained),
+            _ => None,
+        }
+    }
+}
+/// How a drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum DrainOutcome {
+    Unspecified = 0,
+    /// The worker emptied in time: its tasks finished and its objects have copies elsewhere.
+    Drained = 1,
+    /// The deadline passed first: its running tasks were moved to other workers.
+    TimedOut = 2,
+    /// No registered worker has that name (it never joined, or it already left).
+    NotRegistered = 3,
+    /// The worker went away while it was being drained.
+    WorkerLost = 4,
+}
+impl DrainOutcome {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "DRAIN_OUTCOME_UNSPECIFIED",
+            Self::Drained => "DRAIN_OUTCOME_DRAINED",
+            Self::TimedOut => "DRAIN_OUTCOME_TIMED_OUT",
+            Self::NotRegistered => "DRAIN_OUTCOME_NOT_REGISTERED",
+            Self::WorkerLost => "DRAIN_OUTCOME_WORKER_LOST",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "DRAIN_OUTCOME_UNSPECIFIED" => Some(Self::Unspecified),
+            "DRAIN_OUTCOME_DRAINED" => Some(Self::Drained),
+            "DRAIN_OUTCOME_TIMED_OUT" => Some(Self::TimedOut),
+            "DRAIN_OUTCOME_NOT_REGISTERED" => Some(Self::NotRegistered),
+            "DRAIN_OUTCOME_WORKER_LOST" => Some(Self::WorkerLost),
+            _ => None,
+        }
+    }
 }
 /// Generated client implementations.
 pub mod head_client {

@@ -1,10 +1,10 @@
-//! The cluster token and the protocol version, checked on every RPC.
+//! The cluster token and the protocol version, sent and checked on every RPC by both sides.
 //!
 //! Clients send `authorization: Bearer <token>` and `flotilla-protocol: 1`; the server refuses a
 //! missing or wrong token with UNAUTHENTICATED and another protocol version with
 //! FAILED_PRECONDITION, before any handler runs.
 
-use flotilla_proto::{PROTOCOL_HEADER, PROTOCOL_VERSION};
+use crate::{PROTOCOL_HEADER, PROTOCOL_VERSION};
 use tonic::{metadata::MetadataValue, service::Interceptor, Request, Status};
 
 /// Server side: checks the token (when one is set) and the protocol version.
@@ -23,7 +23,7 @@ impl CheckAuth {
 }
 
 /// Compares in time independent of where the first difference is.
-pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -88,11 +88,4 @@ impl Interceptor for AddAuth {
         }
         Ok(request)
     }
-}
-
-/// Reads `FLOTILLA_TOKEN`; empty counts as unset.
-pub fn token_from_env() -> Option<String> {
-    std::env::var("FLOTILLA_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
 }

@@ -1,0 +1,63 @@
+//! Names and numbers every Flotilla process and the operator agree on: environment variables and
+//! ports (the contract in `docs/architecture.md`).
+
+/// `head`, `worker` or `driver`: the role a `#[flotilla::main]` program plays.
+pub const ENV_ROLE: &str = "FLOTILLA_ROLE";
+/// Head gRPC address `host:port`.
+pub const ENV_HEAD: &str = "FLOTILLA_HEAD";
+/// Cluster token; every RPC and object route carries it.
+pub const ENV_TOKEN: &str = "FLOTILLA_TOKEN";
+/// Name of the cluster, a label on the head's metrics.
+pub const ENV_CLUSTER: &str = "FLOTILLA_CLUSTER";
+/// Namespace of the cluster, a label on the head's metrics.
+pub const ENV_NAMESPACE: &str = "FLOTILLA_NAMESPACE";
+/// Worker group of a worker.
+pub const ENV_GROUP: &str = "FLOTILLA_GROUP";
+/// Name of a worker; on Kubernetes its pod name, which the head and the operator agree on.
+pub const ENV_WORKER_NAME: &str = "FLOTILLA_WORKER_NAME";
+/// Task slots of a worker (default: the CPUs available).
+pub const ENV_SLOTS: &str = "FLOTILLA_SLOTS";
+/// Address to listen on (the pod IP, or 0.0.0.0).
+pub const ENV_BIND: &str = "FLOTILLA_BIND";
+/// Object store memory cap of a worker, in bytes.
+pub const ENV_OBJECT_STORE_BYTES: &str = "FLOTILLA_OBJECT_STORE_BYTES";
+/// Job id of a driver started for a ComputeJob.
+pub const ENV_JOB: &str = "FLOTILLA_JOB";
+/// A worker's HTTP listen address (default: its bind host, port 0 off Kubernetes).
+pub const ENV_WORKER_HTTP_BIND: &str = "FLOTILLA_WORKER_HTTP_BIND";
+/// How many workers a driver's in-process cluster starts.
+pub const ENV_LOCAL_WORKERS: &str = "FLOTILLA_LOCAL_WORKERS";
+/// Where `flotilla up` keeps its state.
+pub const ENV_STATE_DIR: &str = "FLOTILLA_STATE_DIR";
+/// How many tasks the head sends a worker ahead of its free slots.
+pub const ENV_PREFETCH: &str = "FLOTILLA_PREFETCH";
+
+/// Head gRPC port.
+pub const HEAD_GRPC_PORT: u16 = 7400;
+/// Head HTTP port (`/metrics`, `/healthz`, `/readyz`, the dashboard).
+pub const HEAD_HTTP_PORT: u16 = 7401;
+/// Worker gRPC port.
+pub const WORKER_GRPC_PORT: u16 = 7402;
+/// Worker HTTP port (`/metrics`, `/readyz`, object transfers).
+pub const WORKER_HTTP_PORT: u16 = 7403;
+
+/// Path answering 200 once a process can take work.
+pub const READINESS_PATH: &str = "/readyz";
+
+/// Reads `FLOTILLA_TOKEN`; empty counts as unset.
+pub fn token_from_env() -> Option<String> {
+    std::env::var(ENV_TOKEN).ok().filter(|t| !t.is_empty())
+}
+
+impl crate::v1::WorkerState {
+    /// The lower-case word people and metric labels use: `idle`, `busy`, `draining`, `drained`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unknown",
+            Self::Idle => "idle",
+            Self::Busy => "busy",
+            Self::Draining => "draining",
+            Self::Drained => "drained",
+        }
+    }
+}
