@@ -8,7 +8,7 @@ use bincode::Options;
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::{error::Error, registry::TaskFailure};
+use crate::error::{Error, TaskFailure};
 
 /// Bytes that travel as they are: as a remote function's argument or result, or in `put`/`get`,
 /// a `Blob` is neither copied into nor out of a serialized form. Inside other values it

@@ -1,5 +1,8 @@
-//! Errors of the runtime. A failed task is a value: [`Error::Task`] carries the kind, the task's
-//! name and the remote message.
+//! Errors of the runtime, and their wire forms. A failed task is a value: [`Error::Task`] carries
+//! the kind, the task's name and the remote message; [`TaskFailure`] is the same before the head
+//! names the task.
+
+use std::sync::Arc;
 
 use flotilla_proto::v1::{task_error, TaskError};
 
@@ -100,12 +103,25 @@ pub enum Error {
     Connect {
         /// The address tried.
         address: String,
-        /// Why.
+        /// Why, with its causes.
         message: String,
     },
-    /// An RPC failed.
-    #[error("{0}")]
-    Rpc(String),
+    /// A call to the head failed; `code` is the gRPC status code it answered with.
+    #[error("{}: {message}", code.description())]
+    Rpc {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The head's message.
+        message: String,
+    },
+    /// Moving an object's bytes to or from another process failed.
+    #[error("{peer}: {message}")]
+    Transfer {
+        /// The address of the other process.
+        peer: String,
+        /// What went wrong, with its causes.
+        message: String,
+    },
     /// A value could not be encoded or decoded.
     #[error("{0}")]
     Codec(String),
@@ -118,9 +134,26 @@ pub enum Error {
     /// The runtime was shut down or lost its head.
     #[error("the runtime is shut down: {0}")]
     Shutdown(String),
-    /// I/O.
+    /// No worker could take the request (none registered, or all draining).
     #[error("{0}")]
-    Io(String),
+    Unavailable(String),
+    /// A file or socket operation failed.
+    #[error("{}{source}", context_prefix(context))]
+    Io {
+        /// What was being done, if known.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+}
+
+fn context_prefix(context: &str) -> String {
+    if context.is_empty() {
+        String::new()
+    } else {
+        format!("{context}: ")
+    }
 }
 
 impl Error {
@@ -132,7 +165,16 @@ impl Error {
         }
     }
 
-    pub(crate) fn from_task_error(e: &TaskError) -> Self {
+    /// An I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// From the wire form of a task's failure.
+    pub fn from_proto(e: &TaskError) -> Self {
         Error::Task {
             kind: ErrorKind::from_proto(e.kind),
             task: e.task.clone(),
@@ -143,15 +185,60 @@ impl Error {
 
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Self {
-        Error::Rpc(format!("{}: {}", s.code().description(), s.message()))
+        Error::Rpc {
+            code: s.code(),
+            message: s.message().to_string(),
+        }
     }
 }
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Error::Io(e.to_string())
+        Error::io(String::new(), e)
     }
 }
 
 /// The result of runtime calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a task failed on the worker: what a remote function's wrapper, the executor and the
+/// codec report, before the head adds the task's name.
+#[derive(Debug, Clone)]
+pub struct TaskFailure {
+    /// The kind.
+    pub kind: ErrorKind,
+    /// The message.
+    pub message: String,
+}
+
+impl TaskFailure {
+    /// The function returned an error.
+    pub fn application(message: impl std::fmt::Display) -> Self {
+        TaskFailure {
+            kind: ErrorKind::Application,
+            message: message.to_string(),
+        }
+    }
+
+    /// The arguments or the signature did not match.
+    pub fn type_mismatch(message: String) -> Self {
+        TaskFailure {
+            kind: ErrorKind::TypeMismatch,
+            message,
+        }
+    }
+
+    /// A failure of another kind.
+    pub fn new(kind: ErrorKind, message: String) -> Self {
+        TaskFailure { kind, message }
+    }
+
+    /// The wire form; the head fills in the task's name.
+    pub fn into_proto(self) -> TaskError {
+        TaskError {
+            kind: self.kind.to_proto() as i32,
+            task: String::new(),
+            message: self.message,
+        }
+    }
+}

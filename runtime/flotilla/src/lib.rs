@@ -22,30 +22,52 @@
 
 extern crate self as flotilla;
 
-pub mod actor;
-pub mod bench;
+// # The crate's rooms, and who may use whom
+//
+// Each module does one job; a module may import only those listed below it, never one above, so
+// the import graph has no cycles (`tests/layout.rs` checks both).
+//
+// | module     | job                                                       | may import                 |
+// |------------|-----------------------------------------------------------|----------------------------|
+// | `process`  | entry points: head, worker or driver from the environment | local, head, worker, driver, net, error |
+// | `local`    | clusters on one machine: in-process, and of processes     | admin, driver, head, worker, error |
+// | `worker`   | registers, runs tasks, hosts actors, serves objects       | registry, driver, objects, net, metrics, codec, error |
+// | `head`     | the scheduler's loop, gRPC service, metrics, dashboard    | net, metrics, error        |
+// | `admin`    | status and drain calls to a head                          | net, error                 |
+// | `builtins` | functions and actors every program carries                | driver, codec, error       |
+// | `registry` | functions and actor classes registered at link time       | driver, error              |
+// | `driver`   | `Runtime`, object refs, actor handles, options, puts      | objects, net, codec, error |
+// | `objects`  | store, shared memory, transfers between processes         | net, error                 |
+// | `metrics`  | Prometheus registries and the text exposition             | (none)                     |
+// | `net`      | channels, servers, the head client, listeners, batching   | error                      |
+// | `codec`    | how values are encoded                                    | error                      |
+// | `error`    | errors and their wire forms                               | (none)                     |
+//
+// The `flotilla` binary (`src/bin/flotilla/`) holds the command line and `flotilla bench`.
+
+pub mod admin;
 pub mod builtins;
-pub mod client;
-pub mod cluster;
 pub mod codec;
+pub mod driver;
 pub mod error;
 pub mod head;
-pub mod http;
-pub mod object_ref;
-pub mod peer;
+pub mod local;
+pub(crate) mod metrics;
+pub mod net;
+pub mod objects;
+pub mod process;
 pub mod registry;
-pub mod shm;
-pub mod store;
-pub mod transport;
 pub mod worker;
 
-pub use actor::{ActorHandle, ActorOptions};
-pub use client::Runtime;
 pub use codec::Blob;
+pub use driver::{
+    actor::ActorHandle,
+    object_ref::{IntoArg, ObjectRef},
+    options::{ActorOptions, TaskOptions},
+    Runtime,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use flotilla_macros::{actor, main, remote};
-pub use object_ref::{IntoArg, ObjectRef};
-pub use registry::TaskOptions;
 
 /// Blocks the current thread on a future; for synchronous remote functions that call into the
 /// runtime (`flotilla::block_on(rt.get(r))`).
@@ -72,13 +94,14 @@ pub mod __private {
     pub use inventory;
 
     pub use crate::{
-        actor::ActorHandle,
-        client::Runtime,
-        cluster::run_main,
         codec::{decode_arg, encode},
-        object_ref::{ArgList, IntoArg},
-        registry::{
-            ActorClass, ActorInstance, Invocation, RemoteFunction, TaskContext, TaskFailure,
+        driver::{
+            actor::ActorHandle,
+            object_ref::{ArgList, IntoArg},
+            Runtime,
         },
+        error::TaskFailure,
+        process::run_main,
+        registry::{ActorClass, ActorInstance, Invocation, RemoteFunction, TaskContext},
     };
 }

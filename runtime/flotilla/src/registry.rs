@@ -1,46 +1,20 @@
 //! Functions and actor classes compiled into this program, registered at link time under stable
 //! names so that every process of one program agrees on what a name means.
+//!
+//! A worker looks names up here; the head checks callers' signatures against what workers
+//! registered, and a worker checks again before running (a defence for clusters that mix
+//! programs, where the head may place a call on a worker of another build).
 
-use std::{collections::HashMap, future::Future, pin::Pin, sync::OnceLock};
+use std::{collections::HashMap, future::Future, hash::Hasher, pin::Pin, sync::OnceLock};
 
 use bytes::Bytes;
 
-use crate::{client::Runtime, error::ErrorKind};
+use crate::{driver::Runtime, error::TaskFailure};
 
 /// What a running task may use: the runtime, to submit and await more work.
 pub struct TaskContext {
     /// The runtime, bound to the running task (so a `get` in it lends its slot back).
     pub rt: Runtime,
-}
-
-/// Why a task failed on the worker.
-#[derive(Debug, Clone)]
-pub struct TaskFailure {
-    /// The kind.
-    pub kind: ErrorKind,
-    /// The message.
-    pub message: String,
-}
-
-impl TaskFailure {
-    /// The function returned an error.
-    pub fn application(message: impl std::fmt::Display) -> Self {
-        TaskFailure {
-            kind: ErrorKind::Application,
-            message: message.to_string(),
-        }
-    }
-    /// The arguments did not match.
-    pub fn type_mismatch(message: String) -> Self {
-        TaskFailure {
-            kind: ErrorKind::TypeMismatch,
-            message,
-        }
-    }
-    /// Something else.
-    pub fn new(kind: ErrorKind, message: String) -> Self {
-        TaskFailure { kind, message }
-    }
 }
 
 /// The outcome of a task: its encoded value.
@@ -138,11 +112,9 @@ pub fn registry() -> &'static Registry {
             .collect();
         entries.sort();
         // FNV-1a: stable across runs and platforms, unlike the std hasher.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in entries.join("\n").bytes() {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+        let mut hasher = fnv::FnvHasher::default();
+        hasher.write(entries.join("\n").as_bytes());
+        let hash = hasher.finish();
         let program = std::env::current_exe()
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -154,47 +126,4 @@ pub fn registry() -> &'static Registry {
             program,
         }
     })
-}
-
-/// Per-call options of a remote function (`f.options().max_retries(5).remote(&rt, …)`).
-#[derive(Debug, Clone, Default)]
-pub struct TaskOptions {
-    pub(crate) max_retries: Option<u32>,
-    pub(crate) slots: u32,
-    pub(crate) custom: HashMap<String, u64>,
-    pub(crate) name: String,
-}
-
-impl TaskOptions {
-    /// Retries after worker failures (default 3).
-    pub fn max_retries(mut self, n: u32) -> Self {
-        self.max_retries = Some(n);
-        self
-    }
-    /// Task slots the call takes (default 1).
-    pub fn slots(mut self, n: u32) -> Self {
-        self.slots = n;
-        self
-    }
-    /// A named custom resource the call needs (e.g. `("gpu", 1)`).
-    pub fn resource(mut self, name: &str, amount: u64) -> Self {
-        self.custom.insert(name.to_string(), amount);
-        self
-    }
-    /// A name for logs and metrics.
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = name.to_string();
-        self
-    }
-
-    pub(crate) fn to_proto(&self) -> flotilla_proto::v1::TaskOptions {
-        flotilla_proto::v1::TaskOptions {
-            max_retries: self.max_retries.map_or(-1, |n| n as i32),
-            resources: Some(flotilla_proto::v1::Resources {
-                slots: self.slots,
-                custom: self.custom.clone(),
-            }),
-            name: self.name.clone(),
-        }
-    }
 }

@@ -12,12 +12,14 @@ use std::{
 
 use flotilla::Blob;
 use flotilla::{
+    admin,
     builtins::{
         add, byte_sum, fail_with, make_bytes, nested_sum, noop, panic_with, sleep_then, Counter,
     },
-    cluster::{self, LocalCluster, LocalOptions},
+    driver::object_ref::ArgList,
     head::{self, HeadConfig},
-    object_ref::ArgList,
+    local::{LocalCluster, LocalOptions},
+    process,
     worker::{self, WorkerConfig},
     ActorOptions, Error, ErrorKind, IntoArg, ObjectRef, Runtime, TaskOptions,
 };
@@ -149,12 +151,12 @@ impl Manual {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let name = config.name.clone();
         let (stop, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(worker::run(config, listener, None, async move {
+        let handle = tokio::spawn(worker::run(config, listener, async move {
             let _ = rx.await;
         }));
         self.workers.insert(name, Node { stop, handle });
         let n = self.workers.len();
-        cluster::wait_for_workers(&self.address, self.token.as_deref(), n, BOUND)
+        admin::wait_for_workers(&self.address, self.token.as_deref(), n, BOUND)
             .await
             .expect("workers register");
     }
@@ -338,7 +340,7 @@ async fn put_small_and_large() {
 
     // On the worker's host the value went through one shared-memory segment, mapped by the
     // worker's store; freeing the object removes it.
-    if let Some(dir) = flotilla::shm::segment_dir() {
+    if let Some(dir) = flotilla::objects::shm::segment_dir() {
         let segment = dir.join(format!("{}-{}", std::process::id(), large.id()));
         assert!(
             segment.is_file(),
@@ -667,7 +669,7 @@ async fn drain_an_idle_local_worker() {
     let (cluster, rt) = local(1, 1).await;
     let reply = bounded(
         "drain",
-        cluster::drain(&cluster.address, None, "local-0", Duration::from_secs(5)),
+        admin::drain(&cluster.address, None, "local-0", Duration::from_secs(5)),
     )
     .await
     .unwrap();
@@ -677,7 +679,7 @@ async fn drain_an_idle_local_worker() {
     // Unknown names are answered, not waited on.
     let reply = bounded(
         "drain unknown",
-        cluster::drain(&cluster.address, None, "nobody", Duration::from_secs(5)),
+        admin::drain(&cluster.address, None, "nobody", Duration::from_secs(5)),
     )
     .await
     .unwrap();
@@ -707,7 +709,7 @@ async fn drain_copies_objects_the_worker_alone_holds() {
 
     let reply = bounded(
         "drain w0",
-        cluster::drain(&c.address, None, "w0", Duration::from_secs(10)),
+        admin::drain(&c.address, None, "w0", Duration::from_secs(10)),
     )
     .await
     .unwrap();
@@ -759,12 +761,39 @@ async fn http_get(address: &str, path: &str) -> (u16, String) {
 }
 
 /// The value of a series line `name{labels} value`.
+/// The value of the series `key` (`name{label="value",...}`) in a Prometheus text exposition,
+/// whatever the order of its labels.
 fn series(body: &str, key: &str) -> Option<u64> {
-    body.lines().find_map(|l| {
-        l.strip_prefix(key)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
+    let wanted = parse_series(key)?;
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (parse_series(series)? == wanted).then(|| value.trim().parse().ok())?
     })
+}
+
+/// A series' name and its labels, sorted.
+fn parse_series(s: &str) -> Option<(String, Vec<(String, String)>)> {
+    let Some((name, rest)) = s.split_once('{') else {
+        return Some((s.to_string(), Vec::new()));
+    };
+    let mut labels = Vec::new();
+    let mut rest = rest.strip_suffix('}')?;
+    while !rest.is_empty() {
+        let (label, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => value.push(chars.next()?.1),
+                (_, c) => value.push(c),
+            }
+        };
+        labels.push((label.to_string(), value));
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    labels.sort();
+    Some((name.to_string(), labels))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -838,10 +867,12 @@ async fn head_metrics_and_health() {
     let busy = series(&body, &format!(r#"flotilla_slots{{{l},state="busy"}}"#)).unwrap();
     let free = series(&body, &format!(r#"flotilla_slots{{{l},state="free"}}"#)).unwrap();
     assert_eq!(busy + free, 2, "{body}");
-    assert!(
-        body.contains(&format!(
-            r#"flotilla_group_workers{{{l},group="default"}} 1"#
-        )),
+    assert_eq!(
+        series(
+            &body,
+            &format!(r#"flotilla_group_workers{{{l},group="default"}}"#)
+        ),
+        Some(1),
         "{body}"
     );
 
@@ -873,7 +904,7 @@ async fn token_is_required_when_set() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("token"), "{e}");
-    let e = bounded("status without token", cluster::status(&c.address, None))
+    let e = bounded("status without token", admin::status(&c.address, None))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("token"), "{e}");
@@ -884,7 +915,7 @@ async fn token_is_required_when_set() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let e = bounded(
         "worker with a wrong token",
-        worker::run(bad, listener, None, std::future::pending()),
+        worker::run(bad, listener, std::future::pending()),
     )
     .await
     .unwrap_err();
@@ -922,7 +953,7 @@ async fn no_token_no_listening_beyond_loopback() {
     for bind in ["192.0.2.1:0", "0.0.0.0:0"] {
         let e = bounded(
             "head refuses",
-            cluster::run_head_from_env(Some(bind.into()), Some("127.0.0.1:0".into())),
+            process::run_head_from_env(Some(bind.into()), Some("127.0.0.1:0".into()), None),
         )
         .await
         .unwrap_err();
@@ -935,7 +966,7 @@ async fn no_token_no_listening_beyond_loopback() {
         let config = WorkerConfig::new("127.0.0.1:1", "unsafe-worker");
         let e = bounded(
             "worker refuses",
-            cluster::run_worker_from_env(config, Some(bind.into()), Some("127.0.0.1:0".into())),
+            process::run_worker_from_env(config, Some(bind.into())),
         )
         .await
         .unwrap_err();
@@ -1004,7 +1035,7 @@ async fn a_duplicate_worker_name_is_refused() {
     let second = c.worker_config("twin", 2);
     let e = bounded(
         "second is refused",
-        worker::run(second, listener, None, std::future::pending()),
+        worker::run(second, listener, std::future::pending()),
     )
     .await
     .unwrap_err();
@@ -1037,20 +1068,14 @@ async fn worker_http_serves_metrics_and_guards_its_objects() {
         ..HeadConfig::default()
     };
     let mut c = Manual::start(config, false).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_address = http.local_addr().unwrap().to_string();
     let (stop, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(worker::run(
-        c.worker_config("h0", 2),
-        listener,
-        Some(http),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let handle = tokio::spawn(worker::run(c.worker_config("h0", 2), http, async move {
+        let _ = rx.await;
+    }));
     c.workers.insert("h0".into(), Node { stop, handle });
-    cluster::wait_for_workers(&c.address, c.token.as_deref(), 1, BOUND)
+    admin::wait_for_workers(&c.address, c.token.as_deref(), 1, BOUND)
         .await
         .unwrap();
     let rt = c.connect().await;

@@ -17,8 +17,9 @@ use std::{
 
 use flotilla::Blob;
 use flotilla::{
+    admin,
     builtins::{add, byte_sum, make_bytes, sleep_then, Counter},
-    cluster, ActorOptions, ErrorKind, Runtime, TaskOptions,
+    ActorOptions, ErrorKind, Runtime, TaskOptions,
 };
 use flotilla_proto::v1::{self as pb, head_client::HeadClient};
 
@@ -131,7 +132,7 @@ fn start_worker(head: &str, token: &str, name: &str, slots: u32, resources: &[St
     ])
     // Port 0: the worker tells the head the ports it got, and no other test can take them
     // between a pick and the bind.
-    .args(["--bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"])
+    .args(["--bind", "127.0.0.1:0"])
     .env("FLOTILLA_TOKEN", token)
     .stdout(output())
     .stderr(output());
@@ -174,7 +175,7 @@ impl TestCluster {
     }
 
     async fn status(&self) -> flotilla::Result<pb::StatusReply> {
-        cluster::status(&self.address, Some(&self.token)).await
+        admin::status(&self.address, Some(&self.token)).await
     }
 
     async fn connect(&self) -> Runtime {
@@ -527,7 +528,7 @@ async fn bad_input_on_the_head_port() {
     }
 
     // A wrong token.
-    let err = cluster::status(&address, Some("not-the-token"))
+    let err = admin::status(&address, Some("not-the-token"))
         .await
         .expect_err("a wrong token is refused");
     let msg = err.to_string();
@@ -539,13 +540,13 @@ async fn bad_input_on_the_head_port() {
         .await
         .expect_err("a driver with a wrong token is refused");
     assert!(err.to_string().contains("token"), "{err}");
-    let err = cluster::status(&address, None)
+    let err = admin::status(&address, None)
         .await
         .expect_err("no token is refused");
     assert!(err.to_string().contains("token"), "{err}");
 
     // Another protocol version, straight through tonic.
-    let channel = flotilla::transport::connect(&address).await.unwrap();
+    let channel = flotilla::net::connect(&address).await.unwrap();
     let mut client = HeadClient::with_interceptor(
         channel.clone(),
         Metadata(vec![
@@ -660,7 +661,7 @@ struct UpGuard {
 }
 
 impl UpGuard {
-    fn state(&self) -> Option<flotilla::cluster::UpState> {
+    fn state(&self) -> Option<flotilla::local::processes::UpState> {
         serde_json::from_slice(&std::fs::read(self.state_dir.join("cluster.json")).ok()?).ok()
     }
 }

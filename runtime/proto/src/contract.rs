@@ -23,8 +23,6 @@ pub const ENV_BIND: &str = "FLOTILLA_BIND";
 pub const ENV_OBJECT_STORE_BYTES: &str = "FLOTILLA_OBJECT_STORE_BYTES";
 /// Job id of a driver started for a ComputeJob.
 pub const ENV_JOB: &str = "FLOTILLA_JOB";
-/// A worker's HTTP listen address (default: its bind host, port 0 off Kubernetes).
-pub const ENV_WORKER_HTTP_BIND: &str = "FLOTILLA_WORKER_HTTP_BIND";
 /// How many workers a driver's in-process cluster starts.
 pub const ENV_LOCAL_WORKERS: &str = "FLOTILLA_LOCAL_WORKERS";
 /// Where `flotilla up` keeps its state.

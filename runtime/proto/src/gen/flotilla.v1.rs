@@ -92,7 +92,7 @@ pub struct ActorCall {
 pub struct ObjectLocation {
     #[prost(uint32, tag = "1")]
     pub worker: u32,
-    /// The worker's gRPC address, for peer-to-peer fetches.
+    /// The worker's address, as it registered.
     #[prost(string, tag = "2")]
     pub address: ::prost::alloc::string::String,
     /// A node id; processes on the same node can map shared memory.
@@ -101,8 +101,8 @@ pub struct ObjectLocation {
     /// Path of a shared-memory segment holding the object, when the store keeps one.
     #[prost(string, tag = "4")]
     pub shm_path: ::prost::alloc::string::String,
-    /// The worker's HTTP address: `GET /objects/{id}` streams the object over plain HTTP/1.1,
-    /// which moves bulk bytes with fewer copies than gRPC framing.
+    /// Where the worker serves objects: `GET /objects/{id}` streams the object over plain
+    /// HTTP/1.1, which moves bulk bytes with fewer copies than gRPC framing.
     #[prost(string, tag = "5")]
     pub http_address: ::prost::alloc::string::String,
 }
@@ -215,7 +215,7 @@ pub struct DriverBatch {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DriverOp {
-    #[prost(oneof = "driver_op::Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "driver_op::Op", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub op: ::core::option::Option<driver_op::Op>,
 }
 /// Nested message and enum types in `DriverOp`.
@@ -238,11 +238,6 @@ pub mod driver_op {
         Cancel(u64),
         #[prost(message, tag = "7")]
         LookupActor(super::LookupActor),
-        /// a task on this worker waits in get(); its slot is lent back
-        #[prost(uint64, tag = "8")]
-        Blocked(u64),
-        #[prost(uint64, tag = "9")]
-        Unblocked(u64),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -331,7 +326,7 @@ pub struct WorkerBatch {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WorkerOp {
-    #[prost(oneof = "worker_op::Op", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "worker_op::Op", tags = "1, 2, 3, 5, 6, 7")]
     pub op: ::core::option::Option<worker_op::Op>,
 }
 /// Nested message and enum types in `WorkerOp`.
@@ -345,10 +340,13 @@ pub mod worker_op {
         /// this worker now holds a copy of the object
         #[prost(uint64, tag = "3")]
         StoredCopy(u64),
-        #[prost(uint64, tag = "4")]
-        Heartbeat(u64),
         #[prost(message, tag = "5")]
         Store(super::StoreStats),
+        /// A task running on this worker waits in get(): its slots are lent back until `unblocked`.
+        #[prost(uint64, tag = "6")]
+        Blocked(u64),
+        #[prost(uint64, tag = "7")]
+        Unblocked(u64),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -386,7 +384,8 @@ pub struct RegisterWorker {
     pub build_id: ::prost::alloc::string::String,
     #[prost(string, tag = "11")]
     pub group: ::prost::alloc::string::String,
-    /// The worker's HTTP address (metrics and bulk object transfer); empty if it has none.
+    /// The worker's HTTP address: objects, metrics and health. A worker has no other port, so
+    /// `address` names the same one.
     #[prost(string, tag = "12")]
     pub http_address: ::prost::alloc::string::String,
 }
@@ -574,26 +573,6 @@ pub struct DrainReply {
     /// What happened, for people.
     #[prost(string, tag = "2")]
     pub message: ::prost::alloc::string::String,
-}
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct FetchRequest {
-    #[prost(uint64, tag = "1")]
-    pub object: u64,
-}
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct Chunk {
-    /// Set on the first chunk.
-    #[prost(uint64, tag = "1")]
-    pub object: u64,
-    #[prost(uint64, tag = "2")]
-    pub total_size: u64,
-    #[prost(bytes = "bytes", tag = "3")]
-    pub data: ::prost::bytes::Bytes,
-}
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct UploadReply {
-    #[prost(uint64, tag = "1")]
-    pub size: u64,
 }
 /// What a worker is doing, as the head sees it. The operator picks scale-down victims by it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -1183,383 +1162,6 @@ pub mod head_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "flotilla.v1.Head";
     impl<T> tonic::server::NamedService for HeadServer<T> {
-        const NAME: &'static str = SERVICE_NAME;
-    }
-}
-/// Generated client implementations.
-pub mod object_store_client {
-    #![allow(
-        unused_variables,
-        dead_code,
-        missing_docs,
-        clippy::wildcard_imports,
-        clippy::let_unit_value,
-    )]
-    use tonic::codegen::*;
-    use tonic::codegen::http::Uri;
-    #[derive(Debug, Clone)]
-    pub struct ObjectStoreClient<T> {
-        inner: tonic::client::Grpc<T>,
-    }
-    impl ObjectStoreClient<tonic::transport::Channel> {
-        /// Attempt to create a new client by connecting to a given endpoint.
-        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
-        where
-            D: TryInto<tonic::transport::Endpoint>,
-            D::Error: Into<StdError>,
-        {
-            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
-            Ok(Self::new(conn))
-        }
-    }
-    impl<T> ObjectStoreClient<T>
-    where
-        T: tonic::client::GrpcService<tonic::body::Body>,
-        T::Error: Into<StdError>,
-        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
-        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
-    {
-        pub fn new(inner: T) -> Self {
-            let inner = tonic::client::Grpc::new(inner);
-            Self { inner }
-        }
-        pub fn with_origin(inner: T, origin: Uri) -> Self {
-            let inner = tonic::client::Grpc::with_origin(inner, origin);
-            Self { inner }
-        }
-        pub fn with_interceptor<F>(
-            inner: T,
-            interceptor: F,
-        ) -> ObjectStoreClient<InterceptedService<T, F>>
-        where
-            F: tonic::service::Interceptor,
-            T::ResponseBody: Default,
-            T: tonic::codegen::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<
-                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
-                >,
-            >,
-            <T as tonic::codegen::Service<
-                http::Request<tonic::body::Body>,
-            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
-        {
-            ObjectStoreClient::new(InterceptedService::new(inner, interceptor))
-        }
-        /// Compress requests with the given encoding.
-        ///
-        /// This requires the server to support it otherwise it might respond with an
-        /// error.
-        #[must_use]
-        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
-            self.inner = self.inner.send_compressed(encoding);
-            self
-        }
-        /// Enable decompressing responses.
-        #[must_use]
-        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
-            self.inner = self.inner.accept_compressed(encoding);
-            self
-        }
-        /// Limits the maximum size of a decoded message.
-        ///
-        /// Default: `4MB`
-        #[must_use]
-        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
-            self.inner = self.inner.max_decoding_message_size(limit);
-            self
-        }
-        /// Limits the maximum size of an encoded message.
-        ///
-        /// Default: `usize::MAX`
-        #[must_use]
-        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
-            self.inner = self.inner.max_encoding_message_size(limit);
-            self
-        }
-        /// Stream an object in chunks.
-        pub async fn fetch(
-            &mut self,
-            request: impl tonic::IntoRequest<super::FetchRequest>,
-        ) -> std::result::Result<
-            tonic::Response<tonic::codec::Streaming<super::Chunk>>,
-            tonic::Status,
-        > {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
-            let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/flotilla.v1.ObjectStore/Fetch",
-            );
-            let mut req = request.into_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("flotilla.v1.ObjectStore", "Fetch"));
-            self.inner.server_streaming(req, path, codec).await
-        }
-        /// Upload an object in chunks (a driver's large put).
-        pub async fn upload(
-            &mut self,
-            request: impl tonic::IntoStreamingRequest<Message = super::Chunk>,
-        ) -> std::result::Result<tonic::Response<super::UploadReply>, tonic::Status> {
-            self.inner
-                .ready()
-                .await
-                .map_err(|e| {
-                    tonic::Status::unknown(
-                        format!("Service was not ready: {}", e.into()),
-                    )
-                })?;
-            let codec = tonic_prost::ProstCodec::default();
-            let path = http::uri::PathAndQuery::from_static(
-                "/flotilla.v1.ObjectStore/Upload",
-            );
-            let mut req = request.into_streaming_request();
-            req.extensions_mut()
-                .insert(GrpcMethod::new("flotilla.v1.ObjectStore", "Upload"));
-            self.inner.client_streaming(req, path, codec).await
-        }
-    }
-}
-/// Generated server implementations.
-pub mod object_store_server {
-    #![allow(
-        unused_variables,
-        dead_code,
-        missing_docs,
-        clippy::wildcard_imports,
-        clippy::let_unit_value,
-    )]
-    use tonic::codegen::*;
-    /// Generated trait containing gRPC methods that should be implemented for use with ObjectStoreServer.
-    #[async_trait]
-    pub trait ObjectStore: std::marker::Send + std::marker::Sync + 'static {
-        /// Server streaming response type for the Fetch method.
-        type FetchStream: tonic::codegen::tokio_stream::Stream<
-                Item = std::result::Result<super::Chunk, tonic::Status>,
-            >
-            + std::marker::Send
-            + 'static;
-        /// Stream an object in chunks.
-        async fn fetch(
-            &self,
-            request: tonic::Request<super::FetchRequest>,
-        ) -> std::result::Result<tonic::Response<Self::FetchStream>, tonic::Status>;
-        /// Upload an object in chunks (a driver's large put).
-        async fn upload(
-            &self,
-            request: tonic::Request<tonic::Streaming<super::Chunk>>,
-        ) -> std::result::Result<tonic::Response<super::UploadReply>, tonic::Status>;
-    }
-    #[derive(Debug)]
-    pub struct ObjectStoreServer<T> {
-        inner: Arc<T>,
-        accept_compression_encodings: EnabledCompressionEncodings,
-        send_compression_encodings: EnabledCompressionEncodings,
-        max_decoding_message_size: Option<usize>,
-        max_encoding_message_size: Option<usize>,
-    }
-    impl<T> ObjectStoreServer<T> {
-        pub fn new(inner: T) -> Self {
-            Self::from_arc(Arc::new(inner))
-        }
-        pub fn from_arc(inner: Arc<T>) -> Self {
-            Self {
-                inner,
-                accept_compression_encodings: Default::default(),
-                send_compression_encodings: Default::default(),
-                max_decoding_message_size: None,
-                max_encoding_message_size: None,
-            }
-        }
-        pub fn with_interceptor<F>(
-            inner: T,
-            interceptor: F,
-        ) -> InterceptedService<Self, F>
-        where
-            F: tonic::service::Interceptor,
-        {
-            InterceptedService::new(Self::new(inner), interceptor)
-        }
-        /// Enable decompressing requests with the given encoding.
-        #[must_use]
-        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
-            self.accept_compression_encodings.enable(encoding);
-            self
-        }
-        /// Compress responses with the given encoding, if the client supports it.
-        #[must_use]
-        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
-            self.send_compression_encodings.enable(encoding);
-            self
-        }
-        /// Limits the maximum size of a decoded message.
-        ///
-        /// Default: `4MB`
-        #[must_use]
-        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
-            self.max_decoding_message_size = Some(limit);
-            self
-        }
-        /// Limits the maximum size of an encoded message.
-        ///
-        /// Default: `usize::MAX`
-        #[must_use]
-        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
-            self.max_encoding_message_size = Some(limit);
-            self
-        }
-    }
-    impl<T, B> tonic::codegen::Service<http::Request<B>> for ObjectStoreServer<T>
-    where
-        T: ObjectStore,
-        B: Body + std::marker::Send + 'static,
-        B::Error: Into<StdError> + std::marker::Send + 'static,
-    {
-        type Response = http::Response<tonic::body::Body>;
-        type Error = std::convert::Infallible;
-        type Future = BoxFuture<Self::Response, Self::Error>;
-        fn poll_ready(
-            &mut self,
-            _cx: &mut Context<'_>,
-        ) -> Poll<std::result::Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, req: http::Request<B>) -> Self::Future {
-            match req.uri().path() {
-                "/flotilla.v1.ObjectStore/Fetch" => {
-                    #[allow(non_camel_case_types)]
-                    struct FetchSvc<T: ObjectStore>(pub Arc<T>);
-                    impl<
-                        T: ObjectStore,
-                    > tonic::server::ServerStreamingService<super::FetchRequest>
-                    for FetchSvc<T> {
-                        type Response = super::Chunk;
-                        type ResponseStream = T::FetchStream;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::ResponseStream>,
-                            tonic::Status,
-                        >;
-                        fn call(
-                            &mut self,
-                            request: tonic::Request<super::FetchRequest>,
-                        ) -> Self::Future {
-                            let inner = Arc::clone(&self.0);
-                            let fut = async move {
-                                <T as ObjectStore>::fetch(&inner, request).await
-                            };
-                            Box::pin(fut)
-                        }
-                    }
-                    let accept_compression_encodings = self.accept_compression_encodings;
-                    let send_compression_encodings = self.send_compression_encodings;
-                    let max_decoding_message_size = self.max_decoding_message_size;
-                    let max_encoding_message_size = self.max_encoding_message_size;
-                    let inner = self.inner.clone();
-                    let fut = async move {
-                        let method = FetchSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
-                        let mut grpc = tonic::server::Grpc::new(codec)
-                            .apply_compression_config(
-                                accept_compression_encodings,
-                                send_compression_encodings,
-                            )
-                            .apply_max_message_size_config(
-                                max_decoding_message_size,
-                                max_encoding_message_size,
-                            );
-                        let res = grpc.server_streaming(method, req).await;
-                        Ok(res)
-                    };
-                    Box::pin(fut)
-                }
-                "/flotilla.v1.ObjectStore/Upload" => {
-                    #[allow(non_camel_case_types)]
-                    struct UploadSvc<T: ObjectStore>(pub Arc<T>);
-                    impl<
-                        T: ObjectStore,
-                    > tonic::server::ClientStreamingService<super::Chunk>
-                    for UploadSvc<T> {
-                        type Response = super::UploadReply;
-                        type Future = BoxFuture<
-                            tonic::Response<Self::Response>,
-                            tonic::Status,
-                        >;
-                        fn call(
-                            &mut self,
-                            request: tonic::Request<tonic::Streaming<super::Chunk>>,
-                        ) -> Self::Future {
-                            let inner = Arc::clone(&self.0);
-                            let fut = async move {
-                                <T as ObjectStore>::upload(&inner, request).await
-                            };
-                            Box::pin(fut)
-                        }
-                    }
-                    let accept_compression_encodings = self.accept_compression_encodings;
-                    let send_compression_encodings = self.send_compression_encodings;
-                    let max_decoding_message_size = self.max_decoding_message_size;
-                    let max_encoding_message_size = self.max_encoding_message_size;
-                    let inner = self.inner.clone();
-                    let fut = async move {
-                        let method = UploadSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
-                        let mut grpc = tonic::server::Grpc::new(codec)
-                            .apply_compression_config(
-                                accept_compression_encodings,
-                                send_compression_encodings,
-                            )
-                            .apply_max_message_size_config(
-                                max_decoding_message_size,
-                                max_encoding_message_size,
-                            );
-                        let res = grpc.client_streaming(method, req).await;
-                        Ok(res)
-                    };
-                    Box::pin(fut)
-                }
-                _ => {
-                    Box::pin(async move {
-                        let mut response = http::Response::new(
-                            tonic::body::Body::default(),
-                        );
-                        let headers = response.headers_mut();
-                        headers
-                            .insert(
-                                tonic::Status::GRPC_STATUS,
-                                (tonic::Code::Unimplemented as i32).into(),
-                            );
-                        headers
-                            .insert(
-                                http::header::CONTENT_TYPE,
-                                tonic::metadata::GRPC_CONTENT_TYPE,
-                            );
-                        Ok(response)
-                    })
-                }
-            }
-        }
-    }
-    impl<T> Clone for ObjectStoreServer<T> {
-        fn clone(&self) -> Self {
-            let inner = self.inner.clone();
-            Self {
-                inner,
-                accept_compression_encodings: self.accept_compression_encodings,
-                send_compression_encodings: self.send_compression_encodings,
-                max_decoding_message_size: self.max_decoding_message_size,
-                max_encoding_message_size: self.max_encoding_message_size,
-            }
-        }
-    }
-    /// Generated gRPC service name
-    pub const SERVICE_NAME: &str = "flotilla.v1.ObjectStore";
-    impl<T> tonic::server::NamedService for ObjectStoreServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

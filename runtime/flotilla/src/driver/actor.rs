@@ -6,38 +6,12 @@ use std::sync::Arc;
 use flotilla_core::ObjectId;
 use flotilla_proto::v1::{self as pb, task_spec};
 
-use crate::{
-    client::Runtime,
-    error::{Error, ErrorKind, Result},
+use super::{
     object_ref::{ArgList, ObjectRef},
+    options::ActorOptions,
+    Runtime,
 };
-
-/// Options of an actor's creation (`Counter::options().name("c").max_restarts(2)`).
-#[derive(Debug, Clone, Default)]
-pub struct ActorOptions {
-    pub(crate) name: String,
-    pub(crate) max_restarts: i32,
-    pub(crate) detached: bool,
-}
-
-impl ActorOptions {
-    /// A name other drivers can look the actor up by. Named actors outlive their creator's
-    /// handles until the creating session ends, unless also `detached`.
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = name.to_string();
-        self
-    }
-    /// Restarts after its worker dies (default 0; -1 for unlimited).
-    pub fn max_restarts(mut self, n: i32) -> Self {
-        self.max_restarts = n;
-        self
-    }
-    /// Keep the actor alive after its creator's session ends.
-    pub fn detached(mut self, detached: bool) -> Self {
-        self.detached = detached;
-        self
-    }
-}
+use crate::error::{Error, ErrorKind, Result};
 
 /// An untyped handle to an actor; `#[flotilla::actor]` wraps it in a typed handle.
 #[derive(Clone)]
@@ -64,12 +38,7 @@ impl ActorHandle {
         args: ArgList,
         options: &ActorOptions,
     ) -> Result<ActorHandle> {
-        let create = pb::ActorCreate {
-            class: class.to_string(),
-            max_restarts: options.max_restarts,
-            name: options.name.clone(),
-            detached: options.detached,
-        };
+        let create = options.to_proto(class);
         let label = format!("{class}::new");
         let r: ObjectRef<()> = rt.submit(
             task_spec::Kind::CreateActor(create),

@@ -12,8 +12,8 @@ use flotilla_core::ObjectId;
 use flotilla_proto::v1::{arg, Arg};
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::{host::TaskBinding, Runtime, Session};
 use crate::{
-    client::{ClientInner, Runtime, TaskBinding},
     codec,
     error::{Error, Result},
 };
@@ -22,12 +22,12 @@ use crate::{
 pub(crate) struct RefInner {
     pub(crate) id: ObjectId,
     pub(crate) owned: bool,
-    pub(crate) client: Arc<ClientInner>,
+    pub(crate) session: Arc<Session>,
 }
 
 impl Drop for RefInner {
     fn drop(&mut self) {
-        self.client.release(self.id, self.owned);
+        self.session.release(self.id, self.owned);
     }
 }
 
@@ -77,7 +77,7 @@ impl<T> ObjectRef<T> {
     }
 
     fn runtime(&self) -> Runtime {
-        Runtime::from_parts(self.inner.client.clone(), self.binding.clone())
+        Runtime::from_parts(self.inner.session.clone(), self.binding.clone())
     }
 }
 

@@ -1,13 +1,18 @@
 //! The `flotilla` command: run a head or a worker, start a local cluster of processes, show its
 //! status, drain a worker, and measure the runtime.
 
+mod bench;
+
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use flotilla::{
-    cluster::{self, UpOptions},
+    admin,
+    local::processes::{self, UpOptions},
+    process,
     worker::WorkerConfig,
 };
+use flotilla_proto::{contract::token_from_env, v1::DrainOutcome};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +35,9 @@ enum Command {
         /// HTTP address for /metrics, /healthz, /readyz and the dashboard (default port 7401).
         #[arg(long)]
         http_bind: Option<String>,
+        /// Once listening, write the addresses it got here (JSON), for whoever bound port 0.
+        #[arg(long)]
+        address_file: Option<PathBuf>,
     },
     /// Run a worker of the head at ADDR (or FLOTILLA_HEAD).
     Worker {
@@ -42,12 +50,10 @@ enum Command {
         /// Unique worker name (default: FLOTILLA_WORKER_NAME, or host-pid).
         #[arg(long)]
         name: Option<String>,
-        /// gRPC address for the object service (default: FLOTILLA_BIND's host, port 7402).
+        /// Address to serve objects, /metrics and health on (default: FLOTILLA_BIND, port 7403
+        /// unless it names one).
         #[arg(long)]
         bind: Option<String>,
-        /// HTTP address for /metrics (default: FLOTILLA_WORKER_HTTP_BIND, or port 7403).
-        #[arg(long)]
-        http_bind: Option<String>,
         /// Named custom resources, NAME=AMOUNT, repeatable.
         #[arg(long = "resource")]
         resources: Vec<String>,
@@ -104,11 +110,11 @@ enum Command {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn head_and_token(head: Option<String>) -> Result<(String, Option<String>), String> {
-    let state = cluster::read_state();
+    let state = processes::read_state();
     match head {
         Some(h) => {
-            let token = flotilla_proto::contract::token_from_env()
-                .or_else(|| state.filter(|s| s.address == h).map(|s| s.token));
+            let token =
+                token_from_env().or_else(|| state.filter(|s| s.address == h).map(|s| s.token));
             Ok((h, token))
         }
         None => state.map(|s| (s.address, Some(s.token))).ok_or_else(|| {
@@ -119,20 +125,21 @@ fn head_and_token(head: Option<String>) -> Result<(String, Option<String>), Stri
 }
 
 fn main() -> ExitCode {
-    cluster::init_logging();
+    process::init_logging();
     let cli = Cli::parse();
     // Heads and workers do their I/O on one thread (tasks run on blocking threads): no
     // cross-thread wake-ups on the hot path, and the other cores stay free for tasks.
     let tokio = match cli.command {
-        Command::Head { .. } | Command::Worker { .. } => cluster::service_runtime(),
-        _ => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("the tokio runtime starts (it only fails when the OS refuses threads)"),
+        Command::Head { .. } | Command::Worker { .. } => process::service_runtime(),
+        _ => process::driver_runtime(),
     };
     let result: Result<(), String> = tokio.block_on(async move {
         match cli.command {
-            Command::Head { bind, http_bind } => cluster::run_head_from_env(bind, http_bind)
+            Command::Head {
+                bind,
+                http_bind,
+                address_file,
+            } => process::run_head_from_env(bind, http_bind, address_file.as_deref())
                 .await
                 .map_err(|e| e.to_string()),
             Command::Worker {
@@ -140,11 +147,10 @@ fn main() -> ExitCode {
                 slots,
                 name,
                 bind,
-                http_bind,
                 resources,
             } => {
-                std::env::set_var("FLOTILLA_HEAD", &head);
-                let mut config = WorkerConfig::from_env().map_err(|e| e.to_string())?;
+                let mut config =
+                    WorkerConfig::from_env_with_head(&head).map_err(|e| e.to_string())?;
                 if let Some(s) = slots {
                     config.slots = s;
                 }
@@ -160,7 +166,7 @@ fn main() -> ExitCode {
                         .map_err(|_| format!("--resource {r:?}: {v:?} is not a number"))?;
                     config.custom.insert(k.to_string(), v);
                 }
-                cluster::run_worker_from_env(config, bind, http_bind)
+                process::run_worker_from_env(config, bind)
                     .await
                     .map_err(|e| e.to_string())
             }
@@ -170,7 +176,7 @@ fn main() -> ExitCode {
                 worker_bin,
                 port,
             } => {
-                let state = cluster::up(UpOptions {
+                let state = processes::up(UpOptions {
                     workers,
                     slots,
                     worker_bin,
@@ -190,13 +196,13 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Down => {
-                let n = cluster::down().map_err(|e| e.to_string())?;
+                let n = processes::down().map_err(|e| e.to_string())?;
                 println!("stopped {n} processes");
                 Ok(())
             }
             Command::Status { head } => {
                 let (head, token) = head_and_token(head)?;
-                let s = cluster::status(&head, token.as_deref())
+                let s = admin::status(&head, token.as_deref())
                     .await
                     .map_err(|e| e.to_string())?;
                 println!("head {head}");
@@ -237,7 +243,7 @@ fn main() -> ExitCode {
                 timeout,
             } => {
                 let (head, token) = head_and_token(head)?;
-                let reply = cluster::drain(
+                let reply = admin::drain(
                     &head,
                     token.as_deref(),
                     &worker,
@@ -247,16 +253,16 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())?;
                 println!("{}", reply.message);
                 match reply.outcome() {
-                    flotilla_proto::v1::DrainOutcome::Drained => Ok(()),
-                    flotilla_proto::v1::DrainOutcome::NotRegistered => {
+                    DrainOutcome::Drained => Ok(()),
+                    DrainOutcome::NotRegistered => {
                         Err(format!("no worker named {worker} is registered"))
                     }
                     _ => Err(format!("{worker} did not empty in time")),
                 }
             }
-            Command::Bench { workload, tasks } => flotilla::bench::run(&workload, tasks)
+            Command::Bench { workload, tasks } => bench::run(&workload, tasks)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| format!("{e:#}")),
         }
     });
     match result {

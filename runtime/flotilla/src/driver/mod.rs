@@ -1,5 +1,16 @@
-//! The driver side: [`Runtime`], a session with the head through which a program submits tasks,
+//! The driver: [`Runtime`], a session with the head through which a program submits tasks,
 //! creates actors, puts and gets objects.
+//!
+//! A driver connects with [`Runtime::connect`]; [`Runtime::init`] (in [`crate::local`]) connects
+//! to `FLOTILLA_HEAD` or starts an in-process cluster. Inside a worker, tasks get a runtime bound
+//! to the worker ([`host`]): its store serves their puts and gets, and a task that waits lends its
+//! slots back over the worker's own stream.
+
+pub mod actor;
+pub(crate) mod host;
+pub mod object_ref;
+pub mod options;
+mod put;
 
 use std::{
     collections::HashMap,
@@ -13,118 +24,59 @@ use std::{
 use bytes::Bytes;
 use flotilla_core::{ObjectId, SessionId};
 use flotilla_proto::{
-    v1::{
-        self as pb, driver_event, driver_op, head_client::HeadClient, object_state, put_object,
-        task_spec,
-    },
+    contract::ENV_JOB,
+    v1::{self as pb, driver_event, driver_op, object_state, task_spec},
     PROTOCOL_VERSION,
 };
-use futures::StreamExt;
-use serde::{de::DeserializeOwned, Serialize};
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use futures::{future::BoxFuture, StreamExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
 
+use self::{
+    host::{Lending, TaskBinding, TaskHost},
+    object_ref::{ArgList, ObjectRef, RefInner},
+    options::TaskOptions,
+};
 use crate::{
-    cluster::LocalCluster,
     codec,
     error::{Error, ErrorKind, Result},
-    object_ref::{ArgList, ObjectRef, RefInner},
-    peer::Peers,
-    registry::TaskOptions,
-    store::ObjectStore,
-    transport::{self, Batches, INLINE_MAX_BYTES, MAX_MESSAGE_BYTES},
+    net::{self, Batches, HeadRpc},
+    objects::Peers,
 };
-use flotilla_proto::auth::AddAuth;
 
 type State = object_state::State;
 
-enum Slot {
+/// What this session knows of one object: waiters until its state arrives, then the state.
+enum ObjectCell {
     Pending(Vec<oneshot::Sender<State>>),
     Ready(State),
 }
 
-/// The store of the worker a runtime lives in (for tasks that submit tasks).
-pub(crate) struct LocalStore {
-    pub(crate) store: Arc<ObjectStore>,
-    pub(crate) worker: u32,
-    pub(crate) address: String,
-    pub(crate) http_address: String,
-    pub(crate) node: String,
+/// A cluster a runtime started for itself and stops when it shuts down (the in-process local
+/// cluster of [`Runtime::init`]).
+pub(crate) trait OwnedCluster: Send {
+    /// Stops the cluster's workers and head.
+    fn stop(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
 
-/// The task a runtime handle is bound to, so a blocking `get` lends the task's slots back.
-#[derive(Clone)]
-pub(crate) struct TaskBinding {
-    pub(crate) task: ObjectId,
-    pub(crate) slots: Arc<Semaphore>,
-    pub(crate) permits: u32,
-}
-
-/// Slots a blocked task lent back to its worker; taken back when the wait ends, also when the
-/// waiting future is dropped (a cancelled task, or `wait` returning early).
-struct Lending {
-    binding: Option<TaskBinding>,
-    inner: Arc<ClientInner>,
-}
-
-impl Lending {
-    fn start(binding: &TaskBinding, inner: &Arc<ClientInner>) -> Lending {
-        inner.send(driver_op::Op::Blocked(binding.task.0));
-        binding.slots.add_permits(binding.permits as usize);
-        Lending {
-            binding: Some(binding.clone()),
-            inner: inner.clone(),
-        }
-    }
-
-    async fn finish(mut self) {
-        if let Some(b) = self.binding.take() {
-            if let Ok(permit) = b.slots.acquire_many(b.permits).await {
-                permit.forget();
-            }
-            self.inner.send(driver_op::Op::Unblocked(b.task.0));
-        }
-    }
-}
-
-impl Drop for Lending {
-    fn drop(&mut self) {
-        let Some(b) = self.binding.take() else { return };
-        self.inner.send(driver_op::Op::Unblocked(b.task.0));
-        let taken = b.slots.forget_permits(b.permits as usize);
-        let owed = b.permits as usize - taken;
-        if owed > 0 {
-            // Busy now: take the rest back as soon as they are released.
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    if let Ok(permit) = b.slots.acquire_many(owed as u32).await {
-                        permit.forget();
-                    }
-                });
-            }
-        }
-    }
-}
-
-pub(crate) type HeadRpc = HeadClient<InterceptedService<Channel, AddAuth>>;
-
-pub(crate) struct ClientInner {
-    session: SessionId,
+/// One session with the head, shared by every clone of a [`Runtime`] and by its object refs.
+pub(crate) struct Session {
+    id: SessionId,
     seq: AtomicU64,
     ops_tx: mpsc::UnboundedSender<pb::DriverOp>,
-    objects: Mutex<HashMap<ObjectId, Slot>>,
+    objects: Mutex<HashMap<ObjectId, ObjectCell>>,
     lookups: Mutex<HashMap<u64, oneshot::Sender<pb::ActorFound>>>,
     closed: AtomicBool,
     close_reason: Mutex<String>,
     head: HeadRpc,
     head_address: String,
-    pub(crate) peers: Peers,
-    pub(crate) local: Option<LocalStore>,
-    cluster: Mutex<Option<LocalCluster>>,
+    peers: Peers,
+    host: Option<TaskHost>,
+    cluster: Mutex<Option<Box<dyn OwnedCluster>>>,
     stop_tx: Mutex<Option<oneshot::Sender<()>>>,
 }
 
-impl ClientInner {
+impl Session {
     fn send(&self, op: driver_op::Op) {
         let _ = self.ops_tx.send(pb::DriverOp { op: Some(op) });
     }
@@ -143,12 +95,25 @@ impl ClientInner {
         let Some(value) = state.state else { return };
         let id = ObjectId(state.object);
         let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = objects.get_mut(&id) {
-            if let Slot::Pending(waiters) = std::mem::replace(slot, Slot::Ready(value.clone())) {
+        if let Some(cell) = objects.get_mut(&id) {
+            if let ObjectCell::Pending(waiters) =
+                std::mem::replace(cell, ObjectCell::Ready(value.clone()))
+            {
                 for w in waiters {
                     let _ = w.send(value.clone());
                 }
             }
+        }
+    }
+
+    fn found_actor(&self, found: pb::ActorFound) {
+        let tx = self
+            .lookups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&found.request);
+        if let Some(tx) = tx {
+            let _ = tx.send(found);
         }
     }
 
@@ -159,8 +124,8 @@ impl ClientInner {
         *self.close_reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
         // Waiters see their senders dropped and report the reason.
         let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
-        for slot in objects.values_mut() {
-            if let Slot::Pending(waiters) = slot {
+        for cell in objects.values_mut() {
+            if let ObjectCell::Pending(waiters) = cell {
                 waiters.clear();
             }
         }
@@ -186,7 +151,7 @@ impl ClientInner {
 /// `get` that has to wait lends the task's slot to other work (as Ray does).
 #[derive(Clone)]
 pub struct Runtime {
-    pub(crate) inner: Arc<ClientInner>,
+    pub(crate) session: Arc<Session>,
     binding: Option<TaskBinding>,
 }
 
@@ -195,55 +160,35 @@ impl std::fmt::Debug for Runtime {
         write!(
             f,
             "Runtime(session {} at {})",
-            self.inner.session.0, self.inner.head_address
+            self.session.id.0, self.session.head_address
         )
     }
 }
 
 impl Runtime {
-    /// Connects to `FLOTILLA_HEAD`, or, when it is unset, starts a local cluster in this process
-    /// (one worker with `FLOTILLA_SLOTS` slots, default: the CPUs available).
-    pub async fn init() -> Result<Runtime> {
-        match std::env::var("FLOTILLA_HEAD")
-            .ok()
-            .filter(|a| !a.is_empty())
-        {
-            Some(address) => {
-                Runtime::connect(
-                    &address,
-                    flotilla_proto::contract::token_from_env().as_deref(),
-                )
-                .await
-            }
-            None => {
-                let cluster = LocalCluster::start(crate::cluster::LocalOptions::from_env()).await?;
-                let rt = Runtime::connect(&cluster.address, cluster.token.as_deref()).await?;
-                *rt.inner.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(cluster);
-                Ok(rt)
-            }
-        }
-    }
-
     /// Connects to the head at `address` (`host:port`).
     pub async fn connect(address: &str, token: Option<&str>) -> Result<Runtime> {
-        Self::open(address, token, None, None).await
+        let job = std::env::var(ENV_JOB).unwrap_or_default();
+        Self::open(address, token, &job, None).await
     }
 
+    /// Opens a session: a driver's (`host` is `None`), or the one a worker's tasks share.
     pub(crate) async fn open(
         address: &str,
         token: Option<&str>,
-        local: Option<LocalStore>,
-        worker_name: Option<String>,
+        job: &str,
+        host: Option<(TaskHost, String)>,
     ) -> Result<Runtime> {
-        let channel = transport::connect(address).await?;
-        let mut head = HeadClient::with_interceptor(channel, AddAuth::new(token))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut head = net::connect_head(address, token).await?;
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        let (host, worker_name) = match host {
+            Some((host, name)) => (Some(host), name),
+            None => (None, String::new()),
+        };
         let hello = pb::DriverHello {
             protocol_version: PROTOCOL_VERSION,
-            job: std::env::var("FLOTILLA_JOB").unwrap_or_default(),
-            worker_name: worker_name.unwrap_or_default(),
+            job: job.to_string(),
+            worker_name,
         };
         let _ = ops_tx.send(pb::DriverOp {
             op: Some(driver_op::Op::Hello(hello)),
@@ -263,45 +208,45 @@ impl Runtime {
             .map_err(|s| connect_error(address, s))?
             .and_then(|batch| batch.events.into_iter().next())
             .and_then(|e| e.event);
-        let session = match first {
+        let id = match first {
             Some(driver_event::Event::Session(info)) => SessionId(info.session),
-            _ => return Err(Error::Rpc("the head did not open a session".into())),
+            _ => {
+                return Err(Error::Connect {
+                    address: address.to_string(),
+                    message: "the head did not open a session".into(),
+                })
+            }
         };
-        let inner = Arc::new(ClientInner {
-            session,
+        let session = Arc::new(Session {
+            id,
             seq: AtomicU64::new(0),
             ops_tx,
             objects: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(String::new()),
-            head: head.clone(),
+            head,
             head_address: address.to_string(),
-            peers: Peers::new(token.map(str::to_string)),
-            local,
+            peers: Peers::new(token),
+            host,
             cluster: Mutex::new(None),
             stop_tx: Mutex::new(Some(stop_tx)),
         });
-        let weak = Arc::downgrade(&inner);
+        let weak = Arc::downgrade(&session);
         tokio::spawn(async move {
             let reason = loop {
                 match inbound.message().await {
                     Ok(Some(batch)) => {
-                        let Some(inner) = weak.upgrade() else { return };
+                        let Some(session) = weak.upgrade() else {
+                            return;
+                        };
                         for event in batch.events {
                             match event.event {
                                 Some(driver_event::Event::Object(state)) => {
-                                    inner.resolve_event(state)
+                                    session.resolve_event(state)
                                 }
                                 Some(driver_event::Event::ActorFound(found)) => {
-                                    let tx = inner
-                                        .lookups
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .remove(&found.request);
-                                    if let Some(tx) = tx {
-                                        let _ = tx.send(found);
-                                    }
+                                    session.found_actor(found)
                                 }
                                 Some(driver_event::Event::Session(_)) | None => {}
                             }
@@ -311,55 +256,64 @@ impl Runtime {
                     Err(status) => break format!("lost the head: {}", status.message()),
                 }
             };
-            if let Some(inner) = weak.upgrade() {
-                inner.close(reason);
+            if let Some(session) = weak.upgrade() {
+                session.close(reason);
             }
         });
         Ok(Runtime {
-            inner,
+            session,
             binding: None,
         })
     }
 
-    pub(crate) fn from_parts(inner: Arc<ClientInner>, binding: Option<TaskBinding>) -> Runtime {
-        Runtime { inner, binding }
+    /// Stops `cluster` when this runtime shuts down.
+    pub(crate) fn own_cluster(&self, cluster: Box<dyn OwnedCluster>) {
+        *self
+            .session
+            .cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(cluster);
+    }
+
+    pub(crate) fn from_parts(session: Arc<Session>, binding: Option<TaskBinding>) -> Runtime {
+        Runtime { session, binding }
     }
 
     pub(crate) fn bound_to(&self, binding: TaskBinding) -> Runtime {
         Runtime {
-            inner: self.inner.clone(),
+            session: self.session.clone(),
             binding: Some(binding),
         }
     }
 
     /// The head's address.
     pub fn head_address(&self) -> &str {
-        &self.inner.head_address
+        &self.session.head_address
     }
 
     /// This session's number.
     pub fn session(&self) -> u32 {
-        self.inner.session.0
+        self.session.id.0
     }
 
     fn mint(&self) -> ObjectId {
         ObjectId::new(
-            self.inner.session,
-            self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            self.session.id,
+            self.session.seq.fetch_add(1, Ordering::Relaxed) + 1,
         )
     }
 
-    fn new_ref<T>(&self, id: ObjectId, slot: Slot) -> ObjectRef<T> {
-        self.inner
+    fn new_ref<T>(&self, id: ObjectId, cell: ObjectCell) -> ObjectRef<T> {
+        self.session
             .objects
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, slot);
+            .insert(id, cell);
         ObjectRef::new(
             Arc::new(RefInner {
                 id,
                 owned: true,
-                client: self.inner.clone(),
+                session: self.session.clone(),
             }),
             self.binding.clone(),
         )
@@ -372,11 +326,11 @@ impl Runtime {
             message: e.to_string(),
         };
         // Not known to the head: nothing to release there.
-        self.inner
+        self.session
             .objects
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Slot::Ready(State::Error(err)));
+            .insert(id, ObjectCell::Ready(State::Error(err)));
         self.borrowed_ref(id)
     }
 
@@ -400,8 +354,8 @@ impl Runtime {
             options,
             signature: signature.to_string(),
         };
-        let r = self.new_ref(id, Slot::Pending(Vec::new()));
-        self.inner.send(driver_op::Op::Submit(spec));
+        let r = self.new_ref(id, ObjectCell::Pending(Vec::new()));
+        self.session.send(driver_op::Op::Submit(spec));
         // Argument references may be released only after the submission is queued.
         drop(args.keep);
         r
@@ -427,38 +381,46 @@ impl Runtime {
 
     async fn resolve(&self, id: ObjectId) -> Result<State> {
         let rx = {
-            let mut objects = self.inner.objects.lock().unwrap_or_else(|e| e.into_inner());
+            let mut objects = self
+                .session
+                .objects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             match objects.get_mut(&id) {
-                Some(Slot::Ready(state)) => return Ok(state.clone()),
-                Some(Slot::Pending(waiters)) => {
-                    if self.inner.closed.load(Ordering::SeqCst) {
-                        return Err(self.inner.shutdown_error());
+                Some(ObjectCell::Ready(state)) => return Ok(state.clone()),
+                Some(ObjectCell::Pending(waiters)) => {
+                    if self.session.closed.load(Ordering::SeqCst) {
+                        return Err(self.session.shutdown_error());
                     }
                     let (tx, rx) = oneshot::channel();
                     waiters.push(tx);
                     rx
                 }
                 None => {
-                    if self.inner.closed.load(Ordering::SeqCst) {
-                        return Err(self.inner.shutdown_error());
+                    if self.session.closed.load(Ordering::SeqCst) {
+                        return Err(self.session.shutdown_error());
                     }
                     let (tx, rx) = oneshot::channel();
-                    objects.insert(id, Slot::Pending(vec![tx]));
-                    self.inner.send(driver_op::Op::Subscribe(id.0));
+                    objects.insert(id, ObjectCell::Pending(vec![tx]));
+                    self.session.send(driver_op::Op::Subscribe(id.0));
                     rx
                 }
             }
         };
         // A task waiting here lends its slots to other work until the value arrives.
-        let lending = self
-            .binding
-            .as_ref()
-            .map(|b| Lending::start(b, &self.inner));
-        let result = rx.await.map_err(|_| self.inner.shutdown_error());
+        let lending = self.lend();
+        let result = rx.await.map_err(|_| self.session.shutdown_error());
         if let Some(lending) = lending {
             lending.finish().await;
         }
         result
+    }
+
+    /// Lends the bound task's slots back to its worker, when this runtime is bound to one.
+    fn lend(&self) -> Option<Lending> {
+        let binding = self.binding.as_ref()?;
+        let host = self.session.host.as_ref()?;
+        Some(Lending::start(binding, host))
     }
 
     async fn value_bytes(&self, id: ObjectId) -> Result<Bytes> {
@@ -472,31 +434,35 @@ impl Runtime {
                     match self.resolve(id).await? {
                         State::InlineValue(b) => Ok(b),
                         State::Stored(fresh) => self.fetch(id, &fresh).await,
-                        State::Error(e) => Err(Error::from_task_error(&e)),
+                        State::Error(e) => Err(Error::from_proto(&e)),
                     }
                 }
                 other => other,
             },
-            State::Error(e) => Err(Error::from_task_error(&e)),
+            State::Error(e) => Err(Error::from_proto(&e)),
         }
     }
 
     /// Drops what this session knows of a ready object and subscribes to its current state.
     fn forget_state(&self, id: ObjectId) {
-        let mut objects = self.inner.objects.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot @ Slot::Ready(_)) = objects.get_mut(&id) {
-            *slot = Slot::Pending(Vec::new());
-            self.inner.send(driver_op::Op::Subscribe(id.0));
+        let mut objects = self
+            .session
+            .objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(cell @ ObjectCell::Ready(_)) = objects.get_mut(&id) {
+            *cell = ObjectCell::Pending(Vec::new());
+            self.session.send(driver_op::Op::Subscribe(id.0));
         }
     }
 
-    pub(crate) async fn fetch(&self, id: ObjectId, stored: &pb::StoredObject) -> Result<Bytes> {
-        if let Some(local) = &self.inner.local {
-            if let Some(b) = local.store.get(id)? {
+    async fn fetch(&self, id: ObjectId, stored: &pb::StoredObject) -> Result<Bytes> {
+        if let Some(host) = &self.session.host {
+            if let Some(b) = host.store.get(id).await? {
                 return Ok(b);
             }
         }
-        self.inner.peers.fetch(id, stored).await
+        self.session.peers.fetch(id, stored).await
     }
 
     /// Waits for the value of an object.
@@ -532,7 +498,7 @@ impl Runtime {
             .enumerate()
             .map(|(i, r)| {
                 let rt = Runtime {
-                    inner: self.inner.clone(),
+                    session: self.session.clone(),
                     binding: None,
                 };
                 let id = r.id();
@@ -555,10 +521,7 @@ impl Runtime {
             Ok(())
         };
         // The per-object waits are unbound; a task lends its slots once for the whole wait.
-        let lending = self
-            .binding
-            .as_ref()
-            .map(|b| Lending::start(b, &self.inner));
+        let lending = self.lend();
         let outcome = match timeout {
             Some(t) => tokio::time::timeout(t, collect).await.unwrap_or(Ok(())),
             None => collect.await,
@@ -579,132 +542,39 @@ impl Runtime {
         Ok((yes, no))
     }
 
-    /// Stores a value in the cluster and returns a reference to it. Small values travel inline;
-    /// large ones go to a worker's store (this worker's, inside a task).
-    pub async fn put<T: Serialize + 'static>(&self, value: &T) -> Result<ObjectRef<T>> {
-        let bytes = codec::encode(value)?;
-        self.put_bytes(bytes).await
-    }
-
-    pub(crate) async fn put_bytes<T>(&self, bytes: Bytes) -> Result<ObjectRef<T>> {
-        let id = self.mint();
-        if bytes.len() <= INLINE_MAX_BYTES {
-            let r = self.new_ref(id, Slot::Ready(State::InlineValue(bytes.clone())));
-            self.inner.send(driver_op::Op::Put(pb::PutObject {
-                object: id.0,
-                value: Some(put_object::Value::InlineValue(bytes)),
-            }));
-            return Ok(r);
-        }
-        let size = bytes.len() as u64;
-        let location = match &self.inner.local {
-            Some(local) => {
-                local.store.put(id, bytes)?;
-                pb::ObjectLocation {
-                    worker: local.worker,
-                    address: local.address.clone(),
-                    node: local.node.clone(),
-                    shm_path: String::new(),
-                    http_address: local.http_address.clone(),
-                }
-            }
-            None => {
-                let target = self.pick_store().await?;
-                let mut location = pb::ObjectLocation {
-                    worker: target.id,
-                    address: target.address,
-                    node: target.node.clone(),
-                    shm_path: String::new(),
-                    http_address: target.http_address,
-                };
-                match self
-                    .share_on_host(id, &target.node, &location.http_address, &bytes)
-                    .await
-                {
-                    Some(segment) => location.shm_path = segment,
-                    None => self.inner.peers.upload(id, &location, bytes).await?,
-                }
-                location
-            }
-        };
-        let stored = pb::StoredObject {
-            size,
-            locations: vec![location],
-        };
-        let r = self.new_ref(id, Slot::Ready(State::Stored(stored.clone())));
-        self.inner.send(driver_op::Op::Put(pb::PutObject {
-            object: id.0,
-            value: Some(put_object::Value::Stored(stored)),
-        }));
-        Ok(r)
-    }
-
-    /// On the worker's own host, writes the value once into shared memory and lets the worker
-    /// map it: no upload, and gets on this host map it too. `None` when that is not possible.
-    async fn share_on_host(
-        &self,
-        id: ObjectId,
-        node: &str,
-        http_address: &str,
-        bytes: &[u8],
-    ) -> Option<String> {
-        if http_address.is_empty() || node != crate::worker::hostname() {
-            return None;
-        }
-        let segment = crate::shm::write(id, bytes).ok()?;
-        match self.inner.peers.adopt(id, http_address, &segment).await {
-            Ok(()) => Some(segment.to_string_lossy().into_owned()),
-            Err(e) => {
-                tracing::debug!("shared-memory put of {id} fell back to an upload: {e}");
-                let _ = std::fs::remove_file(&segment);
-                None
-            }
-        }
-    }
-
-    async fn pick_store(&self) -> Result<pb::WorkerStatus> {
-        let status = self.status().await?;
-        status
-            .workers
-            .into_iter()
-            .filter(|w| {
-                !matches!(
-                    w.state(),
-                    pb::WorkerState::Draining | pb::WorkerState::Drained
-                )
-            })
-            .min_by_key(|w| (w.memory_bytes, w.id))
-            .ok_or_else(|| Error::Rpc("no worker is available to store a large object".into()))
-    }
-
     /// Cancels the task behind a reference: queued tasks never run, running ones are told to stop
     /// (an `async fn` stops at its next await; a plain function runs on but its result is dropped).
     pub fn cancel<T>(&self, r: &ObjectRef<T>) {
-        self.inner.send(driver_op::Op::Cancel(r.id().0));
+        self.session.send(driver_op::Op::Cancel(r.id().0));
     }
 
     /// The cluster's status: workers, slots, queue, objects.
     pub async fn status(&self) -> Result<pb::StatusReply> {
-        let mut head = self.inner.head.clone();
+        let mut head = self.session.head.clone();
         Ok(head.status(pb::StatusRequest {}).await?.into_inner())
     }
 
     pub(crate) async fn lookup_actor_id(&self, name: &str) -> Result<pb::ActorFound> {
-        let request = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let request = self.session.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
         {
-            let mut lookups = self.inner.lookups.lock().unwrap_or_else(|e| e.into_inner());
+            let mut lookups = self
+                .session
+                .lookups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             // `close` clears lookups after setting `closed`: check under the same lock.
-            if self.inner.closed.load(Ordering::SeqCst) {
-                return Err(self.inner.shutdown_error());
+            if self.session.closed.load(Ordering::SeqCst) {
+                return Err(self.session.shutdown_error());
             }
             lookups.insert(request, tx);
         }
-        self.inner.send(driver_op::Op::LookupActor(pb::LookupActor {
-            request,
-            name: name.to_string(),
-        }));
-        rx.await.map_err(|_| self.inner.shutdown_error())
+        self.session
+            .send(driver_op::Op::LookupActor(pb::LookupActor {
+                request,
+                name: name.to_string(),
+            }));
+        rx.await.map_err(|_| self.session.shutdown_error())
     }
 
     pub(crate) fn borrowed_ref<T>(&self, id: ObjectId) -> ObjectRef<T> {
@@ -712,7 +582,7 @@ impl Runtime {
             Arc::new(RefInner {
                 id,
                 owned: false,
-                client: self.inner.clone(),
+                session: self.session.clone(),
             }),
             self.binding.clone(),
         )
@@ -722,7 +592,7 @@ impl Runtime {
     /// stops the local cluster, if this runtime started one.
     pub async fn shutdown(&self) {
         if let Some(stop) = self
-            .inner
+            .session
             .stop_tx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -730,9 +600,9 @@ impl Runtime {
         {
             let _ = stop.send(());
         }
-        self.inner.close("the runtime was shut down".into());
+        self.session.close("the runtime was shut down".into());
         let cluster = self
-            .inner
+            .session
             .cluster
             .lock()
             .unwrap_or_else(|e| e.into_inner())

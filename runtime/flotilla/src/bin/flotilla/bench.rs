@@ -1,120 +1,15 @@
 //! `flotilla bench`: Ray's microbenchmark workloads against a local cluster of one head and two
 //! worker processes over loopback TCP. Prints one JSON line per workload.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Instant;
 
-use crate::{
+use anyhow::{bail, Result};
+use flotilla::{
     builtins::{byte_sum, estimate_pi, make_bytes, noop, Counter},
-    cluster::wait_for_workers,
-    error::{Error, Result},
-    Runtime, TaskOptions,
+    local::processes::ProcessCluster,
+    worker::available_slots,
+    Blob, TaskOptions,
 };
-
-/// Head and worker processes, stopped on drop.
-pub struct ProcessCluster {
-    /// The head's address.
-    pub address: String,
-    /// The token.
-    pub token: String,
-    children: Vec<Child>,
-}
-
-impl Drop for ProcessCluster {
-    fn drop(&mut self) {
-        // SIGTERM first, so workers remove their shared-memory segments; SIGKILL what is left.
-        for c in &self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for c in &mut self.children {
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-impl ProcessCluster {
-    /// Starts `flotilla head` and `workers` `flotilla worker` processes of the program `exe`
-    /// (worker `i` gets the custom resource `w{i}=1`) and waits until all are registered.
-    pub async fn start(
-        exe: &std::path::Path,
-        workers: usize,
-        slots: u32,
-    ) -> Result<ProcessCluster> {
-        let address = format!("127.0.0.1:{}", free_port()?);
-        let token = format!("{:032x}", rand::random::<u128>());
-        let mut children = Vec::new();
-        children.push(
-            Command::new(exe)
-                .args([
-                    "head",
-                    "--bind",
-                    &address,
-                    "--http-bind",
-                    &format!("127.0.0.1:{}", free_port()?),
-                ])
-                .env("FLOTILLA_TOKEN", &token)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()?,
-        );
-        for i in 0..workers {
-            children.push(
-                Command::new(exe)
-                    .args([
-                        "worker",
-                        "--head",
-                        &address,
-                        "--name",
-                        &format!("bench-{i}"),
-                        "--slots",
-                        &slots.to_string(),
-                    ])
-                    .args(["--bind", &format!("127.0.0.1:{}", free_port()?)])
-                    .args(["--http-bind", &format!("127.0.0.1:{}", free_port()?)])
-                    .args(["--resource", &format!("w{i}=1000000")])
-                    .env("FLOTILLA_TOKEN", &token)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()?,
-            );
-        }
-        let cluster = ProcessCluster {
-            address,
-            token,
-            children,
-        };
-        wait_for_workers(
-            &cluster.address,
-            Some(&cluster.token),
-            workers,
-            Duration::from_secs(30),
-        )
-        .await?;
-        Ok(cluster)
-    }
-
-    /// A driver session.
-    pub async fn connect(&self) -> Result<Runtime> {
-        Runtime::connect(&self.address, Some(&self.token)).await
-    }
-}
 
 struct Figure {
     workload: &'static str,
@@ -152,10 +47,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 const MB100: u64 = 100 * 1000 * 1000;
 
 /// Runs the named workloads (all when `only` is empty).
-pub async fn run(only: &[String], tasks: usize) -> Result<()> {
+pub(crate) async fn run(only: &[String], tasks: usize) -> Result<()> {
     let want = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
     let exe = std::env::current_exe()?;
-    let slots = crate::worker::available_slots();
+    let slots = available_slots();
 
     if want("cluster_start") {
         let mut times = Vec::new();
@@ -225,7 +120,7 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
             }));
         }
         for j in joins {
-            j.await.map_err(|e| Error::Rpc(e.to_string()))??;
+            j.await??;
         }
         let rate = (4 * tasks) as f64 / t.elapsed().as_secs_f64();
         Figure {
@@ -288,7 +183,7 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
             }));
         }
         for j in joins {
-            j.await.map_err(|e| Error::Rpc(e.to_string()))??;
+            j.await??;
         }
         let rate = (n * tasks) as f64 / t.elapsed().as_secs_f64();
         Figure {
@@ -334,15 +229,15 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
         }
     }
     if want("put_get_100mb") {
-        let value = crate::Blob::from(vec![7u8; MB100 as usize]);
+        let value = Blob::from(vec![7u8; MB100 as usize]);
         let mut rates = Vec::new();
         for _ in 0..3 {
             let t = Instant::now();
             let r = rt.put(&value).await?;
-            let back: crate::Blob = rt.get(&r).await?;
+            let back: Blob = rt.get(&r).await?;
             let secs = t.elapsed().as_secs_f64();
             if back.len() != value.len() {
-                return Err(Error::Rpc("put_get_100mb returned the wrong size".into()));
+                bail!("put_get_100mb returned the wrong size");
             }
             rates.push(MB100 as f64 / secs / 1e9);
         }
@@ -365,9 +260,7 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
             let (len, sum) = byte_sum.remote_with(&rt, &on("w1"), &produced).await?;
             let secs = t.elapsed().as_secs_f64();
             if len != MB100 || sum != MB100 * i as u64 {
-                return Err(Error::Rpc(format!(
-                    "fetch_100mb_between_workers: wrong result {len} {sum}"
-                )));
+                bail!("fetch_100mb_between_workers: wrong result {len} {sum}");
             }
             rates.push(MB100 as f64 / secs / 1e9);
         }
@@ -388,7 +281,7 @@ pub async fn run(only: &[String], tasks: usize) -> Result<()> {
             let pi: f64 = rt.get_all(&refs).await?.iter().sum::<f64>() / 4.0;
             times.push(t.elapsed().as_secs_f64() * 1000.0);
             if (pi - std::f64::consts::PI).abs() > 0.01 {
-                return Err(Error::Rpc(format!("pi_4x1m estimated {pi}")));
+                bail!("pi_4x1m estimated {pi}");
             }
         }
         Figure {

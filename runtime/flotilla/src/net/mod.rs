@@ -1,26 +1,27 @@
-//! Connections and streams: tuned HTTP/2 channels and servers, bounded message sizes, and the
-//! batching stream that turns many small messages into one frame.
+//! Network helpers every role uses: tuned HTTP/2 channels and servers, bounded message sizes, the
+//! head client with the cluster's credentials, listeners that refuse to serve beyond loopback
+//! without a token ([`bind`]), and the batching stream that turns many small messages into one
+//! frame ([`batch`]).
 
-use std::{
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
+pub mod batch;
+pub mod bind;
+
+pub use batch::Batches;
+
+use std::time::Duration;
+
+use flotilla_proto::{auth::AddAuth, v1::head_client::HeadClient};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
 };
-
-use futures::Stream;
-use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
 
-/// Largest message a peer may send; larger values travel as chunked streams.
+/// Largest gRPC message a peer may send; objects travel over HTTP, not in messages.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Values up to this size travel inline through the head; larger ones stay in a worker's store.
 pub const INLINE_MAX_BYTES: usize = 64 << 10;
-/// Chunk size of object streams.
-pub const CHUNK_BYTES: usize = 4 << 20;
-/// Most messages put in one batch.
-const MAX_BATCH: usize = 4096;
 
 const STREAM_WINDOW: u32 = 16 << 20;
 /// Largest HTTP/2 frame we accept: big frames cut per-frame work on large objects.
@@ -84,35 +85,28 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// Yields everything queued in a channel as one batch, so a burst of submissions costs one frame.
-pub struct Batches<T> {
-    rx: mpsc::UnboundedReceiver<T>,
+/// A client of the head's gRPC service, carrying the cluster token and the protocol version.
+pub type HeadRpc = HeadClient<InterceptedService<Channel, AddAuth>>;
+
+/// Connects to the head at `address` with `token`, with the message size limits of the protocol.
+pub async fn connect_head(address: &str, token: Option<&str>) -> Result<HeadRpc> {
+    let channel = connect(address).await?;
+    Ok(HeadClient::with_interceptor(channel, AddAuth::new(token))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
-impl<T> Batches<T> {
-    /// Batches what `rx` receives.
-    pub fn new(rx: mpsc::UnboundedReceiver<T>) -> Self {
-        Batches { rx }
-    }
-}
-
-impl<T> Stream for Batches<T> {
-    type Item = Vec<T>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Vec<T>>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(first)) => {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match self.rx.try_recv() {
-                        Ok(item) => batch.push(item),
-                        Err(_) => break,
-                    }
-                }
-                Poll::Ready(Some(batch))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
+/// Serves `app` on `listener` in the background until `stop` changes.
+pub fn spawn_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await;
+    });
 }

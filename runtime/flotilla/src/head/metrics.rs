@@ -1,0 +1,215 @@
+//! The head's Prometheus metrics: the cluster's queue, slots, workers, actors and objects, taken
+//! from the scheduler at each scrape, runs by task name, and a histogram of task run times
+//! observed as results arrive. Every series carries the `cluster` and `namespace` labels.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use flotilla_core::{Snapshot, WorkerView};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use super::core::RunsByName;
+use crate::metrics::register;
+
+/// Buckets of task run times, in seconds: from a no-op to a long batch step.
+const RUN_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+    120.0, 600.0,
+];
+
+/// The head's registry and the series in it.
+pub struct HeadMetrics {
+    registry: Registry,
+    /// Serializes scrapes: each sets gauges and advances counters to the scheduler's values.
+    scrape: Mutex<()>,
+    tasks_pending: IntGauge,
+    tasks_waiting: IntGauge,
+    tasks_running: IntGauge,
+    tasks_finished: IntCounter,
+    tasks_failed: IntCounter,
+    tasks_retried: IntCounter,
+    slots: IntGaugeVec,
+    workers: IntGaugeVec,
+    actors: IntGaugeVec,
+    store_bytes: IntGaugeVec,
+    desired_workers: IntGauge,
+    objects: IntGauge,
+    drivers: IntGauge,
+    group_workers: IntGaugeVec,
+    group_slots: IntGaugeVec,
+    task_runs: IntCounterVec,
+    task_seconds: Histogram,
+}
+
+impl HeadMetrics {
+    /// A registry whose series carry `cluster` and `namespace`.
+    pub fn new(cluster: &str, namespace: &str) -> Self {
+        let labels = HashMap::from([
+            ("cluster".to_string(), cluster.to_string()),
+            ("namespace".to_string(), namespace.to_string()),
+        ]);
+        let registry = Registry::new_custom(None, Some(labels))
+            .expect("cluster and namespace are valid label names");
+        let gauge = |name: &str, help: &str| {
+            register(
+                &registry,
+                IntGauge::new(name, help).expect("a valid metric name"),
+            )
+        };
+        let counter = |name: &str, help: &str| {
+            register(
+                &registry,
+                IntCounter::new(name, help).expect("a valid metric name"),
+            )
+        };
+        let gauges = |name: &str, help: &str, label: &str| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), &[label]).expect("a valid metric name"),
+            )
+        };
+        HeadMetrics {
+            tasks_pending: gauge(
+                "flotilla_tasks_pending",
+                "Tasks ready to run, waiting for a free slot.",
+            ),
+            tasks_waiting: gauge(
+                "flotilla_tasks_waiting",
+                "Tasks waiting for their arguments.",
+            ),
+            tasks_running: gauge("flotilla_tasks_running", "Tasks running now."),
+            tasks_finished: counter(
+                "flotilla_tasks_finished_total",
+                "Tasks finished successfully.",
+            ),
+            tasks_failed: counter("flotilla_tasks_failed_total", "Tasks failed for good."),
+            tasks_retried: counter(
+                "flotilla_tasks_retried_total",
+                "Tasks retried after a worker failure.",
+            ),
+            slots: gauges("flotilla_slots", "Task slots across live workers.", "state"),
+            workers: gauges("flotilla_workers", "Workers by state.", "state"),
+            actors: gauges("flotilla_actors", "Actors by state.", "state"),
+            store_bytes: gauges(
+                "flotilla_object_store_bytes",
+                "Object store bytes across workers.",
+                "location",
+            ),
+            desired_workers: gauge(
+                "flotilla_desired_workers",
+                "The head's estimate of workers needed.",
+            ),
+            objects: gauge("flotilla_objects", "Objects tracked by the head."),
+            drivers: gauge("flotilla_drivers", "Connected driver sessions."),
+            group_workers: gauges(
+                "flotilla_group_workers",
+                "Registered workers per group.",
+                "group",
+            ),
+            group_slots: gauges("flotilla_group_slots", "Task slots per group.", "group"),
+            task_runs: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flotilla_task_runs_total",
+                        "Task runs by task name and outcome.",
+                    ),
+                    &["task", "outcome"],
+                )
+                .expect("a valid metric name"),
+            ),
+            task_seconds: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "flotilla_task_duration_seconds",
+                        "How long tasks ran on their workers.",
+                    )
+                    .buckets(RUN_BUCKETS.to_vec()),
+                )
+                .expect("valid buckets"),
+            ),
+            registry,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Records a task's run time on its worker.
+    pub fn observe_run(&self, micros: u64) {
+        self.task_seconds.observe(micros as f64 / 1e6);
+    }
+
+    /// The Prometheus text exposition of the scheduler's state `(snap, workers)` and `runs`.
+    pub fn render(&self, snap: &Snapshot, workers: &[WorkerView], runs: &RunsByName) -> String {
+        let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let set = |g: &IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        let advance = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
+        set(&self.tasks_pending, snap.tasks_pending);
+        set(&self.tasks_waiting, snap.tasks_waiting);
+        set(&self.tasks_running, snap.tasks_running);
+        advance(&self.tasks_finished, snap.tasks_finished);
+        advance(&self.tasks_failed, snap.tasks_failed);
+        advance(&self.tasks_retried, snap.tasks_retried);
+        for (vec, series) in [
+            (
+                &self.slots,
+                &[("busy", snap.slots_busy), ("free", snap.slots_free)][..],
+            ),
+            (
+                &self.workers,
+                &[
+                    ("idle", snap.workers_idle),
+                    ("busy", snap.workers_busy),
+                    ("draining", snap.workers_draining),
+                ][..],
+            ),
+            (
+                &self.actors,
+                &[
+                    ("alive", snap.actors_alive),
+                    ("restarting", snap.actors_restarting),
+                    ("dead", snap.actors_dead),
+                ][..],
+            ),
+            (
+                &self.store_bytes,
+                &[
+                    ("memory", snap.store_memory_bytes),
+                    ("spilled", snap.store_spilled_bytes),
+                ][..],
+            ),
+        ] {
+            for (label, value) in series {
+                set(&vec.with_label_values(&[label]), *value);
+            }
+        }
+        set(&self.desired_workers, snap.desired_workers);
+        set(&self.objects, snap.objects);
+        set(&self.drivers, snap.sessions);
+        // Groups come and go with their workers: only the current ones are shown.
+        self.group_workers.reset();
+        self.group_slots.reset();
+        for w in workers {
+            self.group_workers
+                .with_label_values(&[w.group.as_str()])
+                .inc();
+            self.group_slots
+                .with_label_values(&[w.group.as_str()])
+                .add(i64::from(w.slots));
+        }
+        for (task, finished, failed) in runs {
+            advance(
+                &self
+                    .task_runs
+                    .with_label_values(&[task.as_str(), "finished"]),
+                *finished,
+            );
+            advance(
+                &self.task_runs.with_label_values(&[task.as_str(), "failed"]),
+                *failed,
+            );
+        }
+        crate::metrics::encode(&self.registry)
+    }
+}

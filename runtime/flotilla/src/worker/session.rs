@@ -1,0 +1,310 @@
+//! One connection of a worker to the head, from registration until it drops: the head's commands
+//! come in on the `Work` stream and results, copies, store statistics and slot lending go out on
+//! it. Each command kind has its own method; the loop only dispatches.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use flotilla_core::ObjectId;
+use flotilla_proto::{
+    v1::{self as pb, task_spec, worker_command, worker_op},
+    PROTOCOL_VERSION,
+};
+use futures::StreamExt;
+use tokio::{sync::mpsc, task::AbortHandle};
+
+use super::{
+    actors::{self, HostedActor},
+    executor, Shared,
+};
+use crate::{
+    driver::{host::TaskHost, Runtime},
+    error::{ErrorKind, TaskFailure},
+    net::{self, Batches},
+    registry::registry,
+};
+
+/// Why a session ended.
+pub(super) enum SessionError {
+    /// The head refused us for good (wrong token, other protocol).
+    Refused(String),
+    /// The connection failed or dropped.
+    Lost(String),
+    /// Another connection holds this worker's name.
+    Duplicate(String),
+}
+
+fn classify(status: tonic::Status) -> SessionError {
+    use tonic::Code;
+    match status.code() {
+        Code::Unauthenticated | Code::FailedPrecondition | Code::InvalidArgument => {
+            SessionError::Refused(format!(
+                "the head refused this worker: {}",
+                status.message()
+            ))
+        }
+        // The head may not have noticed yet that this worker's previous connection dropped.
+        Code::AlreadyExists => SessionError::Duplicate(status.message().to_string()),
+        _ => SessionError::Lost(status.message().to_string()),
+    }
+}
+
+/// What the head learns of this worker when it registers.
+fn registration(shared: &Shared) -> pb::RegisterWorker {
+    let config = &shared.config;
+    let reg = registry();
+    let infos = |items: Vec<(&str, &str)>| {
+        items
+            .into_iter()
+            .map(|(name, signature)| pb::FunctionInfo {
+                name: name.into(),
+                signature: signature.into(),
+            })
+            .collect()
+    };
+    pb::RegisterWorker {
+        protocol_version: PROTOCOL_VERSION,
+        name: config.name.clone(),
+        address: shared.address.clone(),
+        http_address: shared.address.clone(),
+        node: config.node.clone(),
+        slots: config.slots,
+        custom_resources: config.custom.clone(),
+        functions: infos(
+            reg.functions
+                .values()
+                .map(|f| (f.name, f.signature))
+                .collect(),
+        ),
+        actor_classes: infos(
+            reg.classes
+                .values()
+                .map(|c| (c.name, c.signature))
+                .collect(),
+        ),
+        program: reg.program.clone(),
+        build_id: reg.build_id.clone(),
+        group: config.group.clone(),
+    }
+}
+
+/// Registers, then works for the head until the connection drops.
+pub(super) async fn run(shared: Arc<Shared>) -> Result<(), SessionError> {
+    let config = &shared.config;
+    let mut head = net::connect_head(&config.head, config.token.as_deref())
+        .await
+        .map_err(|e| SessionError::Lost(e.to_string()))?;
+    let (ops_tx, ops_rx) = mpsc::unbounded_channel::<pb::WorkerOp>();
+    let _ = ops_tx.send(pb::WorkerOp {
+        op: Some(worker_op::Op::Register(registration(&shared))),
+    });
+    let outbound = Batches::new(ops_rx).map(|ops| pb::WorkerBatch { ops });
+    let mut inbound = head.work(outbound).await.map_err(classify)?.into_inner();
+    let mut commands = inbound
+        .message()
+        .await
+        .map_err(classify)?
+        .unwrap_or_default()
+        .commands
+        .into_iter();
+    let first = commands.next().and_then(|c| c.command);
+    // Work that waited for a worker can come in the same batch as the confirmation: run it
+    // before what follows, rather than dropping it (its task would never finish).
+    let early = pb::WorkerCommands {
+        commands: commands.collect(),
+    };
+    let mut inbound = futures::stream::iter([Ok(early)]).chain(inbound);
+    let worker_id = match first {
+        Some(worker_command::Command::Registered(r)) => r.worker,
+        _ => {
+            return Err(SessionError::Lost(
+                "the head did not confirm the registration".into(),
+            ))
+        }
+    };
+    shared
+        .registered
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(name = %config.name, id = worker_id, head = %config.head, slots = config.slots, "registered");
+    // The runtime tasks use to submit tasks of their own: its puts and gets go through this
+    // worker's store, and a task waiting in it lends its slots back on this stream.
+    let host = TaskHost {
+        store: shared.store.clone(),
+        location: pb::ObjectLocation {
+            worker: worker_id,
+            address: shared.address.clone(),
+            node: config.node.clone(),
+            shm_path: String::new(),
+            http_address: shared.address.clone(),
+        },
+        ops_tx: ops_tx.clone(),
+    };
+    let rt = Runtime::open(
+        &config.head,
+        config.token.as_deref(),
+        "",
+        Some((host, config.name.clone())),
+    )
+    .await
+    .map_err(|e| SessionError::Lost(e.to_string()))?;
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ObjectId>();
+    let mut session = WorkerSession {
+        shared: shared.clone(),
+        rt,
+        ops_tx,
+        done_tx,
+        tasks: HashMap::new(),
+        actors: HashMap::new(),
+    };
+    let mut stats_timer = tokio::time::interval(Duration::from_millis(500));
+    let mut last_stats = pb::StoreStats::default();
+    let outcome = loop {
+        tokio::select! {
+            message = inbound.next() => {
+                let batch = match message {
+                    Some(Ok(batch)) => batch,
+                    None => break Ok(()),
+                    Some(Err(status)) => break Err(SessionError::Lost(status.message().to_string())),
+                };
+                for command in batch.commands.into_iter().filter_map(|c| c.command) {
+                    session.handle(command);
+                }
+            }
+            Some(done) = done_rx.recv() => {
+                session.tasks.remove(&done);
+            }
+            _ = stats_timer.tick() => {
+                let stats = shared.store.stats();
+                if stats != last_stats {
+                    last_stats = stats;
+                    session.send(worker_op::Op::Store(stats));
+                }
+            }
+        }
+    };
+    session.close().await;
+    outcome
+}
+
+/// The work of one session: running tasks and hosted actors.
+struct WorkerSession {
+    shared: Arc<Shared>,
+    rt: Runtime,
+    ops_tx: mpsc::UnboundedSender<pb::WorkerOp>,
+    done_tx: mpsc::UnboundedSender<ObjectId>,
+    /// Running tasks and the attempt each runs.
+    tasks: HashMap<ObjectId, (AbortHandle, u32)>,
+    actors: HashMap<ObjectId, HostedActor>,
+}
+
+impl WorkerSession {
+    fn send(&self, op: worker_op::Op) {
+        let _ = self.ops_tx.send(pb::WorkerOp { op: Some(op) });
+    }
+
+    fn handle(&mut self, command: worker_command::Command) {
+        match command {
+            worker_command::Command::Run(d) => self.run(d),
+            worker_command::Command::Cancel(t) => self.cancel(ObjectId(t)),
+            worker_command::Command::Free(o) => self.shared.store.remove(ObjectId(o)),
+            worker_command::Command::Copy(c) => self.copy(c),
+            worker_command::Command::KillActor(a) => self.kill_actor(ObjectId(a)),
+            worker_command::Command::Registered(_) => {}
+        }
+    }
+
+    fn run(&mut self, d: pb::Dispatch) {
+        let Some(spec) = d.spec.as_ref() else { return };
+        let task = ObjectId(spec.task);
+        match &spec.kind {
+            Some(task_spec::Kind::ActorCall(call)) => {
+                let actor = ObjectId(call.actor);
+                let call = actors::Call {
+                    task,
+                    attempt: d.attempt,
+                    method: call.method.clone(),
+                    signature: spec.signature.clone(),
+                    args: d.args,
+                };
+                let delivered = self.actors.get(&actor).is_some_and(|hosted| {
+                    hosted.deliver(call, &self.shared, &self.rt, &self.ops_tx)
+                });
+                if !delivered {
+                    let failure = TaskFailure::new(
+                        ErrorKind::ActorDied,
+                        format!("actor {actor} is not on worker {}", self.shared.config.name),
+                    );
+                    let op = executor::failure_op(&self.shared, task, d.attempt, failure);
+                    let _ = self.ops_tx.send(op);
+                }
+            }
+            Some(task_spec::Kind::CreateActor(create)) => {
+                let class = create.class.clone();
+                let hosted = actors::start(
+                    self.shared.clone(),
+                    self.rt.clone(),
+                    class,
+                    d,
+                    self.ops_tx.clone(),
+                );
+                self.actors.insert(task, hosted);
+            }
+            _ => {
+                let attempt = d.attempt;
+                let handle = tokio::spawn(executor::run_task(
+                    self.shared.clone(),
+                    self.rt.clone(),
+                    d,
+                    self.ops_tx.clone(),
+                    self.done_tx.clone(),
+                ));
+                self.tasks.insert(task, (handle.abort_handle(), attempt));
+            }
+        }
+    }
+
+    fn cancel(&mut self, task: ObjectId) {
+        if let Some((h, attempt)) = self.tasks.remove(&task) {
+            h.abort();
+            // An aborted task never reports, and the head counts it running (its slot busy)
+            // until it does: report it cancelled.
+            let failure = TaskFailure::new(ErrorKind::Cancelled, "cancelled".into());
+            let op = executor::failure_op(&self.shared, task, attempt, failure);
+            let _ = self.ops_tx.send(op);
+        }
+    }
+
+    /// Copies an object from another worker into this store (a drain moving objects here).
+    fn copy(&self, c: pb::CopyObject) {
+        let shared = self.shared.clone();
+        let ops_tx = self.ops_tx.clone();
+        tokio::spawn(async move {
+            let id = ObjectId(c.object);
+            let Some(from) = c.from else { return };
+            match shared.peers.fetch(id, &from).await {
+                Ok(bytes) => {
+                    if shared.store.put(id, bytes).await.is_ok() {
+                        let _ = ops_tx.send(pb::WorkerOp {
+                            op: Some(worker_op::Op::StoredCopy(id.0)),
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(object = %id, "copy failed: {e}"),
+            }
+        });
+    }
+
+    fn kill_actor(&mut self, actor: ObjectId) {
+        if let Some(hosted) = self.actors.remove(&actor) {
+            hosted.kill();
+        }
+    }
+
+    /// Stops what still runs and ends the tasks' runtime session.
+    async fn close(self) {
+        for (h, _) in self.tasks.into_values() {
+            h.abort();
+        }
+        self.rt.shutdown().await;
+    }
+}
