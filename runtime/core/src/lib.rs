@@ -3,6 +3,7 @@
 //! deterministically.
 
 pub mod ids;
+pub mod options;
 pub mod scheduler;
 
 pub use ids::{ObjectId, SessionId, WorkerId};

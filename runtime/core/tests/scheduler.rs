@@ -1350,3 +1350,148 @@ fn an_actor_killed_while_its_constructor_runs_is_stopped_when_it_comes_up() {
     );
     assert_eq!(s.snapshot().actors_alive, 0);
 }
+
+// ---------------------------------------------------------------------------------- shared memory
+
+const SEGMENT: &str = "/dev/shm/flotilla-test-segment";
+
+/// A put of `size` bytes on `worker`, which keeps it in the shared-memory segment `shm_path`.
+fn put_in_segment(size: u64, worker: WorkerId, shm_path: &str) -> pb::put_object::Value {
+    pb::put_object::Value::Stored(pb::StoredObject {
+        size,
+        locations: vec![pb::ObjectLocation {
+            worker: worker.0,
+            shm_path: shm_path.into(),
+            ..pb::ObjectLocation::default()
+        }],
+    })
+}
+
+/// The locations of a stored object sent to `session`: worker and segment path.
+fn segments_at(effects: &[Effect], session: SessionId, id: ObjectId) -> Vec<(u32, String)> {
+    match state_of(effects, session, id) {
+        object_state::State::Stored(s) => s
+            .locations
+            .into_iter()
+            .map(|l| (l.worker, l.shm_path))
+            .collect(),
+        other => panic!("expected a stored object for {id}, got {other:?}"),
+    }
+}
+
+/// The locations of the stored argument `index` of a dispatch: worker and segment path.
+fn arg_segments(d: &pb::Dispatch, index: usize) -> Vec<(u32, String)> {
+    match d.args[index].kind.clone().unwrap() {
+        resolved_arg::Kind::Stored(r) => r
+            .r#where
+            .unwrap()
+            .locations
+            .into_iter()
+            .map(|l| (l.worker, l.shm_path))
+            .collect(),
+        other => panic!("expected a stored ref, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_put_segment_reaches_the_tasks_that_take_the_object() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let (x, a) = (oid(sess, 1), oid(sess, 2));
+    s.put(sess, x, put_in_segment(1 << 20, ws[0], SEGMENT));
+    assert_eq!(
+        segments_at(&s.drain_effects(), sess, x),
+        vec![(ws[0].0, SEGMENT.to_string())],
+        "the owner hears the segment back"
+    );
+
+    s.submit(sess, task(a, "f", vec![obj(x)]));
+    let placed = runs(&s.drain_effects());
+    assert_eq!(placed.len(), 1);
+    assert_eq!(placed[0].0, ws[0], "the task goes where its argument is");
+    assert_eq!(
+        arg_segments(&placed[0].1, 0),
+        vec![(ws[0].0, SEGMENT.to_string())]
+    );
+}
+
+#[test]
+fn a_subscriber_in_another_session_sees_the_segment() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let other = s.open_session(None);
+    let x = oid(sess, 1);
+    s.put(sess, x, put_in_segment(1 << 20, ws[0], SEGMENT));
+    s.drain_effects();
+
+    s.subscribe(other, x);
+    assert_eq!(
+        segments_at(&s.drain_effects(), other, x),
+        vec![(ws[0].0, SEGMENT.to_string())]
+    );
+}
+
+#[test]
+fn a_drain_copy_names_the_segment_to_copy_from() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let x = oid(sess, 1);
+    s.put(sess, x, put_in_segment(100, ws[0], SEGMENT));
+    s.drain_effects();
+
+    s.drain(ws[0], Instant::now(), Duration::from_secs(60));
+    match commands(&s.drain_effects()).as_slice() {
+        [(to, Command::Copy(c))] => {
+            assert_eq!((*to, c.object), (ws[1], x.0));
+            let from = &c.from.as_ref().unwrap().locations;
+            assert_eq!(
+                (from[0].worker, from[0].shm_path.as_str()),
+                (ws[0].0, SEGMENT)
+            );
+        }
+        cmds => panic!("expected one copy, got {cmds:?}"),
+    }
+}
+
+#[test]
+fn the_segment_goes_with_its_worker() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let other = s.open_session(None);
+    let (x, a) = (oid(sess, 1), oid(sess, 2));
+    s.put(sess, x, put_in_segment(1 << 20, ws[0], SEGMENT));
+    // w2 fetched a copy into its own store, which has no segment.
+    s.stored_copy(ws[1], x);
+    s.subscribe(other, x);
+    assert_eq!(
+        segments_at(&s.drain_effects(), other, x),
+        vec![(ws[0].0, SEGMENT.to_string()), (ws[1].0, String::new())]
+    );
+
+    s.worker_lost(ws[0]);
+    s.drain_effects();
+    s.subscribe(other, x);
+    assert_eq!(
+        segments_at(&s.drain_effects(), other, x),
+        vec![(ws[1].0, String::new())],
+        "no location is left that names the segment"
+    );
+    s.submit(sess, task(a, "f", vec![obj(x)]));
+    let placed = runs(&s.drain_effects());
+    assert_eq!(placed.len(), 1);
+    assert_eq!(
+        arg_segments(&placed[0].1, 0),
+        vec![(ws[1].0, String::new())]
+    );
+}
+
+#[test]
+fn a_copy_reported_again_keeps_the_segment() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let x = oid(sess, 1);
+    s.put(sess, x, put_in_segment(1 << 20, ws[0], SEGMENT));
+    s.drain_effects();
+    // The putting worker reports the object it already holds, e.g. after a fetch raced the put.
+    s.stored_copy(ws[0], x);
+    s.subscribe(sess, x);
+    assert_eq!(
+        segments_at(&s.drain_effects(), sess, x),
+        vec![(ws[0].0, SEGMENT.to_string())]
+    );
+}
