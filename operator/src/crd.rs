@@ -1,4 +1,4 @@
-//! The `ComputeCluster` and `ComputeJob` custom resources (`flotilla.dev/v1alpha1`, DESIGN.md §4).
+//! The `ComputeCluster` and `ComputeJob` custom resources (`flotilla.dev/v1alpha1`; see `docs/architecture.md`).
 //!
 //! Every `///` comment on a field becomes that field's description in the generated CRD schema, so
 //! they are written for someone reading `kubectl explain`. Static invariants the API server can

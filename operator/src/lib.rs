@@ -1,5 +1,5 @@
 //! The Flotilla Kubernetes operator: the `ComputeCluster` and `ComputeJob` resources, the checks
-//! on their specs, and the children (Secret, Service, pods) a cluster is made of (DESIGN.md §4).
+//! on their specs, and the children (Secret, Service, pods) a cluster is made of (see `docs/architecture.md`).
 //!
 //! The reconcile pipeline ([`controller`]) reads what exists, [`validation::validate`]s the spec
 //! (pure), [`plan`]s one step from the desired children [`builders`] make (pure), carries it out,

@@ -1,4 +1,4 @@
-//! A local Kubernetes for Flotilla's tests (DESIGN.md §5).
+//! A local Kubernetes for Flotilla's tests (see `docs/architecture.md`, "Testing without a Kubernetes cluster").
 //!
 //! - [`apiserver`]: a fake API server on 127.0.0.1 that speaks real Kubernetes HTTP, good enough
 //!   for the real `kubectl` and for kube-rs clients such as the operator.

@@ -10,7 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use flotilla_core::ObjectId;
+use flotilla_core::{options::resolve_slots, ObjectId};
 use flotilla_proto::v1::{self as pb, resolved_arg, task_result, task_spec, worker_op};
 use futures::FutureExt;
 use prometheus::IntGauge;
@@ -210,13 +210,14 @@ pub(super) async fn resolve_args(
     Ok(out)
 }
 
-/// Slots a task takes; the head resolved the default, and a worker never gives more than it has.
+/// Slots a task takes: what the head resolved at submission, and never more than this worker has.
 fn slots_of(spec: &pb::TaskSpec, worker_slots: u32) -> u32 {
-    spec.options
+    let requested = spec
+        .options
         .as_ref()
         .and_then(|o| o.resources.as_ref())
-        .map_or(1, |r| r.slots.max(1))
-        .min(worker_slots)
+        .map_or(0, |r| r.slots);
+    resolve_slots(requested).min(worker_slots)
 }
 
 /// Runs one function task to its report.

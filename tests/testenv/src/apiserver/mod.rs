@@ -1,4 +1,4 @@
-//! A fake Kubernetes API server for tests (DESIGN.md §5).
+//! A fake Kubernetes API server for tests (see `docs/architecture.md`, "Testing without a Kubernetes cluster").
 //!
 //! It speaks real Kubernetes HTTP on 127.0.0.1 (plain http, no authentication) and keeps
 //! everything in memory, well enough for the real `kubectl` and for kube-rs clients (`Api`,
