@@ -2,9 +2,11 @@
 //! I/O, so that scheduling, retries, lineage rebuilds, actor restarts and drains are tested
 //! deterministically.
 
+pub mod error_kind;
 pub mod ids;
 pub mod options;
 pub mod scheduler;
 
+pub use error_kind::ErrorKind;
 pub use ids::{ObjectId, SessionId, WorkerId};
 pub use scheduler::{Effect, RegisterError, Scheduler, Snapshot, WorkerInfo, WorkerView};

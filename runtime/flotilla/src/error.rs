@@ -4,86 +4,8 @@
 
 use std::sync::Arc;
 
-use flotilla_proto::v1::{task_error, TaskError};
-
-/// Why a task failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// The function returned `Err`.
-    Application,
-    /// The function panicked.
-    Panic,
-    /// No worker has the function or actor class.
-    UnknownFunction,
-    /// Arguments or signature did not match what the worker has.
-    TypeMismatch,
-    /// The worker running it died and no retries were left.
-    WorkerDied,
-    /// Cancelled by the caller or because its driver went away.
-    Cancelled,
-    /// An object it needed was lost and could not be rebuilt.
-    ObjectLost,
-    /// The actor is dead (or died during the call).
-    ActorDied,
-    /// An argument's task failed.
-    DependencyFailed,
-    /// A malformed request.
-    Invalid,
-}
-
-impl ErrorKind {
-    /// The wire form.
-    pub fn to_proto(self) -> task_error::Kind {
-        use task_error::Kind as K;
-        match self {
-            ErrorKind::Application => K::Application,
-            ErrorKind::Panic => K::Panic,
-            ErrorKind::UnknownFunction => K::UnknownFunction,
-            ErrorKind::TypeMismatch => K::TypeMismatch,
-            ErrorKind::WorkerDied => K::WorkerDied,
-            ErrorKind::Cancelled => K::Cancelled,
-            ErrorKind::ObjectLost => K::ObjectLost,
-            ErrorKind::ActorDied => K::ActorDied,
-            ErrorKind::DependencyFailed => K::DependencyFailed,
-            ErrorKind::Invalid => K::Invalid,
-        }
-    }
-
-    /// From the wire form.
-    pub fn from_proto(kind: i32) -> Self {
-        use task_error::Kind as K;
-        match K::try_from(kind).unwrap_or(K::Invalid) {
-            K::Application => ErrorKind::Application,
-            K::Panic => ErrorKind::Panic,
-            K::UnknownFunction => ErrorKind::UnknownFunction,
-            K::TypeMismatch => ErrorKind::TypeMismatch,
-            K::WorkerDied => ErrorKind::WorkerDied,
-            K::Cancelled => ErrorKind::Cancelled,
-            K::ObjectLost => ErrorKind::ObjectLost,
-            K::ActorDied => ErrorKind::ActorDied,
-            K::DependencyFailed => ErrorKind::DependencyFailed,
-            K::Invalid => ErrorKind::Invalid,
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = match self {
-            ErrorKind::Application => "error",
-            ErrorKind::Panic => "panic",
-            ErrorKind::UnknownFunction => "unknown function",
-            ErrorKind::TypeMismatch => "type mismatch",
-            ErrorKind::WorkerDied => "worker died",
-            ErrorKind::Cancelled => "cancelled",
-            ErrorKind::ObjectLost => "object lost",
-            ErrorKind::ActorDied => "actor died",
-            ErrorKind::DependencyFailed => "dependency failed",
-            ErrorKind::Invalid => "invalid request",
-        };
-        f.write_str(s)
-    }
-}
+pub use flotilla_core::ErrorKind;
+use flotilla_proto::v1::TaskError;
 
 /// An error of the runtime.
 #[derive(Debug, Clone, thiserror::Error)]

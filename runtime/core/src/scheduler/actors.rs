@@ -1,10 +1,11 @@
 //! Actors: creation, calls dispatched one at a time in arrival order, restarts after their
 //! worker died, death, and names.
 
+use crate::ErrorKind;
 use std::collections::{BTreeSet, VecDeque};
 
 use super::{
-    failure::{Failure, FailureKind},
+    failure::Failure,
     objects::ObjectValue,
     task_def::{ActorCreation, TaskDef},
     tasks::TaskState,
@@ -64,7 +65,7 @@ impl Scheduler {
             if let Some(existing) = self.named_actors.get(&create.name) {
                 if self.actors.get(existing).is_some_and(|a| !a.is_dead()) {
                     return Err(Failure::new(
-                        FailureKind::Invalid,
+                        ErrorKind::Invalid,
                         create.class.clone(),
                         format!("an actor named {:?} already exists", create.name),
                     ));
@@ -95,12 +96,12 @@ impl Scheduler {
     pub(super) fn check_callable(&self, actor: ObjectId, method: &str) -> Result<(), Failure> {
         match self.actors.get(&actor) {
             None => Err(Failure::new(
-                FailureKind::ActorDied,
+                ErrorKind::ActorDied,
                 method,
                 format!("no actor {actor} exists"),
             )),
             Some(a) if a.is_dead() => Err(Failure::new(
-                FailureKind::ActorDied,
+                ErrorKind::ActorDied,
                 method,
                 format!("actor {} ({}) is dead: {}", actor, a.class, a.death),
             )),
@@ -210,7 +211,7 @@ impl Scheduler {
         for call in inflight {
             self.fail_task(
                 call,
-                FailureKind::ActorDied,
+                ErrorKind::ActorDied,
                 format!("actor {actor} ({class}) died while running this call: {why}"),
             );
         }
@@ -260,7 +261,7 @@ impl Scheduler {
             .is_some_and(|o| matches!(o.value, ObjectValue::Pending))
         {
             let failure = Failure::new(
-                FailureKind::ActorDied,
+                ErrorKind::ActorDied,
                 format!("{class}::new"),
                 format!("actor {actor} ({class}) is dead: {why}"),
             );
@@ -269,7 +270,7 @@ impl Scheduler {
         for call in queued.into_iter().chain(inflight) {
             self.fail_task(
                 call,
-                FailureKind::ActorDied,
+                ErrorKind::ActorDied,
                 format!("actor {actor} ({class}) is dead: {why}"),
             );
         }

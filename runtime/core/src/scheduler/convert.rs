@@ -9,7 +9,7 @@ use flotilla_proto::v1::{
 
 use super::{
     drain::DrainOutcome,
-    failure::{Failure, FailureKind},
+    failure::Failure,
     objects::{Location, ObjectValue, PutValue},
     outcomes::{Completion, RunOutcome},
     task_def::{ActorCreation, Arg, TaskDef, TaskKind},
@@ -19,6 +19,7 @@ use super::{
 use crate::{
     ids::{ObjectId, WorkerId},
     options::{resolve_max_retries, resolve_slots, ResolvedOptions},
+    ErrorKind,
 };
 
 /// A readable name for a task: the function, `Class::new` for creation, the method for calls.
@@ -38,7 +39,7 @@ impl TryFrom<pb::TaskSpec> for TaskDef {
     fn try_from(mut spec: pb::TaskSpec) -> Result<Self, Failure> {
         let Some(kind) = spec.kind.take() else {
             return Err(Failure::new(
-                FailureKind::Invalid,
+                ErrorKind::Invalid,
                 spec_name(&spec),
                 "the task names no function, actor class or method to run".into(),
             ));
@@ -103,23 +104,6 @@ impl From<pb::TaskError> for Failure {
     fn from(e: pb::TaskError) -> Self {
         // `kind()` reads a kind this build does not know (a newer worker's) as Application.
         Failure::new(e.kind().into(), e.task, e.message)
-    }
-}
-
-impl From<task_error::Kind> for FailureKind {
-    fn from(kind: task_error::Kind) -> Self {
-        match kind {
-            task_error::Kind::Application => FailureKind::Application,
-            task_error::Kind::Panic => FailureKind::Panic,
-            task_error::Kind::UnknownFunction => FailureKind::UnknownFunction,
-            task_error::Kind::TypeMismatch => FailureKind::TypeMismatch,
-            task_error::Kind::WorkerDied => FailureKind::WorkerDied,
-            task_error::Kind::Cancelled => FailureKind::Cancelled,
-            task_error::Kind::ObjectLost => FailureKind::ObjectLost,
-            task_error::Kind::ActorDied => FailureKind::ActorDied,
-            task_error::Kind::DependencyFailed => FailureKind::DependencyFailed,
-            task_error::Kind::Invalid => FailureKind::Invalid,
-        }
     }
 }
 
@@ -228,23 +212,6 @@ impl From<&Failure> for pb::TaskError {
             kind: task_error::Kind::from(f.kind) as i32,
             task: f.task.clone(),
             message: f.message.clone(),
-        }
-    }
-}
-
-impl From<FailureKind> for task_error::Kind {
-    fn from(kind: FailureKind) -> Self {
-        match kind {
-            FailureKind::Application => task_error::Kind::Application,
-            FailureKind::Panic => task_error::Kind::Panic,
-            FailureKind::UnknownFunction => task_error::Kind::UnknownFunction,
-            FailureKind::TypeMismatch => task_error::Kind::TypeMismatch,
-            FailureKind::WorkerDied => task_error::Kind::WorkerDied,
-            FailureKind::Cancelled => task_error::Kind::Cancelled,
-            FailureKind::ObjectLost => task_error::Kind::ObjectLost,
-            FailureKind::ActorDied => task_error::Kind::ActorDied,
-            FailureKind::DependencyFailed => task_error::Kind::DependencyFailed,
-            FailureKind::Invalid => task_error::Kind::Invalid,
         }
     }
 }

@@ -1,13 +1,10 @@
 //! The object directory: each object's value or locations, its references, the lineage that
 //! rebuilds it, and who waits for it.
 
+use crate::ErrorKind;
 use bytes::Bytes;
 
-use super::{
-    failure::{Failure, FailureKind},
-    task_def::TaskDef,
-    Output, Scheduler,
-};
+use super::{failure::Failure, task_def::TaskDef, Output, Scheduler};
 use crate::ids::{ObjectId, SessionId, WorkerId};
 
 /// Where a copy of a stored object is.
@@ -98,7 +95,7 @@ impl Scheduler {
         if id.session() != session || self.objects.contains_key(&id) || self.tasks.contains_key(&id)
         {
             let failure = Failure::new(
-                FailureKind::Invalid,
+                ErrorKind::Invalid,
                 "put",
                 format!("object id {id} is not this session's to create"),
             );
@@ -118,7 +115,7 @@ impl Scheduler {
                 locations.retain(|l| self.workers.contains_key(&l.worker));
                 if locations.is_empty() {
                     ObjectValue::Failed(Failure::without_task(
-                        FailureKind::ObjectLost,
+                        ErrorKind::ObjectLost,
                         format!("object {id} was put on a worker that is gone"),
                     ))
                 } else {
@@ -157,7 +154,7 @@ impl Scheduler {
             }),
             None => {
                 let failure = Failure::without_task(
-                    FailureKind::ObjectLost,
+                    ErrorKind::ObjectLost,
                     format!("object {id} does not exist (it was freed, or never created)"),
                 );
                 self.emit(Output::Refused {
@@ -305,7 +302,7 @@ impl Scheduler {
             self.insert_task(def, owner, false);
         } else if obj.refs > 0 {
             let failure = Failure::without_task(
-                FailureKind::ObjectLost,
+                ErrorKind::ObjectLost,
                 format!(
                     "object {id} was lost with worker {worker_name} and cannot be rebuilt (it was put, not computed)"
                 ),

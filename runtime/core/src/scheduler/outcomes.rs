@@ -1,10 +1,11 @@
 //! How tasks end: results reported by workers, failures, retries after a worker died, and
 //! cancellation.
 
+use crate::ErrorKind;
 use bytes::Bytes;
 
 use super::{
-    failure::{Failure, FailureKind},
+    failure::Failure,
     objects::{Location, ObjectValue},
     task_def::TaskKind,
     tasks::TaskState,
@@ -82,7 +83,7 @@ impl Scheduler {
         }
         match done.outcome {
             RunOutcome::Failed(failure)
-                if failure.kind == FailureKind::ObjectLost
+                if failure.kind == ErrorKind::ObjectLost
                     && task.refetches < MAX_REFETCHES
                     && actor.is_none() =>
             {
@@ -143,7 +144,7 @@ impl Scheduler {
     }
 
     /// Fails a task that has not finished: its object takes the failure.
-    pub(super) fn fail_task(&mut self, id: ObjectId, kind: FailureKind, message: String) {
+    pub(super) fn fail_task(&mut self, id: ObjectId, kind: ErrorKind, message: String) {
         let Some(task) = self.tasks.get(&id) else {
             return;
         };
@@ -178,7 +179,7 @@ impl Scheduler {
             TaskState::Running { worker } => {
                 task.state = TaskState::Cancelled { worker };
                 let failure = Failure::new(
-                    FailureKind::Cancelled,
+                    ErrorKind::Cancelled,
                     task.name.clone(),
                     format!("{} was {why}", task.name),
                 );
@@ -194,7 +195,7 @@ impl Scheduler {
             TaskState::Cancelled { .. } => {}
             TaskState::Waiting { .. } | TaskState::Pending => {
                 let name = task.name.clone();
-                self.fail_task(id, FailureKind::Cancelled, format!("{name} was {why}"));
+                self.fail_task(id, ErrorKind::Cancelled, format!("{name} was {why}"));
             }
         }
     }
@@ -215,7 +216,7 @@ impl Scheduler {
             }
             self.fail_task(
                 task_id,
-                FailureKind::ActorDied,
+                ErrorKind::ActorDied,
                 format!("the actor's worker {worker_name} died while running {method}"),
             );
             return;
@@ -229,7 +230,7 @@ impl Scheduler {
             let name = task.name.clone();
             self.fail_task(
                 task_id,
-                FailureKind::WorkerDied,
+                ErrorKind::WorkerDied,
                 format!("worker {worker_name} died while running {name} and no retries were left"),
             );
         }

@@ -1,10 +1,10 @@
 //! Placement: the ready queue, checks against the workers' registries, picking a worker (data
 //! locality, free slots, prefetch by task length), and dispatch.
 
+use crate::ErrorKind;
 use std::collections::{HashMap, VecDeque};
 
 use super::{
-    failure::FailureKind,
     objects::{Object, ObjectValue},
     task_def::{TaskDef, TaskKind},
     tasks::TaskState,
@@ -104,7 +104,7 @@ impl Scheduler {
     }
 
     /// Unknown functions and mismatched signatures fail at once when workers exist.
-    fn check_registry(&self, def: &TaskDef) -> Result<(), (FailureKind, String)> {
+    fn check_registry(&self, def: &TaskDef) -> Result<(), (ErrorKind, String)> {
         if self.workers.is_empty() {
             return Ok(());
         }
@@ -128,7 +128,7 @@ impl Scheduler {
         }
         if let Some(sig) = signatures.first() {
             return Err((
-                FailureKind::TypeMismatch,
+                ErrorKind::TypeMismatch,
                 format!(
                     "{what} {name} has signature `{}` in the caller but `{sig}` on the workers ({})",
                     def.signature,
@@ -137,7 +137,7 @@ impl Scheduler {
             ));
         }
         Err((
-            FailureKind::UnknownFunction,
+            ErrorKind::UnknownFunction,
             format!(
                 "{what} {name} is not registered on any worker; the workers run {}",
                 programs.join(", ")
@@ -182,7 +182,7 @@ impl Scheduler {
             }
         }
         if let Some(msg) = failed {
-            self.fail_task(id, FailureKind::DependencyFailed, msg);
+            self.fail_task(id, ErrorKind::DependencyFailed, msg);
             return false;
         }
         if pending {

@@ -1,9 +1,10 @@
 //! Tasks: the live task table, and each task's way from submission to the ready queue.
 
+use crate::ErrorKind;
 use std::collections::HashMap;
 
 use super::{
-    failure::{Failure, FailureKind},
+    failure::Failure,
     objects::{Object, ObjectValue},
     task_def::{TaskDef, TaskKind},
     Output, Scheduler,
@@ -76,7 +77,7 @@ impl Scheduler {
         if id.session() != session || self.tasks.contains_key(&id) || self.objects.contains_key(&id)
         {
             let failure = Failure::new(
-                FailureKind::Invalid,
+                ErrorKind::Invalid,
                 def.name(),
                 "task id already in use, or minted by another session".into(),
             );
@@ -94,7 +95,7 @@ impl Scheduler {
             .find(|d| !self.objects.contains_key(d))
         {
             let failure = Failure::new(
-                FailureKind::ObjectLost,
+                ErrorKind::ObjectLost,
                 def.name(),
                 format!("argument object {dep} does not exist (freed, or never created)"),
             );
@@ -131,7 +132,7 @@ impl Scheduler {
             if !new_object && self.actors.contains_key(&id) {
                 self.actor_dead(id, msg);
             } else {
-                let failure = Failure::new(FailureKind::ObjectLost, def.name(), msg);
+                let failure = Failure::new(ErrorKind::ObjectLost, def.name(), msg);
                 self.set_object(id, ObjectValue::Failed(failure));
             }
             return;
@@ -272,7 +273,7 @@ impl Scheduler {
             return;
         };
         let message = format!("an argument of {} failed: {cause}", task.name);
-        self.fail_task(id, FailureKind::DependencyFailed, message);
+        self.fail_task(id, ErrorKind::DependencyFailed, message);
     }
 
     /// Drops a task and the references it held on its arguments.

@@ -117,17 +117,7 @@ impl Peers {
             )
             .await?;
         if !response.status().is_success() {
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            return Err(failed(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            )));
+            return Err(failed(refusal(response).await));
         }
         let len = response
             .headers()
@@ -200,21 +190,23 @@ fn http_address(location: &pb::ObjectLocation) -> &str {
 }
 
 async fn expect_success(response: Response<Incoming>, address: &str, what: &str) -> Result<()> {
-    let status = response.status();
-    if status.is_success() {
+    if response.status().is_success() {
         return Ok(());
     }
+    Err(Error::Transfer {
+        peer: address.to_string(),
+        message: format!("{what}: {}", refusal(response).await),
+    })
+}
+
+/// A refused request's status and the words the peer gave for it.
+async fn refusal(response: Response<Incoming>) -> String {
+    let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    Err(Error::Transfer {
-        peer: address.to_string(),
-        message: format!(
-            "{what}: {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        ),
-    })
+    format!("{status}: {}", String::from_utf8_lossy(&body).trim())
 }
