@@ -106,7 +106,6 @@ impl Core {
                             command: Some(worker_command::Command::Registered(pb::Registered {
                                 worker: id.0,
                                 head_instance: self.instance.clone(),
-                                token_hint: String::new(),
                             })),
                         });
                         self.workers.insert(id, commands_tx);

@@ -86,15 +86,19 @@ pub async fn serve(
     }
     let metrics = Arc::new(HeadMetrics::new(&config.cluster, &config.namespace));
     let (handle, events_tx) = core::start_core(&config, metrics.clone());
+    let instance = handle.instance.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(listener) = http_listener {
         let app = http::head_router(handle, config.clone(), metrics);
         net::spawn_http(listener, app, stop_rx);
     }
     let service = tonic::service::interceptor::InterceptedService::new(
-        HeadServer::new(HeadService { events_tx })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        HeadServer::new(HeadService {
+            events_tx,
+            instance,
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES),
         CheckAuth::new(config.token.clone()),
     );
     tracing::info!(%addr, cluster = %config.cluster, "head listening");

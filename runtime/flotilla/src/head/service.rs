@@ -20,6 +20,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// The service; every handler talks to the core loop through `events_tx`.
 pub(crate) struct HeadService {
     pub(crate) events_tx: mpsc::UnboundedSender<HeadEvent>,
+    /// The head process's random id.
+    pub(crate) instance: String,
 }
 
 impl HeadService {
@@ -191,7 +193,7 @@ impl Head for HeadService {
         let (snap, workers) = rx
             .await
             .map_err(|_| Status::unavailable("the head is shutting down"))?;
-        Ok(Response::new(status_reply(&snap, &workers)))
+        Ok(Response::new(status_reply(&self.instance, &snap, &workers)))
     }
 
     async fn drain(
@@ -221,9 +223,9 @@ impl Head for HeadService {
 }
 
 /// The wire form of a status view.
-pub fn status_reply(snap: &Snapshot, workers: &[WorkerView]) -> pb::StatusReply {
+pub fn status_reply(instance: &str, snap: &Snapshot, workers: &[WorkerView]) -> pb::StatusReply {
     pb::StatusReply {
-        head_instance: String::new(),
+        head_instance: instance.to_string(),
         workers: workers
             .iter()
             .map(|w| pb::WorkerStatus {

@@ -454,10 +454,10 @@ pub mod worker_command {
 pub struct Registered {
     #[prost(uint32, tag = "1")]
     pub worker: u32,
+    /// A random id of the head process: a worker or driver that sees it change knows the head
+    /// restarted and forgot it.
     #[prost(string, tag = "2")]
     pub head_instance: ::prost::alloc::string::String,
-    #[prost(string, tag = "3")]
-    pub token_hint: ::prost::alloc::string::String,
 }
 /// A task to run, with its arguments resolved to values or locations.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -534,6 +534,7 @@ pub struct WorkerStatus {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StatusReply {
+    /// The head process's random id, as in Registered.
     #[prost(string, tag = "1")]
     pub head_instance: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "2")]
