@@ -817,3 +817,97 @@ async fn head_refuses_public_bind_without_token() {
     assert!(!out.contains("listening"), "{out}");
     assert!(err.contains("0.0.0.0:0"), "{err}");
 }
+
+/// Runs `flotilla` with `args` and no token until it exits (bounded); returns its status and
+/// standard output and error.
+async fn run_to_exit(what: &str, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut proc = Proc::spawn(
+        what,
+        flotilla()
+            .args(args)
+            .env_remove("FLOTILLA_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = proc.child().try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{what}: still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    proc.child()
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    proc.child()
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status, out, err)
+}
+
+/// A name that resolves to every interface (`0` is 0.0.0.0) is refused like the address itself,
+/// on every listener of the head and the worker: the check is made on the address bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_resolve_beyond_loopback_are_refused_without_token() {
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "head gRPC on 0",
+            &["head", "--bind", "0:0", "--http-bind", "127.0.0.1:0"],
+        ),
+        (
+            "head HTTP on 0",
+            &["head", "--bind", "127.0.0.1:0", "--http-bind", "0:0"],
+        ),
+        (
+            "worker on 0",
+            &["worker", "--head", "127.0.0.1:1", "--bind", "0:0"],
+        ),
+    ];
+    for (what, args) in cases {
+        let (status, out, err) = run_to_exit(what, args).await;
+        assert!(!status.success(), "{what}: exit status {status}");
+        assert!(err.contains("FLOTILLA_TOKEN"), "{what}: {err}");
+        assert!(!out.contains("listening"), "{what}: {out}");
+    }
+}
+
+/// `flotilla status | head -1`: a reader that goes away is no error, and nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_into_a_closed_pipe_exits_quietly() {
+    let c = TestCluster::start("pipe", 1, 1).await;
+    let mut status = flotilla()
+        .args(["status", "--head", &c.address])
+        .env("FLOTILLA_TOKEN", &c.token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the first line is written.
+    drop(status.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = status.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "status kept running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut err = String::new();
+    status
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(exit.success(), "exit status {exit}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.trim().is_empty(), "nothing on stderr: {err}");
+}

@@ -26,7 +26,7 @@ impl Figure {
         } else {
             self.value <= self.target
         };
-        println!(
+        say!(
             "{}",
             serde_json::json!({
                 "workload": self.workload,

@@ -1,6 +1,14 @@
 //! The `flotilla` command: run a head or a worker, start a local cluster of processes, show its
 //! status, drain a worker, and measure the runtime.
 
+/// Prints a line on standard output; when the reader has gone (`flotilla status | head -1`),
+/// exits quietly as Unix tools do, rather than panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::say(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -185,19 +193,22 @@ fn main() -> ExitCode {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-                println!(
+                say!(
                     "flotilla cluster up: head {} with {} workers (dashboard http://{})",
-                    state.address, workers, state.http
+                    state.address,
+                    workers,
+                    state.http
                 );
-                println!(
+                say!(
                     "connect a driver with:\n  export FLOTILLA_HEAD={} FLOTILLA_TOKEN={}",
-                    state.address, state.token
+                    state.address,
+                    state.token
                 );
                 Ok(())
             }
             Command::Down => {
                 let n = processes::down().map_err(|e| e.to_string())?;
-                println!("stopped {n} processes");
+                say!("stopped {n} processes");
                 Ok(())
             }
             Command::Status { head } => {
@@ -205,8 +216,8 @@ fn main() -> ExitCode {
                 let s = admin::status(&head, token.as_deref())
                     .await
                     .map_err(|e| e.to_string())?;
-                println!("head {head}");
-                println!(
+                say!("head {head}");
+                say!(
                     "tasks: {} pending, {} waiting, {} running, {} finished, {} failed, {} retried",
                     s.tasks_pending,
                     s.tasks_waiting,
@@ -215,16 +226,25 @@ fn main() -> ExitCode {
                     s.tasks_failed,
                     s.tasks_retried
                 );
-                println!(
+                say!(
                     "objects: {}   actors alive: {}   drivers: {}   desired workers: {}",
-                    s.objects, s.actors_alive, s.drivers, s.desired_workers
+                    s.objects,
+                    s.actors_alive,
+                    s.drivers,
+                    s.desired_workers
                 );
-                println!(
+                say!(
                     "{:<20} {:<22} {:<9} {:>10} {:>8} {:>12} {:>12}",
-                    "WORKER", "ADDRESS", "STATE", "BUSY/SLOTS", "OBJECTS", "MEMORY", "SPILLED"
+                    "WORKER",
+                    "ADDRESS",
+                    "STATE",
+                    "BUSY/SLOTS",
+                    "OBJECTS",
+                    "MEMORY",
+                    "SPILLED"
                 );
                 for w in s.workers {
-                    println!(
+                    say!(
                         "{:<20} {:<22} {:<9} {:>10} {:>8} {:>12} {:>12}",
                         w.name,
                         w.address,
@@ -251,7 +271,7 @@ fn main() -> ExitCode {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-                println!("{}", reply.message);
+                say!("{}", reply.message);
                 match reply.outcome() {
                     DrainOutcome::Drained => Ok(()),
                     DrainOutcome::NotRegistered => {
@@ -271,5 +291,17 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
     }
 }
