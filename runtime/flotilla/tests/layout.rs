@@ -13,7 +13,10 @@ const RULES: &[(&str, &[&str])] = &[
         "process",
         &["local", "head", "worker", "driver", "net", "error"],
     ),
-    ("local", &["admin", "driver", "head", "worker", "error"]),
+    (
+        "local",
+        &["admin", "driver", "head", "worker", "private_fs", "error"],
+    ),
     (
         "worker",
         &[
@@ -25,9 +28,10 @@ const RULES: &[(&str, &[&str])] = &[
     ("builtins", &["driver", "codec", "error"]),
     ("registry", &["driver", "error"]),
     ("driver", &["objects", "net", "codec", "error"]),
-    ("objects", &["net", "error"]),
+    ("objects", &["net", "private_fs", "error"]),
     ("metrics", &[]),
     ("net", &["error"]),
+    ("private_fs", &[]),
     ("codec", &["error"]),
     ("error", &[]),
 ];

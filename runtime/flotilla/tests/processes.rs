@@ -911,3 +911,35 @@ async fn status_into_a_closed_pipe_exits_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.trim().is_empty(), "nothing on stderr: {err}");
 }
+
+/// `flotilla down` signals only processes `flotilla up` started: a state file that lists another
+/// process (planted, or a pid reused since) leaves it alone. `flotilla up` refuses a state
+/// directory that others may write to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_signals_only_what_up_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let mut bystander = Proc::spawn(
+        "a process up did not start",
+        Command::new("sleep").arg("30"),
+    );
+    let pid = bystander.child().id();
+    let planted = serde_json::json!({
+        "address": "127.0.0.1:1", "http": "127.0.0.1:2", "token": "t",
+        "pids": [pid], "starts": [1], "workers": []
+    });
+    std::fs::write(state.join("cluster.json"), planted.to_string()).unwrap();
+    let (ok, out, err) = run_cli(&state, &["down"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("stopped 0 processes"), "{out}");
+    assert!(alive(pid), "down signalled a process up did not start");
+
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let (ok, _, err) = run_cli(&open, &["up", "--workers", "1", "--port", "0"]);
+    assert!(!ok, "up used a world-writable state directory");
+    assert!(err.contains("other users may write"), "{err}");
+}

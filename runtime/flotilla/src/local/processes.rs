@@ -19,6 +19,7 @@ use crate::{
     admin::wait_for_workers,
     driver::Runtime,
     error::{Error, Result},
+    private_fs,
 };
 
 /// Where a head listens, written by `flotilla head --address-file` once it is bound, so whoever
@@ -42,6 +43,10 @@ pub struct UpState {
     pub token: String,
     /// Process ids: the head first.
     pub pids: Vec<u32>,
+    /// When each process started (clock ticks since boot, from `/proc`), so `down` signals only
+    /// the processes `up` started, never a later one that reused a pid.
+    #[serde(default)]
+    pub starts: Vec<u64>,
     /// Worker names.
     pub workers: Vec<String>,
 }
@@ -195,17 +200,9 @@ fn new_token() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// Creates `dir` readable by this user only (if it does not exist).
+/// Creates `dir` readable by this user only, or checks the one there.
 fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        Ok(()) => Ok(()),
-        Err(e) => Err(Error::io(format!("creating {}", dir.display()), e)),
-    }
+    private_fs::dir(dir).map_err(|e| Error::io(format!("preparing {}", dir.display()), e))
 }
 
 /// Starts a head and worker processes on this machine, waits until all are registered, and
@@ -244,11 +241,16 @@ pub async fn up(options: UpOptions) -> Result<UpState> {
         pids.push(child.id());
         workers.push(name);
     }
+    let starts = pids
+        .iter()
+        .map(|pid| started_at(*pid).unwrap_or(0))
+        .collect();
     let state = UpState {
         address: addresses.address.clone(),
         http: addresses.http,
         token: token.clone(),
         pids,
+        starts,
         workers,
     };
     let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::Codec(e.to_string()))?;
@@ -263,19 +265,35 @@ pub async fn up(options: UpOptions) -> Result<UpState> {
     Ok(state)
 }
 
-/// Stops what `flotilla up` started.
+/// Stops what `flotilla up` started: each recorded process that is still the one `up` started.
 pub fn down() -> Result<usize> {
     let Some(state) = read_state() else {
         return Ok(0);
     };
     let mut stopped = 0;
-    for pid in state.pids.iter().rev() {
+    for (i, pid) in state.pids.iter().enumerate().rev() {
+        let recorded = state.starts.get(i).copied();
+        if recorded.is_none() || started_at(*pid) != recorded {
+            tracing::warn!(
+                pid,
+                "not signalled: it is not a process `flotilla up` started"
+            );
+            continue;
+        }
         if terminate(*pid) {
             stopped += 1;
         }
     }
     let _ = std::fs::remove_file(state_path());
     Ok(stopped)
+}
+
+/// When process `pid` started, in clock ticks since boot (`/proc/<pid>/stat`, field 22).
+fn started_at(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Sends SIGTERM to `pid`; whether it was delivered.
@@ -361,16 +379,5 @@ impl ProcessCluster {
 
 /// Writes `bytes` to `path` readable by this user only, replacing it whole.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-    file.write_all(bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    private_fs::write(path, bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }

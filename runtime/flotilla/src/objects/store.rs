@@ -16,6 +16,8 @@ use bytes::Bytes;
 use flotilla_core::ObjectId;
 use flotilla_proto::v1::StoreStats;
 
+use crate::private_fs;
+
 enum Entry {
     /// In memory; `segment` is the shared-memory file the value is mapped from, if any;
     /// `spilling` is set while a blocking thread writes it to disk.
@@ -131,10 +133,10 @@ impl ObjectStore {
         let store = self.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut outcomes = Vec::with_capacity(victims.len());
-            let dir = std::fs::create_dir_all(&store.spill_dir);
+            let dir = private_fs::dir(&store.spill_dir);
             for v in victims {
                 let outcome = match &dir {
-                    Ok(()) => std::fs::write(&v.path, &v.value),
+                    Ok(()) => private_fs::write(&v.path, &v.value),
                     Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
                 };
                 outcomes.push((v, outcome));
