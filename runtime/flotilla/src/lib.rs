@@ -30,7 +30,7 @@ extern crate self as flotilla;
 // | module     | job                                                       | may import                 |
 // |------------|-----------------------------------------------------------|----------------------------|
 // | `process`  | entry points: head, worker or driver from the environment | local, head, worker, driver, net, error |
-// | `local`    | clusters on one machine: in-process, and of processes     | admin, driver, head, worker, private_fs, error |
+// | `local`    | clusters on one machine: in-process, and of processes     | admin, driver, head, worker, objects, private_fs, error |
 // | `worker`   | registers, runs tasks, hosts actors, serves objects       | registry, driver, objects, net, metrics, codec, error |
 // | `head`     | the scheduler's loop, gRPC service, metrics, dashboard    | net, metrics, error        |
 // | `admin`    | status and drain calls to a head                          | net, error                 |

@@ -15,7 +15,15 @@ const RULES: &[(&str, &[&str])] = &[
     ),
     (
         "local",
-        &["admin", "driver", "head", "worker", "private_fs", "error"],
+        &[
+            "admin",
+            "driver",
+            "head",
+            "worker",
+            "objects",
+            "private_fs",
+            "error",
+        ],
     ),
     (
         "worker",

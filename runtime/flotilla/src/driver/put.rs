@@ -84,11 +84,20 @@ impl Runtime {
         if http_address.is_empty() || node != hostname() {
             return None;
         }
-        let segment = shm::write(id, bytes).ok()?;
-        match self.session.peers.adopt(id, http_address, &segment).await {
-            Ok(()) => Some(segment.to_string_lossy().into_owned()),
+        let segment = match shm::write(id, bytes) {
+            Ok(segment) => segment,
             Err(e) => {
-                tracing::debug!("shared-memory put of {id} fell back to an upload: {e}");
+                tracing::warn!(
+                    object = %id,
+                    "shared memory unavailable ({e}); uploading over HTTP instead"
+                );
+                return None;
+            }
+        };
+        match self.session.peers.adopt(id, http_address, &segment).await {
+            Ok(owned) => Some(owned),
+            Err(e) => {
+                tracing::warn!(object = %id, "the worker did not map the segment ({e}); uploading over HTTP instead");
                 let _ = std::fs::remove_file(&segment);
                 None
             }

@@ -210,6 +210,8 @@ fn private_dir(dir: &Path) -> Result<()> {
 pub async fn up(options: UpOptions) -> Result<UpState> {
     let exe = std::env::current_exe()?;
     let token = new_token();
+    // Segments a killed cluster left in /dev/shm would keep it full.
+    crate::objects::shm::remove_orphans();
     let dir = state_dir();
     private_dir(&dir)?;
     let log_dir = options.log_dir.clone().unwrap_or_else(|| dir.join("logs"));

@@ -1,5 +1,6 @@
 //! The server side of object transfers: `GET`/`PUT /objects/{id}` and `POST /objects/{id}/adopt`
-//! on a worker's HTTP port, guarded by the cluster token, checked before any body is read.
+//! (answered with the segment's path from then on) on a worker's HTTP port, guarded by the
+//! cluster token, checked before any body is read.
 
 use std::sync::Arc;
 
@@ -94,7 +95,7 @@ async fn adopt_object(
         );
     }
     match routes.store.adopt_segment(id, segment).await {
-        Ok(size) => (StatusCode::OK, size.to_string()),
+        Ok(path) => (StatusCode::OK, path.to_string_lossy().into_owned()),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("mapping object {id}: {e}\n"),

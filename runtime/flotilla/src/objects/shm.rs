@@ -64,8 +64,52 @@ pub fn write(id: ObjectId, value: &[u8]) -> std::io::Result<PathBuf> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&path)?;
-    file.write_all(value)?;
+    if let Err(e) = file.write_all(value) {
+        // A full /dev/shm must not keep the part written: it would stay full.
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(path)
+}
+
+/// Makes a segment this process's: renamed after this process, so it is removed as an orphan if
+/// the process dies holding it. Returns its new path.
+pub fn take_over(segment: &Path, id: ObjectId) -> std::io::Result<PathBuf> {
+    let dir = segment
+        .parent()
+        .ok_or_else(|| std::io::Error::other("a segment lives in a directory"))?;
+    let owned = dir.join(format!("{}-{id}", std::process::id()));
+    if owned != segment {
+        std::fs::rename(segment, &owned)?;
+    }
+    Ok(owned)
+}
+
+/// Removes segments whose owning process (the pid their name starts with) is gone: those a
+/// killed worker held, or a driver wrote and died before handing over. Returns how many.
+pub fn remove_orphans() -> usize {
+    let Some(dir) = segment_dir() else { return 0 };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Maps a segment read-only; the returned bytes share the pages with every other mapping.
@@ -122,5 +166,27 @@ mod tests {
         assert!(map(&link).is_err());
         std::fs::remove_file(&link).unwrap();
         std::fs::remove_file(&real).unwrap();
+    }
+
+    #[test]
+    fn segments_of_gone_processes_are_removed_and_taken_over_ones_stay() {
+        let Some(dir) = segment_dir() else {
+            return; // no /dev/shm here
+        };
+        // A pid above the kernel's maximum (4194304) never runs.
+        let orphan = dir.join("4294967-1");
+        std::fs::write(&orphan, b"left behind").unwrap();
+        let id = ObjectId(u64::from(std::process::id()) << 20 | 9);
+        let written = write(ObjectId(id.0 + 1), b"mine").unwrap();
+        let mine = take_over(&written, id).unwrap();
+        assert!(!written.exists() || written == mine);
+        assert!(remove_orphans() >= 1);
+        assert!(!orphan.exists(), "a gone process's segment is removed");
+        assert_eq!(
+            &map(&mine).unwrap()[..],
+            b"mine",
+            "a live process's segment stays"
+        );
+        std::fs::remove_file(&mine).unwrap();
     }
 }

@@ -80,17 +80,24 @@ impl ObjectStore {
         self.insert(id, value, None).await
     }
 
-    /// Adopts a shared-memory segment another process on this host wrote: the store maps it
-    /// rather than copying it, and deletes it when the object is freed or spilled.
+    /// Adopts a shared-memory segment another process on this host wrote: the store takes it
+    /// over (renamed after this process), maps it rather than copying it, and deletes it when
+    /// the object is freed or spilled. Returns the segment's path from now on.
     pub async fn adopt_segment(
         self: &Arc<Self>,
         id: ObjectId,
         segment: PathBuf,
-    ) -> std::io::Result<u64> {
-        let value = super::shm::map(&segment)?;
-        let size = value.len() as u64;
-        self.insert(id, value, Some(segment)).await?;
-        Ok(size)
+    ) -> std::io::Result<PathBuf> {
+        let segment = super::shm::take_over(&segment, id)?;
+        let value = match super::shm::map(&segment) {
+            Ok(value) => value,
+            Err(e) => {
+                let _ = std::fs::remove_file(&segment);
+                return Err(e);
+            }
+        };
+        self.insert(id, value, Some(segment.clone())).await?;
+        Ok(segment)
     }
 
     async fn insert(

@@ -151,19 +151,33 @@ impl Peers {
     }
 
     /// Hands a shared-memory segment to the worker at `http_address`, which maps it into its
-    /// store.
+    /// store; returns the segment's path from then on.
     pub async fn adopt(
         &self,
         id: ObjectId,
         http_address: &str,
         segment: &std::path::Path,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let body = Bytes::from(segment.to_string_lossy().into_owned());
         let path = format!("/objects/{}/adopt", id.0);
         let response = self
             .request(Method::POST, http_address, &path, body)
             .await?;
-        expect_success(response, http_address, &format!("adopting object {id}")).await
+        if !response.status().is_success() {
+            return Err(Error::Transfer {
+                peer: http_address.to_string(),
+                message: format!("adopting object {id}: {}", refusal(response).await),
+            });
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::Transfer {
+                peer: http_address.to_string(),
+                message: error_chain(&e),
+            })?;
+        Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
     }
 
     /// Uploads a value into the store of the worker at `location`.

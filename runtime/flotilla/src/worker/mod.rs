@@ -144,6 +144,13 @@ pub async fn run(
 ) -> Result<()> {
     let bound = listener.local_addr()?;
     net::bind::require_token_off_loopback(bound, config.token.is_some())?;
+    let orphans = crate::objects::shm::remove_orphans();
+    if orphans > 0 {
+        tracing::info!(
+            orphans,
+            "removed shared-memory segments of processes that are gone"
+        );
+    }
     let address = config
         .advertise
         .clone()
