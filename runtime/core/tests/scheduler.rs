@@ -1495,3 +1495,47 @@ fn a_copy_reported_again_keeps_the_segment() {
         vec![(ws[0].0, SEGMENT.to_string())]
     );
 }
+
+#[test]
+fn run_counts_by_name_are_bounded_and_unknown_functions_share_one() {
+    let (mut s, sess, ws) = setup(2, &[("w1", 1)]);
+    // Unknown function names, each different: one series for all of them.
+    for n in 1..=50 {
+        s.submit(sess, task(oid(sess, n), &format!("nope-{n}"), vec![]));
+    }
+    s.drain_effects();
+    let runs: Vec<(String, u64, u64)> = s
+        .runs_by_name()
+        .map(|(n, ok, failed)| (n.to_string(), ok, failed))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![(flotilla_core::scheduler::UNREGISTERED.to_string(), 0, 50)]
+    );
+
+    // Caller-chosen names past the bound share the "other" series.
+    let names = flotilla_core::scheduler::MAX_RUN_NAMES + 20;
+    for n in 0..names as u64 {
+        let id = oid(sess, 1000 + n);
+        let mut spec = task(id, "f", vec![]);
+        if let Some(o) = spec.options.as_mut() {
+            o.name = format!("job-{n}");
+        }
+        s.submit(sess, spec);
+        s.drain_effects();
+        s.task_finished(ws[0], inline(id, 0, b"1"));
+        s.drain_effects();
+    }
+    let runs: Vec<(String, u64, u64)> = s
+        .runs_by_name()
+        .map(|(n, ok, failed)| (n.to_string(), ok, failed))
+        .collect();
+    assert_eq!(runs.len(), flotilla_core::scheduler::MAX_RUN_NAMES + 1);
+    let other = runs
+        .iter()
+        .find(|(n, _, _)| n == flotilla_core::scheduler::OTHER_RUNS)
+        .expect("an other series");
+    // The unregistered series took one of the places.
+    assert_eq!(other.1, 21);
+    assert_eq!(s.snapshot().tasks_finished, names as u64);
+}

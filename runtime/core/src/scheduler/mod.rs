@@ -53,7 +53,7 @@ use flotilla_proto::v1::{self as pb, worker_command, ObjectState, TaskSpec};
 use crate::ids::{ObjectId, SessionId, WorkerId};
 pub use crate::options::DEFAULT_MAX_RETRIES;
 pub use convert::spec_name;
-pub use view::{Snapshot, WorkerView};
+pub use view::{Snapshot, WorkerView, MAX_RUN_NAMES, OTHER_RUNS, UNREGISTERED};
 pub use workers::{RegisterError, WorkerInfo};
 
 use actors::Actor;

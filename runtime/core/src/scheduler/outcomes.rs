@@ -9,6 +9,7 @@ use super::{
     objects::{Location, ObjectValue},
     task_def::TaskKind,
     tasks::TaskState,
+    view::UNREGISTERED,
     workers::WorkerState,
     Output, Scheduler,
 };
@@ -164,7 +165,12 @@ impl Scheduler {
             }
         }
         self.queue.retain(|t| *t != id);
-        self.count_outcome(id, false);
+        if matches!(kind, ErrorKind::UnknownFunction | ErrorKind::TypeMismatch) {
+            // A name no worker registers is the caller's to choose: it gets no series of its own.
+            self.counters.record(Some(UNREGISTERED), false);
+        } else {
+            self.count_outcome(id, false);
+        }
         self.remove_task(id);
         self.set_object(id, ObjectValue::Failed(failure));
     }

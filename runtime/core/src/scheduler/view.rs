@@ -89,6 +89,13 @@ pub(super) struct Counters {
     by_name: BTreeMap<String, (u64, u64)>,
 }
 
+/// Most task names counted apart; runs of further names count under [`OTHER_RUNS`].
+pub const MAX_RUN_NAMES: usize = 512;
+/// The name runs are counted under once [`MAX_RUN_NAMES`] names are taken.
+pub const OTHER_RUNS: &str = "other";
+/// The name runs of functions no worker registers are counted under.
+pub const UNREGISTERED: &str = "unregistered";
+
 impl Counters {
     /// Counts an outcome, under the task's name when it is known.
     pub(super) fn record(&mut self, name: Option<&str>, finished: bool) {
@@ -98,6 +105,12 @@ impl Counters {
             self.failed += 1;
         }
         if let Some(name) = name {
+            // Names are the callers' to choose: past a bound, new ones share one series.
+            let name = if self.by_name.contains_key(name) || self.by_name.len() < MAX_RUN_NAMES {
+                name
+            } else {
+                OTHER_RUNS
+            };
             let entry = match self.by_name.get_mut(name) {
                 Some(e) => e,
                 None => self.by_name.entry(name.to_string()).or_default(),

@@ -136,3 +136,24 @@ async fn ready(State(shared): Worker) -> impl IntoResponse {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_worker_name_cannot_inject_a_series() {
+        let metrics = WorkerMetrics::new("w\"1\nflotilla_injected 1\n", "g\\");
+        metrics.ran(true);
+        let text = crate::metrics::encode(&metrics.registry);
+        assert!(
+            !text.lines().any(|l| l.starts_with("flotilla_injected")),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"worker="w\"1\nflotilla_injected 1\n""#),
+            "{text}"
+        );
+        assert!(text.contains(r#"group="g\\""#), "{text}");
+    }
+}
