@@ -1539,3 +1539,51 @@ fn run_counts_by_name_are_bounded_and_unknown_functions_share_one() {
     assert_eq!(other.1, 21);
     assert_eq!(s.snapshot().tasks_finished, names as u64);
 }
+
+#[test]
+fn the_head_refuses_oversized_inline_values_and_bounds_what_a_session_holds() {
+    let (mut s, sess, _) = setup(2, &[("w1", 1)]);
+    let inline = |n: usize| pb::put_object::Value::InlineValue(Bytes::from(vec![7u8; n]));
+    let max = flotilla_proto::INLINE_MAX_BYTES;
+
+    let big = oid(sess, 1);
+    s.put(sess, big, inline(max + 1));
+    let e = error_of(&s.drain_effects(), sess, big);
+    assert_eq!(e.kind(), Kind::Invalid);
+    assert!(e.message.contains("worker's store"), "{}", e.message);
+
+    // Fill the session's budget with values of the largest inline size.
+    let fit = (flotilla_proto::SESSION_INLINE_BUDGET / max as u64) as u64;
+    for n in 0..fit {
+        s.put(sess, oid(sess, 10 + n), inline(max));
+    }
+    let fx = s.drain_effects();
+    assert!(
+        (0..fit).all(|n| matches!(
+            state_of(&fx, sess, oid(sess, 10 + n)),
+            object_state::State::InlineValue(_)
+        )),
+        "every put within the budget is kept"
+    );
+    let over = oid(sess, 10 + fit);
+    s.put(sess, over, inline(max));
+    let e = error_of(&s.drain_effects(), sess, over);
+    assert!(e.message.contains("inline values"), "{}", e.message);
+
+    // Releasing one makes room again; another session has a budget of its own.
+    s.release(sess, oid(sess, 10));
+    s.drain_effects();
+    let again = oid(sess, 20 + fit);
+    s.put(sess, again, inline(max));
+    assert!(matches!(
+        state_of(&s.drain_effects(), sess, again),
+        object_state::State::InlineValue(_)
+    ));
+    let other = s.open_session(None);
+    let theirs = oid(other, 1);
+    s.put(other, theirs, inline(max));
+    assert!(matches!(
+        state_of(&s.drain_effects(), other, theirs),
+        object_state::State::InlineValue(_)
+    ));
+}

@@ -8,6 +8,11 @@
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The metadata key carrying the protocol version.
 pub const PROTOCOL_HEADER: &str = "flotilla-protocol";
+/// Values up to this size travel inline through the head; larger ones stay in a worker's store,
+/// and the head refuses larger inline values.
+pub const INLINE_MAX_BYTES: usize = 64 << 10;
+/// Inline values one session may have the head hold for its puts; beyond it, puts are refused.
+pub const SESSION_INLINE_BUDGET: u64 = 256 << 20;
 
 pub mod auth;
 pub mod contract;

@@ -152,6 +152,8 @@ pub struct Scheduler {
     prefetch: u32,
     run_times: RunTimes,
     counters: Counters,
+    /// Bytes of inline values the head holds, by the session that owns them.
+    inline_bytes: HashMap<SessionId, u64>,
     outbox: Vec<Effect>,
 }
 
@@ -178,6 +180,7 @@ impl Scheduler {
             prefetch,
             run_times: RunTimes::default(),
             counters: Counters::default(),
+            inline_bytes: HashMap::new(),
             outbox: Vec::new(),
         }
     }

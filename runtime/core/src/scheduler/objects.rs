@@ -4,6 +4,8 @@
 use crate::ErrorKind;
 use bytes::Bytes;
 
+use flotilla_proto::{INLINE_MAX_BYTES, SESSION_INLINE_BUDGET};
+
 use super::{failure::Failure, task_def::TaskDef, Output, Scheduler};
 use crate::ids::{ObjectId, SessionId, WorkerId};
 
@@ -88,7 +90,33 @@ impl Object {
     }
 }
 
+/// Bytes an object's value takes at the head.
+fn inline_len(value: &ObjectValue) -> u64 {
+    match value {
+        ObjectValue::Inline(b) => b.len() as u64,
+        _ => 0,
+    }
+}
+
 impl Scheduler {
+    /// Why an inline put of `len` bytes by `session` is refused, if it is: too large for one
+    /// message, or past what the head holds for one session.
+    fn inline_refusal(&self, session: SessionId, len: usize) -> Option<String> {
+        if len > INLINE_MAX_BYTES {
+            return Some(format!(
+                "an inline value may hold at most {INLINE_MAX_BYTES} bytes, this one has {len}: \
+                 larger values belong in a worker's store (Runtime::put puts them there)"
+            ));
+        }
+        let held = self.inline_bytes.get(&session).copied().unwrap_or(0);
+        (held + len as u64 > SESSION_INLINE_BUDGET).then(|| {
+            format!(
+                "this session already has the head hold {held} bytes of inline values (at most \
+                 {SESSION_INLINE_BUDGET}): drop references to values it no longer needs"
+            )
+        })
+    }
+
     /// Records a session's put and tells its owner.
     pub(super) fn put_object(&mut self, session: SessionId, id: ObjectId, value: PutValue) {
         // Ids are minted by their session; anything else would overwrite another's object.
@@ -105,6 +133,17 @@ impl Scheduler {
                 failure,
             });
             return;
+        }
+        if let PutValue::Inline(b) = &value {
+            if let Some(why) = self.inline_refusal(session, b.len()) {
+                let failure = Failure::new(ErrorKind::Invalid, "put", why);
+                self.emit(Output::Refused {
+                    session,
+                    object: id,
+                    failure,
+                });
+                return;
+            }
         }
         let value = match value {
             PutValue::Inline(b) => ObjectValue::Inline(b),
@@ -190,6 +229,8 @@ impl Scheduler {
         let Some(obj) = self.objects.get_mut(&id) else {
             return;
         };
+        let held = self.inline_bytes.entry(obj.owner).or_default();
+        *held = (*held + inline_len(&value)).saturating_sub(inline_len(&obj.value));
         obj.value = value;
         let dependents = std::mem::take(&mut obj.dependents);
         let mut subscribers = std::mem::take(&mut obj.subscribers);
@@ -237,6 +278,9 @@ impl Scheduler {
         let Some(obj) = self.objects.remove(&id) else {
             return;
         };
+        if let Some(held) = self.inline_bytes.get_mut(&obj.owner) {
+            *held = held.saturating_sub(inline_len(&obj.value));
+        }
         // The last handle of an actor is gone: the actor goes too, unless it is detached.
         if self
             .actors

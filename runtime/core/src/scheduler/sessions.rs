@@ -14,6 +14,7 @@ impl Scheduler {
     /// Ends a session: cancels its tasks, kills its actors that are not detached, releases its
     /// objects and its subscriptions.
     pub(super) fn end_session(&mut self, session: SessionId) {
+        self.inline_bytes.remove(&session);
         if self.sessions.remove(&session).is_none() {
             return;
         }

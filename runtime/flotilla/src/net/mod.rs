@@ -20,8 +20,7 @@ use crate::error::{Error, Result};
 
 /// Largest gRPC message a peer may send; objects travel over HTTP, not in messages.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
-/// Values up to this size travel inline through the head; larger ones stay in a worker's store.
-pub const INLINE_MAX_BYTES: usize = 64 << 10;
+pub use flotilla_proto::INLINE_MAX_BYTES;
 
 const STREAM_WINDOW: u32 = 16 << 20;
 /// Largest HTTP/2 frame we accept: big frames cut per-frame work on large objects.
