@@ -1553,7 +1553,7 @@ fn the_head_refuses_oversized_inline_values_and_bounds_what_a_session_holds() {
     assert!(e.message.contains("worker's store"), "{}", e.message);
 
     // Fill the session's budget with values of the largest inline size.
-    let fit = (flotilla_proto::SESSION_INLINE_BUDGET / max as u64) as u64;
+    let fit = flotilla_proto::SESSION_INLINE_BUDGET / max as u64;
     for n in 0..fit {
         s.put(sess, oid(sess, 10 + n), inline(max));
     }
