@@ -1,5 +1,6 @@
 //! Names and numbers the operator shares with the runtime and with tools: the environment
-//! variables and ports of `flotilla_proto::contract`, and the labels the operator puts on children.
+//! variables and ports of `flotilla_proto::contract`, and the labels and annotations the operator
+//! puts on children.
 
 pub use flotilla_proto::contract::{
     ENV_BIND, ENV_CLUSTER, ENV_GROUP, ENV_HEAD, ENV_JOB, ENV_NAMESPACE, ENV_ROLE, ENV_SLOTS,
@@ -24,9 +25,7 @@ pub const RESERVED_ENV: &[&str] = &[
 pub const HEAD_GRPC_PORT: i32 = flotilla_proto::contract::HEAD_GRPC_PORT as i32;
 /// Head HTTP port.
 pub const HEAD_HTTP_PORT: i32 = flotilla_proto::contract::HEAD_HTTP_PORT as i32;
-/// Worker gRPC port.
-pub const WORKER_GRPC_PORT: i32 = flotilla_proto::contract::WORKER_GRPC_PORT as i32;
-/// Worker HTTP port.
+/// Worker HTTP port: the worker's only port (object transfers, `/metrics`, `/readyz`).
 pub const WORKER_HTTP_PORT: i32 = flotilla_proto::contract::WORKER_HTTP_PORT as i32;
 
 /// Key of the token in the cluster's Secret.
@@ -48,6 +47,11 @@ pub const LABEL_ROLE: &str = "flotilla.dev/role";
 pub const LABEL_GROUP: &str = "flotilla.dev/group";
 /// Hash of the settings a pod was built from; a pod whose hash differs from the spec's is stale.
 pub const LABEL_TEMPLATE_HASH: &str = "flotilla.dev/template-hash";
+
+/// Annotation the operator puts on a worker pod when it starts draining it: the RFC 3339 time
+/// the drain started. A draining worker no longer counts towards its group's size, and the
+/// annotation keeps the drain going across operator restarts.
+pub const ANNOTATION_DRAINING: &str = "flotilla.dev/draining-since";
 
 /// Value of [`LABEL_APP_NAME`].
 pub const APP_NAME: &str = "flotilla";

@@ -3,7 +3,7 @@
 //! Every `///` comment on a field becomes that field's description in the generated CRD schema, so
 //! they are written for someone reading `kubectl explain`. Static invariants the API server can
 //! check (bounds, unique group names, one-of) are CEL rules or schema keywords here; what the
-//! schema cannot express is checked by [`crate::validation`].
+//! schema cannot express is checked by [`crate::cluster::validate`].
 
 use std::collections::BTreeMap;
 

@@ -9,7 +9,7 @@ use std::{collections::HashMap, time::Duration};
 
 use flotilla_proto::{
     auth::AddAuth,
-    v1::{head_client::HeadClient, DrainOutcome, DrainRequest, StatusRequest},
+    v1::{head_client::HeadClient, DrainOutcome, DrainRequest, StatusRequest, WorkerState},
 };
 use tonic::{
     metadata::{Ascii, MetadataValue},
@@ -18,10 +18,33 @@ use tonic::{
     Request, Status,
 };
 
-use crate::{contract::HEAD_GRPC_PORT, plan::HeadView};
+use crate::contract::HEAD_GRPC_PORT;
 
 /// How long to wait for a head to accept a connection or answer a status request.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the head says about one of its workers (by pod name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadView {
+    /// Registered, running no task.
+    Idle,
+    /// Registered, running tasks.
+    Busy,
+    /// Being drained.
+    Draining,
+}
+
+impl From<WorkerState> for HeadView {
+    /// A drained worker is still draining for the operator until its pod is gone; a state this
+    /// operator does not know counts as busy, so it is never picked first for scale-down.
+    fn from(state: WorkerState) -> Self {
+        match state {
+            WorkerState::Idle => Self::Idle,
+            WorkerState::Draining | WorkerState::Drained => Self::Draining,
+            WorkerState::Busy | WorkerState::Unspecified => Self::Busy,
+        }
+    }
+}
 
 /// Why the head could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +96,9 @@ impl Head {
         let endpoint = Endpoint::from_shared(address.clone())
             .map_err(|e| bad_address(e.to_string()))?
             .connect_timeout(HEAD_TIMEOUT);
-        if MetadataValue::<Ascii>::try_from(format!("Bearer {token}")).is_err() {
+        // `AddAuth` leaves out a token that cannot travel as metadata, and the head would only
+        // answer "unauthenticated": say what is wrong here instead.
+        if MetadataValue::<Ascii>::try_from(token).is_err() {
             return Err(bad_address("the token is not valid metadata".into()));
         }
         let credentials = AddAuth::new(Some(token));

@@ -1,14 +1,26 @@
 //! The Flotilla Kubernetes operator: the `ComputeCluster` and `ComputeJob` resources, the checks
 //! on their specs, and the children (Secret, Service, pods) a cluster is made of (see `docs/architecture.md`).
 //!
-//! The reconcile pipeline ([`controller`]) reads what exists, [`validation::validate`]s the spec
-//! (pure), [`plan`]s one step from the desired children [`builders`] make (pure), carries it out,
-//! and derives the [`status`] (pure). [`head`] asks a cluster's head which workers are idle and
-//! drains them; [`leader`] elects one acting replica; [`metrics`] serves the operator's own.
+//! [`controller`] runs the watches and, for each ComputeCluster, the [`cluster`] pipeline:
+//! observe → validate → desired → plan → apply → status. [`head`] asks a cluster's head which
+//! workers are idle and drains them; [`leader`] elects one acting replica; [`metrics`] serves the
+//! operator's own; [`context`] is what every reconcile shares.
+//!
+//! Import rules (no cycles; check with `grep -rn "use crate::\|use super::" src`):
+//! - [`contract`], [`crd`] and [`names`] import nothing else of the crate but each other
+//!   (`names` uses `contract`);
+//! - `cluster/{validate,desired,plan,pods,status}.rs` are pure: no `kube::Api` or `Client`;
+//!   only `cluster/{observe,apply,drain}.rs` talk to the API server or the head;
+//! - within `cluster/`, a step imports only the steps before it (and [`cluster::pods`]);
+//! - outside `cluster/`, only [`controller`] imports it ([`Error`] names the validation's
+//!   [`cluster::validate::InvalidSpec`]).
 
 use std::path::PathBuf;
 
-pub mod builders;
+use kube::core::Status;
+
+pub mod cluster;
+pub mod context;
 pub mod contract;
 pub mod controller;
 pub mod crd;
@@ -16,16 +28,29 @@ pub mod crdgen;
 pub mod head;
 pub mod leader;
 pub mod metrics;
-pub mod plan;
-pub mod status;
-pub mod validation;
+pub mod names;
 
 /// Everything that can go wrong in the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A ComputeCluster spec the operator cannot honour.
     #[error("invalid spec: {0}")]
-    InvalidSpec(#[from] validation::InvalidSpec),
+    InvalidSpec(#[from] cluster::validate::InvalidSpec),
+    /// A stored object this operator cannot read (a field of another type, or one it does not
+    /// know, as after a CRD upgrade or rollback); the others are reconciled all the same.
+    #[error("cannot read {kind} {name}: {source}")]
+    InvalidObject {
+        /// Kind of the object.
+        kind: &'static str,
+        /// `namespace/name` of the object.
+        name: String,
+        /// Why it cannot be read.
+        #[source]
+        source: Box<kube::core::error_boundary::InvalidObject>,
+    },
+    /// The API server refused a write of the reconcile's step, or a name is taken.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// A Kubernetes API call failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
@@ -39,16 +64,6 @@ pub enum Error {
     #[error("Secret {name} belongs to an earlier cluster of the same name; waiting for it to be deleted")]
     ForeignSecret {
         /// Name of the Secret.
-        name: String,
-    },
-    /// An object the operator must create already exists and is not the operator's.
-    #[error(
-        "{kind} {name} already exists and does not belong to a ComputeCluster; delete or rename it"
-    )]
-    NameTaken {
-        /// Kind of the object.
-        kind: &'static str,
-        /// Its name.
         name: String,
     },
     /// A CRD could not be rendered as YAML.
@@ -76,14 +91,87 @@ impl Error {
     pub fn label(&self) -> &'static str {
         match self {
             Self::InvalidSpec(_) => "invalid_spec",
+            Self::InvalidObject { .. } => "invalid_object",
             Self::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
             Self::Kube(kube::Error::Api(_)) => "kube_api",
             Self::Kube(_) => "kube_client",
             Self::BadSecret { .. } => "bad_secret",
             Self::ForeignSecret { .. } => "foreign_secret",
-            Self::NameTaken { .. } => "name_taken",
+            Self::Refused(Refusal::Rejected { status, .. }) if status.code == 409 => "conflict",
+            Self::Refused(Refusal::Rejected { .. }) => "kube_api",
+            Self::Refused(Refusal::NameTaken { .. }) => "name_taken",
             Self::RenderCrd { .. } => "render_crd",
             Self::WriteFile { .. } => "write_file",
         }
+    }
+}
+
+/// A write of a reconcile's step that did not happen, and cannot until something changes: a
+/// quota, an admission policy, a name someone else holds. The status shows it.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The API server refused the write.
+    #[error("{}", describe(status))]
+    Rejected {
+        /// Kind of the object written.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The API server's answer.
+        status: Box<Status>,
+    },
+    /// An object the operator must create already exists and is not the operator's.
+    #[error(
+        "{kind} {name} already exists and does not belong to a ComputeCluster; delete or rename it"
+    )]
+    NameTaken {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// The API server's own words, which name the object and the rule it broke.
+fn describe(status: &Status) -> String {
+    if status.message.is_empty() {
+        format!(
+            "the API server refused: {} ({})",
+            status.reason, status.code
+        )
+    } else {
+        status.message.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(code: u16) -> Error {
+        Refusal::Rejected {
+            kind: "Pod",
+            name: "demo-head".into(),
+            status: Box::new(
+                Status::failure("pods \"demo-head\" is forbidden", "Forbidden").with_code(code),
+            ),
+        }
+        .into()
+    }
+
+    #[test]
+    fn refusals_keep_their_labels_and_the_api_servers_words() {
+        assert_eq!(rejected(409).label(), "conflict");
+        assert_eq!(rejected(403).label(), "kube_api");
+        assert_eq!(rejected(403).to_string(), "pods \"demo-head\" is forbidden");
+        let taken = Error::from(Refusal::NameTaken {
+            kind: "Pod",
+            name: "demo-head".into(),
+        });
+        assert_eq!(taken.label(), "name_taken");
+        assert_eq!(
+            taken.to_string(),
+            "Pod demo-head already exists and does not belong to a ComputeCluster; delete or rename it"
+        );
     }
 }

@@ -10,7 +10,8 @@ use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use flotilla_operator::{
-    controller::{self, Context},
+    context::Context,
+    controller,
     leader::{Leadership, LeaseConfig},
     metrics::Metrics,
 };
@@ -109,7 +110,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Ready once connected, standbys included: a standby waiting for the Lease is healthy, and a
     // rolling update of a one-replica Deployment must not wait for it to lead.
     metrics.set_ready();
-    let listener = metrics.clone().serve(args.http_bind);
+    let listener = tokio::net::TcpListener::bind(args.http_bind)
+        .await
+        .with_context(|| format!("listening on {}", args.http_bind))?;
+    let served = metrics.clone().serve(listener);
     let identity = args
         .identity
         .clone()
@@ -169,6 +173,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         result = work => result,
-        served = listener => served.with_context(|| format!("serving HTTP on {}", args.http_bind)),
+        served = served => served.with_context(|| format!("serving HTTP on {}", args.http_bind)),
     }
 }

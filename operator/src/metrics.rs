@@ -8,80 +8,127 @@
 //! - `flotilla_operator_reconcile_errors_total{kind, error}`: failures by error label
 //! - `flotilla_operator_reconcile_duration_seconds{kind}`: a histogram
 //! - `flotilla_operator_leader`: 1 while this replica holds the lease
-//! - `flotilla_operator_drains_total{result="drained"|"timeout"|"error"}`
+//! - `flotilla_operator_drains_total{result="drained"|"not_registered"|"timeout"|"no_head"|"error"}`
 
 use std::{
-    collections::BTreeMap,
-    fmt::Write,
-    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
 
 use axum::{extract::State, http::StatusCode, routing::get, Router};
+use prometheus::{
+    core::Collector, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use tokio::net::TcpListener;
 
 /// Upper bounds of the reconcile duration buckets, in seconds.
 const BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-#[derive(Default)]
-struct Series {
-    reconciles: BTreeMap<(&'static str, &'static str), u64>,
-    errors: BTreeMap<(&'static str, String), u64>,
-    durations: BTreeMap<&'static str, Histogram>,
-    drains: BTreeMap<&'static str, u64>,
-}
-
-/// The operator's counters; cheap to clone and share.
-#[derive(Clone, Default)]
+/// The operator's metrics; cheap to clone and share.
+#[derive(Clone)]
 pub struct Metrics {
-    series: Arc<Mutex<Series>>,
-    leader: Arc<AtomicBool>,
+    registry: Registry,
+    reconciles: IntCounterVec,
+    errors: IntCounterVec,
+    durations: HistogramVec,
+    drains: IntCounterVec,
+    leader: IntGauge,
     ready: Arc<AtomicBool>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "flotilla_operator_reconcile_total",
+                "Reconciles run, by kind and result.",
+            ),
+            &["kind", "result"],
+        )
+        .expect("a valid name, help and labels");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "flotilla_operator_reconcile_errors_total",
+                "Failed reconciles, by kind and error.",
+            ),
+            &["kind", "error"],
+        )
+        .expect("a valid name, help and labels");
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "flotilla_operator_reconcile_duration_seconds",
+                "Time one reconcile took.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["kind"],
+        )
+        .expect("a valid name, help, buckets and labels");
+        let drains = IntCounterVec::new(
+            Opts::new(
+                "flotilla_operator_drains_total",
+                "Worker drains finished, by result.",
+            ),
+            &["result"],
+        )
+        .expect("a valid name, help and labels");
+        let leader = IntGauge::new(
+            "flotilla_operator_leader",
+            "Whether this replica holds the leader lease.",
+        )
+        .expect("a valid name and help");
+        let registry = Registry::new();
+        let collectors: [Box<dyn Collector>; 5] = [
+            Box::new(reconciles.clone()),
+            Box::new(errors.clone()),
+            Box::new(durations.clone()),
+            Box::new(drains.clone()),
+            Box::new(leader.clone()),
+        ];
+        for collector in collectors {
+            registry
+                .register(collector)
+                .expect("each series is registered once, under its own name");
+        }
+        Metrics {
+            registry,
+            reconciles,
+            errors,
+            durations,
+            drains,
+            leader,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }
 
 impl Metrics {
     /// Counts one reconcile of `kind` that took `elapsed`; `error` is the failure label, if any.
-    pub fn reconciled(&self, kind: &'static str, elapsed: Duration, error: Option<&str>) {
-        let mut series = self.lock();
+    pub fn reconciled(&self, kind: &str, elapsed: Duration, error: Option<&str>) {
         let result = if error.is_some() { "error" } else { "success" };
-        *series.reconciles.entry((kind, result)).or_default() += 1;
+        self.reconciles.with_label_values(&[kind, result]).inc();
         if let Some(label) = error {
-            *series.errors.entry((kind, label.to_owned())).or_default() += 1;
+            self.errors.with_label_values(&[kind, label]).inc();
         }
-        let histogram = series.durations.entry(kind).or_default();
-        if histogram.counts.is_empty() {
-            histogram.counts = vec![0; BUCKETS.len()];
-        }
-        let seconds = elapsed.as_secs_f64();
-        for (bucket, bound) in histogram.counts.iter_mut().zip(BUCKETS) {
-            if seconds <= *bound {
-                *bucket += 1;
-            }
-        }
-        histogram.sum += seconds;
-        histogram.count += 1;
+        self.durations
+            .with_label_values(&[kind])
+            .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts one finished drain: `drained`, `timeout` or `error`.
-    pub fn drained(&self, result: &'static str) {
-        *self.lock().drains.entry(result).or_default() += 1;
+    /// Counts one finished drain by how it ended: `drained`, `not_registered`, `timeout`,
+    /// `no_head` or `error`.
+    pub fn drained(&self, result: &str) {
+        self.drains.with_label_values(&[result]).inc();
     }
 
     /// Records whether this replica leads.
     pub fn set_leader(&self, leader: bool) {
-        self.leader.store(leader, Ordering::Relaxed);
+        self.leader.set(i64::from(leader));
     }
 
     /// Marks the operator ready (it reached the API server).
@@ -89,90 +136,15 @@ impl Metrics {
         self.ready.store(true, Ordering::Relaxed);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Series> {
-        // A panic elsewhere while holding the lock leaves plain counters behind; keep counting.
-        self.series.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
-        let series = self.lock();
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP flotilla_operator_reconcile_total Reconciles run, by kind and result."
-        );
-        let _ = writeln!(out, "# TYPE flotilla_operator_reconcile_total counter");
-        for ((kind, result), n) in &series.reconciles {
-            let _ = writeln!(
-                out,
-                "flotilla_operator_reconcile_total{{kind=\"{kind}\",result=\"{result}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP flotilla_operator_reconcile_errors_total Failed reconciles, by kind and error."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE flotilla_operator_reconcile_errors_total counter"
-        );
-        for ((kind, error), n) in &series.errors {
-            let _ = writeln!(
-                out,
-                "flotilla_operator_reconcile_errors_total{{kind=\"{kind}\",error=\"{error}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP flotilla_operator_reconcile_duration_seconds Time one reconcile took."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE flotilla_operator_reconcile_duration_seconds histogram"
-        );
-        for (kind, h) in &series.durations {
-            for (count, bound) in h.counts.iter().zip(BUCKETS) {
-                let _ = writeln!(out, "flotilla_operator_reconcile_duration_seconds_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {count}");
-            }
-            let _ = writeln!(out, "flotilla_operator_reconcile_duration_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(
-                out,
-                "flotilla_operator_reconcile_duration_seconds_sum{{kind=\"{kind}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "flotilla_operator_reconcile_duration_seconds_count{{kind=\"{kind}\"}} {}",
-                h.count
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP flotilla_operator_drains_total Worker drains finished, by result."
-        );
-        let _ = writeln!(out, "# TYPE flotilla_operator_drains_total counter");
-        for (result, n) in &series.drains {
-            let _ = writeln!(
-                out,
-                "flotilla_operator_drains_total{{result=\"{result}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP flotilla_operator_leader Whether this replica holds the leader lease."
-        );
-        let _ = writeln!(out, "# TYPE flotilla_operator_leader gauge");
-        let _ = writeln!(
-            out,
-            "flotilla_operator_leader {}",
-            u8::from(self.leader.load(Ordering::Relaxed))
-        );
-        out
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .expect("the text format encodes every metric family the registry holds")
     }
 
-    /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
-    pub async fn serve(self, addr: SocketAddr) -> std::io::Result<()> {
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the process ends.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let app = Router::new()
             .route(
                 "/metrics",
@@ -190,7 +162,42 @@ impl Metrics {
                 }),
             )
             .with_state(self);
-        let listener = tokio::net::TcpListener::bind(addr).await?;
         axum::serve(listener, app).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_keep_their_names_labels_and_types() {
+        let metrics = Metrics::default();
+        metrics.reconciled("ComputeCluster", Duration::from_millis(3), None);
+        metrics.reconciled(
+            "ComputeCluster",
+            Duration::from_millis(30),
+            Some("invalid_spec"),
+        );
+        metrics.drained("drained");
+        metrics.set_leader(true);
+        let text = metrics.render();
+        for line in [
+            "# TYPE flotilla_operator_reconcile_total counter",
+            "flotilla_operator_reconcile_total{kind=\"ComputeCluster\",result=\"success\"} 1",
+            "flotilla_operator_reconcile_total{kind=\"ComputeCluster\",result=\"error\"} 1",
+            "flotilla_operator_reconcile_errors_total{error=\"invalid_spec\",kind=\"ComputeCluster\"} 1",
+            "# TYPE flotilla_operator_reconcile_duration_seconds histogram",
+            "flotilla_operator_reconcile_duration_seconds_bucket{kind=\"ComputeCluster\",le=\"0.005\"} 1",
+            "flotilla_operator_reconcile_duration_seconds_bucket{kind=\"ComputeCluster\",le=\"+Inf\"} 2",
+            "flotilla_operator_reconcile_duration_seconds_count{kind=\"ComputeCluster\"} 2",
+            "flotilla_operator_drains_total{result=\"drained\"} 1",
+            "# TYPE flotilla_operator_leader gauge",
+            "flotilla_operator_leader 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        metrics.set_leader(false);
+        assert!(metrics.render().contains("flotilla_operator_leader 0"));
     }
 }

@@ -14,8 +14,7 @@ use std::{
 use flotilla::builtins::sleep_then;
 use flotilla_operator::{
     crd::{ClusterPhase, ComputeCluster},
-    head::Head,
-    plan::HeadView,
+    head::{Head, HeadView},
 };
 use flotilla_testenv::{
     apiserver::FakeApiServer,

@@ -3,7 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use flotilla_operator::{builders, crd::ComputeCluster, crdgen, validation::validate};
+use flotilla_operator::{
+    cluster::{
+        desired::Desired,
+        validate::{validate, ValidatedCluster},
+    },
+    crd::ComputeCluster,
+    crdgen,
+};
 use kube::core::cel::Validator;
 
 fn example(name: &str) -> PathBuf {
@@ -27,7 +34,7 @@ fn load(name: &str) -> (serde_json::Value, ComputeCluster) {
     (raw, cluster)
 }
 
-fn check(name: &str) -> flotilla_operator::validation::ValidatedCluster {
+fn check(name: &str) -> ValidatedCluster {
     let (raw, cluster) = load(name);
     let crd = crdgen::crds().remove(0).crd;
     let schema = serde_json::to_value(
@@ -42,9 +49,9 @@ fn check(name: &str) -> flotilla_operator::validation::ValidatedCluster {
         panic!("{name} breaks CEL rules: {errors:?}");
     }
     let validated = validate(&cluster).unwrap_or_else(|e| panic!("{name} is invalid: {e}"));
-    builders::head_pod(&validated);
-    for group in &validated.groups {
-        builders::worker_pod(&validated, group, "abcde");
+    let desired = Desired::of(&validated);
+    for template in &desired.workers {
+        template.pod("abcde");
     }
     validated
 }

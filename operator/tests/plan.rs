@@ -4,11 +4,18 @@
 use std::collections::HashMap;
 
 use flotilla_operator::{
-    builders,
-    crd::{ClusterPhase, ComputeCluster},
-    plan::{self, DeleteReason, HeadView, Plan, ANNOTATION_DRAINING},
-    status,
-    validation::{self, ValidatedCluster},
+    cluster::{
+        apply::Applied,
+        desired::{Desired, WorkerTemplate},
+        observe::{Observed, TokenSecret},
+        plan::{DeleteReason, MarkedDrain, Plan},
+        status::{self, Progress, Stamp},
+        validate::{self as validation, ValidatedCluster},
+    },
+    contract::ANNOTATION_DRAINING,
+    crd::{ClusterPhase, ComputeCluster, ComputeClusterStatus},
+    head::HeadView,
+    Refusal,
 };
 use k8s_openapi::{
     api::core::v1::{
@@ -17,6 +24,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
+use kube::core::Status;
 
 fn cluster(spec: &str) -> ValidatedCluster {
     let yaml = format!(
@@ -90,11 +98,68 @@ fn waiting(mut pod: Pod, reason: &str, message: &str) -> Pod {
 }
 
 fn worker(cluster: &ValidatedCluster, group: &str, suffix: &str) -> Pod {
-    builders::worker_pod(cluster, cluster.group(group).expect("group"), suffix)
+    WorkerTemplate::new(cluster, cluster.group(group).expect("group")).pod(suffix)
+}
+
+fn head_pod(cluster: &ValidatedCluster) -> Pod {
+    Desired::of(cluster).head
 }
 
 fn head(cluster: &ValidatedCluster) -> Pod {
-    running(builders::head_pod(cluster), 0)
+    running(head_pod(cluster), 0)
+}
+
+/// What the operator observes of a cluster whose Secret and Service exist: `pods`, and the
+/// head's view of its workers (`None`: the head could not be asked).
+fn observed(pods: &[Pod], head_workers: Option<&HashMap<String, HeadView>>) -> Observed {
+    Observed {
+        secret: TokenSecret::Token("t0ken".into()),
+        service_exists: true,
+        pods: pods.to_vec(),
+        head_ip: None,
+        head_workers: head_workers.cloned(),
+    }
+}
+
+/// The plan for `cluster` given its `pods` and the head's view of its workers.
+fn plan(
+    cluster: &ValidatedCluster,
+    pods: &[Pod],
+    head_workers: Option<&HashMap<String, HeadView>>,
+    suffix: impl FnMut() -> String,
+) -> Plan {
+    flotilla_operator::cluster::plan::plan(
+        &Desired::of(cluster),
+        &observed(pods, head_workers),
+        suffix,
+    )
+}
+
+/// What applying every write of `step` did.
+fn applied_in_full(step: &Plan) -> Applied {
+    Applied {
+        created: names(&step.create),
+        deleted: step.delete.clone(),
+        marked: step.drain.clone(),
+        refusal: None,
+    }
+}
+
+/// The status of `cluster` after a pass that observed `pods` and applied `applied`.
+fn derive(
+    cluster: &ValidatedCluster,
+    pods: &[Pod],
+    applied: &Applied,
+    previous: Option<&ComputeClusterStatus>,
+    generation: Option<i64>,
+    now: Time,
+) -> ComputeClusterStatus {
+    let stamp = Stamp {
+        previous,
+        generation,
+        now,
+    };
+    status::derive(cluster, &observed(pods, None), applied, &stamp)
 }
 
 fn names(pods: &[Pod]) -> Vec<String> {
@@ -118,7 +183,7 @@ fn now() -> Time {
 #[test]
 fn a_new_cluster_gets_its_head_and_every_worker() {
     let c = two_workers();
-    let step = plan::plan(&c, &[], None, counter());
+    let step = plan(&c, &[], None, counter());
     assert_eq!(
         names(&step.create),
         ["demo-head", "demo-cpu-s0001", "demo-cpu-s0002"]
@@ -134,9 +199,9 @@ fn a_whole_cluster_needs_nothing_and_is_running() {
         running(worker(&c, "cpu", "a"), 1),
         running(worker(&c, "cpu", "b"), 2),
     ];
-    let step = plan::plan(&c, &pods, Some(&HashMap::new()), counter());
+    let step = plan(&c, &pods, Some(&HashMap::new()), counter());
     assert!(step.is_empty(), "{step:?}");
-    let s = status::derive(&c, &pods, &step, None, None, Some(3), now());
+    let s = derive(&c, &pods, &applied_in_full(&step), None, Some(3), now());
     assert_eq!(s.phase, Some(ClusterPhase::Running));
     let ready = s
         .conditions
@@ -165,7 +230,7 @@ fn a_failed_worker_is_deleted_and_replaced() {
     let mut failed = running(worker(&c, "cpu", "a"), 1);
     failed.status.as_mut().expect("status").phase = Some("Failed".into());
     let pods = vec![head(&c), failed, running(worker(&c, "cpu", "b"), 2)];
-    let step = plan::plan(&c, &pods, Some(&HashMap::new()), counter());
+    let step = plan(&c, &pods, Some(&HashMap::new()), counter());
     assert_eq!(
         step.delete,
         [("demo-cpu-a".to_owned(), DeleteReason::Failed)]
@@ -187,7 +252,7 @@ fn scale_down_drains_idle_workers_and_never_a_busy_one() {
         ("demo-cpu-b", HeadView::Busy),
         ("demo-cpu-c", HeadView::Idle),
     ]);
-    let step = plan::plan(&c, &pods, Some(&head_view), counter());
+    let step = plan(&c, &pods, Some(&head_view), counter());
     let mut drained = names_of(&step.drain);
     drained.sort_unstable();
     assert_eq!(drained, ["demo-cpu-a", "demo-cpu-c"]);
@@ -203,7 +268,7 @@ fn scale_down_prefers_workers_that_never_became_ready() {
         not_ready(worker(&c, "cpu", "b")),
     ];
     let head_view = views(&[("demo-cpu-a", HeadView::Idle)]);
-    let step = plan::plan(&c, &pods, Some(&head_view), counter());
+    let step = plan(&c, &pods, Some(&head_view), counter());
     // Not registered at the head: nothing to drain, so it goes at once.
     assert_eq!(
         step.delete,
@@ -220,7 +285,7 @@ fn without_the_head_a_ready_worker_is_never_removed() {
         running(worker(&c, "cpu", "a"), 1),
         not_ready(worker(&c, "cpu", "b")),
     ];
-    let step = plan::plan(&c, &pods, None, counter());
+    let step = plan(&c, &pods, None, counter());
     assert_eq!(names_of(&step.delete), ["demo-cpu-b"]);
     assert!(
         step.drain.is_empty(),
@@ -238,7 +303,7 @@ fn draining_workers_no_longer_count_towards_the_group() {
         .get_or_insert_with(Default::default)
         .insert(ANNOTATION_DRAINING.into(), "2026-01-01T00:00:00Z".into());
     let pods = vec![head(&c), leaving, running(worker(&c, "cpu", "b"), 2)];
-    let step = plan::plan(&c, &pods, Some(&HashMap::new()), counter());
+    let step = plan(&c, &pods, Some(&HashMap::new()), counter());
     assert_eq!(names(&step.create), ["demo-cpu-s0001"]);
     assert!(step.drain.is_empty() && step.delete.is_empty());
 }
@@ -248,7 +313,7 @@ fn a_new_image_replaces_workers_one_at_a_time() {
     let old = two_workers();
     let new = cluster("  image: flotilla:2\n  workerGroups: [{name: cpu, replicas: 2}]");
     let pods = vec![
-        running(builders::head_pod(&new), 0),
+        running(head_pod(&new), 0),
         running(worker(&old, "cpu", "a"), 1),
         running(worker(&old, "cpu", "b"), 2),
     ];
@@ -256,14 +321,14 @@ fn a_new_image_replaces_workers_one_at_a_time() {
         ("demo-cpu-a", HeadView::Idle),
         ("demo-cpu-b", HeadView::Busy),
     ]);
-    let step = plan::plan(&new, &pods, Some(&head_view), counter());
+    let step = plan(&new, &pods, Some(&head_view), counter());
     assert_eq!(step.drain.len(), 1, "{step:?}");
     assert_eq!(step.drain[0].1, DeleteReason::Outdated);
 
     // While one is being replaced, the other waits.
     let mut pods = pods;
     pods[1].metadata.deletion_timestamp = Some(now());
-    let step = plan::plan(&new, &pods, Some(&head_view), counter());
+    let step = plan(&new, &pods, Some(&head_view), counter());
     assert_eq!(names(&step.create), ["demo-cpu-s0001"]);
     assert!(step.drain.is_empty() && step.delete.is_empty(), "{step:?}");
 }
@@ -281,7 +346,7 @@ fn a_changed_head_template_replaces_the_head() {
         ("demo-cpu-a", HeadView::Idle),
         ("demo-cpu-b", HeadView::Idle),
     ]);
-    let step = plan::plan(&new, &pods, Some(&head_view), counter());
+    let step = plan(&new, &pods, Some(&head_view), counter());
     assert_eq!(
         step.delete,
         [("demo-head".to_owned(), DeleteReason::Outdated)]
@@ -297,12 +362,12 @@ fn suspend_deletes_every_pod_and_reports_suspended() {
     let c =
         cluster("  image: flotilla:1\n  suspend: true\n  workerGroups: [{name: cpu, replicas: 2}]");
     let pods = vec![head(&c), running(worker(&c, "cpu", "a"), 1)];
-    let step = plan::plan(&c, &pods, None, counter());
+    let step = plan(&c, &pods, None, counter());
     let mut deleted = names_of(&step.delete);
     deleted.sort_unstable();
     assert_eq!(deleted, ["demo-cpu-a", "demo-head"]);
     assert!(step.create.is_empty());
-    let s = status::derive(&c, &pods, &step, None, None, Some(3), now());
+    let s = derive(&c, &pods, &applied_in_full(&step), None, Some(3), now());
     assert_eq!(s.phase, Some(ClusterPhase::Suspended));
     assert_eq!(s.desired_workers, 0);
 }
@@ -322,7 +387,7 @@ fn workers_of_a_removed_group_are_drained() {
         ("demo-cpu-a", HeadView::Idle),
         ("demo-gpu-b", HeadView::Busy),
     ]);
-    let step = plan::plan(&new, &pods, Some(&head_view), counter());
+    let step = plan(&new, &pods, Some(&head_view), counter());
     assert_eq!(
         step.drain,
         [("demo-gpu-b".to_owned(), DeleteReason::GroupRemoved)]
@@ -341,7 +406,7 @@ fn a_worker_that_cannot_start_shows_its_own_message() {
             "Back-off pulling image \"flotilla:1\"",
         ),
     ];
-    let s = status::derive(&c, &pods, &Plan::default(), None, None, Some(3), now());
+    let s = derive(&c, &pods, &Applied::default(), None, Some(3), now());
     assert_eq!(s.phase, Some(ClusterPhase::Degraded));
     let workers = s
         .conditions
@@ -360,11 +425,11 @@ fn a_worker_that_cannot_start_shows_its_own_message() {
 fn a_head_in_a_crash_loop_fails_the_cluster() {
     let c = two_workers();
     let pods = vec![waiting(
-        builders::head_pod(&c),
+        head_pod(&c),
         "CrashLoopBackOff",
         "back-off 10s restarting failed container",
     )];
-    let s = status::derive(&c, &pods, &Plan::default(), None, None, Some(3), now());
+    let s = derive(&c, &pods, &Applied::default(), None, Some(3), now());
     assert_eq!(s.phase, Some(ClusterPhase::Failed));
     let head = s
         .conditions
@@ -382,24 +447,15 @@ fn conditions_keep_their_transition_time_until_they_flip() {
     let c = two_workers();
     let pods = vec![head(&c), running(worker(&c, "cpu", "a"), 1)];
     let earlier = Time(Timestamp::from_second(1_750_000_000).expect("valid time"));
-    let first = status::derive(
+    let first = derive(
         &c,
         &pods,
-        &Plan::default(),
-        None,
+        &Applied::default(),
         None,
         Some(3),
         earlier.clone(),
     );
-    let second = status::derive(
-        &c,
-        &pods,
-        &Plan::default(),
-        None,
-        Some(&first),
-        Some(3),
-        now(),
-    );
+    let second = derive(&c, &pods, &Applied::default(), Some(&first), Some(3), now());
     assert_eq!(first, second, "nothing changed, so nothing moves");
 
     let pods = vec![
@@ -407,16 +463,15 @@ fn conditions_keep_their_transition_time_until_they_flip() {
         running(worker(&c, "cpu", "a"), 1),
         running(worker(&c, "cpu", "b"), 2),
     ];
-    let third = status::derive(
+    let third = derive(
         &c,
         &pods,
-        &Plan::default(),
-        None,
+        &Applied::default(),
         Some(&second),
         Some(3),
         now(),
     );
-    let time_of = |s: &flotilla_operator::crd::ComputeClusterStatus, t: &str| {
+    let time_of = |s: &ComputeClusterStatus, t: &str| {
         s.conditions
             .iter()
             .find(|c| c.type_ == t)
@@ -440,7 +495,12 @@ spec:
     )
     .expect("parses");
     let problems = validation::validate(&raw).expect_err("min/max violated");
-    let s = status::invalid(None, Some(4), &problems, now());
+    let stamp = Stamp {
+        previous: None,
+        generation: Some(4),
+        now: now(),
+    };
+    let s = status::invalid(&stamp, &problems);
     assert_eq!(s.phase, Some(ClusterPhase::Failed));
     let valid = s
         .conditions
@@ -458,12 +518,12 @@ fn a_stale_worker_that_is_not_ready_is_replaced_without_waiting() {
     let mut crashing = running(worker(&old, "cpu", "a"), 1);
     crashing.status = waiting(worker(&old, "cpu", "a"), "CrashLoopBackOff", "back-off").status;
     let pods = vec![
-        running(builders::head_pod(&new), 0),
+        running(head_pod(&new), 0),
         crashing,
         running(worker(&old, "cpu", "b"), 2),
     ];
     let head_view = views(&[("demo-cpu-b", HeadView::Busy)]);
-    let step = plan::plan(&new, &pods, Some(&head_view), counter());
+    let step = plan(&new, &pods, Some(&head_view), counter());
     assert_eq!(
         step.delete,
         [("demo-cpu-a".to_owned(), DeleteReason::Outdated)]
@@ -477,16 +537,25 @@ fn without_the_head_a_started_worker_stays_even_if_not_ready() {
     let mut slow = running(worker(&c, "cpu", "a"), 1);
     // Running, but its readiness probe fails: it may be busy.
     slow.status.as_mut().expect("status").conditions = None;
-    let step = plan::plan(&c, &[head(&c), slow], None, counter());
+    let step = plan(&c, &[head(&c), slow], None, counter());
     assert!(step.is_empty(), "{step:?}");
 }
 
 #[test]
 fn a_refused_step_stops_progress_with_the_refusal() {
     let c = two_workers();
-    let step = plan::plan(&c, &[head(&c)], Some(&HashMap::new()), counter());
+    let step = plan(&c, &[head(&c)], Some(&HashMap::new()), counter());
     let refusal = "pods \"demo-cpu-s0001\" is forbidden: exceeded quota";
-    let s = status::derive(&c, &[head(&c)], &step, Some(refusal), None, Some(3), now());
+    // The API server refuses the first pod of the step.
+    let applied = Applied {
+        refusal: Some(Refusal::Rejected {
+            kind: "Pod",
+            name: names(&step.create)[0].clone(),
+            status: Box::new(Status::failure(refusal, "Forbidden").with_code(403)),
+        }),
+        ..Applied::default()
+    };
+    let s = derive(&c, &[head(&c)], &applied, None, Some(3), now());
     let progressing = s
         .conditions
         .iter()
@@ -503,4 +572,62 @@ fn a_refused_step_stops_progress_with_the_refusal() {
         .find(|c| c.type_ == "Ready")
         .expect("condition");
     assert_eq!(ready.status, "False");
+}
+
+#[test]
+fn a_missing_secret_and_service_are_created_and_marked_drains_run() {
+    let c = two_workers();
+    let mut leaving = running(worker(&c, "cpu", "a"), 1);
+    leaving
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(ANNOTATION_DRAINING.into(), "2026-01-01T00:00:00Z".into());
+    let pods = vec![head(&c), leaving, running(worker(&c, "cpu", "b"), 2)];
+    let mut seen = observed(&pods, Some(&HashMap::new()));
+    seen.secret = TokenSecret::Missing;
+    seen.service_exists = false;
+    let step = flotilla_operator::cluster::plan::plan(&Desired::of(&c), &seen, counter());
+    assert!(step.create_secret && step.create_service, "{step:?}");
+    assert_eq!(
+        step.run_drains,
+        [MarkedDrain {
+            pod: "demo-cpu-a".into(),
+            since: Some("2026-01-01T00:00:00Z".parse().expect("a time")),
+        }]
+    );
+
+    let whole = observed(&pods, Some(&HashMap::new()));
+    let step = flotilla_operator::cluster::plan::plan(&Desired::of(&c), &whole, counter());
+    assert!(!step.create_secret && !step.create_service, "{step:?}");
+}
+
+#[test]
+fn only_a_cluster_on_its_way_is_looked_at_again_soon() {
+    let c = two_workers();
+    let whole = vec![
+        head(&c),
+        running(worker(&c, "cpu", "a"), 1),
+        running(worker(&c, "cpu", "b"), 2),
+    ];
+    let settled = Applied::default();
+    assert!(!Progress::of(&c, &observed(&whole, None), &settled).is_moving());
+
+    let step = plan(&c, &[head(&c)], Some(&HashMap::new()), counter());
+    let creating = applied_in_full(&step);
+    assert!(Progress::of(&c, &observed(&[head(&c)], None), &creating).is_moving());
+
+    // A worker that cannot pull its image waits for a change to the spec, not for a poll.
+    let stuck = vec![
+        head(&c),
+        running(worker(&c, "cpu", "a"), 1),
+        waiting(worker(&c, "cpu", "b"), "ImagePullBackOff", "no such image"),
+    ];
+    assert!(!Progress::of(&c, &observed(&stuck, None), &settled).is_moving());
+    let starting = vec![
+        head(&c),
+        running(worker(&c, "cpu", "a"), 1),
+        not_ready(worker(&c, "cpu", "b")),
+    ];
+    assert!(Progress::of(&c, &observed(&starting, None), &settled).is_moving());
 }

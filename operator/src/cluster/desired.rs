@@ -1,10 +1,12 @@
-//! Builds the children a [`ValidatedCluster`] should have: its token Secret, head pod, head
-//! Service and worker pods. Pure functions: no API calls, no randomness, no clock.
+//! The children a [`ValidatedCluster`] asks for, built once per reconcile before planning: the
+//! head Service, the head pod, and one template pod per worker group with its template hash; and
+//! the token Secret, once there is a token to put in it. Pure: no API calls, no randomness, no
+//! clock.
 //!
 //! Every child carries the cluster's controller owner reference (deleting the cluster deletes
 //! it), the common labels, and, for pods, a non-root, read-only, capability-free security setup.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::{
     api::core::v1::{
@@ -17,16 +19,19 @@ use k8s_openapi::{
     ByteString,
 };
 
+use super::validate::{ValidatedCluster, ValidatedGroup};
 use crate::{
     contract::{
-        Role, APP_NAME, ENV_BIND, ENV_CLUSTER, ENV_GROUP, ENV_HEAD, ENV_NAMESPACE, ENV_ROLE,
-        ENV_SLOTS, ENV_TOKEN, ENV_WORKER_NAME, HEAD_GRPC_PORT, HEAD_HTTP_PORT, LABEL_APP_COMPONENT,
-        LABEL_APP_INSTANCE, LABEL_APP_NAME, LABEL_CLUSTER, LABEL_GROUP, LABEL_MANAGED_BY,
-        LABEL_ROLE, LABEL_TEMPLATE_HASH, MANAGER_NAME, READINESS_PATH, TOKEN_SECRET_KEY,
-        WORKER_GRPC_PORT, WORKER_HTTP_PORT,
+        Role, ENV_BIND, ENV_CLUSTER, ENV_GROUP, ENV_HEAD, ENV_NAMESPACE, ENV_ROLE, ENV_SLOTS,
+        ENV_TOKEN, ENV_WORKER_NAME, HEAD_GRPC_PORT, HEAD_HTTP_PORT, LABEL_APP_COMPONENT,
+        LABEL_GROUP, LABEL_ROLE, LABEL_TEMPLATE_HASH, READINESS_PATH, TOKEN_SECRET_KEY,
+        WORKER_HTTP_PORT,
     },
     crd::PodTemplateOverrides,
-    validation::{ValidatedCluster, ValidatedGroup},
+    names::{
+        cluster_labels, head_address, head_pod_name, head_selector, head_service_name,
+        token_secret_name, worker_pod_name,
+    },
 };
 
 /// Name of the only container of head and worker pods.
@@ -35,64 +40,123 @@ pub const CONTAINER_NAME: &str = "flotilla";
 pub const DEFAULT_RUN_AS: i64 = 65532;
 /// Where the writable scratch volume is mounted (the root filesystem is read-only).
 pub const SCRATCH_MOUNT_PATH: &str = "/tmp";
+/// How long a worker may take to drain when the spec does not say.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 const SCRATCH_VOLUME: &str = "scratch";
 
-/// Name of the cluster's token Secret.
-pub fn token_secret_name(cluster: &str) -> String {
-    format!("{cluster}-token")
+/// Everything a validated spec asks for.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    /// Name of the cluster.
+    pub cluster: String,
+    /// Whether every pod should be stopped.
+    pub suspend: bool,
+    /// How long a worker may take to drain before its pod is deleted anyway.
+    pub drain_timeout: Duration,
+    /// The head Service.
+    pub service: Service,
+    /// The head pod.
+    pub head: Pod,
+    /// The template hash of the head pod; a head pod with another one is stale.
+    pub head_hash: String,
+    /// One template per worker group, in spec order.
+    pub workers: Vec<WorkerTemplate>,
 }
 
-/// Name of the head pod.
-pub fn head_pod_name(cluster: &str) -> String {
-    format!("{cluster}-head")
+impl Desired {
+    /// Builds every child `cluster` asks for.
+    pub fn of(cluster: &ValidatedCluster) -> Self {
+        let (head, head_hash) = head_pod(cluster);
+        let drain_timeout = cluster
+            .autoscaling
+            .as_ref()
+            .and_then(|a| u64::try_from(a.scale_down.drain_timeout_seconds).ok())
+            .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_secs);
+        Desired {
+            cluster: cluster.name.clone(),
+            suspend: cluster.suspend,
+            drain_timeout,
+            service: head_service(cluster),
+            head,
+            head_hash,
+            workers: cluster
+                .groups
+                .iter()
+                .map(|group| WorkerTemplate::new(cluster, group))
+                .collect(),
+        }
+    }
+
+    /// The template of worker group `group`, if the spec has that group.
+    pub fn group(&self, group: &str) -> Option<&WorkerTemplate> {
+        self.workers.iter().find(|template| template.group == group)
+    }
 }
 
-/// Name of the head Service.
-pub fn head_service_name(cluster: &str) -> String {
-    format!("{cluster}-head")
+/// The worker pod every member of one group is made from.
+#[derive(Clone, Debug)]
+pub struct WorkerTemplate {
+    /// Name of the cluster.
+    cluster: String,
+    /// Name of the group.
+    pub group: String,
+    /// Workers the group should have.
+    pub replicas: usize,
+    /// The template hash every current worker of the group carries; a worker with another one is
+    /// stale.
+    pub hash: String,
+    /// A worker pod of the group, all but its name.
+    template: Pod,
 }
 
-/// Name of a worker pod: `<cluster>-<group>-<suffix>`.
-pub fn worker_pod_name(cluster: &str, group: &str, suffix: &str) -> String {
-    format!("{cluster}-{group}-{suffix}")
-}
+impl WorkerTemplate {
+    /// The template of `group`.
+    pub fn new(cluster: &ValidatedCluster, group: &ValidatedGroup) -> Self {
+        let mut env = vec![
+            literal_env(ENV_ROLE, Role::Worker.as_str()),
+            literal_env(ENV_HEAD, &head_address(&cluster.name, &cluster.namespace)),
+            token_env(cluster),
+            literal_env(ENV_CLUSTER, &cluster.name),
+            literal_env(ENV_NAMESPACE, &cluster.namespace),
+            literal_env(ENV_GROUP, &group.name),
+            field_env(ENV_WORKER_NAME, "metadata.name"),
+        ];
+        if let Some(slots) = group.slots {
+            env.push(literal_env(ENV_SLOTS, &slots.to_string()));
+        }
+        env.push(field_env(ENV_BIND, "status.podIP"));
+        let mut labels = cluster_labels(&cluster.name);
+        labels.extend(role_labels(Role::Worker));
+        labels.insert(LABEL_GROUP.to_owned(), group.name.clone());
+        let (template, hash) = build_pod(
+            cluster,
+            PodParts {
+                role: Role::Worker,
+                // Each pod gets its own name; the hash, which leaves names out, is the group's.
+                name: None,
+                labels,
+                env,
+                ports: vec![container_port("http", WORKER_HTTP_PORT)],
+                resources: group.resources.as_ref(),
+                template: &group.template,
+            },
+        );
+        WorkerTemplate {
+            cluster: cluster.name.clone(),
+            group: group.name.clone(),
+            replicas: group.replicas as usize,
+            hash,
+            template,
+        }
+    }
 
-/// The head's gRPC address as workers reach it: the Service's DNS name and port.
-pub fn head_address(cluster: &ValidatedCluster) -> String {
-    format!(
-        "{}.{}.svc:{HEAD_GRPC_PORT}",
-        head_service_name(&cluster.name),
-        cluster.namespace
-    )
-}
-
-/// Labels on every child of a cluster; also the selector of all of them.
-pub fn cluster_labels(cluster: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_APP_NAME.to_owned(), APP_NAME.to_owned()),
-        (LABEL_APP_INSTANCE.to_owned(), cluster.to_owned()),
-        (LABEL_MANAGED_BY.to_owned(), MANAGER_NAME.to_owned()),
-        (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
-    ])
-}
-
-/// Labels selecting the head pod.
-pub fn head_selector(cluster: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_APP_NAME.to_owned(), APP_NAME.to_owned()),
-        (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
-        (LABEL_ROLE.to_owned(), Role::Head.as_str().to_owned()),
-    ])
-}
-
-/// Labels selecting the worker pods of one group.
-pub fn worker_selector(cluster: &str, group: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_APP_NAME.to_owned(), APP_NAME.to_owned()),
-        (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
-        (LABEL_ROLE.to_owned(), Role::Worker.as_str().to_owned()),
-        (LABEL_GROUP.to_owned(), group.to_owned()),
-    ])
+    /// A worker pod of the group, named `<cluster>-<group>-<suffix>`; the caller picks a suffix
+    /// no other worker of the group has.
+    pub fn pod(&self, suffix: &str) -> Pod {
+        let mut pod = self.template.clone();
+        pod.metadata.name = Some(worker_pod_name(&self.cluster, &self.group, suffix));
+        pod
+    }
 }
 
 /// The Secret holding the cluster token. The caller makes the token (once, randomly) and keeps
@@ -101,7 +165,7 @@ pub fn token_secret(cluster: &ValidatedCluster, token: &str) -> Secret {
     Secret {
         metadata: child_metadata(
             cluster,
-            token_secret_name(&cluster.name),
+            Some(token_secret_name(&cluster.name)),
             cluster_labels(&cluster.name),
             None,
         ),
@@ -115,11 +179,16 @@ pub fn token_secret(cluster: &ValidatedCluster, token: &str) -> Secret {
 }
 
 /// The head Service: gRPC and HTTP ports, selecting the head pod.
-pub fn head_service(cluster: &ValidatedCluster) -> Service {
+fn head_service(cluster: &ValidatedCluster) -> Service {
     let mut labels = cluster_labels(&cluster.name);
     labels.extend(role_labels(Role::Head));
     Service {
-        metadata: child_metadata(cluster, head_service_name(&cluster.name), labels, None),
+        metadata: child_metadata(
+            cluster,
+            Some(head_service_name(&cluster.name)),
+            labels,
+            None,
+        ),
         spec: Some(ServiceSpec {
             type_: Some(cluster.head.service_type.as_str().to_owned()),
             selector: Some(head_selector(&cluster.name)),
@@ -133,8 +202,8 @@ pub fn head_service(cluster: &ValidatedCluster) -> Service {
     }
 }
 
-/// The head pod.
-pub fn head_pod(cluster: &ValidatedCluster) -> Pod {
+/// The head pod and its template hash.
+fn head_pod(cluster: &ValidatedCluster) -> (Pod, String) {
     let env = vec![
         literal_env(ENV_ROLE, Role::Head.as_str()),
         token_env(cluster),
@@ -148,67 +217,17 @@ pub fn head_pod(cluster: &ValidatedCluster) -> Pod {
         cluster,
         PodParts {
             role: Role::Head,
-            name: head_pod_name(&cluster.name),
+            name: Some(head_pod_name(&cluster.name)),
             labels,
             env,
-            ports: (HEAD_GRPC_PORT, HEAD_HTTP_PORT),
+            ports: vec![
+                container_port("grpc", HEAD_GRPC_PORT),
+                container_port("http", HEAD_HTTP_PORT),
+            ],
             resources: cluster.head.resources.as_ref(),
             template: &cluster.head.template,
         },
     )
-}
-
-/// A worker pod of `group`, named `<cluster>-<group>-<suffix>`; the caller picks a suffix no
-/// other worker of the group has.
-pub fn worker_pod(cluster: &ValidatedCluster, group: &ValidatedGroup, suffix: &str) -> Pod {
-    let mut env = vec![
-        literal_env(ENV_ROLE, Role::Worker.as_str()),
-        literal_env(ENV_HEAD, &head_address(cluster)),
-        token_env(cluster),
-        literal_env(ENV_CLUSTER, &cluster.name),
-        literal_env(ENV_NAMESPACE, &cluster.namespace),
-        literal_env(ENV_GROUP, &group.name),
-        field_env(ENV_WORKER_NAME, "metadata.name"),
-    ];
-    if let Some(slots) = group.slots {
-        env.push(literal_env(ENV_SLOTS, &slots.to_string()));
-    }
-    env.push(field_env(ENV_BIND, "status.podIP"));
-    let mut labels = cluster_labels(&cluster.name);
-    labels.extend(role_labels(Role::Worker));
-    labels.insert(LABEL_GROUP.to_owned(), group.name.clone());
-    build_pod(
-        cluster,
-        PodParts {
-            role: Role::Worker,
-            name: worker_pod_name(&cluster.name, &group.name, suffix),
-            labels,
-            env,
-            ports: (WORKER_GRPC_PORT, WORKER_HTTP_PORT),
-            resources: group.resources.as_ref(),
-            template: &group.template,
-        },
-    )
-}
-
-/// The template hash a fresh worker pod of `group` would carry; pods with another hash are stale.
-pub fn worker_template_hash(cluster: &ValidatedCluster, group: &ValidatedGroup) -> String {
-    template_hash_of(&worker_pod(cluster, group, ""))
-        .expect("built pods always carry the template hash label")
-}
-
-/// The template hash a fresh head pod would carry.
-pub fn head_template_hash(cluster: &ValidatedCluster) -> String {
-    template_hash_of(&head_pod(cluster)).expect("built pods always carry the template hash label")
-}
-
-/// The template hash label of a pod, if it has one.
-pub fn template_hash_of(pod: &Pod) -> Option<String> {
-    pod.metadata
-        .labels
-        .as_ref()?
-        .get(LABEL_TEMPLATE_HASH)
-        .cloned()
 }
 
 fn role_labels(role: Role) -> [(String, String); 2] {
@@ -220,12 +239,12 @@ fn role_labels(role: Role) -> [(String, String); 2] {
 
 fn child_metadata(
     cluster: &ValidatedCluster,
-    name: String,
+    name: Option<String>,
     labels: BTreeMap<String, String>,
     annotations: Option<BTreeMap<String, String>>,
 ) -> ObjectMeta {
     ObjectMeta {
-        name: Some(name),
+        name,
         namespace: Some(cluster.namespace.clone()),
         labels: Some(labels),
         annotations,
@@ -237,24 +256,26 @@ fn child_metadata(
 /// What differs between the head pod and a worker pod.
 struct PodParts<'a> {
     role: Role,
-    name: String,
+    /// The pod's name; `None` for a template.
+    name: Option<String>,
     /// The operator's labels.
     labels: BTreeMap<String, String>,
     /// The operator's environment variables.
     env: Vec<EnvVar>,
-    /// gRPC and HTTP container ports.
-    ports: (i32, i32),
+    /// Container ports; the readiness probe asks the one named `http`.
+    ports: Vec<ContainerPort>,
     resources: Option<&'a ResourceRequirements>,
     template: &'a PodTemplateOverrides,
 }
 
-fn build_pod(cluster: &ValidatedCluster, parts: PodParts<'_>) -> Pod {
+/// The pod, with its template hash as a label, and the hash.
+fn build_pod(cluster: &ValidatedCluster, parts: PodParts<'_>) -> (Pod, String) {
     let PodParts {
         role,
         name,
         labels: operator_labels,
         mut env,
-        ports: (grpc_port, http_port),
+        ports,
         resources,
         template,
     } = parts;
@@ -272,10 +293,7 @@ fn build_pod(cluster: &ValidatedCluster, parts: PodParts<'_>) -> Pod {
         // `#[flotilla::main]` read FLOTILLA_ROLE and ignore it.
         args: Some(vec![role.as_str().to_owned()]),
         env: Some(env),
-        ports: Some(vec![
-            container_port("grpc", grpc_port),
-            container_port("http", http_port),
-        ]),
+        ports: Some(ports),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some(READINESS_PATH.to_owned()),
@@ -323,9 +341,9 @@ fn build_pod(cluster: &ValidatedCluster, parts: PodParts<'_>) -> Pod {
     };
     let hash = template_hash(&pod);
     if let Some(labels) = pod.metadata.labels.as_mut() {
-        labels.insert(LABEL_TEMPLATE_HASH.to_owned(), hash);
+        labels.insert(LABEL_TEMPLATE_HASH.to_owned(), hash.clone());
     }
-    pod
+    (pod, hash)
 }
 
 /// FNV-1a over the pod's spec, labels and annotations (not its name), stable across builds and
@@ -429,7 +447,11 @@ mod tests {
     use k8s_openapi::api::core::v1::EnvVar;
 
     use super::*;
-    use crate::{crd::ComputeCluster, validation::validate};
+    use crate::{
+        cluster::{pods, validate::validate},
+        crd::ComputeCluster,
+        names::worker_selector,
+    };
 
     const FIXTURE: &str = r#"
 apiVersion: flotilla.dev/v1alpha1
@@ -460,6 +482,10 @@ spec:
     fn fixture() -> ValidatedCluster {
         let cluster: ComputeCluster = serde_yaml::from_str(FIXTURE).expect("fixture parses");
         validate(&cluster).expect("fixture is valid")
+    }
+
+    fn worker_pod(cluster: &ValidatedCluster, group: &ValidatedGroup, suffix: &str) -> Pod {
+        WorkerTemplate::new(cluster, group).pod(suffix)
     }
 
     fn env<'a>(pod: &'a Pod, name: &str) -> Option<&'a EnvVar> {
@@ -578,7 +604,7 @@ ports:
             expected
         );
 
-        let pod_labels = head_pod(&cluster).metadata.labels.expect("labels");
+        let pod_labels = Desired::of(&cluster).head.metadata.labels.expect("labels");
         for (key, value) in head_selector("demo") {
             assert_eq!(
                 pod_labels.get(&key),
@@ -591,7 +617,7 @@ ports:
     #[test]
     fn head_pod_runs_the_head_role() {
         let cluster = fixture();
-        let pod = head_pod(&cluster);
+        let pod = Desired::of(&cluster).head;
         assert_eq!(pod.metadata.name.as_deref(), Some("demo-head"));
         assert_owned_by_demo(&pod.metadata);
         assert_hardened(&pod);
@@ -673,9 +699,13 @@ ports:
             .ports
             .iter()
             .flatten()
-            .map(|p| p.container_port)
+            .map(|p| (p.name.as_deref(), p.container_port))
             .collect();
-        assert_eq!(ports, vec![7402, 7403]);
+        assert_eq!(
+            ports,
+            vec![(Some("http"), 7403)],
+            "a worker serves on HTTP only"
+        );
         assert_eq!(container(&pod).args, Some(vec!["worker".to_owned()]));
     }
 
@@ -741,18 +771,23 @@ ports:
         let group = cluster.group("cpu").expect("group");
         let first = worker_pod(&cluster, group, "aaaaa");
         let second = worker_pod(&cluster, group, "bbbbb");
-        let hash = template_hash_of(&first).expect("hash label");
+        let hash = pods::template_hash(&first).expect("hash label");
         assert_eq!(hash.len(), 16);
-        assert_eq!(template_hash_of(&second), Some(hash.clone()));
-        assert_eq!(worker_template_hash(&cluster, group), hash);
+        assert_eq!(pods::template_hash(&second), Some(hash));
+        assert_eq!(WorkerTemplate::new(&cluster, group).hash, hash);
 
         let mut changed = cluster.clone();
         changed.image = "registry.example/flotilla:1.1".into();
         let changed_group = changed.group("cpu").expect("group");
-        assert_ne!(worker_template_hash(&changed, changed_group), hash);
-        assert_ne!(head_template_hash(&changed), head_template_hash(&cluster));
+        assert_ne!(WorkerTemplate::new(&changed, changed_group).hash, hash);
+        let head = Desired::of(&cluster);
+        assert_ne!(Desired::of(&changed).head_hash, head.head_hash);
+        assert_eq!(
+            pods::template_hash(&head.head),
+            Some(head.head_hash.as_str())
+        );
 
         let other_group = cluster.group("plain").expect("group");
-        assert_ne!(worker_template_hash(&cluster, other_group), hash);
+        assert_ne!(WorkerTemplate::new(&cluster, other_group).hash, hash);
     }
 }

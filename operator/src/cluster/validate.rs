@@ -2,12 +2,12 @@
 //! express, re-checks what an API server may have let through, resolves defaults, and reports
 //! every problem at once.
 //!
-//! Builders ([`crate::builders`]) take only a [`ValidatedCluster`], so they never fail.
+//! The builders ([`super::desired`]) take only a [`ValidatedCluster`], so they never fail.
 
 use std::fmt;
 
 use k8s_openapi::{
-    api::core::v1::{PodSecurityContext, ResourceRequirements},
+    api::core::v1::{ObjectReference, PodSecurityContext, ResourceRequirements},
     apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 use kube::Resource;
@@ -18,14 +18,8 @@ use crate::{
         AutoscalingSpec, ComputeCluster, ComputeClusterSpec, ImagePullPolicy, PodTemplateOverrides,
         ServiceType, WorkerGroupSpec, MAX_GROUP_NAME_LEN, MAX_WORKER_GROUPS,
     },
+    names::{worker_pod_name, MAX_CLUSTER_NAME_LEN, MAX_POD_NAME_LEN, WORKER_SUFFIX_LEN},
 };
-
-/// Longest cluster name: the head Service `<cluster>-head` must be a 63-character DNS label.
-pub const MAX_CLUSTER_NAME_LEN: usize = 63 - "-head".len();
-/// Longest worker pod name, so that a pod's hostname (cut at 63) equals its name.
-pub const MAX_POD_NAME_LEN: usize = 63;
-/// Length of the random suffix of worker pod names.
-pub const WORKER_SUFFIX_LEN: usize = 5;
 
 /// A `ComputeCluster` whose spec was checked and whose defaults were resolved.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,6 +50,18 @@ impl ValidatedCluster {
     /// The group called `name`, if there is one.
     pub fn group(&self, name: &str) -> Option<&ValidatedGroup> {
         self.groups.iter().find(|group| group.name == name)
+    }
+
+    /// The ComputeCluster itself, as the object the operator's Events are about.
+    pub fn reference(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some(self.owner.api_version.clone()),
+            kind: Some(self.owner.kind.clone()),
+            name: Some(self.name.clone()),
+            namespace: Some(self.namespace.clone()),
+            uid: Some(self.owner.uid.clone()),
+            ..ObjectReference::default()
+        }
     }
 }
 
@@ -407,8 +413,7 @@ fn validate_group(
             reason,
         });
     }
-    let example =
-        crate::builders::worker_pod_name(cluster, &group.name, &"x".repeat(WORKER_SUFFIX_LEN));
+    let example = worker_pod_name(cluster, &group.name, &"x".repeat(WORKER_SUFFIX_LEN));
     if example.len() > MAX_POD_NAME_LEN {
         problems.push(SpecProblem::PodNameTooLong {
             group: group.name.clone(),

@@ -1,0 +1,87 @@
+//! What every reconcile shares: the Kubernetes client, the Event recorder, the operator's
+//! metrics, and the drains in flight.
+
+use std::{
+    collections::HashSet,
+    sync::{Mutex, MutexGuard},
+};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::{
+    runtime::events::{Event, EventType, Recorder, Reporter},
+    Client,
+};
+
+use crate::{contract::MANAGER_NAME, metrics::Metrics};
+
+/// Shared by every reconcile of one operator replica.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// The operator's metrics.
+    pub metrics: Metrics,
+    recorder: Recorder,
+    /// Worker pods (`namespace/name`) with a drain in flight.
+    draining: Mutex<HashSet<String>>,
+}
+
+impl Context {
+    /// A context for the operator replica called `instance` (the Events' reporting instance).
+    pub fn new(client: Client, metrics: Metrics, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER_NAME.to_owned(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            draining: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn draining(&self) -> MutexGuard<'_, HashSet<String>> {
+        // The set only holds names; one left by a panicking holder is still right.
+        self.draining.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims the drain of `pod` (`namespace/name`); `false` when one is in flight already.
+    pub fn claim_drain(&self, pod: &str) -> bool {
+        self.draining().insert(pod.to_owned())
+    }
+
+    /// Gives the drain of `pod` back, so a later reconcile may start it again.
+    pub fn release_drain(&self, pod: &str) {
+        self.draining().remove(pod);
+    }
+
+    /// Records an Event on `regarding`; `pod` names the pod it concerns, if any (the Event's
+    /// `related` object, which also keeps Events about different pods apart). A failure to
+    /// record is logged: an Event is worth no retry of the reconcile.
+    pub async fn event(
+        &self,
+        regarding: &ObjectReference,
+        pod: Option<&str>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let secondary = pod.map(|name| ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Pod".to_owned()),
+            name: Some(name.to_owned()),
+            namespace: regarding.namespace.clone(),
+            ..ObjectReference::default()
+        });
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: reason.to_owned(),
+            secondary,
+        };
+        if let Err(e) = self.recorder.publish(&event, regarding).await {
+            tracing::warn!(error = %e, reason, "cannot record an event");
+        }
+    }
+}
