@@ -34,8 +34,6 @@ pub const ENV_PREFETCH: &str = "FLOTILLA_PREFETCH";
 pub const HEAD_GRPC_PORT: u16 = 7400;
 /// Head HTTP port (`/metrics`, `/healthz`, `/readyz`, the dashboard).
 pub const HEAD_HTTP_PORT: u16 = 7401;
-/// Worker gRPC port.
-pub const WORKER_GRPC_PORT: u16 = 7402;
 /// Worker HTTP port (`/metrics`, `/readyz`, object transfers).
 pub const WORKER_HTTP_PORT: u16 = 7403;
 
