@@ -943,3 +943,77 @@ async fn down_signals_only_what_up_started() {
     assert!(!ok, "up used a world-writable state directory");
     assert!(err.contains("other users may write"), "{err}");
 }
+
+/// Tells `a_driver_with_no_worker_is_told_why_it_waits` to act as the waiting driver.
+const WAITING_DRIVER_ENV: &str = "FLOTILLA_TEST_WAITING_DRIVER";
+
+/// A driver whose task has no worker to run on is told so after a few seconds, and `get` with a
+/// timeout gives up with a clear error instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_with_no_worker_is_told_why_it_waits() {
+    if let Ok(spec) = std::env::var(WAITING_DRIVER_ENV) {
+        // As `#[flotilla::main]` does for a program.
+        flotilla::process::init_logging();
+        let (address, token) = spec.split_once(' ').expect("address and token");
+        let rt = Runtime::connect(address, Some(token)).await.unwrap();
+        let r = add.remote(&rt, 1, 2);
+        match rt.get_timeout(&r, Duration::from_secs(7)).await {
+            Err(e) => println!("GET FAILED: {e}"),
+            Ok(v) => println!("GET RETURNED {v}"),
+        }
+        rt.shutdown().await;
+        return;
+    }
+    let address = local_address();
+    let token = new_token();
+    let _head = start_head(&address, &token);
+    let up = Instant::now() + Duration::from_secs(15);
+    while admin::status(&address, Some(&token)).await.is_err() {
+        assert!(Instant::now() < up, "the head did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut driver = Proc::spawn(
+        "a driver with no worker",
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_driver_with_no_worker_is_told_why_it_waits",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(WAITING_DRIVER_ENV, format!("{address} {token}"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while driver.child().try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the driver kept waiting");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut out, mut err) = (String::new(), String::new());
+    driver
+        .child()
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    driver
+        .child()
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        out.contains("GET FAILED: timed out after 7s"),
+        "{out}\n{err}"
+    );
+    assert!(
+        err.contains("no worker is registered at the head at"),
+        "the driver says why it waits: {err}"
+    );
+}

@@ -46,6 +46,11 @@ use crate::{
 
 type State = object_state::State;
 
+/// How long a driver waits for an object before it asks the head why and says so.
+const SILENT_WAIT: Duration = Duration::from_secs(5);
+/// How long that question may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What this session knows of one object: waiters until its state arrives, then the state.
 enum ObjectCell {
     Pending(Vec<oneshot::Sender<State>>),
@@ -409,11 +414,50 @@ impl Runtime {
         };
         // A task waiting here lends its slots to other work until the value arrives.
         let lending = self.lend();
-        let result = rx.await.map_err(|_| self.session.shutdown_error());
+        let result = self.await_state(id, rx).await;
         if let Some(lending) = lending {
             lending.finish().await;
         }
         result
+    }
+
+    /// Waits for an object's state. A driver still waiting after [`SILENT_WAIT`] is told why, if
+    /// the head says: no worker registered, or a head that does not answer.
+    async fn await_state(&self, id: ObjectId, mut rx: oneshot::Receiver<State>) -> Result<State> {
+        if self.session.host.is_none() {
+            tokio::select! {
+                state = &mut rx => return state.map_err(|_| self.session.shutdown_error()),
+                () = tokio::time::sleep(SILENT_WAIT) => self.explain_wait(id).await,
+            }
+        }
+        rx.await.map_err(|_| self.session.shutdown_error())
+    }
+
+    /// Warns, once per wait, of what keeps an object from being ready, when the head knows.
+    async fn explain_wait(&self, id: ObjectId) {
+        let head = &self.session.head_address;
+        match tokio::time::timeout(STATUS_TIMEOUT, self.status()).await {
+            Err(_) => tracing::warn!(
+                object = %id,
+                "still waiting after {SILENT_WAIT:?}: the head at {head} did not answer within {STATUS_TIMEOUT:?}"
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                object = %id,
+                "still waiting after {SILENT_WAIT:?}: the head at {head} cannot be asked why: {e}"
+            ),
+            Ok(Ok(status)) if status.workers.is_empty() => tracing::warn!(
+                object = %id,
+                "still waiting after {SILENT_WAIT:?}: no worker is registered at the head at {head}; the work runs once one joins"
+            ),
+            Ok(Ok(status)) if status.tasks_running == 0 && status.tasks_pending > 0 => {
+                tracing::warn!(
+                    object = %id,
+                    pending = status.tasks_pending,
+                    "still waiting after {SILENT_WAIT:?}: tasks are queued but none runs; no worker may offer the slots or resources they ask for"
+                )
+            }
+            Ok(Ok(_)) => {}
+        }
     }
 
     /// Lends the bound task's slots back to its worker, when this runtime is bound to one.
@@ -469,6 +513,18 @@ impl Runtime {
     pub async fn get<T: DeserializeOwned + 'static>(&self, r: &ObjectRef<T>) -> Result<T> {
         let bytes = self.value_bytes(r.id()).await?;
         codec::decode(&bytes)
+    }
+
+    /// Waits at most `timeout` for the value of an object; [`Error::Timeout`] after that (the
+    /// task keeps running; get it again later, or cancel it).
+    pub async fn get_timeout<T: DeserializeOwned + 'static>(
+        &self,
+        r: &ObjectRef<T>,
+        timeout: Duration,
+    ) -> Result<T> {
+        tokio::time::timeout(timeout, self.get(r))
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
     }
 
     /// Waits for the values of many objects, in order.

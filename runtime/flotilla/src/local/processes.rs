@@ -157,7 +157,8 @@ impl Launch<'_> {
                     "the head did not report its address within 30 s".into(),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // A head is up within milliseconds; every worker waits for this file.
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
