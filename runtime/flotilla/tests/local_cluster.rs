@@ -1141,3 +1141,35 @@ async fn worker_http_serves_metrics_and_guards_its_objects() {
     rt.shutdown().await;
     c.stop().await;
 }
+
+/// Connections that send nothing are closed by the head's gRPC port and a worker's HTTP port
+/// once the first-byte timeout passes, while real clients keep working meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed() {
+    let mut c = Manual::start(HeadConfig::default(), true).await;
+    let config = c.worker_config("quiet-0", 1);
+    c.add_worker(config).await;
+    let rt = c.connect().await;
+    let worker_http = rt.status().await.unwrap().workers[0].http_address.clone();
+    let mut silent = Vec::new();
+    for address in [&c.address, &worker_http, c.http.as_ref().unwrap()] {
+        for _ in 0..20 {
+            silent.push(TcpStream::connect(address).await.unwrap());
+        }
+    }
+    // Served while the silent ones wait.
+    assert_eq!(bounded("a task", add.remote(&rt, 2, 3)).await.unwrap(), 5);
+    let limit = flotilla::net::guard::FIRST_BYTE_TIMEOUT + Duration::from_secs(10);
+    for mut s in silent {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(limit, s.read(&mut buf))
+            .await
+            .expect("a silent connection is closed by the server");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "closed, not answered: {read:?}"
+        );
+    }
+    rt.shutdown().await;
+    c.stop().await;
+}

@@ -90,7 +90,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(listener) = http_listener {
         let app = http::head_router(handle, config.clone(), metrics);
-        net::spawn_http(listener, app, stop_rx);
+        net::spawn_http(listener, "head HTTP", app, stop_rx)?;
     }
     let service = tonic::service::interceptor::InterceptedService::new(
         HeadServer::new(HeadService {
@@ -104,7 +104,7 @@ pub async fn serve(
     tracing::info!(%addr, cluster = %config.cluster, "head listening");
     let result = net::server()
         .add_service(service)
-        .serve_with_incoming_shutdown(net::incoming(grpc), shutdown)
+        .serve_with_incoming_shutdown(net::incoming(grpc, "head gRPC")?, shutdown)
         .await;
     let _ = stop_tx.send(true);
     result.map_err(|e| Error::io("the head's gRPC server", std::io::Error::other(e)))

@@ -1,10 +1,11 @@
 //! Network helpers every role uses: tuned HTTP/2 channels and servers, bounded message sizes, the
 //! head client with the cluster's credentials, listeners that refuse to serve beyond loopback
-//! without a token ([`bind`]), and the batching stream that turns many small messages into one
+//! without a token ([`bind`]), connection caps and timeouts ([`guard`]), and the batching stream that turns many small messages into one
 //! frame ([`batch`]).
 
 pub mod batch;
 pub mod bind;
+pub mod guard;
 
 pub use batch::Batches;
 
@@ -64,9 +65,12 @@ pub fn server() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
 }
 
-/// Accepted connections of a listener, with Nagle's algorithm off (small messages go at once).
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+/// Accepted connections of a listener, capped, with silent ones closed ([`guard`]).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    what: &'static str,
+) -> Result<guard::GuardedListener> {
+    Ok(guard::GuardedListener::new(listener, what)?)
 }
 
 /// An error and its causes on one line.
@@ -95,12 +99,15 @@ pub async fn connect_head(address: &str, token: Option<&str>) -> Result<HeadRpc>
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
-/// Serves `app` on `listener` in the background until `stop` changes.
+/// Serves `app` on `listener` in the background until `stop` changes; connections are capped and
+/// silent ones closed ([`guard`]).
 pub fn spawn_http(
     listener: tokio::net::TcpListener,
+    what: &'static str,
     app: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+) -> Result<()> {
+    let listener = guard::GuardedListener::new(listener, what)?;
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -108,4 +115,5 @@ pub fn spawn_http(
             })
             .await;
     });
+    Ok(())
 }

@@ -172,7 +172,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = http::worker_router(shared.clone())
         .merge(object_router(store, shared.config.token.as_deref()));
-    net::spawn_http(listener, app, stop_rx);
+    net::spawn_http(listener, "worker HTTP", app, stop_rx)?;
     let work = {
         let shared = shared.clone();
         async move {
