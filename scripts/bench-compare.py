@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Runs `flotilla bench` of two builds alternately and prints each workload's median, min and max.
+
+    cargo build --release -p flotilla --bin flotilla
+    scripts/bench-compare.py OLD_FLOTILLA_BINARY target/release/flotilla [ROUNDS]
+
+The builds take turns (old, new, then new, old, ...) so that a noisy machine weighs on both alike.
+"""
+import collections
+import json
+import statistics
+import subprocess
+import sys
+
+
+def main() -> None:
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    binaries = {"before": sys.argv[1], "after": sys.argv[2]}
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    figures = {name: collections.defaultdict(list) for name in binaries}
+    units = {}
+    for i in range(rounds):
+        order = list(binaries) if i % 2 == 0 else list(reversed(binaries))
+        for name in order:
+            out = subprocess.run(
+                [binaries[name], "bench"], capture_output=True, text=True, timeout=300, check=True
+            ).stdout
+            for line in out.splitlines():
+                d = json.loads(line)
+                figures[name][d["workload"]].append(d["value"])
+                units[d["workload"]] = d["unit"]
+
+    def spread(xs):
+        return f"{statistics.median(xs):.4g} ({min(xs):.4g}–{max(xs):.4g})"
+
+    print(f"| workload | unit | before: median (min–max) | after: median (min–max) |")
+    print("|---|---|---|---|")
+    for workload, unit in units.items():
+        print(
+            f"| {workload} | {unit} | {spread(figures['before'][workload])} "
+            f"| {spread(figures['after'][workload])} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
