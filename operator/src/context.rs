@@ -14,6 +14,11 @@ use kube::{
 
 use crate::{contract::MANAGER_NAME, metrics::Metrics};
 
+/// The longest Event note, in bytes, the API server accepts.
+pub const MAX_EVENT_NOTE: usize = 1024;
+/// Ends a note shortened to fit.
+const SHORTENED: &str = " …";
+
 /// Shared by every reconcile of one operator replica.
 pub struct Context {
     /// The Kubernetes client.
@@ -56,8 +61,9 @@ impl Context {
     }
 
     /// Records an Event on `regarding`; `pod` names the pod it concerns, if any (the Event's
-    /// `related` object, which also keeps Events about different pods apart). A failure to
-    /// record is logged: an Event is worth no retry of the reconcile.
+    /// `related` object, which also keeps Events about different pods apart). A note longer
+    /// than the API server takes is shortened. A failure to record is logged: an Event is worth
+    /// no retry of the reconcile.
     pub async fn event(
         &self,
         regarding: &ObjectReference,
@@ -76,12 +82,45 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.to_owned(),
-            note: Some(note),
+            note: Some(fit_note(note)),
             action: reason.to_owned(),
             secondary,
         };
         if let Err(e) = self.recorder.publish(&event, regarding).await {
             tracing::warn!(error = %e, reason, "cannot record an event");
         }
+    }
+}
+
+/// `note` cut to [`MAX_EVENT_NOTE`] bytes at a character boundary, marked as shortened; the API
+/// server refuses the whole Event otherwise.
+fn fit_note(mut note: String) -> String {
+    if note.len() <= MAX_EVENT_NOTE {
+        return note;
+    }
+    let mut end = MAX_EVENT_NOTE - SHORTENED.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push_str(SHORTENED);
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_fit_the_api_servers_limit() {
+        assert_eq!(fit_note("short".to_owned()), "short");
+        let exact = "x".repeat(MAX_EVENT_NOTE);
+        assert_eq!(fit_note(exact.clone()), exact);
+        // Multi-byte characters straddle the cut.
+        let long = "é".repeat(MAX_EVENT_NOTE);
+        let fitted = fit_note(long.clone());
+        assert!(fitted.len() <= MAX_EVENT_NOTE, "{} bytes", fitted.len());
+        assert!(fitted.ends_with(SHORTENED));
+        assert!(long.starts_with(fitted.trim_end_matches(SHORTENED)));
     }
 }

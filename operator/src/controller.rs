@@ -45,7 +45,7 @@ use crate::{
         status::{self, Progress, Stamp},
         validate::validate,
     },
-    context::Context,
+    context::{Context, MAX_EVENT_NOTE},
     contract::{LABEL_MANAGED_BY, MANAGER_NAME},
     crd::{ComputeCluster, ComputeClusterStatus},
     names::random_worker_suffix,
@@ -193,7 +193,7 @@ async fn reconcile_cluster(cluster: &ComputeCluster, ctx: &Arc<Context>) -> Resu
                     None,
                     EventType::Warning,
                     problems.reason(),
-                    problems.to_string(),
+                    problems.summary(MAX_EVENT_NOTE),
                 )
                 .await;
                 write_status(&clusters, cluster, &new).await?;
