@@ -1,8 +1,8 @@
 //! What every reconcile shares: the Kubernetes client, the Event recorder, the operator's
-//! metrics, and the drains in flight.
+//! metrics, the drains in flight, and the failures in a row of each object.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Mutex, MutexGuard},
 };
 
@@ -28,6 +28,8 @@ pub struct Context {
     recorder: Recorder,
     /// Worker pods (`namespace/name`) with a drain in flight.
     draining: Mutex<HashSet<String>>,
+    /// Failed reconciles in a row, by object (`namespace/name`); the retry delay grows with it.
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -42,6 +44,7 @@ impl Context {
             client,
             metrics,
             draining: Mutex::new(HashSet::new()),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -58,6 +61,23 @@ impl Context {
     /// Gives the drain of `pod` back, so a later reconcile may start it again.
     pub fn release_drain(&self, pod: &str) {
         self.draining().remove(pod);
+    }
+
+    /// Counts a failed reconcile of `object` (`namespace/name`); returns its failures in a row.
+    pub fn failed(&self, object: &str) -> u32 {
+        // Counts only; one left by a panicking holder is still right.
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(object.to_owned()).or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// Ends the failures in a row of `object` (`namespace/name`).
+    pub fn succeeded(&self, object: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(object);
     }
 
     /// Records an Event on `regarding`; `pod` names the pod it concerns, if any (the Event's

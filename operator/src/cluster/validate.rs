@@ -395,12 +395,24 @@ pub fn validate_spec(
     }
     let mut groups: Vec<ValidatedGroup> = Vec::with_capacity(count);
     let mut seen = std::collections::BTreeSet::new();
-    for group in &spec.worker_groups {
+    for (index, group) in spec.worker_groups.iter().enumerate() {
         if !seen.insert(group.name.as_str()) {
             problems.push(SpecProblem::DuplicateGroup {
                 name: group.name.clone(),
             });
         }
+        // `spec.replicas`, the scale subresource's field, sizes the first group when set.
+        let scaled;
+        let group = match spec.replicas {
+            Some(replicas) if index == 0 => {
+                scaled = WorkerGroupSpec {
+                    replicas,
+                    ..group.clone()
+                };
+                &scaled
+            }
+            _ => group,
+        };
         if let Some(group) = validate_group(name, group, &mut problems) {
             groups.push(group);
         }
