@@ -1,8 +1,8 @@
 //! What every reconcile shares: the Kubernetes client, the Event recorder, the operator's
-//! metrics, and the drains in flight.
+//! metrics, the drains in flight, and the failures in a row of each object.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Mutex, MutexGuard},
 };
 
@@ -14,6 +14,11 @@ use kube::{
 
 use crate::{contract::MANAGER_NAME, metrics::Metrics};
 
+/// The longest Event note, in bytes, the API server accepts.
+pub const MAX_EVENT_NOTE: usize = 1024;
+/// Ends a note shortened to fit.
+const SHORTENED: &str = " …";
+
 /// Shared by every reconcile of one operator replica.
 pub struct Context {
     /// The Kubernetes client.
@@ -23,6 +28,8 @@ pub struct Context {
     recorder: Recorder,
     /// Worker pods (`namespace/name`) with a drain in flight.
     draining: Mutex<HashSet<String>>,
+    /// Failed reconciles in a row, by object (`namespace/name`); the retry delay grows with it.
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -37,6 +44,7 @@ impl Context {
             client,
             metrics,
             draining: Mutex::new(HashSet::new()),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -55,9 +63,27 @@ impl Context {
         self.draining().remove(pod);
     }
 
+    /// Counts a failed reconcile of `object` (`namespace/name`); returns its failures in a row.
+    pub fn failed(&self, object: &str) -> u32 {
+        // Counts only; one left by a panicking holder is still right.
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(object.to_owned()).or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// Ends the failures in a row of `object` (`namespace/name`).
+    pub fn succeeded(&self, object: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(object);
+    }
+
     /// Records an Event on `regarding`; `pod` names the pod it concerns, if any (the Event's
-    /// `related` object, which also keeps Events about different pods apart). A failure to
-    /// record is logged: an Event is worth no retry of the reconcile.
+    /// `related` object, which also keeps Events about different pods apart). A note longer
+    /// than the API server takes is shortened. A failure to record is logged: an Event is worth
+    /// no retry of the reconcile.
     pub async fn event(
         &self,
         regarding: &ObjectReference,
@@ -76,12 +102,45 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.to_owned(),
-            note: Some(note),
+            note: Some(fit_note(note)),
             action: reason.to_owned(),
             secondary,
         };
         if let Err(e) = self.recorder.publish(&event, regarding).await {
             tracing::warn!(error = %e, reason, "cannot record an event");
         }
+    }
+}
+
+/// `note` cut to [`MAX_EVENT_NOTE`] bytes at a character boundary, marked as shortened; the API
+/// server refuses the whole Event otherwise.
+fn fit_note(mut note: String) -> String {
+    if note.len() <= MAX_EVENT_NOTE {
+        return note;
+    }
+    let mut end = MAX_EVENT_NOTE - SHORTENED.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push_str(SHORTENED);
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_fit_the_api_servers_limit() {
+        assert_eq!(fit_note("short".to_owned()), "short");
+        let exact = "x".repeat(MAX_EVENT_NOTE);
+        assert_eq!(fit_note(exact.clone()), exact);
+        // Multi-byte characters straddle the cut.
+        let long = "é".repeat(MAX_EVENT_NOTE);
+        let fitted = fit_note(long.clone());
+        assert!(fitted.len() <= MAX_EVENT_NOTE, "{} bytes", fitted.len());
+        assert!(fitted.ends_with(SHORTENED));
+        assert!(long.starts_with(fitted.trim_end_matches(SHORTENED)));
     }
 }

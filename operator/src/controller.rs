@@ -9,6 +9,12 @@
 //! garbage collector remove them all. Every create, delete, drain and rejected spec is recorded as
 //! a Kubernetes Event on the cluster.
 //!
+//! A cluster is reconciled when its spec changes (a new `metadata.generation`), not when the
+//! operator's own status write comes back through the watch; a child's change, a requeue and
+//! the resync bring it back otherwise. A failing cluster is retried after a delay that doubles
+//! with each failure in a row, so a write the API server keeps refusing (a quota, a missing
+//! ServiceAccount) costs a few calls a minute, not a loop.
+//!
 //! ComputeClusters are watched through [`DeserializeGuard`]: an object this binary cannot read
 //! (as during a CRD upgrade or rollback) is reported with a Warning Event, a log line and an
 //! `invalid_object` error count, and every other cluster is reconciled as usual.
@@ -30,7 +36,7 @@ use kube::{
     runtime::{
         controller::{Action, Controller},
         events::EventType,
-        watcher,
+        predicates, reflector, watcher, WatchStreamExt,
     },
     Api, Client, Resource, ResourceExt,
 };
@@ -45,7 +51,7 @@ use crate::{
         status::{self, Progress, Stamp},
         validate::validate,
     },
-    context::Context,
+    context::{Context, MAX_EVENT_NOTE},
     contract::{LABEL_MANAGED_BY, MANAGER_NAME},
     crd::{ComputeCluster, ComputeClusterStatus},
     names::random_worker_suffix,
@@ -58,8 +64,10 @@ const KIND: &str = "ComputeCluster";
 const RESYNC: Duration = Duration::from_secs(300);
 /// Re-reconcile a cluster that is still moving this often.
 const SETTLING: Duration = Duration::from_secs(2);
-/// Retry a failed reconcile this soon.
+/// Retry a failed reconcile this soon the first time; each failure in a row doubles it.
 const RETRY: Duration = Duration::from_secs(5);
+/// The longest wait before retrying a cluster that keeps failing.
+const MAX_RETRY: Duration = Duration::from_secs(300);
 
 /// A watched ComputeCluster: the object, or what is left of one this binary cannot read.
 type Watched = DeserializeGuard<ComputeCluster>;
@@ -79,20 +87,28 @@ pub async fn run(
     let controllers = scopes.into_iter().map(|namespace| {
         let children =
             watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER_NAME}"));
-        Controller::new(
+        let (reader, writer) = reflector::store();
+        // Only spec changes: the operator's status writes come back through this watch, and a
+        // reconcile for each would undo the retry delay of a failing cluster.
+        let clusters = watcher(
             api::<Watched>(&client, namespace),
             watcher::Config::default(),
         )
-        .owns(api::<Pod>(&client, namespace), children.clone())
-        .owns(api::<Service>(&client, namespace), children.clone())
-        .owns(api::<Secret>(&client, namespace), children)
-        .graceful_shutdown_on(shutdown.clone())
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile failed");
-            }
-        })
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+        Controller::for_stream(clusters, reader)
+            .owns(api::<Pod>(&client, namespace), children.clone())
+            .owns(api::<Service>(&client, namespace), children.clone())
+            .owns(api::<Secret>(&client, namespace), children)
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "reconcile failed");
+                }
+            })
     });
     join_all(controllers).await;
 }
@@ -107,13 +123,28 @@ where
     }
 }
 
-/// Retry failed reconciles soon; an object that cannot be read or honoured waits for the next
-/// change.
-fn error_policy(_object: Arc<Watched>, error: &Error, _ctx: Arc<Context>) -> Action {
+/// Retry failed reconciles, later with each failure in a row; an object that cannot be read or
+/// honoured waits for the next change.
+fn error_policy(object: Arc<Watched>, error: &Error, ctx: Arc<Context>) -> Action {
     match error {
         Error::InvalidSpec(_) | Error::InvalidObject { .. } => Action::await_change(),
-        _ => Action::requeue(RETRY),
+        _ => Action::requeue(retry_delay(ctx.failed(&key(&object)))),
     }
+}
+
+/// How long to wait before retrying after `failures` failed reconciles in a row (at least one).
+fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY.saturating_mul(1 << doublings).min(MAX_RETRY)
+}
+
+/// `namespace/name` of a watched cluster.
+fn key(object: &Watched) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
 }
 
 async fn reconcile(object: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -131,6 +162,9 @@ async fn reconcile(object: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, Er
                 .await
         }
     };
+    if result.is_ok() {
+        ctx.succeeded(&key(&object));
+    }
     let label = result.as_ref().err().map(Error::label);
     ctx.metrics.reconciled(KIND, started.elapsed(), label);
     if let Err(e) = &result {
@@ -193,7 +227,7 @@ async fn reconcile_cluster(cluster: &ComputeCluster, ctx: &Arc<Context>) -> Resu
                     None,
                     EventType::Warning,
                     problems.reason(),
-                    problems.to_string(),
+                    problems.summary(MAX_EVENT_NOTE),
                 )
                 .await;
                 write_status(&clusters, cluster, &new).await?;
@@ -237,4 +271,16 @@ async fn write_status(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_a_ceiling() {
+        let delays: Vec<u64> = (1..=9).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY);
+    }
 }

@@ -69,6 +69,13 @@ fn unwrap_doc_lines(schema: &mut schemars::Schema) {
     status = "ComputeClusterStatus",
     shortname = "fcc",
     category = "flotilla",
+    // Kubernetes takes only a plain field path here, no list index: the first group's size is
+    // mirrored at `spec.replicas`.
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     derive = "PartialEq",
     doc = "A Flotilla compute cluster: a head pod, its Service and groups of worker pods, \
            optionally autoscaled from the head's task queue.",
@@ -126,6 +133,16 @@ pub struct ComputeClusterSpec {
     )]
     #[schemars(length(min = 1, max = MAX_WORKER_GROUPS))]
     pub worker_groups: Vec<WorkerGroupSpec>,
+
+    /// Number of workers of the first worker group, for the scale subresource: `kubectl scale
+    /// fcc NAME --replicas=N`, a HorizontalPodAutoscaler or KEDA write it. When set, it is the
+    /// first group's size and that group's own `replicas` is not used (its `minReplicas` and
+    /// `maxReplicas` still bound it); unset, the first group's `replicas` is. An autoscaler
+    /// reading the scale subresource sees 0 replicas until it is set, so set it (or scale once)
+    /// before pointing a HorizontalPodAutoscaler at the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
 
     /// Grow and shrink the worker groups from the head's task queue. Unset: no autoscaling; every
     /// group keeps `replicas` workers.
@@ -518,6 +535,16 @@ pub struct ComputeClusterStatus {
     /// Worker pods that are ready, over all groups.
     #[serde(default)]
     pub ready_workers: i32,
+
+    /// Worker pods of the first worker group that exist: the scale subresource's current size,
+    /// the counterpart of `spec.replicas`.
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Label selector of the first worker group's pods, for the scale subresource (a
+    /// HorizontalPodAutoscaler reads their metrics through it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 
     /// Where the head runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

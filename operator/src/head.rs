@@ -67,7 +67,8 @@ pub enum HeadError {
         source: tonic::transport::Error,
     },
     /// The head answered with an error.
-    #[error("the head refused: {0}")]
+    // tonic's display of a Status is a dump of its code, details and metadata.
+    #[error("the head refused: {}: {}", .0.code(), .0.message())]
     Rpc(#[from] Status),
 }
 

@@ -51,8 +51,8 @@ pub enum Error {
     /// The API server refused a write of the reconcile's step, or a name is taken.
     #[error(transparent)]
     Refused(#[from] Refusal),
-    /// A Kubernetes API call failed.
-    #[error("Kubernetes API: {0}")]
+    /// A Kubernetes API call failed; shown in the API server's words when it answered.
+    #[error("{}", kube_words(.0))]
     Kube(#[from] kube::Error),
     /// The cluster's token Secret exists but holds no token.
     #[error("Secret {name} has no `token` entry; delete it and the operator makes a new one")]
@@ -132,6 +132,16 @@ pub enum Refusal {
     },
 }
 
+/// A failed Kubernetes call as a person reads it: the API server's own words when it answered
+/// (kube's display of an API error appends a Debug dump of the whole `Status`), else the
+/// client's.
+fn kube_words(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => describe(status),
+        other => format!("cannot reach the Kubernetes API: {other}"),
+    }
+}
+
 /// The API server's own words, which name the object and the rule it broke.
 fn describe(status: &Status) -> String {
     if status.message.is_empty() {
@@ -173,5 +183,29 @@ mod tests {
             taken.to_string(),
             "Pod demo-head already exists and does not belong to a ComputeCluster; delete or rename it"
         );
+    }
+
+    #[test]
+    fn a_failed_call_says_what_the_api_server_said_without_a_debug_dump() {
+        let status = Status::failure(
+            "pods is forbidden: User \"system:serviceaccount:flotilla:operator\" cannot list \
+             resource \"pods\" in the namespace \"team\"",
+            "Forbidden",
+        )
+        .with_code(403);
+        let error = Error::from(kube::Error::Api(Box::new(status.clone())));
+        assert_eq!(error.to_string(), status.message);
+        assert_eq!(error.label(), "kube_api");
+        let silent = Error::from(kube::Error::Api(Box::new(
+            Status::failure("", "ServiceUnavailable").with_code(503),
+        )));
+        assert_eq!(
+            silent.to_string(),
+            "the API server refused: ServiceUnavailable (503)"
+        );
+        for text in [error.to_string(), silent.to_string()] {
+            assert!(!text.contains("Status {"), "{text}");
+            assert!(!text.contains("ApiError"), "{text}");
+        }
     }
 }

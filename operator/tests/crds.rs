@@ -156,6 +156,43 @@ fn crds_have_names_columns_and_subresources() {
 }
 
 #[test]
+fn the_cluster_scales_through_plain_field_paths() {
+    let crd = &crdgen::crds()[0].crd;
+    assert_eq!(crd.spec.names.kind, "ComputeCluster");
+    let scale = crd.spec.versions[0]
+        .subresources
+        .as_ref()
+        .and_then(|s| s.scale.as_ref())
+        .expect("a scale subresource");
+    assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+    assert_eq!(scale.status_replicas_path, ".status.replicas");
+    assert_eq!(
+        scale.label_selector_path.as_deref(),
+        Some(".status.selector")
+    );
+    // The API server takes `.spec.`/`.status.` paths of plain field names, no list index; each
+    // points at a field of the schema, replicas an integer, the selector a string.
+    let schema = schema_of("ComputeCluster");
+    for (path, type_) in [
+        (scale.spec_replicas_path.as_str(), "integer"),
+        (scale.status_replicas_path.as_str(), "integer"),
+        (".status.selector", "string"),
+    ] {
+        let fields: Vec<&str> = path.trim_start_matches('.').split('.').collect();
+        assert!(
+            fields
+                .iter()
+                .all(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric())),
+            "{path}"
+        );
+        let node = fields
+            .iter()
+            .fold(&schema, |node, field| &node["properties"][*field]);
+        assert_eq!(node["type"], type_, "{path}");
+    }
+}
+
+#[test]
 fn cel_rules_compile_and_fit_the_cost_budget() {
     for kind in ["ComputeCluster", "ComputeJob"] {
         let schema = schema_of(kind);

@@ -220,6 +220,15 @@ async fn http_get(address: &str, path: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The value of the series `series` (its name and labels, as rendered) in `metrics`; 0 when
+/// absent.
+fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 async fn cluster(api: &Api<ComputeCluster>, name: &str) -> Option<ComputeCluster> {
     api.get_opt(name).await.ok().flatten()
 }
@@ -429,6 +438,30 @@ spec:
         "{}",
         progressing.message
     );
+    // The refusal holds: the operator retries later and later, and writes no status for it.
+    let refusals = || async {
+        let metrics = http_get(&http, "/metrics").await.expect("operator metrics");
+        counter(
+            &metrics,
+            "flotilla_operator_reconcile_errors_total{error=\"name_taken\",kind=\"ComputeCluster\"}",
+        )
+    };
+    let version = |c: ComputeCluster| c.metadata.resource_version;
+    let (before, written) = (
+        refusals().await,
+        cluster(&clusters, "taken").await.map(version),
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (after, now) = (
+        refusals().await,
+        cluster(&clusters, "taken").await.map(version),
+    );
+    assert!(
+        after - before <= 2,
+        "{} reconciles of a refused cluster in 8 s",
+        after - before
+    );
+    assert_eq!(now, written, "no status written for a repeated refusal");
     kube.kubectl_ok(&["delete", "fcc", "taken"]);
     kube.kubectl_ok(&["delete", "pod", "taken-head"]);
 
@@ -724,4 +757,38 @@ async fn a_drain_that_times_out_moves_the_work_elsewhere() {
     assert_eq!(results, [0, 1]);
     let left = wait_for_workers(&kube, "short-drain", 1).await;
     assert!(both.contains(&left[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_scale_sizes_the_first_worker_group() {
+    let kube = Kube::start().await;
+    let _kubelet = kube.kubelet().await;
+    let (_operator, _http) = kube.operator("operator", &[]);
+    let example = repo().join("examples/minimal-cluster.yaml");
+    kube.kubectl_ok(&["apply", "-f", &example.display().to_string()]);
+    wait_for_workers(&kube, "minimal", 2).await;
+
+    // Through the scale subresource, as `kubectl scale`, an HPA or KEDA size a cluster.
+    kube.kubectl_ok(&["scale", "fcc", "minimal", "--replicas=3"]);
+    let three = wait_for_workers(&kube, "minimal", 3).await;
+    let scale: serde_json::Value = serde_json::from_str(&kube.kubectl_ok(&[
+        "get",
+        "--raw",
+        "/apis/flotilla.dev/v1alpha1/namespaces/default/computeclusters/minimal/scale",
+    ]))
+    .expect("a Scale");
+    assert_eq!(scale["spec"]["replicas"], 3, "{scale}");
+    assert_eq!(scale["status"]["replicas"], 3, "{scale}");
+    let selector = scale["status"]["selector"].as_str().expect("a selector");
+    let selected = kube.kubectl_ok(&["get", "pods", "-l", selector, "-o", "name"]);
+    let mut selected: Vec<&str> = selected
+        .lines()
+        .filter_map(|l| l.strip_prefix("pod/"))
+        .collect();
+    selected.sort_unstable();
+    assert_eq!(selected, three, "the selector picks the group's workers");
+
+    kube.kubectl_ok(&["scale", "fcc", "minimal", "--replicas=1"]);
+    let one = wait_for_workers(&kube, "minimal", 1).await;
+    assert!(three.contains(&one[0]));
 }

@@ -574,6 +574,112 @@ fn a_refused_step_stops_progress_with_the_refusal() {
     assert_eq!(ready.status, "False");
 }
 
+/// A pass whose pod `pod` the API server refused with `message`.
+fn refused(pod: &str, message: &str) -> Applied {
+    Applied {
+        refusal: Some(Refusal::Rejected {
+            kind: "Pod",
+            name: pod.to_owned(),
+            status: Box::new(Status::failure(message, "Forbidden").with_code(403)),
+        }),
+        ..Applied::default()
+    }
+}
+
+#[test]
+fn a_refusal_repeated_on_a_new_pod_name_leaves_the_status_as_it_was() {
+    let c = two_workers();
+    let quota = |pod: &str| {
+        format!(
+            "pods \"{pod}\" is forbidden: exceeded quota: compute, requested: pods=1, used: \
+             pods=2, limited: pods=2"
+        )
+    };
+    let first = derive(
+        &c,
+        &[head(&c)],
+        &refused("demo-cpu-x7k2p", &quota("demo-cpu-x7k2p")),
+        None,
+        Some(3),
+        now(),
+    );
+    // The retry creates a pod of another random name and is refused the same way.
+    let later = Time(Timestamp::from_second(1_800_000_100).expect("valid time"));
+    let again = derive(
+        &c,
+        &[head(&c)],
+        &refused("demo-cpu-q4zr9", &quota("demo-cpu-q4zr9")),
+        Some(&first),
+        Some(3),
+        later.clone(),
+    );
+    assert_eq!(again, first, "nothing for the retry to write");
+
+    // Another refusal is news.
+    let sa = "pods \"demo-cpu-b5c6d\" is forbidden: error looking up service account ns/gone: \
+              serviceaccount \"gone\" not found";
+    let other = derive(
+        &c,
+        &[head(&c)],
+        &refused("demo-cpu-b5c6d", sa),
+        Some(&first),
+        Some(3),
+        later,
+    );
+    let progressing = other
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .expect("condition");
+    assert_eq!(progressing.message, sa);
+}
+
+#[test]
+fn spec_replicas_sizes_the_first_group_and_status_answers_for_it() {
+    let unscaled = cluster(
+        "  image: flotilla:1\n  workerGroups: [{name: cpu, replicas: 2}, {name: gpu, replicas: 1}]",
+    );
+    assert_eq!(unscaled.groups[0].replicas, 2);
+    let c = cluster(
+        "  image: flotilla:1\n  replicas: 4\n  workerGroups: [{name: cpu, replicas: 2}, {name: gpu, replicas: 1}]",
+    );
+    let sizes: Vec<(&str, u32, u32)> = c
+        .groups
+        .iter()
+        .map(|g| (g.name.as_str(), g.replicas, g.max_replicas))
+        .collect();
+    assert_eq!(sizes, [("cpu", 4, 4), ("gpu", 1, 1)]);
+
+    let pods = vec![
+        head(&c),
+        running(worker(&c, "cpu", "a"), 1),
+        running(worker(&c, "gpu", "b"), 2),
+    ];
+    let s = derive(&c, &pods, &Applied::default(), None, Some(3), now());
+    assert_eq!((s.replicas, s.desired_workers), (1, 5));
+    assert_eq!(
+        s.selector.as_deref(),
+        Some("app.kubernetes.io/name=flotilla,flotilla.dev/cluster=demo,flotilla.dev/group=cpu,flotilla.dev/role=worker")
+    );
+}
+
+#[test]
+fn spec_replicas_stays_within_the_first_groups_bounds() {
+    let yaml = r#"
+apiVersion: flotilla.dev/v1alpha1
+kind: ComputeCluster
+metadata: {name: demo, namespace: ns, uid: 1f2e3d4c-0000-0000-0000-000000000001}
+spec:
+  image: flotilla:1
+  replicas: 9
+  workerGroups: [{name: cpu, replicas: 2, maxReplicas: 8}]
+"#;
+    let cluster: ComputeCluster = serde_yaml::from_str(yaml).expect("cluster parses");
+    let invalid = validation::validate(&cluster).expect_err("9 is over maxReplicas");
+    assert_eq!(invalid.reason(), "ReplicaBounds");
+    assert!(invalid.to_string().contains("replicas=9"), "{invalid}");
+}
+
 #[test]
 fn a_missing_secret_and_service_are_created_and_marked_drains_run() {
     let c = two_workers();

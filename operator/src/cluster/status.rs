@@ -11,7 +11,11 @@
 //! - `Ready`: the cluster runs as the spec asks (phase `Running`), for `kubectl wait
 //!   --for=condition=Ready` and status-aware tools.
 //!
-//! A condition keeps its `lastTransitionTime` until its status flips.
+//! `replicas` and `selector` are the first worker group's, for the scale subresource.
+//!
+//! A condition keeps its `lastTransitionTime` until its status flips. A refusal repeated on
+//! every retry keeps its first message while only the random name of the refused worker pod
+//! differs, so retrying writes no new status.
 
 use k8s_openapi::{
     api::core::v1::Pod,
@@ -26,7 +30,10 @@ use super::{
 };
 use crate::{
     crd::{ClusterPhase, ComputeClusterStatus, HeadStatus, WorkerGroupStatus},
-    names::{head_address, head_pod_name, head_service_name},
+    names::{
+        head_address, head_pod_name, head_service_name, worker_pod_name, worker_selector,
+        WORKER_SUFFIX_LEN,
+    },
     Refusal,
 };
 
@@ -153,7 +160,11 @@ pub fn derive(
     );
     conditions.set(HEAD_READY, head_ready(cluster, head));
     conditions.set(WORKERS_READY, workers_ready(&workers));
-    conditions.set(PROGRESSING, progress.verdict());
+    let mut progressing = progress.verdict();
+    if let Progress::Blocked(_) = progress {
+        keep_repeated_refusal(cluster, conditions.previous(), &mut progressing);
+    }
+    conditions.set(PROGRESSING, progressing);
     conditions.set(READY, ready(phase));
 
     ComputeClusterStatus {
@@ -163,6 +174,14 @@ pub fn derive(
         desired_workers: workers.desired,
         workers: workers.existing,
         ready_workers: workers.ready,
+        replicas: workers.groups.first().map_or(0, |g| g.replicas),
+        selector: cluster.groups.first().map(|g| {
+            worker_selector(&cluster.name, &g.name)
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
         head: Some(HeadStatus {
             pod_name: head.map(|_| head_pod_name(&cluster.name)),
             service_name: Some(head_service_name(&cluster.name)),
@@ -171,6 +190,48 @@ pub fn derive(
         worker_groups: workers.groups,
         autoscaler: stamp.previous.and_then(|s| s.autoscaler.clone()),
     }
+}
+
+/// Keeps the previous `Progressing` message when `verdict` repeats its refusal with another
+/// random worker pod name: the API server names the pod it refused, and a new name on every
+/// retry would make every retry a status write.
+fn keep_repeated_refusal(
+    cluster: &ValidatedCluster,
+    previous: &[Condition],
+    verdict: &mut Verdict,
+) {
+    let Some(before) = previous
+        .iter()
+        .find(|c| c.type_ == PROGRESSING && c.status == "False" && c.reason == verdict.reason)
+    else {
+        return;
+    };
+    if without_worker_suffixes(cluster, &before.message)
+        == without_worker_suffixes(cluster, &verdict.message)
+    {
+        verdict.message.clone_from(&before.message);
+    }
+}
+
+/// `message` with the random suffix of every worker pod name of `cluster` replaced by `*`.
+fn without_worker_suffixes(cluster: &ValidatedCluster, message: &str) -> String {
+    let mut out = message.to_owned();
+    for group in &cluster.groups {
+        let prefix = worker_pod_name(&cluster.name, &group.name, "");
+        let mut from = 0;
+        while let Some(found) = out[from..].find(&prefix) {
+            let start = from + found + prefix.len();
+            let suffix = out[start..]
+                .char_indices()
+                .take_while(|(_, c)| c.is_ascii_alphanumeric())
+                .count();
+            if suffix == WORKER_SUFFIX_LEN {
+                out.replace_range(start..start + suffix, "*");
+            }
+            from = start;
+        }
+    }
+    out
 }
 
 /// The head pod, unless it is being deleted.

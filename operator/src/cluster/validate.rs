@@ -303,6 +303,39 @@ impl fmt::Display for InvalidSpec {
 
 impl std::error::Error for InvalidSpec {}
 
+impl InvalidSpec {
+    /// The problems in at most `limit` bytes, for an Event note (the API server refuses longer
+    /// ones): as many whole problems as fit, then how many more there are; the `SpecValid`
+    /// condition keeps the whole list.
+    pub fn summary(&self, limit: usize) -> String {
+        let whole = self.to_string();
+        if whole.len() <= limit {
+            return whole;
+        }
+        let mut shown = String::new();
+        for (index, problem) in self.problems.iter().enumerate() {
+            let more = more_problems(self.problems.len() - index);
+            let separator = if index > 0 { "; " } else { "" };
+            let problem = problem.to_string();
+            let rest = more_problems(self.problems.len() - index - 1);
+            if shown.len() + separator.len() + problem.len() + rest.len() > limit {
+                return shown + &more;
+            }
+            shown = shown + separator + &problem;
+        }
+        shown
+    }
+}
+
+/// The tail of a shortened problem list: `count` problems left out.
+fn more_problems(count: usize) -> String {
+    match count {
+        0 => String::new(),
+        1 => "; and 1 more problem (the SpecValid condition lists them all)".to_owned(),
+        n => format!("; and {n} more problems (the SpecValid condition lists them all)"),
+    }
+}
+
 /// Checks a `ComputeCluster` read from the API server.
 pub fn validate(cluster: &ComputeCluster) -> Result<ValidatedCluster, InvalidSpec> {
     let mut problems = Vec::new();
@@ -362,12 +395,24 @@ pub fn validate_spec(
     }
     let mut groups: Vec<ValidatedGroup> = Vec::with_capacity(count);
     let mut seen = std::collections::BTreeSet::new();
-    for group in &spec.worker_groups {
+    for (index, group) in spec.worker_groups.iter().enumerate() {
         if !seen.insert(group.name.as_str()) {
             problems.push(SpecProblem::DuplicateGroup {
                 name: group.name.clone(),
             });
         }
+        // `spec.replicas`, the scale subresource's field, sizes the first group when set.
+        let scaled;
+        let group = match spec.replicas {
+            Some(replicas) if index == 0 => {
+                scaled = WorkerGroupSpec {
+                    replicas,
+                    ..group.clone()
+                };
+                &scaled
+            }
+            _ => group,
+        };
         if let Some(group) = validate_group(name, group, &mut problems) {
             groups.push(group);
         }
@@ -839,6 +884,41 @@ spec:
         let mut cluster = parse(BASE);
         cluster.spec.worker_groups = serde_yaml::from_str(groups).expect("groups parse");
         cluster
+    }
+
+    #[test]
+    fn a_long_problem_list_is_summarised_within_the_limit() {
+        let groups: Vec<String> = (0..16)
+            .map(|i| {
+                format!(
+                    "{{name: group-with-a-rather-long-name-{i:02}, replicas: 5, maxReplicas: 4}}"
+                )
+            })
+            .collect();
+        let invalid = validate(&with_groups(&format!("[{}]", groups.join(", "))))
+            .expect_err("every group's bounds are wrong");
+        assert_eq!(invalid.problems().len(), 16);
+        assert!(
+            invalid.to_string().len() > 1024,
+            "the fixture is long enough"
+        );
+        let summary = invalid.summary(1024);
+        assert!(summary.len() <= 1024, "{} bytes: {summary}", summary.len());
+        assert!(
+            summary.starts_with(&invalid.problems()[0].to_string()),
+            "{summary}"
+        );
+        let shown = summary.matches("replicas must be between").count();
+        assert!(
+            summary.ends_with(&format!(
+                "; and {} more problems (the SpecValid condition lists them all)",
+                16 - shown
+            )),
+            "{summary}"
+        );
+        let short = validate(&with_groups("[{name: cpu, replicas: 5, maxReplicas: 4}]"))
+            .expect_err("bounds are wrong");
+        assert_eq!(short.summary(1024), short.to_string());
     }
 
     fn problems(cluster: &ComputeCluster) -> Vec<SpecProblem> {
