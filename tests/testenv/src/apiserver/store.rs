@@ -173,17 +173,7 @@ fn format_time(t: Timestamp) -> String {
 }
 
 fn new_uid() -> String {
-    let mut rng = rand::rng();
-    let (a, b): (u64, u64) = (rng.random(), rng.random());
-    let hex = format!("{a:016x}{b:016x}");
-    format!(
-        "{}-{}-4{}-a{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[13..16],
-        &hex[17..20],
-        &hex[20..32]
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 fn random_suffix() -> String {
