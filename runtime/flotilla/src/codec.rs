@@ -3,30 +3,31 @@
 //! large byte payloads move from store to store without extra copies.
 //!
 //! Postcard replaced bincode 1.3, unmaintained since December 2025 (RUSTSEC-2025-0141), after
-//! measuring the maintained serde codecs on the values tasks pass and return
-//! (`cargo run --release -p flotilla --example codec_bench`). Nanoseconds per encode / decode,
-//! fastest of 60 batches, on a 2-core machine busy with other builds (small values vary by a
-//! third from run to run; the ranking held over four runs), and encoded sizes where they differ:
+//! measuring the maintained serde codecs on the values tasks pass and return with
+//! `cargo run --release -p flotilla --example codec_bench` (bincode was measured beside them
+//! before it went). Nanoseconds per encode / decode, the fastest of four runs of 60 batches on a
+//! 2-core machine busy with other builds, and encoded sizes where they differ:
 //!
 //! | value                          | bincode 1.3        | postcard, as here  | bitcode (serde)    |
 //! |--------------------------------|--------------------|--------------------|--------------------|
-//! | `i64`                          | 34 / 6, 9 B        | 55 / 9, 6 B        | 277 / 24, 9 B      |
-//! | `f64`                          | 75 / 7, 8 B        | 40 / 2, 8 B        | 254 / 18, 9 B      |
-//! | `(i64, f64, bool, u32)`        | 49 / 55, 11 B      | 48 / 35, 11 B      | 478 / 267, 14 B    |
-//! | `String` of 100 bytes          | 45 / 54            | 32 / 34            | 161 / 47           |
-//! | `Vec<f64>`, 1,000,000          | 1.22 / 1.88 ms     | 0.90 / 1.77 ms     | 2.89 / 3.10 ms     |
-//! | `Vec<u8>`, 10 MB               | 12.2 / 11.5 ms     | 2.1 / 11.9 ms      | 19.2 / 18.5 ms     |
-//! | word count, 10,000 words       | 52 / 471 µs, 88 kB | 90 / 621 µs, 88 kB | 53 / 472 µs, 78 kB |
-//! | `Some(Ok::<i64, String>(..))`  | 36 / 29, 7 B       | 53 / 17, 5 B       | 348 / 472, 7 B     |
-//! | `Some(Err::<i64, String>(..))` | 35 / 59            | 44 / 52            | 415 / 456          |
+//! | `i64`                          | 24 / 3, 9 B        | 51 / 6, 6 B        | 140 / 10, 9 B      |
+//! | `f64`                          | 20 / 2, 8 B        | 43 / 2, 8 B        | 143 / 10, 9 B      |
+//! | `(i64, f64, bool, u32)`        | 31 / 41, 11 B      | 50 / 25, 11 B      | 319 / 178, 14 B    |
+//! | `String` of 100 bytes          | 32 / 37            | 68 / 43            | 161 / 48           |
+//! | `Vec<f64>`, 1,000,000          | 1.23 / 1.52 ms     | 0.90 / 1.85 ms     | 2.99 / 2.44 ms     |
+//! | `Vec<u8>`, 10 MB               | 16.5 / 12.5 ms     | 1.4 / 12.1 ms      | 18.0 / 18.4 ms     |
+//! | word count, 10,000 words       | 66 / 512 µs, 88 kB | 89 / 507 µs, 88 kB | 44 / 393 µs, 78 kB |
+//! | `Some(Ok::<i64, String>(..))`  | 30 / 25, 7 B       | 63 / 24, 5 B       | 237 / 312, 7 B     |
+//! | `Some(Err::<i64, String>(..))` | 32 / 51            | 59 / 55            | 256 / 327          |
 //!
-//! Postcard is about as fast as bincode on small values, the bulk of what calls carry, and
-//! encodes large ones faster, because [`encode`] sizes the value first and then writes into a
-//! buffer of exactly that size; only the word count encodes slower. Bitcode's serde path is 4 to
-//! 20 times slower on small values, wins only on the size of string-heavy ones, and its release
-//! builds report every decoding error as just "bitcode error". `wincode` and `rkyv` are not serde
-//! codecs: they need their own traits derived on every argument and result type, which the
-//! `T: Serialize` bound of [`encode`] cannot ask for.
+//! Postcard decodes about as fast as bincode and encodes large values faster, since [`encode`]
+//! sizes the value first and then writes into a buffer of exactly that size; small values take
+//! some 20 to 40 ns longer to encode, next to the RPC that carries them. Its wire format is specified and
+//! stable across 1.x. Bitcode's serde path is fastest and smallest only on the string-heavy word
+//! count; on the small values most calls carry it is 3 to 10 times slower than either, and its
+//! release builds report every decoding error as just "bitcode error". `wincode` and `rkyv` are
+//! not serde codecs: they need their own traits derived on every argument and result type, which
+//! the `T: Serialize` bound of [`encode`] cannot ask for.
 
 use std::any::Any;
 

@@ -559,7 +559,7 @@ fn patch_object(
             present(resource, current)
         };
         match patch_type {
-            PatchType::Merge => patch::merge_patch(&mut patched, &body),
+            PatchType::Merge => json_patch::merge(&mut patched, &body),
             PatchType::Json => patch::json_patch(&mut patched, &body)?,
             PatchType::Strategic => {
                 patch::strategic_merge_patch(&mut patched, &body, resource.shape())

@@ -1,5 +1,5 @@
-//! The patch types of the Kubernetes API: JSON merge patch, JSON patch, strategic merge patch and
-//! server-side apply.
+//! The patch types of the Kubernetes API: JSON patch, strategic merge patch and server-side apply
+//! (JSON merge patch is `json_patch::merge`, applied by the PATCH handler).
 
 use std::collections::BTreeMap;
 
@@ -28,26 +28,6 @@ impl PatchType {
             "application/strategic-merge-patch+json" => Ok(Self::Strategic),
             "application/apply-patch+yaml" | "application/apply-patch+cbor" => Ok(Self::Apply),
             other => Err(ApiError::unsupported_media_type(other)),
-        }
-    }
-}
-
-/// RFC 7386 JSON merge patch.
-pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    if let Value::Object(map) = target {
-        for (key, value) in patch {
-            if value.is_null() {
-                map.remove(key);
-            } else {
-                merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
-            }
         }
     }
 }

@@ -30,7 +30,8 @@ fn slot_ip(slot: u32) -> Ipv4Addr {
     Ipv4Addr::new(127, a as u8, b as u8, c as u8)
 }
 
-/// FNV-1a over `namespace/name`: stable across builds, processes and Rust versions.
+/// 32-bit FNV-1a over `namespace/name`: stable across builds, processes and Rust versions. The
+/// `fnv` crate has only the 64-bit variant, which would move every pod to another address.
 fn fnv1a(namespace: &str, name: &str) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in namespace.bytes().chain([b'/']).chain(name.bytes()) {
@@ -113,6 +114,18 @@ mod tests {
             assert!((1..=254).contains(&c), "{ip}");
         }
         assert_eq!(slot_ip(SLOTS - 1), Ipv4Addr::new(127, 255, 255, 254));
+    }
+
+    #[test]
+    fn addresses_are_32_bit_fnv1a_of_namespace_and_name() {
+        // Pinned, so that a pod keeps its address from one version of the kubelet to the next.
+        assert_eq!(fnv1a("default", "demo-head"), 0x210c_8da5);
+        assert_eq!(
+            preferred_ip("default", "demo-head"),
+            Ipv4Addr::new(127, 113, 43, 252)
+        );
+        assert_eq!(fnv1a("ns", "a"), 0xa520_febe);
+        assert_eq!(preferred_ip("ns", "a"), Ipv4Addr::new(127, 21, 218, 115));
     }
 
     #[test]
