@@ -1,6 +1,6 @@
 //! The cluster token and the protocol version, sent and checked on every RPC by both sides.
 //!
-//! Clients send `authorization: Bearer <token>` and `flotilla-protocol: 1`; the server refuses a
+//! Clients send `authorization: Bearer <token>` and `flotilla-protocol: 2`; the server refuses a
 //! missing or wrong token with UNAUTHENTICATED and another protocol version with
 //! FAILED_PRECONDITION, before any handler runs.
 

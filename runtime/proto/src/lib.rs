@@ -5,7 +5,9 @@
 //! (run it with `FLOTILLA_REGEN=1` to rewrite the file).
 
 /// The protocol version carried in every RPC's `flotilla-protocol` metadata entry and in hellos.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: values are encoded with postcard (version 1 used bincode), and workers serve objects
+/// over HTTP only.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The metadata key carrying the protocol version.
 pub const PROTOCOL_HEADER: &str = "flotilla-protocol";
 /// Values up to this size travel inline through the head; larger ones stay in a worker's store,
