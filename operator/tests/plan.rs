@@ -180,6 +180,15 @@ fn now() -> Time {
     Time(Timestamp::from_second(1_800_000_000).expect("valid time"))
 }
 
+/// `pod` as the operator leaves it when it starts draining it.
+fn marked_draining(mut pod: Pod) -> Pod {
+    pod.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(ANNOTATION_DRAINING.into(), "2026-01-01T00:00:00Z".into());
+    pod
+}
+
 #[test]
 fn a_new_cluster_gets_its_head_and_every_worker() {
     let c = two_workers();
@@ -296,12 +305,7 @@ fn without_the_head_a_ready_worker_is_never_removed() {
 #[test]
 fn draining_workers_no_longer_count_towards_the_group() {
     let c = two_workers();
-    let mut leaving = running(worker(&c, "cpu", "a"), 1);
-    leaving
-        .metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(ANNOTATION_DRAINING.into(), "2026-01-01T00:00:00Z".into());
+    let leaving = marked_draining(running(worker(&c, "cpu", "a"), 1));
     let pods = vec![head(&c), leaving, running(worker(&c, "cpu", "b"), 2)];
     let step = plan(&c, &pods, Some(&HashMap::new()), counter());
     assert_eq!(names(&step.create), ["demo-cpu-s0001"]);
@@ -683,12 +687,7 @@ spec:
 #[test]
 fn a_missing_secret_and_service_are_created_and_marked_drains_run() {
     let c = two_workers();
-    let mut leaving = running(worker(&c, "cpu", "a"), 1);
-    leaving
-        .metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(ANNOTATION_DRAINING.into(), "2026-01-01T00:00:00Z".into());
+    let leaving = marked_draining(running(worker(&c, "cpu", "a"), 1));
     let pods = vec![head(&c), leaving, running(worker(&c, "cpu", "b"), 2)];
     let mut seen = observed(&pods, Some(&HashMap::new()));
     seen.secret = TokenSecret::Missing;

@@ -512,6 +512,16 @@ spec:
         )
     }
 
+    /// The container's ports: name and number.
+    fn ports(pod: &Pod) -> Vec<(Option<&str>, i32)> {
+        container(pod)
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.as_deref(), p.container_port))
+            .collect()
+    }
+
     fn container(pod: &Pod) -> &Container {
         &pod.spec.as_ref().expect("pod spec").containers[0]
     }
@@ -626,12 +636,7 @@ ports:
         assert_eq!(literal(&pod, "FLOTILLA_NAMESPACE"), Some("science"));
         assert_eq!(field_ref(&pod, "FLOTILLA_BIND"), Some("status.podIP"));
         assert!(env(&pod, "FLOTILLA_HEAD").is_none());
-        let ports: Vec<_> = container(&pod)
-            .ports
-            .iter()
-            .flatten()
-            .map(|p| (p.name.as_deref(), p.container_port))
-            .collect();
+        let ports = ports(&pod);
         assert_eq!(ports, vec![(Some("grpc"), 7400), (Some("http"), 7401)]);
         assert_eq!(
             container(&pod).image.as_deref(),
@@ -695,12 +700,7 @@ ports:
                 "worker pod lacks selector label {key}"
             );
         }
-        let ports: Vec<_> = container(&pod)
-            .ports
-            .iter()
-            .flatten()
-            .map(|p| (p.name.as_deref(), p.container_port))
-            .collect();
+        let ports = ports(&pod);
         assert_eq!(
             ports,
             vec![(Some("http"), 7403)],
