@@ -582,7 +582,10 @@ async fn bad_input_on_the_head_port() {
     let mut client = HeadClient::with_interceptor(
         channel,
         Metadata(vec![
-            ("flotilla-protocol", flotilla_proto::PROTOCOL_VERSION.to_string()),
+            (
+                "flotilla-protocol",
+                flotilla_proto::PROTOCOL_VERSION.to_string(),
+            ),
             ("authorization", format!("Bearer {}", c.token)),
         ]),
     );
