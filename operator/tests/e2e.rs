@@ -792,3 +792,106 @@ async fn kubectl_scale_sizes_the_first_worker_group() {
     let one = wait_for_workers(&kube, "minimal", 1).await;
     assert!(three.contains(&one[0]));
 }
+
+/// A cluster whose pods run under a ServiceAccount of their own.
+const ACCOUNT_CLUSTER: &str = "apiVersion: flotilla.dev/v1alpha1
+kind: ComputeCluster
+metadata:
+  name: accounted
+spec:
+  image: flotilla:latest
+  imagePullPolicy: IfNotPresent
+  head:
+    podTemplate:
+      serviceAccountName: science-runner
+  workerGroups:
+    - name: default
+      replicas: 1
+      podTemplate:
+        serviceAccountName: science-runner
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_service_account_blocks_the_cluster_without_a_loop() {
+    let kube = Kube::start().await;
+    let _kubelet = kube.kubelet().await;
+    let (_operator, http) = kube.operator("operator", &[]);
+    let client = kube.client().await;
+    let clusters: Api<ComputeCluster> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    kube.apply_manifest(ACCOUNT_CLUSTER);
+
+    // The API server's ServiceAccount admission refuses the pods, and the status says so.
+    let progressing = condition_of(&clusters, "accounted", |c| {
+        c.type_ == "Progressing" && c.status == "False" && c.reason == "ApplyFailed"
+    })
+    .await;
+    assert!(
+        progressing.message.contains(
+            "is forbidden: error looking up service account default/science-runner: \
+             serviceaccount \"science-runner\" not found"
+        ),
+        "{}",
+        progressing.message
+    );
+
+    // The refusal holds: few reconciles and no status writes over 8 s.
+    let reconciles = || async {
+        let metrics = http_get(&http, "/metrics").await.expect("operator metrics");
+        ["success", "error"]
+            .iter()
+            .map(|result| {
+                counter(
+                    &metrics,
+                    &format!(
+                        "flotilla_operator_reconcile_total{{kind=\"ComputeCluster\",result=\"{result}\"}}"
+                    ),
+                )
+            })
+            .sum::<u64>()
+    };
+    let version = |c: ComputeCluster| c.metadata.resource_version;
+    let (before, written) = (
+        reconciles().await,
+        cluster(&clusters, "accounted").await.map(version),
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (after, now) = (
+        reconciles().await,
+        cluster(&clusters, "accounted").await.map(version),
+    );
+    assert!(
+        after - before <= 3,
+        "{} reconciles of a refused cluster in 8 s",
+        after - before
+    );
+    assert_eq!(now, written, "no status written for a repeated refusal");
+    assert!(
+        pods.list(&ListParams::default().labels("flotilla.dev/cluster=accounted"))
+            .await
+            .expect("list pods")
+            .items
+            .is_empty(),
+        "no pod is admitted without its ServiceAccount"
+    );
+
+    // Once the ServiceAccount exists, the next retry creates the pods under it.
+    kube.apply_manifest(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: science-runner\n  namespace: default\n",
+    );
+    let created = eventually("the cluster's pods", LONG, || async {
+        let list = pods
+            .list(&ListParams::default().labels("flotilla.dev/cluster=accounted"))
+            .await
+            .ok()?;
+        (list.items.len() == 2).then_some(list.items)
+    })
+    .await;
+    for pod in created {
+        assert_eq!(
+            pod.spec.and_then(|s| s.service_account_name).as_deref(),
+            Some("science-runner")
+        );
+    }
+    kube.kubectl_ok(&["delete", "fcc", "accounted"]);
+}

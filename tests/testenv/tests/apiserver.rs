@@ -98,6 +98,14 @@ impl Env {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Runs `kubectl apply -f -` on `manifest`, failing the test unless it succeeds.
+    async fn apply(&self, manifest: &str) {
+        let output = self
+            .kubectl_with(&["apply", "-f", "-"], Some(manifest))
+            .await;
+        assert!(output.status.success(), "kubectl apply: {output:?}");
+    }
+
     async fn install_crds(&self) {
         self.kubectl_ok(&["apply", "-f", "crds/"]).await;
     }
@@ -1016,4 +1024,217 @@ async fn deleting_a_crd_removes_its_resource_and_objects() {
     let listed = env.kubectl_ok(&["get", "fcc", "-o", "name"]).await;
     assert_eq!(listed, "", "the old objects are gone");
     assert!(env.server.url().starts_with("http://127.0.0.1:"));
+}
+
+/// A pod named `name` with one container `c` and the given resources and service account.
+fn admitted_pod(name: &str, account: Option<&str>, resources: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "serviceAccountName": account,
+            "containers": [{"name": "c", "image": "busybox", "resources": resources}],
+        },
+    }))
+    .expect("pod")
+}
+
+/// The message and code of a refused write.
+fn refusal<T: std::fmt::Debug>(result: kube::Result<T>) -> (u16, String, String) {
+    match result.expect_err("the write is refused") {
+        kube::Error::Api(status) => (status.code, status.reason, status.message),
+        other => panic!("not an API refusal: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn pods_need_their_service_account() {
+    let env = Env::start().await;
+    for namespace in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        env.kubectl_ok(&["get", "serviceaccount", "default", "-n", namespace])
+            .await;
+    }
+    env.apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: science\n")
+        .await;
+    env.kubectl_ok(&["get", "sa", "default", "-n", "science"])
+        .await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "science");
+    pods.create(
+        &PostParams::default(),
+        &admitted_pod("plain", None, json!({})),
+    )
+    .await
+    .expect("a pod of the default account is admitted");
+    let missing = pods
+        .create(
+            &PostParams::default(),
+            &admitted_pod("runner", Some("science-runner"), json!({})),
+        )
+        .await;
+    assert_eq!(
+        refusal(missing),
+        (
+            403,
+            "Forbidden".to_owned(),
+            "pods \"runner\" is forbidden: error looking up service account science/science-runner: serviceaccount \"science-runner\" not found".to_owned()
+        )
+    );
+    let manifest = "apiVersion: v1
+kind: Pod
+metadata:
+  name: runner
+  namespace: science
+spec:
+  serviceAccountName: science-runner
+  containers:
+  - name: c
+    image: busybox
+";
+    let output = env
+        .kubectl_with(&["create", "-f", "-"], Some(manifest))
+        .await;
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(
+            "pods \"runner\" is forbidden: error looking up service account science/science-runner"
+        ),
+        "{output:?}"
+    );
+    env.apply(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: science-runner\n  namespace: science\n",
+    )
+    .await;
+    env.kubectl_with(&["create", "-f", "-"], Some(manifest))
+        .await
+        .status
+        .success()
+        .then_some(())
+        .expect("the pod is admitted once its account exists");
+    assert!(pods.get("runner").await.is_ok());
+}
+
+#[tokio::test]
+async fn resource_quotas_limit_pods_and_report_their_use() {
+    let env = Env::start().await;
+    env.kubectl_with(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: v1
+kind: ResourceQuota
+metadata:
+  name: two-pods
+spec:
+  hard:
+    pods: \"2\"
+",
+        ),
+    )
+    .await
+    .status
+    .success()
+    .then_some(())
+    .expect("kubectl apply creates the quota");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    for name in ["a", "b"] {
+        pods.create(&PostParams::default(), &admitted_pod(name, None, json!({})))
+            .await
+            .expect("within the quota");
+    }
+    let third = pods
+        .create(&PostParams::default(), &admitted_pod("c", None, json!({})))
+        .await;
+    assert_eq!(
+        refusal(third),
+        (
+            403,
+            "Forbidden".to_owned(),
+            "pods \"c\" is forbidden: exceeded quota: two-pods, requested: pods=1, used: pods=2, limited: pods=2".to_owned()
+        )
+    );
+    let used = env
+        .kubectl_ok(&[
+            "get",
+            "quota",
+            "two-pods",
+            "-o",
+            "jsonpath={.status.used.pods}/{.status.hard.pods}",
+        ])
+        .await;
+    assert_eq!(used, "2/2");
+    // A pod that has finished no longer counts.
+    let mut done = pods.get_status("a").await.expect("pod a");
+    done.status.get_or_insert_with(Default::default).phase = Some("Succeeded".to_owned());
+    pods.replace_status("a", &PostParams::default(), &done)
+        .await
+        .expect("status update");
+    pods.create(&PostParams::default(), &admitted_pod("c", None, json!({})))
+        .await
+        .expect("room again once a pod has finished");
+
+    env.apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: compute\n")
+        .await;
+    env.apply(
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: compute\n  namespace: compute\nspec:\n  hard:\n    requests.cpu: \"1\"\n    limits.memory: 1Gi\n",
+    )
+    .await;
+    let compute: Api<Pod> = Api::namespaced(env.client.clone(), "compute");
+    let bare = compute
+        .create(
+            &PostParams::default(),
+            &admitted_pod("bare", None, json!({})),
+        )
+        .await;
+    assert_eq!(
+        refusal(bare).2,
+        "pods \"bare\" is forbidden: failed quota: compute: must specify limits.memory for: c; requests.cpu for: c"
+    );
+    let sized = json!({"requests": {"cpu": "600m"}, "limits": {"memory": "512Mi"}});
+    compute
+        .create(
+            &PostParams::default(),
+            &admitted_pod("one", None, sized.clone()),
+        )
+        .await
+        .expect("within the quota");
+    let over = compute
+        .create(&PostParams::default(), &admitted_pod("two", None, sized))
+        .await;
+    assert_eq!(
+        refusal(over).2,
+        "pods \"two\" is forbidden: exceeded quota: compute, requested: requests.cpu=600m, used: requests.cpu=600m, limited: requests.cpu=1"
+    );
+    let used = env
+        .kubectl_ok(&[
+            "get",
+            "quota",
+            "compute",
+            "-n",
+            "compute",
+            "-o",
+            "jsonpath={.status.used}",
+        ])
+        .await;
+    let used: Value = serde_json::from_str(&used).expect("status.used is JSON");
+    assert_eq!(
+        used,
+        json!({"requests.cpu": "600m", "limits.memory": "512Mi"})
+    );
+    compute
+        .delete("one", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let used = env
+        .kubectl_ok(&[
+            "get",
+            "quota",
+            "compute",
+            "-n",
+            "compute",
+            "-o",
+            "jsonpath={.status.used}",
+        ])
+        .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&used).expect("status.used is JSON"),
+        json!({"requests.cpu": "0", "limits.memory": "0"})
+    );
 }

@@ -820,3 +820,81 @@ async fn the_kubelet_binary_runs_pods_until_sigterm() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_kubelet_registers_its_node_and_keeps_its_heartbeat() {
+    use k8s_openapi::api::{coordination::v1::Lease, core::v1::Node};
+    let cluster = Cluster::start().await;
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-node-lease");
+    let ready_heartbeat = |node: &Node| {
+        node.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+            .and_then(|c| c.last_heartbeat_time.clone())
+    };
+    let mut first = None;
+    for _ in 0..(WAIT.as_millis() / 50) {
+        if let (Ok(node), Ok(lease)) = (nodes.get("local").await, leases.get("local").await) {
+            if ready_heartbeat(&node).is_some() {
+                first = Some((node, lease));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (node, lease) = first.expect("the node registers, ready, with its lease");
+    let status = node.status.as_ref().expect("node status");
+    let addresses = status.addresses.as_ref().expect("node addresses");
+    assert!(addresses
+        .iter()
+        .any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1"));
+    assert!(addresses
+        .iter()
+        .any(|a| a.type_ == "Hostname" && a.address == "local"));
+    let capacity = status.capacity.as_ref().expect("node capacity");
+    for resource in ["cpu", "memory", "pods"] {
+        assert!(capacity.contains_key(resource), "capacity {resource}");
+    }
+    let spec = lease.spec.as_ref().expect("lease spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some("local"));
+    let renewed = spec.renew_time.clone().expect("renew time");
+    assert_eq!(
+        lease
+            .metadata
+            .owner_references
+            .as_ref()
+            .map(|o| o[0].uid.clone()),
+        node.metadata.uid
+    );
+    let beat = ready_heartbeat(&node).expect("a heartbeat");
+    // Both are renewed on the next beats, the condition's transition time kept.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = nodes.get("local").await.expect("node");
+        let lease = leases.get("local").await.expect("lease");
+        let lease_renewed = lease
+            .spec
+            .and_then(|s| s.renew_time)
+            .is_some_and(|t| t.0 > renewed.0);
+        let node_renewed = ready_heartbeat(&now).is_some_and(|t| t.0 > beat.0);
+        if lease_renewed && node_renewed {
+            let transition = |n: &Node| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                    .and_then(|c| c.last_transition_time.clone())
+            };
+            assert_eq!(transition(&now), transition(&node));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the heartbeat is renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.shutdown().await;
+}

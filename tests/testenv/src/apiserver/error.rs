@@ -181,6 +181,16 @@ impl ApiError {
         }
     }
 
+    /// `pods "x" is forbidden: ...`: an admission plugin refused the write.
+    pub fn forbidden(plural: &str, name: &str, why: &str) -> Self {
+        Self {
+            code: StatusCode::FORBIDDEN,
+            reason: "Forbidden",
+            message: format!("{plural} \"{name}\" is forbidden: {why}"),
+            details: Some(json!({"name": name, "kind": plural})),
+        }
+    }
+
     /// A conflict such as a stale resourceVersion.
     pub fn conflict(resource: &Resource, name: &str, why: &str) -> Self {
         Self {

@@ -7,8 +7,12 @@
 //! - discovery (`/api`, `/apis`, resource lists with short names, categories and subresources)
 //!   and the OpenAPI v3 documents kubectl reads to use server-side field validation;
 //! - built-in namespaces, pods (with `status` and `binding`), services, secrets, configmaps,
-//!   service accounts, nodes, events, leases and CRDs; Events are one stored kind served as core
-//!   `v1` and as `events.k8s.io/v1`, converted between the two as Kubernetes does;
+//!   service accounts, resource quotas, nodes, events, leases and CRDs; Events are one stored
+//!   kind served as core `v1` and as `events.k8s.io/v1`, converted between the two as Kubernetes
+//!   does;
+//! - the ServiceAccount and ResourceQuota admission of pods, with the real server's 403 messages:
+//!   every namespace gets a `default` ServiceAccount, a pod naming a missing one is refused, and
+//!   quotas on `pods`, CPU and memory refuse pods beyond them and report `status.used`;
 //! - custom resources of the CRDs created in it, pruned, defaulted and validated against their
 //!   OpenAPI v3 schema and CEL rules, with the `status` and `scale` subresources;
 //! - get, list and watch with label and field selectors, create, update with optimistic
@@ -25,6 +29,7 @@ mod error;
 mod events;
 mod handlers;
 mod patch;
+mod quantity;
 mod resources;
 mod schema;
 mod selector;

@@ -189,6 +189,10 @@ const BUILTINS: &[Builtin] = &[
     Builtin::new("", "secrets", "Secret", &[]),
     Builtin::new("", "configmaps", "ConfigMap", &["cm"]),
     Builtin::new("", "serviceaccounts", "ServiceAccount", &["sa"]),
+    Builtin {
+        status: true,
+        ..Builtin::new("", "resourcequotas", "ResourceQuota", &["quota"])
+    },
     Builtin::new("", "events", "Event", &["ev"]),
     Builtin {
         namespaced: false,

@@ -2,6 +2,7 @@
 //! write semantics (metadata, generation, status subresource, deletion); garbage collection and
 //! managed fields live in the submodules.
 
+mod admission;
 mod gc;
 mod managed_fields;
 
@@ -211,6 +212,11 @@ fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
         Some(Value::Object(m)) => m,
         _ => unreachable!("metadata was just made an object"),
     }
+}
+
+/// Whether `resource` is the core resource `plural`.
+fn is_core(resource: &Resource, plural: &str) -> bool {
+    resource.group.is_empty() && resource.plural == plural
 }
 
 fn has_finalizers(object: &Value) -> bool {
@@ -534,6 +540,9 @@ impl Store {
         }
         builtin::default_on_create(resource, object, &mut self.next_cluster_ip);
         let warnings = self.admit(resource, &name, object, None, options)?;
+        if is_core(resource, "pods") {
+            self.admit_pod(&namespace, &name, object)?;
+        }
         if options.dry_run {
             return Ok(Written {
                 object: object.clone(),
@@ -563,11 +572,11 @@ impl Store {
         Ok(Written { object, warnings })
     }
 
-    /// Side effects of creating CRDs and namespaces.
+    /// Side effects of creating CRDs, namespaces, pods and quotas.
     fn after_create(
         &mut self,
         resource: &Resource,
-        _namespace: &str,
+        namespace: &str,
         name: &str,
         object: &Value,
     ) -> ApiResult<()> {
@@ -580,6 +589,10 @@ impl Store {
                     let account = json!({"metadata": {"name": "default"}});
                     self.create(&accounts, Some(name), account, WriteOptions::default())?;
                 }
+                Ok(())
+            }
+            ("", "pods" | "resourcequotas") => {
+                self.refresh_quotas(namespace);
                 Ok(())
             }
             _ => Ok(()),
@@ -778,6 +791,9 @@ impl Store {
         {
             self.registry.register_crd(&new)?;
         }
+        if is_core(resource, "pods") || is_core(resource, "resourcequotas") {
+            self.refresh_quotas(namespace);
+        }
         if meta(&new).get("deletionTimestamp").is_some()
             && !has_finalizers(&new)
             && !graceful_pending(resource, &new)
@@ -902,6 +918,9 @@ impl Store {
         let mut object = stored.object;
         self.stamp(&mut object);
         self.record(key.clone(), EventType::Deleted, object.clone(), None);
+        if key.group.is_empty() && key.plural == "pods" {
+            self.refresh_quotas(namespace);
+        }
         if key.group == "apiextensions.k8s.io" && key.plural == "customresourcedefinitions" {
             if let Some(gone) = self.registry.unregister_crd(name) {
                 let objects: Vec<(String, String)> = self

@@ -62,12 +62,17 @@
 //! - **Robustness**: pods are followed with a `kube::runtime` watcher, which re-lists after
 //!   errors; a re-list reconciles (pods missing from it are stopped) and processes are never
 //!   lost in between. Each pod has its own task, so one bad pod never holds up others.
+//! - **Node**: it registers its Node (labels `kubernetes.io/hostname`, `os`, `arch`; address
+//!   127.0.0.1; the machine's CPUs and memory and 110 pods as capacity; a `Ready` condition)
+//!   and keeps it alive as a real kubelet does: every [`HEARTBEAT`] it renews the node's Lease
+//!   in `kube-node-lease` and the conditions' `lastHeartbeatTime`.
 //! - **Shutdown**: [`ProcessKubelet::shutdown`] stops every process (as for a deletion, but
 //!   without writing to the API). Dropping the kubelet without it stops them too, blocking:
 //!   SIGTERM, up to 2 s, then SIGKILL.
 
 mod command;
 mod env;
+mod heartbeat;
 mod ip;
 mod pod;
 mod probe;
@@ -98,6 +103,7 @@ use tokio::{
     task::{JoinHandle, JoinSet},
 };
 
+pub use self::heartbeat::HEARTBEAT;
 use self::{
     ip::IpTable,
     pod::{PodUpdate, PodWorker, WorkerInputs},
@@ -236,6 +242,7 @@ impl ProcessKubelet {
             root_dir,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(heartbeat::run(Arc::clone(&shared), shutdown_rx.clone()));
         let task = tokio::spawn(Node::new(Arc::clone(&shared)).run(shutdown_rx));
         Ok(Self {
             shared,
