@@ -19,14 +19,19 @@ def main() -> None:
     binaries = {"before": sys.argv[1], "after": sys.argv[2]}
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 8
     figures = {name: collections.defaultdict(list) for name in binaries}
+    failures = collections.Counter()
     units = {}
     for i in range(rounds):
         order = list(binaries) if i % 2 == 0 else list(reversed(binaries))
         for name in order:
-            out = subprocess.run(
-                [binaries[name], "bench"], capture_output=True, text=True, timeout=300, check=True
-            ).stdout
-            for line in out.splitlines():
+            run = subprocess.run(
+                [binaries[name], "bench"], capture_output=True, text=True, timeout=300
+            )
+            if run.returncode != 0:
+                failures[name] += 1
+                print(f"{name}: a run failed: {run.stderr.strip()[-300:]}", file=sys.stderr)
+                continue
+            for line in run.stdout.splitlines():
                 d = json.loads(line)
                 figures[name][d["workload"]].append(d["value"])
                 units[d["workload"]] = d["unit"]
@@ -41,6 +46,8 @@ def main() -> None:
             f"| {workload} | {unit} | {spread(figures['before'][workload])} "
             f"| {spread(figures['after'][workload])} |"
         )
+    for name, count in failures.items():
+        print(f"\n{name}: {count} of {rounds} runs failed (left out of the figures)")
 
 
 if __name__ == "__main__":
