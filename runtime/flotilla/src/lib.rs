@@ -19,32 +19,32 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! # The crate's rooms, and who may use whom
+//!
+//! Each module does one job; a module may import only those listed below it, never one above, so
+//! the import graph has no cycles (`tests/layout.rs` checks both).
+//!
+//! | module     | job                                                       | may import                 |
+//! |------------|-----------------------------------------------------------|----------------------------|
+//! | `process`  | entry points: head, worker or driver from the environment | local, head, worker, driver, net, error |
+//! | `local`    | clusters on one machine: in-process, and of processes     | admin, driver, head, worker, objects, private_fs, error |
+//! | `worker`   | registers, runs tasks, hosts actors, serves objects       | registry, driver, objects, net, metrics, codec, error |
+//! | `head`     | the scheduler's loop, gRPC service, metrics, dashboard    | net, metrics, error        |
+//! | `admin`    | status and drain calls to a head                          | net, error                 |
+//! | `builtins` | functions and actors every program carries                | driver, codec, error       |
+//! | `registry` | functions and actor classes registered at link time       | driver, error              |
+//! | `driver`   | `Runtime`, object refs, actor handles, options, puts      | objects, net, codec, error |
+//! | `objects`  | store, shared memory, transfers between processes         | net, private_fs, error     |
+//! | `metrics`  | Prometheus registries and the text exposition             | (none)                     |
+//! | `net`      | channels, servers, the head client, listeners, batching   | error                      |
+//! | `private_fs` | files and directories only this user may read           | (none)                     |
+//! | `codec`    | how values are encoded                                    | error                      |
+//! | `error`    | errors and their wire forms                               | (none)                     |
+//!
+//! The `flotilla` binary (`src/bin/flotilla/`) holds the command line and `flotilla bench`.
 
 extern crate self as flotilla;
-
-// # The crate's rooms, and who may use whom
-//
-// Each module does one job; a module may import only those listed below it, never one above, so
-// the import graph has no cycles (`tests/layout.rs` checks both).
-//
-// | module     | job                                                       | may import                 |
-// |------------|-----------------------------------------------------------|----------------------------|
-// | `process`  | entry points: head, worker or driver from the environment | local, head, worker, driver, net, error |
-// | `local`    | clusters on one machine: in-process, and of processes     | admin, driver, head, worker, objects, private_fs, error |
-// | `worker`   | registers, runs tasks, hosts actors, serves objects       | registry, driver, objects, net, metrics, codec, error |
-// | `head`     | the scheduler's loop, gRPC service, metrics, dashboard    | net, metrics, error        |
-// | `admin`    | status and drain calls to a head                          | net, error                 |
-// | `builtins` | functions and actors every program carries                | driver, codec, error       |
-// | `registry` | functions and actor classes registered at link time       | driver, error              |
-// | `driver`   | `Runtime`, object refs, actor handles, options, puts      | objects, net, codec, error |
-// | `objects`  | store, shared memory, transfers between processes         | net, private_fs, error     |
-// | `metrics`  | Prometheus registries and the text exposition             | (none)                     |
-// | `net`      | channels, servers, the head client, listeners, batching   | error                      |
-// | `private_fs` | files and directories only this user may read           | (none)                     |
-// | `codec`    | how values are encoded                                    | error                      |
-// | `error`    | errors and their wire forms                               | (none)                     |
-//
-// The `flotilla` binary (`src/bin/flotilla/`) holds the command line and `flotilla bench`.
 
 pub mod admin;
 pub mod builtins;

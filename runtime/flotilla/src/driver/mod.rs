@@ -3,7 +3,7 @@
 //!
 //! A driver connects with [`Runtime::connect`]; [`Runtime::init`] (in [`crate::local`]) connects
 //! to `FLOTILLA_HEAD` or starts an in-process cluster. Inside a worker, tasks get a runtime bound
-//! to the worker ([`host`]): its store serves their puts and gets, and a task that waits lends its
+//! to the worker (`host`): its store serves their puts and gets, and a task that waits lends its
 //! slots back over the worker's own stream.
 
 pub mod actor;

@@ -1,7 +1,7 @@
 //! The head: cluster membership, the scheduler, the object directory, the actor registry and
 //! metrics, behind the `flotilla.v1.Head` gRPC service.
 //!
-//! [`core`] owns the scheduler in one task; [`service`] adapts the gRPC streams to it; [`http`]
+//! `core` owns the scheduler in one task; `service` adapts the gRPC streams to it; `http`
 //! serves metrics, health and the dashboard.
 
 pub(crate) mod core;

@@ -2,8 +2,8 @@
 //! threads, keeps objects in its store and serves them to peers. When it loses the head it keeps
 //! trying to reconnect.
 //!
-//! [`session`] is one connection to the head; [`executor`] runs functions; [`actors`] hosts
-//! actors; [`http`] serves the worker's one port: objects, metrics and health.
+//! `session` is one connection to the head; `executor` runs functions; `actors` hosts
+//! actors; `http` serves the worker's one port: objects, metrics and health.
 
 mod actors;
 mod executor;
