@@ -1587,3 +1587,47 @@ fn the_head_refuses_oversized_inline_values_and_bounds_what_a_session_holds() {
         object_state::State::InlineValue(_)
     ));
 }
+
+#[test]
+fn a_session_at_its_inline_budget_has_its_results_kept_in_worker_stores() {
+    let (mut s, sess, _) = setup(2, &[("w1", 1)]);
+    let max = flotilla_proto::INLINE_MAX_BYTES;
+    let before = oid(sess, 1);
+    s.submit(sess, task(before, "f", vec![]));
+    let fx = s.drain_effects();
+    assert!(
+        !runs(&fx)[0].1.keep_result,
+        "under the budget, small results travel inline"
+    );
+
+    let fit = flotilla_proto::SESSION_INLINE_BUDGET / max as u64;
+    for n in 0..fit {
+        let value = pb::put_object::Value::InlineValue(Bytes::from(vec![1u8; max]));
+        s.put(sess, oid(sess, 10 + n), value);
+    }
+    s.drain_effects();
+    s.task_finished(runs(&fx)[0].0, inline(before, 0, b"1"));
+    let after = oid(sess, 20 + fit);
+    s.submit(sess, task(after, "f", vec![]));
+    let fx = s.drain_effects();
+    let dispatched: Vec<_> = runs(&fx)
+        .into_iter()
+        .filter(|(_, d)| d.spec.as_ref().is_some_and(|spec| spec.task == after.0))
+        .collect();
+    assert!(
+        dispatched[0].1.keep_result,
+        "at the budget, results stay with the worker"
+    );
+
+    // Another session is not affected.
+    let other = s.open_session(None);
+    let theirs = oid(other, 1);
+    s.submit(other, task(theirs, "g", vec![]));
+    let fx = s.drain_effects();
+    let theirs_run: Vec<_> = runs(&fx)
+        .into_iter()
+        .filter(|(_, d)| d.spec.as_ref().is_some_and(|spec| spec.task == theirs.0))
+        .collect();
+    assert_eq!(theirs_run.len(), 1, "{fx:?}");
+    assert!(!theirs_run[0].1.keep_result);
+}

@@ -13,7 +13,8 @@ pub const PROTOCOL_HEADER: &str = "flotilla-protocol";
 /// Values up to this size travel inline through the head; larger ones stay in a worker's store,
 /// and the head refuses larger inline values.
 pub const INLINE_MAX_BYTES: usize = 64 << 10;
-/// Inline values one session may have the head hold for its puts; beyond it, puts are refused.
+/// Inline values the head holds for one session: beyond it, its inline puts are refused and its
+/// tasks' results stay in the workers' stores.
 pub const SESSION_INLINE_BUDGET: u64 = 256 << 20;
 
 pub mod auth;

@@ -348,11 +348,13 @@ impl Scheduler {
                 }),
             })
             .collect();
+        let held = self.inline_bytes.get(&task.owner).copied().unwrap_or(0);
         pb::Dispatch {
             spec: Some((&task.def).into()),
             attempt: task.attempt,
             args,
             restarts,
+            keep_result: held >= flotilla_proto::SESSION_INLINE_BUDGET,
         }
     }
 

@@ -17,7 +17,7 @@ use flotilla_proto::v1::{self as pb, resolved_arg};
 use tokio::sync::mpsc;
 
 use super::{
-    executor::{self, panic_message, resolve_args, RunningGuard, INLINE_RUN_MICROS},
+    executor::{self, panic_message, resolve_args, ResultRoute, RunningGuard, INLINE_RUN_MICROS},
     Shared,
 };
 use crate::{
@@ -34,6 +34,8 @@ pub(super) struct Call {
     pub(super) method: String,
     pub(super) signature: String,
     pub(super) args: Vec<pb::ResolvedArg>,
+    /// How its result travels.
+    pub(super) route: ResultRoute,
 }
 
 /// An actor on this worker: its instance, shared by its thread and the I/O thread, and the
@@ -134,7 +136,7 @@ impl HostedActor {
                         call.task,
                         call.attempt,
                         output,
-                        started.elapsed(),
+                        (started.elapsed(), call.route),
                     );
                     return true;
                 }
@@ -176,8 +178,13 @@ pub(super) fn start(
             let instance = thread_instance;
             let resolve =
                 |args: Vec<pb::ResolvedArg>| handle.block_on(resolve_args(&shared, args, &ops_tx));
-            let report = |task: ObjectId, attempt: u32, output: TaskOutput, run: Duration| {
-                let op = handle.block_on(executor::result_op(&shared, task, attempt, output, run));
+            let report = |task: ObjectId,
+                          attempt: u32,
+                          output: TaskOutput,
+                          (run, route): (Duration, ResultRoute)| {
+                let op = handle.block_on(executor::result_op(
+                    &shared, task, attempt, output, run, route,
+                ));
                 let _ = ops_tx.send(op);
             };
             let created = construct(&class, &signature, d.args, &rt, &resolve);
@@ -186,10 +193,10 @@ pub(super) fn start(
                     // Stored before the creation is reported, so no call can find it missing.
                     *instance.actor.lock().unwrap_or_else(|e| e.into_inner()) = Some(actor);
                     let unit = codec::encode(&()).map_err(TaskFailure::application);
-                    report(id, d.attempt, unit, Duration::ZERO);
+                    report(id, d.attempt, unit, (Duration::ZERO, ResultRoute::BySize));
                 }
                 Err(f) => {
-                    report(id, d.attempt, Err(f), Duration::ZERO);
+                    report(id, d.attempt, Err(f), (Duration::ZERO, ResultRoute::BySize));
                     return;
                 }
             }
@@ -199,7 +206,12 @@ pub(super) fn start(
                         ErrorKind::ActorDied,
                         format!("actor {id} was killed before this call ran"),
                     );
-                    report(call.task, call.attempt, Err(failure), Duration::ZERO);
+                    report(
+                        call.task,
+                        call.attempt,
+                        Err(failure),
+                        (Duration::ZERO, call.route),
+                    );
                     instance.queued.fetch_sub(1, Ordering::AcqRel);
                     continue;
                 }
@@ -213,7 +225,12 @@ pub(super) fn start(
                     instance.call(actor.as_mut(), &call.method, &call.signature, args, &rt)
                 });
                 drop(running);
-                report(call.task, call.attempt, output, started.elapsed());
+                report(
+                    call.task,
+                    call.attempt,
+                    output,
+                    (started.elapsed(), call.route),
+                );
                 instance.queued.fetch_sub(1, Ordering::AcqRel);
             }
         });

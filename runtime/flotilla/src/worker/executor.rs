@@ -107,16 +107,40 @@ pub(super) fn failure_op(
     )
 }
 
-/// The report of a task's outcome: small values travel inline, larger ones stay in the store.
+/// How a result travels: inline through the head when it is small, unless the head asked the
+/// worker to keep it ([`pb::Dispatch::keep_result`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ResultRoute {
+    /// Small values inline, larger ones in the store.
+    BySize,
+    /// Every value in the store.
+    Keep,
+}
+
+impl ResultRoute {
+    pub(super) fn of(keep_result: bool) -> Self {
+        if keep_result {
+            ResultRoute::Keep
+        } else {
+            ResultRoute::BySize
+        }
+    }
+}
+
+/// The report of a task's outcome: small values travel inline, larger ones (or all, when the
+/// head asked) stay in the store.
 pub(super) async fn result_op(
     shared: &Shared,
     task: ObjectId,
     attempt: u32,
     output: TaskOutput,
     run: Duration,
+    route: ResultRoute,
 ) -> pb::WorkerOp {
     let outcome = match output {
-        Ok(bytes) if bytes.len() <= INLINE_MAX_BYTES => task_result::Outcome::InlineValue(bytes),
+        Ok(bytes) if bytes.len() <= INLINE_MAX_BYTES && route == ResultRoute::BySize => {
+            task_result::Outcome::InlineValue(bytes)
+        }
         Ok(bytes) => {
             let size = bytes.len() as u64;
             match shared.store.put(task, bytes).await {
@@ -154,12 +178,12 @@ pub(super) fn report(
     task: ObjectId,
     attempt: u32,
     output: TaskOutput,
-    run: Duration,
+    (run, route): (Duration, ResultRoute),
 ) {
     let shared = shared.clone();
     let ops_tx = ops_tx.clone();
     let mut report = Box::pin(async move {
-        let op = result_op(&shared, task, attempt, output, run).await;
+        let op = result_op(&shared, task, attempt, output, run, route).await;
         let _ = ops_tx.send(op);
     });
     // Most outcomes need no spill and complete at once; the others finish in the background.
@@ -256,7 +280,8 @@ pub(super) async fn run_task(
     };
     drop(permit);
     drop(running);
-    let op = result_op(&shared, task, d.attempt, output, started.elapsed()).await;
+    let route = ResultRoute::of(d.keep_result);
+    let op = result_op(&shared, task, d.attempt, output, started.elapsed(), route).await;
     let _ = ops_tx.send(op);
     let _ = done_tx.send(task);
 }

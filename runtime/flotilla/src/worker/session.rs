@@ -225,6 +225,7 @@ impl WorkerSession {
                     method: call.method.clone(),
                     signature: spec.signature.clone(),
                     args: d.args,
+                    route: executor::ResultRoute::of(d.keep_result),
                 };
                 let delivered = self.actors.get(&actor).is_some_and(|hosted| {
                     hosted.deliver(call, &self.shared, &self.rt, &self.ops_tx)

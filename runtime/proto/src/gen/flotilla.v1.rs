@@ -471,6 +471,10 @@ pub struct Dispatch {
     /// For actor creation: how many times it restarted before.
     #[prost(uint32, tag = "4")]
     pub restarts: u32,
+    /// Keep the result in the worker's store even when it is small: the head already holds as many
+    /// inline values of the task's session as it will (SESSION_INLINE_BUDGET).
+    #[prost(bool, tag = "5")]
+    pub keep_result: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ResolvedArg {
