@@ -1020,3 +1020,28 @@ async fn a_driver_with_no_worker_is_told_why_it_waits() {
         "the driver says why it waits: {err}"
     );
 }
+
+/// A head that stops answering (SIGSTOP) is reported as such, with its address and how long it
+/// was given, instead of as a bare transport error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_stops_answering_is_named() {
+    let mut c = TestCluster::start("frozen", 1, 1).await;
+    let rt = c.connect().await;
+    assert_eq!(add.remote(&rt, 1, 1).await.unwrap(), 2);
+    let pid = rustix::process::Pid::from_raw(c.head.child().id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let r = add.remote(&rt, 2, 2);
+    let e = bounded(
+        "the driver notices the frozen head",
+        Duration::from_secs(60),
+        rt.get(&r),
+    )
+    .await
+    .expect_err("a frozen head answers nothing");
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let message = e.to_string();
+    assert!(
+        message.contains(&c.address) && message.contains("did not answer within 30s"),
+        "{message}"
+    );
+}

@@ -238,6 +238,7 @@ impl Runtime {
             stop_tx: Mutex::new(Some(stop_tx)),
         });
         let weak = Arc::downgrade(&session);
+        let head_address = address.to_string();
         tokio::spawn(async move {
             let reason = loop {
                 match inbound.message().await {
@@ -258,7 +259,15 @@ impl Runtime {
                         }
                     }
                     Ok(None) => break "the head closed the session".to_string(),
-                    Err(status) => break format!("lost the head: {}", status.message()),
+                    Err(status) => {
+                        break format!(
+                        "lost the head at {head_address}: it did not answer within {:?}, or the \
+                             connection broke ({}: {})",
+                        net::KEEP_ALIVE_INTERVAL + net::KEEP_ALIVE_TIMEOUT,
+                        status.code().description(),
+                        status.message()
+                    )
+                    }
                 }
             };
             if let Some(session) = weak.upgrade() {

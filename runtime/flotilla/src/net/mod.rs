@@ -23,6 +23,12 @@ use crate::error::{Error, Result};
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 pub use flotilla_proto::INLINE_MAX_BYTES;
 
+/// How often an idle connection to the head is pinged, and how long an answer may take: a head
+/// that stops answering (stopped, or its node gone) is noticed within their sum.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`KEEP_ALIVE_INTERVAL`].
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 const STREAM_WINDOW: u32 = 16 << 20;
 /// Largest HTTP/2 frame we accept: big frames cut per-frame work on large objects.
 const FRAME_BYTES: u32 = 1 << 20;
@@ -43,8 +49,8 @@ pub async fn connect(address: &str) -> Result<Channel> {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(FRAME_BYTES)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .connect()
         .await
@@ -61,8 +67,8 @@ pub fn server() -> tonic::transport::Server {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(FRAME_BYTES)
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_keepalive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEP_ALIVE_TIMEOUT))
 }
 
 /// Accepted connections of a listener, capped, with silent ones closed ([`guard`]).
