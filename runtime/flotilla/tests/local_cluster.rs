@@ -1143,7 +1143,8 @@ async fn worker_http_serves_metrics_and_guards_its_objects() {
 }
 
 /// Connections that send nothing are closed by the head's gRPC port and a worker's HTTP port
-/// once the first-byte timeout passes, while real clients keep working meanwhile.
+/// once the first-byte timeout passes, and those whose headers never end once the header-read
+/// timeout passes, while real clients keep working meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed() {
     let mut c = Manual::start(HeadConfig::default(), true).await;
@@ -1157,9 +1158,19 @@ async fn silent_connections_are_closed() {
             silent.push(TcpStream::connect(address).await.unwrap());
         }
     }
+    // Headers that trickle in and never end are cut off on the HTTP ports too.
+    for address in [&worker_http, c.http.as_ref().unwrap()] {
+        let mut trickle = TcpStream::connect(address).await.unwrap();
+        trickle
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        silent.push(trickle);
+    }
     // Served while the silent ones wait.
     assert_eq!(bounded("a task", add.remote(&rt, 2, 3)).await.unwrap(), 5);
-    let limit = flotilla::net::guard::FIRST_BYTE_TIMEOUT + Duration::from_secs(10);
+    let limit = flotilla::net::guard::FIRST_BYTE_TIMEOUT.max(flotilla::net::HEADER_READ_TIMEOUT)
+        + Duration::from_secs(10);
     for mut s in silent {
         let mut buf = [0u8; 16];
         let read = tokio::time::timeout(limit, s.read(&mut buf))

@@ -105,21 +105,50 @@ pub async fn connect_head(address: &str, token: Option<&str>) -> Result<HeadRpc>
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
-/// Serves `app` on `listener` in the background until `stop` changes; connections are capped and
-/// silent ones closed ([`guard`]).
+/// Longest a client may take to send a request's headers on an HTTP port; a trickle is cut off.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` (HTTP/1.1) on `listener` in the background until `stop` changes; connections
+/// are capped and silent ones closed ([`guard`]), and a request's headers must arrive within
+/// [`HEADER_READ_TIMEOUT`].
 pub fn spawn_http(
     listener: tokio::net::TcpListener,
     what: &'static str,
     app: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let listener = guard::GuardedListener::new(listener, what)?;
+    use futures::StreamExt;
+    use hyper_util::{
+        rt::{TokioIo, TokioTimer},
+        service::TowerToHyperService,
+    };
+    let mut connections = guard::GuardedListener::new(listener, what)?;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.changed().await;
-            })
-            .await;
+        loop {
+            let conn = tokio::select! {
+                conn = connections.next() => conn,
+                _ = stop.changed() => break,
+            };
+            let Some(Ok(conn)) = conn else { break };
+            let serving = http
+                .serve_connection(TokioIo::new(conn), TowerToHyperService::new(app.clone()))
+                .with_upgrades();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let mut serving = std::pin::pin!(serving);
+                tokio::select! {
+                    _ = serving.as_mut() => {}
+                    _ = stop.changed() => {
+                        // Finish the request in flight, then close.
+                        serving.as_mut().graceful_shutdown();
+                        let _ = serving.await;
+                    }
+                }
+            });
+        }
     });
     Ok(())
 }
