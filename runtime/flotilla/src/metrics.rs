@@ -4,6 +4,13 @@
 use axum::{http::header, response::IntoResponse};
 use prometheus::{core::Collector, Encoder, Registry, TextEncoder};
 
+/// Buckets of task run times, in seconds, for the head's and the workers' histograms: from a
+/// no-op to a long batch step.
+pub(crate) const RUN_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+    120.0, 600.0,
+];
+
 /// Registers `metric` in `registry` and hands it back.
 pub(crate) fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
     registry

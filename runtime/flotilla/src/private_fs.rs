@@ -9,7 +9,7 @@ use std::{
 };
 
 /// This process's user id: the owner of its own `/proc` entry.
-fn own_uid() -> std::io::Result<u32> {
+pub(crate) fn own_uid() -> std::io::Result<u32> {
     std::fs::metadata("/proc/self").map(|m| m.uid())
 }
 

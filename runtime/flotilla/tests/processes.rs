@@ -779,37 +779,11 @@ async fn up_status_drain_down() {
 /// opens the socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_refuses_public_bind_without_token() {
-    let mut head = Proc::spawn(
+    let (status, out, err) = run_to_exit(
         "head on 0.0.0.0 without a token",
-        flotilla()
-            .args(["head", "--bind", "0.0.0.0:0", "--http-bind", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = head.child().try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the head kept running on 0.0.0.0 without a token"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    head.child()
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    head.child()
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+        &["head", "--bind", "0.0.0.0:0", "--http-bind", "127.0.0.1:0"],
+    )
+    .await;
     assert!(!status.success(), "exit status {status}");
     assert!(
         err.contains("FLOTILLA_TOKEN"),

@@ -1202,26 +1202,22 @@ spec:
         refusal(over).2,
         "pods \"two\" is forbidden: exceeded quota: compute, requested: requests.cpu=600m, used: requests.cpu=600m, limited: requests.cpu=1"
     );
-    let used = env
-        .kubectl_ok(&[
-            "get",
-            "quota",
-            "compute",
-            "-n",
-            "compute",
-            "-o",
-            "jsonpath={.status.used}",
-        ])
-        .await;
-    let used: Value = serde_json::from_str(&used).expect("status.used is JSON");
     assert_eq!(
-        used,
+        quota_used(&env).await,
         json!({"requests.cpu": "600m", "limits.memory": "512Mi"})
     );
     compute
         .delete("one", &DeleteParams::default())
         .await
         .expect("delete");
+    assert_eq!(
+        quota_used(&env).await,
+        json!({"requests.cpu": "0", "limits.memory": "0"})
+    );
+}
+
+/// `status.used` of the quota `compute` in namespace `compute`, as `kubectl` shows it.
+async fn quota_used(env: &Env) -> Value {
     let used = env
         .kubectl_ok(&[
             "get",
@@ -1233,8 +1229,5 @@ spec:
             "jsonpath={.status.used}",
         ])
         .await;
-    assert_eq!(
-        serde_json::from_str::<Value>(&used).expect("status.used is JSON"),
-        json!({"requests.cpu": "0", "limits.memory": "0"})
-    );
+    serde_json::from_str(&used).expect("status.used is JSON")
 }

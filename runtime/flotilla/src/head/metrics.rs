@@ -12,12 +12,6 @@ use prometheus::{
 use super::core::RunsByName;
 use crate::metrics::register;
 
-/// Buckets of task run times, in seconds: from a no-op to a long batch step.
-const RUN_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
-    120.0, 600.0,
-];
-
 /// The head's registry and the series in it.
 pub struct HeadMetrics {
     registry: Registry,
@@ -126,7 +120,7 @@ impl HeadMetrics {
                         "flotilla_task_duration_seconds",
                         "How long tasks ran on their workers.",
                     )
-                    .buckets(RUN_BUCKETS.to_vec()),
+                    .buckets(crate::metrics::RUN_BUCKETS.to_vec()),
                 )
                 .expect("valid buckets"),
             ),

@@ -27,21 +27,12 @@ pub fn segment_dir() -> Option<PathBuf> {
     (meta.is_dir() && owner(&meta) == Some(uid)).then_some(dir)
 }
 
-/// This process's user id: the owner of its own /proc entry.
 fn own_uid() -> Option<u32> {
-    std::fs::metadata("/proc/self").ok().and_then(|m| owner(&m))
+    crate::private_fs::own_uid().ok()
 }
 
 fn owner(meta: &std::fs::Metadata) -> Option<u32> {
-    #[cfg(unix)]
-    {
-        Some(std::os::unix::fs::MetadataExt::uid(meta))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = meta;
-        None
-    }
+    Some(std::os::unix::fs::MetadataExt::uid(meta))
 }
 
 /// Whether `path` names a segment this module could have written (adoption takes no other).

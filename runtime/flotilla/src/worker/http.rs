@@ -9,12 +9,6 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Op
 use super::Shared;
 use crate::metrics::register;
 
-/// Buckets of task run times, in seconds: from a no-op to a long batch step.
-const RUN_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
-    120.0, 600.0,
-];
-
 /// A worker's registry and the series in it; every series carries `worker` and `group`.
 pub(super) struct WorkerMetrics {
     registry: Registry,
@@ -75,7 +69,7 @@ impl WorkerMetrics {
                         "flotilla_worker_task_duration_seconds",
                         "How long tasks and actor calls ran here.",
                     )
-                    .buckets(RUN_BUCKETS.to_vec()),
+                    .buckets(crate::metrics::RUN_BUCKETS.to_vec()),
                 )
                 .expect("valid buckets"),
             ),

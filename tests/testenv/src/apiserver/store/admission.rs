@@ -24,15 +24,8 @@ const POD_RESOURCES: [&str; 7] = [
     "limits.memory",
 ];
 
-/// The resources every container must request or limit when a quota names them.
-const CONTAINER_RESOURCES: [&str; 6] = [
-    "cpu",
-    "memory",
-    "requests.cpu",
-    "requests.memory",
-    "limits.cpu",
-    "limits.memory",
-];
+/// The resources every container must request or limit when a quota names them: all but `pods`.
+const CONTAINER_RESOURCES: &[&str] = POD_RESOURCES.split_at(1).1;
 
 /// Amounts of quota resources by name.
 type Usage = BTreeMap<String, Milli>;
@@ -165,7 +158,8 @@ fn listed(amounts: &Usage, names: &[String]) -> String {
 /// Why a quota refuses a pod, in the ResourceQuota plugin's words; `None` when it holds it.
 fn refusal(quota_name: &str, hard: &Usage, used: &Usage, pod: &Value) -> Option<String> {
     let required: Vec<&str> = CONTAINER_RESOURCES
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|r| hard.contains_key(*r))
         .collect();
     let mut missing: BTreeMap<&str, Vec<String>> = BTreeMap::new();
