@@ -170,8 +170,8 @@ pub(super) async fn result_op(
     result(task, attempt, outcome, run)
 }
 
-/// Reports an outcome from the I/O thread: at once when it needs no storing, otherwise once it
-/// is stored, without holding up the thread.
+/// Reports an outcome from the I/O thread: at once when it needs no storing, otherwise from a
+/// task once it is stored, without holding up the thread.
 pub(super) fn report(
     shared: &Arc<Shared>,
     ops_tx: &mpsc::UnboundedSender<pb::WorkerOp>,
@@ -180,16 +180,22 @@ pub(super) fn report(
     output: TaskOutput,
     (run, route): (Duration, ResultRoute),
 ) {
+    let stored =
+        matches!(&output, Ok(b) if b.len() > INLINE_MAX_BYTES || route == ResultRoute::Keep);
+    if !stored {
+        // Nothing to store, so nothing to wait for: no task, no allocation on the hot path.
+        let op = result_op(shared, task, attempt, output, run, route)
+            .now_or_never()
+            .expect("result_op awaits only a store put, and this outcome stores nothing");
+        let _ = ops_tx.send(op);
+        return;
+    }
     let shared = shared.clone();
     let ops_tx = ops_tx.clone();
-    let mut report = Box::pin(async move {
+    tokio::spawn(async move {
         let op = result_op(&shared, task, attempt, output, run, route).await;
         let _ = ops_tx.send(op);
     });
-    // Most outcomes need no spill and complete at once; the others finish in the background.
-    if (&mut report).now_or_never().is_none() {
-        tokio::spawn(report);
-    }
 }
 
 /// Resolves arguments: inline values as they are, stored ones from this store or a peer (and
