@@ -593,8 +593,7 @@ async fn bad_input_on_the_head_port() {
         ops: vec![pb::DriverOp {
             op: Some(pb::driver_op::Op::Hello(pb::DriverHello {
                 protocol_version: 99,
-                job: String::new(),
-                worker_name: String::new(),
+                ..Default::default()
             })),
         }],
     };
@@ -653,6 +652,97 @@ async fn worker_reconnects_to_a_new_head() {
         .await
         .unwrap(),
         3
+    );
+    rt.shutdown().await;
+}
+
+/// The head killed (SIGKILL) mid-job and a new one started on the same address: the driver
+/// resumes its session, submits again what had not finished, and every answer is right; values it
+/// put, small and large, and a finished stored result still resolve and still serve as arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_restart_loses_no_work() {
+    let mut c = TestCluster::start("phoenix", 2, 2).await;
+    let rt = c.connect().await;
+
+    let small = rt.put(&41i64).await.expect("a small put");
+    let large = rt
+        .put(&Blob::from(vec![5u8; 300_000]))
+        .await
+        .expect("a large put");
+    let made = make_bytes.remote(&rt, 200_000, 7);
+    let three = add.remote(&rt, 1, 2);
+    assert_eq!(
+        bounded("first results", Duration::from_secs(30), rt.get(&three))
+            .await
+            .unwrap(),
+        3
+    );
+    bounded(
+        "make_bytes",
+        Duration::from_secs(30),
+        rt.wait(vec![made.clone()], 1, None),
+    )
+    .await
+    .unwrap();
+
+    // Long tasks, more than the 4 slots run at once; one takes a result as its argument.
+    let slow: Vec<_> = (0..10).map(|i| sleep_then.remote(&rt, 1_500, i)).collect();
+    let after = add.remote(&rt, &three, 10);
+    c.wait_status("tasks running", Duration::from_secs(30), |s| {
+        s.tasks_running >= 4
+    })
+    .await;
+    c.head.kill();
+    c.head = start_head(&c.address, &c.token);
+    c.wait_registered(&["phoenix-0".to_string(), "phoenix-1".to_string()])
+        .await;
+
+    let values = bounded(
+        "the slow tasks after the restart",
+        Duration::from_secs(90),
+        rt.get_all(&slow),
+    )
+    .await
+    .expect("every task submitted before the restart gives its answer");
+    assert_eq!(values, (0..10).collect::<Vec<u64>>());
+    let limit = Duration::from_secs(30);
+    assert_eq!(
+        bounded("after", limit, rt.get(&after))
+            .await
+            .expect("after"),
+        13
+    );
+    assert_eq!(
+        bounded("small", limit, rt.get(&small))
+            .await
+            .expect("small"),
+        41
+    );
+    let blob = bounded("large", limit, rt.get(&large))
+        .await
+        .expect("large");
+    assert_eq!(blob.len(), 300_000);
+    // The earlier objects serve as arguments of new tasks: the new head knows where they are.
+    let sums = bounded(
+        "byte sums on the new head",
+        limit,
+        rt.get_all([byte_sum.remote(&rt, &large), byte_sum.remote(&rt, &made)]),
+    )
+    .await
+    .expect("byte sums");
+    assert_eq!(sums, vec![(300_000, 1_500_000), (200_000, 1_400_000)]);
+    let more = bounded(
+        "add on put",
+        limit,
+        rt.get(&add.remote(&rt, &small, &three)),
+    )
+    .await
+    .expect("add on put");
+    assert_eq!(more, 44);
+    let s = c.status().await.unwrap();
+    assert!(
+        s.drivers >= 1,
+        "the driver's session is at the new head: {s:?}"
     );
     rt.shutdown().await;
 }

@@ -98,7 +98,10 @@ impl Scheduler {
             None => Err(Failure::new(
                 ErrorKind::ActorDied,
                 method,
-                format!("no actor {actor} exists"),
+                format!(
+                    "no actor {actor} exists at this head (actors do not survive a restart of \
+                     the head: create it again)"
+                ),
             )),
             Some(a) if a.is_dead() => Err(Failure::new(
                 ErrorKind::ActorDied,

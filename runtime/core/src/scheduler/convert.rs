@@ -12,6 +12,7 @@ use super::{
     failure::Failure,
     objects::{Location, ObjectValue, PutValue},
     outcomes::{Completion, RunOutcome},
+    resume::HeldObject,
     task_def::{ActorCreation, Arg, TaskDef, TaskKind},
     workers::{Activity, StoreStats},
     Effect, Output, Scheduler,
@@ -31,6 +32,16 @@ pub fn spec_name(spec: &pb::TaskSpec) -> String {
 }
 
 // ---------------------------------------------------------------------- inputs
+
+impl From<pb::HeldObject> for HeldObject {
+    fn from(h: pb::HeldObject) -> Self {
+        HeldObject {
+            id: ObjectId(h.object),
+            size: h.size,
+            shm_path: (!h.shm_path.is_empty()).then_some(h.shm_path),
+        }
+    }
+}
 
 impl TryFrom<pb::TaskSpec> for TaskDef {
     type Error = Failure;

@@ -18,6 +18,7 @@
 //! - `actors`: the actor table, ordered call queues, restarts, named actors;
 //! - `workers`: registration, capacity, and what a lost worker takes with it;
 //! - `sessions`: driver sessions and what closing one releases;
+//! - `resume`: sessions and stored objects a restarted head learns again;
 //! - `placement`: the ready queue, registry checks, picking a worker, dispatch;
 //! - `drain`: draining a worker, copying its objects away, deadlines;
 //! - `failure`: why a task or an object failed;
@@ -37,6 +38,7 @@ mod failure;
 mod objects;
 mod outcomes;
 mod placement;
+mod resume;
 mod sessions;
 mod task_def;
 mod tasks;
@@ -53,6 +55,7 @@ use flotilla_proto::v1::{self as pb, worker_command, ObjectState, TaskSpec};
 use crate::ids::{ObjectId, SessionId, WorkerId};
 pub use crate::options::DEFAULT_MAX_RETRIES;
 pub use convert::spec_name;
+pub use resume::RESUME_GRACE;
 pub use view::{Snapshot, WorkerView, MAX_RUN_NAMES, OTHER_RUNS, UNREGISTERED};
 pub use workers::{RegisterError, WorkerInfo};
 
@@ -61,6 +64,7 @@ use drain::DrainOutcome;
 use failure::Failure;
 use objects::Object;
 use placement::RunTimes;
+use resume::HeldObject;
 use sessions::Session;
 use task_def::TaskDef;
 use tasks::Task;
@@ -154,6 +158,8 @@ pub struct Scheduler {
     counters: Counters,
     /// Bytes of inline values the head holds, by the session that owns them.
     inline_bytes: HashMap<SessionId, u64>,
+    /// Objects waiting for their session to resume, or for a worker to report them.
+    resumption: resume::Resumption,
     outbox: Vec<Effect>,
 }
 
@@ -181,8 +187,16 @@ impl Scheduler {
             run_times: RunTimes::default(),
             counters: Counters::default(),
             inline_bytes: HashMap::new(),
+            resumption: resume::Resumption::default(),
             outbox: Vec::new(),
         }
+    }
+
+    /// Numbers new sessions from `first` on. A head picks a random start, so sessions of a head
+    /// that restarted, which come back with their numbers, rarely meet a new session's number.
+    pub fn with_first_session(mut self, first: u32) -> Self {
+        self.next_session = first.max(1);
+        self
     }
 
     /// Takes the effects produced so far.
@@ -224,10 +238,34 @@ impl Scheduler {
 
     /// Opens a driver session and returns its id (the high bits of the ids it mints).
     pub fn open_session(&mut self, worker: Option<String>) -> SessionId {
+        while self.sessions.contains_key(&SessionId(self.next_session)) {
+            self.next_session += 1;
+        }
         let id = SessionId(self.next_session);
         self.next_session += 1;
         self.sessions.insert(id, Session { worker });
         id
+    }
+
+    /// Opens session `id` again for a driver that lost its head (this head, restarted, or this
+    /// head after the driver's connection broke). `holds` are the stored objects it still
+    /// references: they stay, waiting for a worker to report them; the session's other objects
+    /// that workers reported are released. Refused while session `id` is open.
+    pub fn resume_session(
+        &mut self,
+        id: SessionId,
+        worker: Option<String>,
+        holds: Vec<ObjectId>,
+        now: Instant,
+    ) -> Result<(), String> {
+        self.resume(id, worker, holds, now)
+    }
+
+    /// A worker reports the objects its store holds, after it registered with a head that
+    /// restarted since it last registered.
+    pub fn adopt_objects(&mut self, worker: WorkerId, held: pb::HeldObjects, now: Instant) {
+        let held = held.objects.into_iter().map(HeldObject::from).collect();
+        self.adopt(worker, held, now);
     }
 
     /// A session ended: cancel its tasks, free its objects, kill its actors that are not detached.
@@ -331,6 +369,7 @@ impl Scheduler {
     /// Enforces drain deadlines.
     pub fn tick(&mut self, now: Instant) {
         self.end_overdue_drains(now);
+        self.end_overdue_resumptions(now);
     }
 
     // ------------------------------------------------------------------ views

@@ -11,9 +11,10 @@ pub(crate) mod host;
 pub mod object_ref;
 pub mod options;
 mod put;
+mod reconnect;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -25,22 +26,24 @@ use bytes::Bytes;
 use flotilla_core::{ObjectId, SessionId};
 use flotilla_proto::{
     contract::ENV_JOB,
-    v1::{self as pb, driver_event, driver_op, object_state, task_spec},
+    v1::{self as pb, driver_op, object_state, task_spec},
     PROTOCOL_VERSION,
 };
 use futures::{future::BoxFuture, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
+pub use self::reconnect::RECONNECT_WINDOW;
 use self::{
     host::{Lending, TaskBinding, TaskHost},
     object_ref::{ArgList, ObjectRef, RefInner},
     options::TaskOptions,
+    reconnect::{OpsQueue, Unfinished},
 };
 use crate::{
     codec,
     error::{Error, ErrorKind, Result},
-    net::{self, Batches, HeadRpc},
+    net::HeadRpc,
     objects::Peers,
 };
 
@@ -69,12 +72,21 @@ pub(crate) struct Session {
     id: SessionId,
     seq: AtomicU64,
     ops_tx: mpsc::UnboundedSender<pb::DriverOp>,
+    /// Where `ops_tx` leads; the current connection's stream takes from it.
+    queue: Arc<Mutex<OpsQueue>>,
+    /// A driver's tasks whose results it has not learned, in submission order, to submit again
+    /// to a head that restarted. Submissions hold this lock while they queue their op.
+    unfinished: Mutex<BTreeMap<ObjectId, Unfinished>>,
     objects: Mutex<HashMap<ObjectId, ObjectCell>>,
     lookups: Mutex<HashMap<u64, oneshot::Sender<pb::ActorFound>>>,
     closed: AtomicBool,
     close_reason: Mutex<String>,
-    head: HeadRpc,
+    head: Mutex<HeadRpc>,
     head_address: String,
+    /// The head process this session last spoke to.
+    head_instance: Mutex<String>,
+    token: Option<String>,
+    job: String,
     peers: Peers,
     host: Option<TaskHost>,
     cluster: Mutex<Option<Box<dyn OwnedCluster>>>,
@@ -82,6 +94,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// The submission lock: whoever records an object and queues its op holds it, so a resync
+    /// sees both or neither.
+    fn queueing(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectId, Unfinished>> {
+        self.unfinished.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn send(&self, op: driver_op::Op) {
         let _ = self.ops_tx.send(pb::DriverOp { op: Some(op) });
     }
@@ -92,6 +110,13 @@ impl Session {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
         if owned {
+            let mut unfinished = self.unfinished.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(task) = unfinished.get_mut(&id) {
+                // Still needed to submit it again after a head restart, until the head says it
+                // finished: ask to be told.
+                task.released = true;
+                self.send(driver_op::Op::Subscribe(id.0));
+            }
             self.send(driver_op::Op::Release(id.0));
         }
     }
@@ -99,6 +124,12 @@ impl Session {
     fn resolve_event(&self, state: pb::ObjectState) {
         let Some(value) = state.state else { return };
         let id = ObjectId(state.object);
+        if self.host.is_none() {
+            self.unfinished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        }
         let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(cell) = objects.get_mut(&id) {
             if let ObjectCell::Pending(waiters) =
@@ -184,7 +215,6 @@ impl Runtime {
         job: &str,
         host: Option<(TaskHost, String)>,
     ) -> Result<Runtime> {
-        let mut head = net::connect_head(address, token).await?;
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
         let (host, worker_name) = match host {
             Some((host, name)) => (Some(host), name),
@@ -194,86 +224,35 @@ impl Runtime {
             protocol_version: PROTOCOL_VERSION,
             job: job.to_string(),
             worker_name,
+            resume_session: 0,
+            holds: Vec::new(),
         };
-        let _ = ops_tx.send(pb::DriverOp {
-            op: Some(driver_op::Op::Hello(hello)),
-        });
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let outbound = Batches::new(ops_rx)
-            .map(|ops| pb::DriverBatch { ops })
-            .take_until(stop_rx);
-        let mut inbound = head
-            .drive(outbound)
-            .await
-            .map_err(|s| connect_error(address, s))?
-            .into_inner();
-        let first = inbound
-            .message()
-            .await
-            .map_err(|s| connect_error(address, s))?
-            .and_then(|batch| batch.events.into_iter().next())
-            .and_then(|e| e.event);
-        let id = match first {
-            Some(driver_event::Event::Session(info)) => SessionId(info.session),
-            _ => {
-                return Err(Error::Connect {
-                    address: address.to_string(),
-                    message: "the head did not open a session".into(),
-                })
-            }
-        };
+        let queue = Arc::new(Mutex::new(OpsQueue {
+            rx: ops_rx,
+            generation: 0,
+        }));
+        let conn = reconnect::connect(address, token, hello, Vec::new(), queue.clone(), 0).await?;
         let session = Arc::new(Session {
-            id,
+            id: SessionId(conn.info.session),
             seq: AtomicU64::new(0),
             ops_tx,
+            queue,
+            unfinished: Mutex::new(BTreeMap::new()),
             objects: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(String::new()),
-            head,
+            head: Mutex::new(conn.head),
             head_address: address.to_string(),
+            head_instance: Mutex::new(conn.info.head_instance),
+            token: token.map(str::to_string),
+            job: job.to_string(),
             peers: Peers::new(token),
             host,
             cluster: Mutex::new(None),
-            stop_tx: Mutex::new(Some(stop_tx)),
+            stop_tx: Mutex::new(Some(conn.stop_tx)),
         });
-        let weak = Arc::downgrade(&session);
-        let head_address = address.to_string();
-        tokio::spawn(async move {
-            let reason = loop {
-                match inbound.message().await {
-                    Ok(Some(batch)) => {
-                        let Some(session) = weak.upgrade() else {
-                            return;
-                        };
-                        for event in batch.events {
-                            match event.event {
-                                Some(driver_event::Event::Object(state)) => {
-                                    session.resolve_event(state)
-                                }
-                                Some(driver_event::Event::ActorFound(found)) => {
-                                    session.found_actor(found)
-                                }
-                                Some(driver_event::Event::Session(_)) | None => {}
-                            }
-                        }
-                    }
-                    Ok(None) => break "the head closed the session".to_string(),
-                    Err(status) => {
-                        break format!(
-                        "lost the head at {head_address}: it did not answer within {:?}, or the \
-                             connection broke ({}: {})",
-                        net::KEEP_ALIVE_INTERVAL + net::KEEP_ALIVE_TIMEOUT,
-                        status.code().description(),
-                        status.message()
-                    )
-                    }
-                }
-            };
-            if let Some(session) = weak.upgrade() {
-                session.close(reason);
-            }
-        });
+        reconnect::spawn_events(&session, conn.inbound);
         Ok(Runtime {
             session,
             binding: None,
@@ -368,8 +347,19 @@ impl Runtime {
             options,
             signature: signature.to_string(),
         };
+        let mut unfinished = self.session.queueing();
         let r = self.new_ref(id, ObjectCell::Pending(Vec::new()));
+        if self.session.host.is_none() {
+            unfinished.insert(
+                id,
+                Unfinished {
+                    spec: spec.clone(),
+                    released: false,
+                },
+            );
+        }
         self.session.send(driver_op::Op::Submit(spec));
+        drop(unfinished);
         // Argument references may be released only after the submission is queued.
         drop(args.keep);
         r
@@ -610,12 +600,22 @@ impl Runtime {
     /// Cancels the task behind a reference: queued tasks never run, running ones are told to stop
     /// (an `async fn` stops at its next await; a plain function runs on but its result is dropped).
     pub fn cancel<T>(&self, r: &ObjectRef<T>) {
+        self.session
+            .unfinished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&r.id());
         self.session.send(driver_op::Op::Cancel(r.id().0));
     }
 
     /// The cluster's status: workers, slots, queue, objects.
     pub async fn status(&self) -> Result<pb::StatusReply> {
-        let mut head = self.session.head.clone();
+        let mut head = self
+            .session
+            .head
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         Ok(head.status(pb::StatusRequest {}).await?.into_inner())
     }
 
@@ -656,6 +656,8 @@ impl Runtime {
     /// Ends the session (the head cancels what is left of its work and frees its objects) and
     /// stops the local cluster, if this runtime started one.
     pub async fn shutdown(&self) {
+        // Closed first, so the end of the stream is not taken for a lost head.
+        self.session.close("the runtime was shut down".into());
         if let Some(stop) = self
             .session
             .stop_tx
@@ -665,7 +667,6 @@ impl Runtime {
         {
             let _ = stop.send(());
         }
-        self.session.close("the runtime was shut down".into());
         let cluster = self
             .session
             .cluster
@@ -675,12 +676,5 @@ impl Runtime {
         if let Some(cluster) = cluster {
             cluster.stop().await;
         }
-    }
-}
-
-fn connect_error(address: &str, s: tonic::Status) -> Error {
-    Error::Connect {
-        address: address.to_string(),
-        message: format!("{}: {}", s.code().description(), s.message()),
     }
 }

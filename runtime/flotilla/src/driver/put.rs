@@ -25,6 +25,9 @@ impl Runtime {
     pub(crate) async fn put_bytes<T>(&self, bytes: Bytes) -> Result<ObjectRef<T>> {
         let id = self.mint();
         if bytes.len() <= INLINE_MAX_BYTES {
+            // Recorded and queued under the submission lock, as a submission is, so that a
+            // session resuming on a restarted head puts it again exactly once.
+            let _queueing = self.session.queueing();
             let r = self.new_ref(id, ObjectCell::Ready(State::InlineValue(bytes.clone())));
             self.session.send(driver_op::Op::Put(pb::PutObject {
                 object: id.0,
@@ -64,6 +67,7 @@ impl Runtime {
             size,
             locations: vec![location],
         };
+        let _queueing = self.session.queueing();
         let r = self.new_ref(id, ObjectCell::Ready(State::Stored(stored.clone())));
         self.session.send(driver_op::Op::Put(pb::PutObject {
             object: id.0,

@@ -36,8 +36,10 @@ pub(crate) enum HeadEvent {
     WorkerGone(WorkerId),
     OpenSession {
         worker: Option<String>,
+        /// A session to open again, with the stored objects it still references.
+        resume: Option<(SessionId, Vec<ObjectId>)>,
         events_tx: mpsc::UnboundedSender<pb::DriverEvent>,
-        reply: oneshot::Sender<SessionId>,
+        reply: oneshot::Sender<Result<SessionId, String>>,
     },
     DriverOps(SessionId, Vec<pb::DriverOp>),
     SessionGone(SessionId),
@@ -129,6 +131,14 @@ impl Core {
                         Some(worker_op::Op::Store(stats)) => s.store_stats(worker, stats),
                         Some(worker_op::Op::Blocked(t)) => s.task_blocked(ObjectId(t), true),
                         Some(worker_op::Op::Unblocked(t)) => s.task_blocked(ObjectId(t), false),
+                        Some(worker_op::Op::Held(held)) => {
+                            tracing::info!(
+                                id = %worker,
+                                objects = held.objects.len(),
+                                "worker reports the objects it holds"
+                            );
+                            s.adopt_objects(worker, held, Instant::now())
+                        }
                         Some(worker_op::Op::Register(_)) | None => {}
                     }
                 }
@@ -141,10 +151,25 @@ impl Core {
             }
             HeadEvent::OpenSession {
                 worker,
+                resume,
                 events_tx,
                 reply,
             } => {
-                let id = s.open_session(worker);
+                let id = match resume {
+                    None => s.open_session(worker),
+                    Some((id, holds)) => {
+                        match s.resume_session(id, worker, holds, Instant::now()) {
+                            Ok(()) => {
+                                tracing::info!(session = id.0, "session resumed");
+                                id
+                            }
+                            Err(why) => {
+                                let _ = reply.send(Err(why));
+                                return;
+                            }
+                        }
+                    }
+                };
                 let _ = events_tx.send(pb::DriverEvent {
                     event: Some(driver_event::Event::Session(pb::SessionInfo {
                         session: id.0,
@@ -153,7 +178,7 @@ impl Core {
                     })),
                 });
                 self.sessions.insert(id, events_tx);
-                let _ = reply.send(id);
+                let _ = reply.send(Ok(id));
             }
             HeadEvent::DriverOps(session, ops) => {
                 for op in ops {
@@ -254,6 +279,10 @@ impl Core {
     }
 }
 
+/// New sessions start below this number, leaving room above for the sessions of a head's life
+/// (ids keep 24 bits for the session).
+const FIRST_SESSION_LIMIT: u32 = 1 << 23;
+
 fn random_instance() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
@@ -267,7 +296,9 @@ pub(crate) fn start_core(
     let instance = random_instance();
     let mut core = Core {
         metrics,
-        scheduler: Scheduler::new(config.prefetch),
+        // Sessions a restarted head sees again keep their numbers; start new ones elsewhere.
+        scheduler: Scheduler::new(config.prefetch)
+            .with_first_session(rand::random_range(1..FIRST_SESSION_LIMIT)),
         workers: HashMap::new(),
         sessions: HashMap::new(),
         drains: HashMap::new(),

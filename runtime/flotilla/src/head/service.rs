@@ -3,7 +3,7 @@
 
 use std::{pin::Pin, time::Duration};
 
-use flotilla_core::{Snapshot, WorkerInfo, WorkerView};
+use flotilla_core::{ObjectId, SessionId, Snapshot, WorkerInfo, WorkerView};
 use flotilla_proto::{
     v1::{self as pb, driver_op, head_server::Head, worker_op},
     PROTOCOL_VERSION,
@@ -95,14 +95,22 @@ impl Head for HeadService {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (reply, reply_rx) = oneshot::channel();
         let worker = (!hello.worker_name.is_empty()).then_some(hello.worker_name);
+        let resume = (hello.resume_session != 0).then(|| {
+            (
+                SessionId(hello.resume_session),
+                hello.holds.into_iter().map(ObjectId).collect(),
+            )
+        });
         self.send(HeadEvent::OpenSession {
             worker,
+            resume,
             events_tx,
             reply,
         })?;
         let session = reply_rx
             .await
-            .map_err(|_| Status::unavailable("the head is shutting down"))?;
+            .map_err(|_| Status::unavailable("the head is shutting down"))?
+            .map_err(Status::already_exists)?;
         let rest: Vec<pb::DriverOp> = ops.collect();
         if !rest.is_empty() {
             self.send(HeadEvent::DriverOps(session, rest))?;

@@ -28,19 +28,27 @@ impl<T> Stream for Batches<T> {
     type Item = Vec<T>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Vec<T>>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(first)) => {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match self.rx.try_recv() {
-                        Ok(item) => batch.push(item),
-                        Err(_) => break,
-                    }
+        poll_batch(&mut self.rx, cx)
+    }
+}
+
+/// Everything queued in `rx` as one batch (at most [`MAX_BATCH`]), once something is.
+pub fn poll_batch<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Vec<T>>> {
+    match rx.poll_recv(cx) {
+        Poll::Ready(Some(first)) => {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
                 }
-                Poll::Ready(Some(batch))
             }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(batch))
         }
+        Poll::Ready(None) => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
     }
 }

@@ -14,7 +14,7 @@ use std::{
 
 use bytes::Bytes;
 use flotilla_core::ObjectId;
-use flotilla_proto::v1::StoreStats;
+use flotilla_proto::v1::{HeldObject, StoreStats};
 
 use crate::private_fs;
 
@@ -309,6 +309,33 @@ impl ObjectStore {
         for id in ids {
             self.remove(id);
         }
+    }
+
+    /// Every object held, with its size and shared-memory segment: what a worker reports to a
+    /// head that restarted.
+    pub fn held(&self) -> Vec<HeldObject> {
+        let books = self.lock();
+        let mut held: Vec<HeldObject> = books
+            .entries
+            .iter()
+            .map(|(id, entry)| match entry {
+                Entry::Memory { value, segment, .. } => HeldObject {
+                    object: id.0,
+                    size: value.len() as u64,
+                    shm_path: segment
+                        .as_ref()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                },
+                Entry::Spilled { size, .. } => HeldObject {
+                    object: id.0,
+                    size: *size,
+                    shm_path: String::new(),
+                },
+            })
+            .collect();
+        held.sort_by_key(|h| h.object);
+        held
     }
 
     /// Bytes in memory and on disk.

@@ -1,6 +1,7 @@
 //! A worker: registers with the head, runs tasks in parallel slots, hosts actors on their own
 //! threads, keeps objects in its store and serves them to peers. When it loses the head it keeps
-//! trying to reconnect.
+//! trying to reconnect, and tells a head that restarted which objects it holds. Its running tasks
+//! and hosted actors end with the connection.
 //!
 //! `session` is one connection to the head; `executor` runs functions; `actors` hosts
 //! actors; `http` serves the worker's one port: objects, metrics and health.
@@ -128,6 +129,8 @@ struct Shared {
     peers: Peers,
     slots: Arc<Semaphore>,
     registered: AtomicBool,
+    /// The head process this worker last registered with.
+    head_instance: std::sync::Mutex<Option<String>>,
     metrics: WorkerMetrics,
     /// Run-time averages of this worker's functions, deciding which run inline.
     run_times: RunTimes,
@@ -164,6 +167,7 @@ pub async fn run(
         peers: Peers::new(config.token.as_deref()),
         slots: Arc::new(Semaphore::new(config.slots as usize)),
         registered: AtomicBool::new(false),
+        head_instance: std::sync::Mutex::new(None),
         metrics: WorkerMetrics::new(&config.name, &config.group),
         run_times: RunTimes::default(),
         address,
@@ -209,8 +213,8 @@ pub async fn run(
                     }
                 }
                 shared.registered.store(false, Ordering::Relaxed);
-                // The head that knew our objects is gone or has forgotten us.
-                shared.store.clear();
+                // The store is kept: a head that restarted learns of its objects when this
+                // worker registers again (see `session::run`).
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }

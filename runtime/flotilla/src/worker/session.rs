@@ -87,6 +87,36 @@ fn registration(shared: &Shared) -> pb::RegisterWorker {
     }
 }
 
+/// After a registration: tells a head that restarted (another instance than the one this worker
+/// last registered with) which objects the store holds, so drivers' references to them resolve
+/// again; a head that is the same one forgot this worker's objects when it lost it, so they go.
+fn report_held(
+    shared: &Shared,
+    head_instance: String,
+    ops_tx: &mpsc::UnboundedSender<pb::WorkerOp>,
+) {
+    let previous = shared
+        .head_instance
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(head_instance.clone());
+    match previous {
+        Some(previous) if previous != head_instance => {
+            let objects = shared.store.held();
+            tracing::info!(
+                objects = objects.len(),
+                head = %shared.config.head,
+                "the head restarted; reporting the objects this worker holds"
+            );
+            let _ = ops_tx.send(pb::WorkerOp {
+                op: Some(worker_op::Op::Held(pb::HeldObjects { objects })),
+            });
+        }
+        Some(_) => shared.store.clear(),
+        None => {}
+    }
+}
+
 /// Registers, then works for the head until the connection drops.
 pub(super) async fn run(shared: Arc<Shared>) -> Result<(), SessionError> {
     let config = &shared.config;
@@ -113,14 +143,15 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), SessionError> {
         commands: commands.collect(),
     };
     let mut inbound = futures::stream::iter([Ok(early)]).chain(inbound);
-    let worker_id = match first {
-        Some(worker_command::Command::Registered(r)) => r.worker,
+    let (worker_id, head_instance) = match first {
+        Some(worker_command::Command::Registered(r)) => (r.worker, r.head_instance),
         _ => {
             return Err(SessionError::Lost(
                 "the head did not confirm the registration".into(),
             ))
         }
     };
+    report_held(&shared, head_instance, &ops_tx);
     shared
         .registered
         .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -250,6 +250,14 @@ pub struct DriverHello {
     /// The worker this driver session lives in, when a task submits tasks.
     #[prost(string, tag = "3")]
     pub worker_name: ::prost::alloc::string::String,
+    /// A driver reconnecting after it lost the head: the session it had (its object ids carry
+    /// it), kept when the head accepts. 0 opens a new session.
+    #[prost(uint32, tag = "4")]
+    pub resume_session: u32,
+    /// With `resume_session`: the stored objects this session still references, whose values
+    /// the workers report when they register again; the head forgets the session's others.
+    #[prost(uint64, repeated, tag = "5")]
+    pub holds: ::prost::alloc::vec::Vec<u64>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct PutObject {
@@ -326,7 +334,7 @@ pub struct WorkerBatch {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WorkerOp {
-    #[prost(oneof = "worker_op::Op", tags = "1, 2, 3, 5, 6, 7")]
+    #[prost(oneof = "worker_op::Op", tags = "1, 2, 3, 5, 6, 7, 8")]
     pub op: ::core::option::Option<worker_op::Op>,
 }
 /// Nested message and enum types in `WorkerOp`.
@@ -347,7 +355,26 @@ pub mod worker_op {
         Blocked(u64),
         #[prost(uint64, tag = "7")]
         Unblocked(u64),
+        /// The objects in this worker's store, reported to a head that restarted since the worker
+        /// last registered, so its object directory knows them again.
+        #[prost(message, tag = "8")]
+        Held(super::HeldObjects),
     }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HeldObjects {
+    #[prost(message, repeated, tag = "1")]
+    pub objects: ::prost::alloc::vec::Vec<HeldObject>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HeldObject {
+    #[prost(uint64, tag = "1")]
+    pub object: u64,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// The shared-memory segment the store keeps it in, if any.
+    #[prost(string, tag = "3")]
+    pub shm_path: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct FunctionInfo {
