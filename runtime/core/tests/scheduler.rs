@@ -1631,3 +1631,93 @@ fn a_session_at_its_inline_budget_has_its_results_kept_in_worker_stores() {
     assert_eq!(theirs_run.len(), 1, "{fx:?}");
     assert!(!theirs_run[0].1.keep_result);
 }
+
+// ---------------------------------------------------------------------------------- head restart
+
+fn held(objects: &[(ObjectId, u64)]) -> pb::HeldObjects {
+    pb::HeldObjects {
+        objects: objects
+            .iter()
+            .map(|(id, size)| pb::HeldObject {
+                object: id.0,
+                size: *size,
+                shm_path: String::new(),
+            })
+            .collect(),
+    }
+}
+
+/// A restarted head: a worker reports what it holds before the sessions come back; a session
+/// that resumes keeps what it names, its stored objects serve as arguments again, the objects it
+/// no longer names are freed, and those of a session that never comes back go after the grace.
+#[test]
+fn a_restarted_head_adopts_reported_objects_for_the_sessions_that_resume() {
+    let mut s = Scheduler::new(2);
+    let w = s.add_worker(worker("w1", 2)).unwrap();
+    let (back, gone) = (SessionId(7), SessionId(9));
+    let now = Instant::now();
+    s.adopt_objects(
+        w,
+        held(&[(oid(back, 1), 10), (oid(back, 2), 20), (oid(gone, 1), 30)]),
+        now,
+    );
+    assert!(commands(&s.drain_effects()).is_empty(), "nothing freed yet");
+
+    s.resume_session(back, None, vec![oid(back, 1), oid(back, 3)], now)
+        .unwrap();
+    assert_eq!(
+        commands(&s.drain_effects()),
+        vec![free(w, oid(back, 2))],
+        "the object the session no longer names is freed"
+    );
+    assert!(
+        s.resume_session(back, None, Vec::new(), now).is_err(),
+        "an open session cannot be resumed twice"
+    );
+    assert_ne!(
+        s.open_session(None),
+        back,
+        "a new session never takes a resumed id"
+    );
+
+    s.subscribe(back, oid(back, 1));
+    assert_eq!(stored_at(&s.drain_effects(), back, oid(back, 1)), vec![w.0]);
+    // A task submitted again takes the adopted object as its argument, and one that waits for
+    // an object not reported yet runs once a worker reports it.
+    s.submit(back, task(oid(back, 4), "f", vec![obj(oid(back, 1))]));
+    s.submit(back, task(oid(back, 5), "f", vec![obj(oid(back, 3))]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(w, oid(back, 4))]);
+    s.adopt_objects(w, held(&[(oid(back, 3), 40)]), now);
+    let effects = s.drain_effects();
+    assert_eq!(stored_at(&effects, back, oid(back, 3)), vec![w.0]);
+    assert_eq!(run_ids(&effects), vec![(w, oid(back, 5))]);
+
+    // The session that never came back: its adopted object goes after the grace.
+    s.tick(now + flotilla_core::scheduler::RESUME_GRACE / 2);
+    assert!(commands(&s.drain_effects()).is_empty());
+    s.tick(now + flotilla_core::scheduler::RESUME_GRACE);
+    assert_eq!(commands(&s.drain_effects()), vec![free(w, oid(gone, 1))]);
+}
+
+/// An object a resumed session names that no worker reports fails as lost after the grace, with
+/// a message that says why; a report for a session that is open and did not name it is freed.
+#[test]
+fn a_named_object_no_worker_reports_is_lost_after_the_grace() {
+    let mut s = Scheduler::new(2);
+    let w = s.add_worker(worker("w1", 2)).unwrap();
+    let sess = SessionId(3);
+    let now = Instant::now();
+    s.resume_session(sess, None, vec![oid(sess, 1)], now)
+        .unwrap();
+    s.subscribe(sess, oid(sess, 1));
+    s.adopt_objects(w, held(&[(oid(sess, 2), 5)]), now);
+    assert_eq!(commands(&s.drain_effects()), vec![free(w, oid(sess, 2))]);
+    s.tick(now + flotilla_core::scheduler::RESUME_GRACE);
+    assert_error(
+        &s.drain_effects(),
+        sess,
+        oid(sess, 1),
+        Kind::ObjectLost,
+        &["lost when the head restarted", "no worker reported"],
+    );
+}

@@ -1095,9 +1095,10 @@ async fn a_head_that_stops_answering_is_named() {
     let pid = rustix::process::Pid::from_raw(c.head.child().id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     let r = add.remote(&rt, 2, 2);
+    // 30 s to notice, then up to 60 s of trying to reach it again.
     let e = bounded(
         "the driver notices the frozen head",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         rt.get(&r),
     )
     .await
