@@ -747,6 +747,197 @@ async fn head_restart_loses_no_work() {
     rt.shutdown().await;
 }
 
+/// Tells `full_disks` it runs inside the private mount namespace, with its tmpfs mounts here.
+const CHILD_DISKS_ENV: &str = "FLOTILLA_TEST_FULL_DISKS";
+/// The store's memory cap in `full_disks`: room for a few values, so later ones spill.
+const SMALL_STORE: u64 = 4_000_000;
+
+/// How this machine lets a test mount a tmpfs of its own: `unshare -m` as root, `unshare -rm`
+/// (a user namespace) otherwise; `Err` says why it cannot.
+fn private_mounts() -> Result<Vec<&'static str>, String> {
+    let flags = if rustix::process::geteuid().is_root() {
+        vec!["-m"]
+    } else {
+        vec!["-r", "-m"]
+    };
+    let probe = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
+    let out = Command::new("unshare")
+        .args(&flags)
+        .args(["sh", "-c", "mount -t tmpfs -o size=64k tmpfs \"$0\""])
+        .arg(probe.path())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("unshare cannot run: {e}"))?;
+    if out.status.success() {
+        Ok(flags)
+    } else {
+        Err(format!(
+            "unshare {} cannot mount a tmpfs here: {}",
+            flags.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Full disks, for real: the test runs itself again in a private mount namespace with a 1 MB
+/// tmpfs as the shared-memory directory and a 3 MB tmpfs for spills (`FLOTILLA_SHM_DIR`,
+/// `FLOTILLA_SPILL_DIR`). A put that does not fit in shared memory leaves no partial segment, says
+/// why it took the slow path, and still stores the value; a result that cannot be spilled is not
+/// kept (the store stays within its cap) and its task fails saying why. Skipped, with the reason
+/// printed, where the machine cannot mount a private tmpfs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disks() {
+    if let Ok(dir) = std::env::var(CHILD_DISKS_ENV) {
+        full_disks_inside(Path::new(&dir)).await;
+        return;
+    }
+    let flags = match private_mounts() {
+        Ok(flags) => flags,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["shm", "spill"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    let script = "mount -t tmpfs -o size=1m,mode=0700 tmpfs \"$0/shm\" && \
+                  mount -t tmpfs -o size=3m,mode=0700 tmpfs \"$0/spill\" && \
+                  exec \"$1\" --exact full_disks --nocapture --test-threads 1";
+    let mut child = Proc::spawn(
+        "the test in a private mount namespace",
+        Command::new("unshare")
+            .args(&flags)
+            .args(["sh", "-c", script])
+            .arg(dir.path())
+            .arg(std::env::current_exe().unwrap())
+            .env(CHILD_DISKS_ENV, dir.path())
+            .env("FLOTILLA_SHM_DIR", dir.path().join("shm"))
+            .env("FLOTILLA_SPILL_DIR", dir.path().join("spill"))
+            .env("FLOTILLA_OBJECT_STORE_BYTES", SMALL_STORE.to_string())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let c = child.child.take().unwrap();
+    let out = bounded(
+        "the test in a private mount namespace",
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || c.wait_with_output()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the test inside failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("shared memory unavailable")
+            && stderr.contains("No space left on device")
+            && stderr.contains("uploading over HTTP instead"),
+        "the driver says why it did not use shared memory:\n{stderr}"
+    );
+}
+
+/// Inside the namespace of `full_disks`: a head and a worker of the real binary, this process
+/// their driver.
+async fn full_disks_inside(dir: &Path) {
+    flotilla::process::init_logging();
+    let c = TestCluster::start("full", 1, 2).await;
+    let rt = c.connect().await;
+    let segments = dir
+        .join("shm")
+        .join(format!("flotilla-{}", rustix::process::geteuid().as_raw()));
+    let listing = |d: &Path| -> Vec<(String, u64)> {
+        std::fs::read_dir(d)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| {
+                        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                        (e.file_name().to_string_lossy().into_owned(), len)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // 2 MB does not fit in the 1 MB shared-memory tmpfs: the put goes over HTTP instead.
+    let big = rt
+        .put(&Blob::from(vec![9u8; 2_000_000]))
+        .await
+        .expect("a put that does not fit in shared memory is uploaded instead");
+    assert_eq!(listing(&segments), vec![], "no partial segment is left");
+    assert_eq!(
+        bounded("the big value", Duration::from_secs(30), rt.get(&big))
+            .await
+            .unwrap()
+            .len(),
+        2_000_000
+    );
+
+    // 1.5 MB results past a 4 MB cap spill into 3 MB of disk until it is full.
+    let mut kept = vec![];
+    let failure = loop {
+        assert!(kept.len() < 10, "a 3 MB spill tmpfs never filled up");
+        let r = make_bytes.remote(&rt, 1_500_000, 1);
+        match bounded("make_bytes", Duration::from_secs(30), rt.get(&r)).await {
+            Ok(_) => kept.push(r),
+            Err(e) => break e,
+        }
+    };
+    let message = failure.to_string();
+    assert!(
+        message.contains("cannot store the result") && message.contains("No space left on device"),
+        "{message}"
+    );
+    // The failed result was not kept: memory within the cap, and what is on disk is exactly the
+    // spilled values (no partial file).
+    let s = c
+        .wait_status("the store's figures", Duration::from_secs(30), |s| {
+            s.workers.len() == 1 && s.workers[0].spilled_bytes > 0
+        })
+        .await;
+    let w = &s.workers[0];
+    assert!(w.memory_bytes <= SMALL_STORE, "over the cap: {w:?}");
+    let spill_dirs = listing(&dir.join("spill"));
+    let on_disk: u64 = spill_dirs
+        .iter()
+        .map(|(d, _)| {
+            listing(&dir.join("spill").join(d))
+                .iter()
+                .map(|(_, n)| n)
+                .sum::<u64>()
+        })
+        .sum();
+    assert_eq!(
+        on_disk, w.spilled_bytes,
+        "files on disk are the spilled values: {w:?}"
+    );
+    // The worker still works once references are dropped.
+    drop(kept);
+    drop(big);
+    assert_eq!(
+        bounded(
+            "add",
+            Duration::from_secs(30),
+            rt.get(&add.remote(&rt, 2, 3))
+        )
+        .await
+        .unwrap(),
+        5
+    );
+    rt.shutdown().await;
+}
+
 /// Kills (SIGKILL) what `flotilla up` started, when `up_status_drain_down` fails before `down`.
 struct UpGuard {
     state_dir: PathBuf,

@@ -29,6 +29,10 @@ pub const ENV_LOCAL_WORKERS: &str = "FLOTILLA_LOCAL_WORKERS";
 pub const ENV_STATE_DIR: &str = "FLOTILLA_STATE_DIR";
 /// How many tasks the head sends a worker ahead of its free slots.
 pub const ENV_PREFETCH: &str = "FLOTILLA_PREFETCH";
+/// The shared-memory file system same-host segments go to (default `/dev/shm`).
+pub const ENV_SHM_DIR: &str = "FLOTILLA_SHM_DIR";
+/// The directory a worker makes its spill directory in (default: the temp dir).
+pub const ENV_SPILL_DIR: &str = "FLOTILLA_SPILL_DIR";
 
 /// Head gRPC port.
 pub const HEAD_GRPC_PORT: u16 = 7400;

@@ -9,10 +9,14 @@ use std::{
 
 use bytes::Bytes;
 use flotilla_core::ObjectId;
+use flotilla_proto::contract::ENV_SHM_DIR;
 
-/// Where segments live; `None` where the host has no `/dev/shm`.
+/// Where segments live: a directory of this user's in `/dev/shm` (or `FLOTILLA_SHM_DIR`);
+/// `None` where the host has none.
 pub fn segment_dir() -> Option<PathBuf> {
-    let root = Path::new("/dev/shm");
+    let root = std::env::var_os(ENV_SHM_DIR)
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from);
     if !root.is_dir() {
         return None;
     }

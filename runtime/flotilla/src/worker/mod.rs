@@ -20,7 +20,8 @@ use std::{
 };
 
 use flotilla_proto::contract::{
-    token_from_env, ENV_GROUP, ENV_HEAD, ENV_OBJECT_STORE_BYTES, ENV_SLOTS, ENV_WORKER_NAME,
+    token_from_env, ENV_GROUP, ENV_HEAD, ENV_OBJECT_STORE_BYTES, ENV_SLOTS, ENV_SPILL_DIR,
+    ENV_WORKER_NAME,
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
@@ -80,7 +81,7 @@ impl WorkerConfig {
     }
 
     /// From the environment: `FLOTILLA_HEAD`, `FLOTILLA_WORKER_NAME`, `FLOTILLA_SLOTS`,
-    /// `FLOTILLA_OBJECT_STORE_BYTES`, `FLOTILLA_TOKEN`, `FLOTILLA_GROUP`.
+    /// `FLOTILLA_OBJECT_STORE_BYTES`, `FLOTILLA_TOKEN`, `FLOTILLA_GROUP`, `FLOTILLA_SPILL_DIR`.
     pub fn from_env() -> Result<Self> {
         let head = std::env::var(ENV_HEAD)
             .ok()
@@ -101,6 +102,14 @@ impl WorkerConfig {
         }
         if let Some(b) = env_number(ENV_OBJECT_STORE_BYTES)? {
             c.store_bytes = b;
+        }
+        if let Some(parent) = std::env::var_os(ENV_SPILL_DIR).filter(|d| !d.is_empty()) {
+            let own = c
+                .spill_dir
+                .file_name()
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            c.spill_dir = PathBuf::from(parent).join(own);
         }
         c.token = token_from_env();
         if let Ok(g) = std::env::var(ENV_GROUP) {
