@@ -230,6 +230,13 @@ async fn bounded<T>(what: &str, timeout: Duration, f: impl std::future::Future<O
         .unwrap_or_else(|_| panic!("{what} did not finish within {timeout:?}"))
 }
 
+/// Runs a task and checks its answer: the cluster still takes work.
+async fn still_works(rt: &Runtime) {
+    let r = add.remote(rt, 2, 3);
+    let sum = bounded("add", Duration::from_secs(30), rt.get(&r)).await;
+    assert_eq!(sum.expect("a task runs"), 5);
+}
+
 // ------------------------------------------------------------------------------------ tests
 
 /// A worker killed with SIGKILL while it runs tasks: every task still gives its answer (retried
@@ -439,16 +446,7 @@ async fn driver_that_goes_away() {
 
     // The cluster still works: the freed slots take new work.
     let rt = c.connect().await;
-    assert_eq!(
-        bounded(
-            "add",
-            Duration::from_secs(30),
-            rt.get(&add.remote(&rt, 2, 3))
-        )
-        .await
-        .unwrap(),
-        5
-    );
+    still_works(&rt).await;
     rt.shutdown().await;
 }
 
@@ -925,16 +923,7 @@ async fn full_disks_inside(dir: &Path) {
     // The worker still works once references are dropped.
     drop(kept);
     drop(big);
-    assert_eq!(
-        bounded(
-            "add",
-            Duration::from_secs(30),
-            rt.get(&add.remote(&rt, 2, 3))
-        )
-        .await
-        .unwrap(),
-        5
-    );
+    still_works(&rt).await;
     rt.shutdown().await;
 }
 
