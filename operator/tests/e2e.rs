@@ -4,6 +4,11 @@
 //!
 //! The runtime binary must be built next to the operator's (`cargo test --workspace` does that;
 //! alone: `cargo build -p flotilla --bin flotilla`).
+//!
+//! With `USE_EXISTING_CLUSTER=true` and `KUBECONFIG` (the envtest convention) the same tests run
+//! against that cluster instead of the fake: each in a namespace of its own, deleted when the test
+//! ends (also when it fails), with the process kubelet only where the cluster has no nodes of its
+//! own. See the README's testing section.
 
 use std::{
     path::{Path, PathBuf},
@@ -22,13 +27,20 @@ use flotilla_testenv::{
 };
 use k8s_openapi::api::{
     coordination::v1::Lease,
-    core::v1::{Pod, Secret, Service},
+    core::v1::{Node, Pod, Secret, Service},
     events::v1::Event,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{api::ListParams, Api, Client};
+use kube::{api::ListParams, config::Kubeconfig, Api, Client, Config};
 
-const NS: &str = "default";
+/// `USE_EXISTING_CLUSTER=true` with `KUBECONFIG`: the cluster to test against instead of the
+/// fake API server.
+fn existing_cluster() -> Option<PathBuf> {
+    if std::env::var("USE_EXISTING_CLUSTER").ok()? != "true" {
+        return None;
+    }
+    std::env::var_os("KUBECONFIG").map(PathBuf::from)
+}
 /// Generous: the first pods of a debug build on a busy 2-core machine.
 const LONG: Duration = Duration::from_secs(90);
 
@@ -96,25 +108,100 @@ impl Drop for Process {
     }
 }
 
-/// The local Kubernetes: API server, kubeconfig, and a scratch directory.
-struct Kube {
-    api: FakeApiServer,
+/// Deletes a test's namespace on an existing cluster (with everything in it) and the Node its
+/// process kubelet registered, when the test ends, also by a panic.
+struct Cleanup {
     kubeconfig: PathBuf,
+    ns: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for args in [
+            [
+                "delete",
+                "namespace",
+                &self.ns,
+                "--wait=false",
+                "--ignore-not-found",
+            ],
+            [
+                "delete",
+                "node",
+                &self.ns,
+                "--wait=false",
+                "--ignore-not-found",
+            ],
+        ] {
+            let _ = Command::new("kubectl")
+                .args(args)
+                .env("KUBECONFIG", &self.kubeconfig)
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The Kubernetes a test runs on: the fake API server (a new one per test), or an existing
+/// cluster; its kubeconfig (whose context is the test's namespace), and a scratch directory.
+struct Kube {
+    api: Option<FakeApiServer>,
+    kubeconfig: PathBuf,
+    /// Where the test works: `default` on its own fake server; a fresh namespace on an existing
+    /// cluster.
+    ns: String,
+    /// Declared before `dir`, so it runs while the kubeconfig is still there.
+    _cleanup: Option<Cleanup>,
     dir: tempfile::TempDir,
 }
 
 impl Kube {
     async fn start() -> Self {
-        let api = FakeApiServer::start()
-            .await
-            .expect("fake API server starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let kubeconfig = dir.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig)
-            .expect("kubeconfig written");
+        let (api, ns, cleanup) = match existing_cluster() {
+            None => {
+                let api = FakeApiServer::start()
+                    .await
+                    .expect("fake API server starts");
+                api.write_kubeconfig(&kubeconfig)
+                    .expect("kubeconfig written");
+                (Some(api), "default".to_owned(), None)
+            }
+            Some(given) => {
+                let ns = format!("flotilla-e2e-{:08x}", rand::random::<u32>());
+                // The given kubeconfig's current context, in a copy whose namespace is the test's.
+                let view = Command::new("kubectl")
+                    .args(["config", "view", "--raw", "--minify", "--flatten"])
+                    .env("KUBECONFIG", &given)
+                    .output()
+                    .expect("kubectl runs");
+                assert!(view.status.success(), "kubectl config view of {given:?}");
+                std::fs::write(&kubeconfig, &view.stdout).expect("kubeconfig written");
+                let cleanup = Cleanup {
+                    kubeconfig: kubeconfig.clone(),
+                    ns: ns.clone(),
+                };
+                for args in [
+                    vec!["create", "namespace", &ns],
+                    vec!["config", "set-context", "--current", "--namespace", &ns],
+                ] {
+                    let status = Command::new("kubectl")
+                        .args(&args)
+                        .env("KUBECONFIG", &kubeconfig)
+                        .stdout(Stdio::null())
+                        .status()
+                        .expect("kubectl runs");
+                    assert!(status.success(), "kubectl {args:?}");
+                }
+                (None, ns, Some(cleanup))
+            }
+        };
         let kube = Kube {
             api,
             kubeconfig,
+            ns,
+            _cleanup: cleanup,
             dir,
         };
         kube.kubectl_ok(&["apply", "-f", &repo().join("crds").display().to_string()]);
@@ -122,7 +209,16 @@ impl Kube {
     }
 
     async fn client(&self) -> Client {
-        self.api.client().await.expect("kube client")
+        match &self.api {
+            Some(api) => api.client().await.expect("kube client"),
+            None => {
+                let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+                let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .expect("kube config");
+                Client::try_from(config).expect("kube client")
+            }
+        }
     }
 
     fn kubectl(&self, args: &[&str]) -> Output {
@@ -170,8 +266,14 @@ impl Kube {
     fn operator(&self, name: &str, extra: &[&str]) -> (Process, String) {
         let http = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
+        // On a shared cluster, this test's operator looks after this test's namespace only.
+        let only_ours = match self.api {
+            None => vec!["--namespaces", self.ns.as_str()],
+            Some(_) => vec![],
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_flotilla-operator"))
             .args(["run", "--http-bind", &http, "--identity", name])
+            .args(only_ours)
             .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
@@ -183,9 +285,26 @@ impl Kube {
         (Process(child), http)
     }
 
-    async fn kubelet(&self) -> ProcessKubelet {
+    /// The process kubelet, unless the test runs on an existing cluster with nodes of its own
+    /// (which must then be able to pull the image `flotilla`).
+    async fn kubelet(&self) -> Option<ProcessKubelet> {
+        let node_name = match self.api {
+            Some(_) => "local".to_owned(),
+            None => {
+                let nodes: Api<Node> = Api::all(self.client().await);
+                let listed = nodes
+                    .list(&ListParams::default())
+                    .await
+                    .expect("list nodes");
+                if !listed.items.is_empty() {
+                    println!("the cluster has nodes of its own: pods run there, not as processes");
+                    return None;
+                }
+                self.ns.clone()
+            }
+        };
         let config = KubeletConfig {
-            node_name: "local".into(),
+            node_name,
             images: vec![ImageMapping {
                 image: "flotilla".into(),
                 bin_dir: bin_dir(),
@@ -195,9 +314,10 @@ impl Kube {
             restart_backoff: (Duration::from_millis(100), Duration::from_secs(2)),
             schedule: true,
         };
-        ProcessKubelet::start(self.client().await, config)
+        let kubelet = ProcessKubelet::start(self.client().await, config)
             .await
-            .expect("kubelet starts")
+            .expect("kubelet starts");
+        Some(kubelet)
     }
 
     fn operator_log(&self, name: &str) -> String {
@@ -260,10 +380,10 @@ async fn workers(pods: &Api<Pod>, cluster: &str) -> Vec<Pod> {
 
 /// The head pod's IP and the cluster token.
 async fn head_of(client: &Client, cluster: &str) -> Option<(String, String)> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
     let head = pods.get_opt(&format!("{cluster}-head")).await.ok()??;
     let ip = head.status?.pod_ip?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let secrets: Api<Secret> = Api::default_namespaced(client.clone());
     let secret = secrets.get_opt(&format!("{cluster}-token")).await.ok()??;
     let token = String::from_utf8(secret.data?.get("token")?.0.clone()).ok()?;
     Some((ip, token))
@@ -311,8 +431,8 @@ fn scale(kube: &Kube, cluster: &str, replicas: u32) {
 /// Waits until the cluster `name` has `n` live worker pods, all ready and all registered at the head.
 async fn wait_for_workers(kube: &Kube, name: &str, n: usize) -> Vec<String> {
     let client = kube.client().await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let clusters: Api<ComputeCluster> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let clusters: Api<ComputeCluster> = Api::default_namespaced(client.clone());
     eventually(
         &format!("{n} workers registered at the head"),
         LONG,
@@ -341,8 +461,8 @@ async fn a_cluster_from_apply_to_delete() {
     let kubelet = kube.kubelet().await;
     let (_operator, http) = kube.operator("operator", &[]);
     let client = kube.client().await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let clusters: Api<ComputeCluster> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let clusters: Api<ComputeCluster> = Api::default_namespaced(client.clone());
 
     // Apply the minimal example: a head and two workers, registered at the head.
     let example = repo().join("examples/minimal-cluster.yaml");
@@ -353,7 +473,7 @@ async fn a_cluster_from_apply_to_delete() {
         table.contains("Running"),
         "kubectl get fcc shows the phase: {table}"
     );
-    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let services: Api<Service> = Api::default_namespaced(client.clone());
     assert!(services
         .get_opt("minimal-head")
         .await
@@ -383,7 +503,7 @@ spec:
         "{}",
         condition.message
     );
-    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    let events: Api<Event> = Api::default_namespaced(client.clone());
     eventually("a Warning event on the refused cluster", LONG, || async {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items
@@ -516,26 +636,31 @@ spec:
     .await;
     assert!(drained.iter().any(|r| r == "DrainingWorker"), "{drained:?}");
 
-    // Kill the worker's process: it comes back and registers again.
+    // Kill the worker's process: it comes back and registers again (where pods are processes
+    // of this machine).
     let survivor = one[0].clone();
-    let pid = kubelet.pid_of(NS, &survivor).expect("the worker runs");
-    Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("kill");
-    eventually(
-        "the killed worker restarted and registered",
-        LONG,
-        || async {
-            let pod = pods.get_opt(&survivor).await.ok()??;
-            let restarts = pod.status?.container_statuses?.first()?.restart_count;
-            let at_head = registered(&client, "minimal").await?;
-            let new_pid = kubelet.pid_of(NS, &survivor)?;
-            (restarts >= 1 && new_pid != pid && at_head.iter().any(|(n, _)| *n == survivor))
-                .then_some(())
-        },
-    )
-    .await;
+    if let Some(kubelet) = &kubelet {
+        let pid = kubelet
+            .pid_of(&kube.ns, &survivor)
+            .expect("the worker runs");
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill");
+        eventually(
+            "the killed worker restarted and registered",
+            LONG,
+            || async {
+                let pod = pods.get_opt(&survivor).await.ok()??;
+                let restarts = pod.status?.container_statuses?.first()?.restart_count;
+                let at_head = registered(&client, "minimal").await?;
+                let new_pid = kubelet.pid_of(&kube.ns, &survivor)?;
+                (restarts >= 1 && new_pid != pid && at_head.iter().any(|(n, _)| *n == survivor))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
 
     // A deleted worker pod is replaced by a new one, which registers.
     kube.kubectl_ok(&["delete", "pod", &survivor, "--wait=false"]);
@@ -580,7 +705,7 @@ spec:
     // Suspend: every pod and process goes, the resource, Secret and Service stay.
     let pids: Vec<u32> = [&survivor, &"minimal-head".to_owned()]
         .iter()
-        .filter_map(|p| kubelet.pid_of(NS, p))
+        .filter_map(|p| kubelet.as_ref()?.pid_of(&kube.ns, p))
         .collect();
     kube.patch_cluster("minimal", r#"{"spec":{"suspend":true}}"#);
     eventually("a suspended cluster without pods", LONG, || async {
@@ -618,7 +743,7 @@ spec:
 
     // Delete: the garbage collector removes everything the operator created.
     kube.kubectl_ok(&["delete", "fcc", "minimal", "reserved", "--wait=true"]);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let secrets: Api<Secret> = Api::default_namespaced(client.clone());
     eventually("every child gone", LONG, || async {
         let pods_left = pods.list(&ListParams::default()).await.ok()?.items;
         let service = services.get_opt("minimal-head").await.ok()?;
@@ -626,7 +751,9 @@ spec:
         (pods_left.is_empty() && service.is_none() && secret.is_none()).then_some(())
     })
     .await;
-    kubelet.shutdown().await;
+    if let Some(kubelet) = kubelet {
+        kubelet.shutdown().await;
+    }
     assert!(
         !kube.operator_log("operator").contains("panicked"),
         "{}",
@@ -643,7 +770,7 @@ async fn two_operators_never_both_lead() {
         "--lease-name",
         "flotilla-test",
         "--lease-namespace",
-        NS,
+        &kube.ns,
         "--lease-duration-seconds",
         "3",
     ];
@@ -651,7 +778,7 @@ async fn two_operators_never_both_lead() {
         ("first", kube.operator("first", &lease_args)),
         ("second", kube.operator("second", &lease_args)),
     ];
-    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let leases: Api<Lease> = Api::default_namespaced(client.clone());
 
     // Which replicas say they lead, asked over and over: never two at once.
     async fn leaders(replicas: &[(&str, (Process, String))]) -> Vec<String> {
@@ -744,7 +871,7 @@ async fn a_drain_that_times_out_moves_the_work_elsewhere() {
     scale(&kube, "short-drain", 1);
 
     // The drain gives up after 1 s: the pod goes, and its task runs again on the other worker.
-    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    let events: Api<Event> = Api::default_namespaced(client.clone());
     let timed_out = eventually("a DrainTimedOut event", LONG, || async {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items
@@ -771,12 +898,12 @@ async fn kubectl_scale_sizes_the_first_worker_group() {
     // Through the scale subresource, as `kubectl scale`, an HPA or KEDA size a cluster.
     kube.kubectl_ok(&["scale", "fcc", "minimal", "--replicas=3"]);
     let three = wait_for_workers(&kube, "minimal", 3).await;
-    let scale: serde_json::Value = serde_json::from_str(&kube.kubectl_ok(&[
-        "get",
-        "--raw",
-        "/apis/flotilla.dev/v1alpha1/namespaces/default/computeclusters/minimal/scale",
-    ]))
-    .expect("a Scale");
+    let scale_path = format!(
+        "/apis/flotilla.dev/v1alpha1/namespaces/{}/computeclusters/minimal/scale",
+        kube.ns
+    );
+    let scale: serde_json::Value =
+        serde_json::from_str(&kube.kubectl_ok(&["get", "--raw", &scale_path])).expect("a Scale");
     assert_eq!(scale["spec"]["replicas"], 3, "{scale}");
     assert_eq!(scale["status"]["replicas"], 3, "{scale}");
     let selector = scale["status"]["selector"].as_str().expect("a selector");
@@ -817,8 +944,8 @@ async fn a_missing_service_account_blocks_the_cluster_without_a_loop() {
     let _kubelet = kube.kubelet().await;
     let (_operator, http) = kube.operator("operator", &[]);
     let client = kube.client().await;
-    let clusters: Api<ComputeCluster> = Api::namespaced(client.clone(), NS);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let clusters: Api<ComputeCluster> = Api::default_namespaced(client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
     kube.apply_manifest(ACCOUNT_CLUSTER);
 
     // The API server's ServiceAccount admission refuses the pods, and the status says so.
@@ -827,10 +954,11 @@ async fn a_missing_service_account_blocks_the_cluster_without_a_loop() {
     })
     .await;
     assert!(
-        progressing.message.contains(
-            "is forbidden: error looking up service account default/science-runner: \
-             serviceaccount \"science-runner\" not found"
-        ),
+        progressing.message.contains(&format!(
+            "is forbidden: error looking up service account {}/science-runner: \
+             serviceaccount \"science-runner\" not found",
+            kube.ns
+        )),
         "{}",
         progressing.message
     );
@@ -877,7 +1005,7 @@ async fn a_missing_service_account_blocks_the_cluster_without_a_loop() {
 
     // Once the ServiceAccount exists, the next retry creates the pods under it.
     kube.apply_manifest(
-        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: science-runner\n  namespace: default\n",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: science-runner\n",
     );
     let created = eventually("the cluster's pods", LONG, || async {
         let list = pods

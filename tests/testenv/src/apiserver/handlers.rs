@@ -16,6 +16,7 @@ use super::{
     error::{ApiError, ApiResult},
     events,
     patch::{self, PatchType},
+    protobuf::{self, Unreadable},
     resources::Resource,
     selector::{FieldSelector, LabelSelector},
     store::{
@@ -83,15 +84,23 @@ impl Request {
         })
     }
 
-    /// The body as JSON; protobuf bodies (kubectl's typed generators send them) are refused with
-    /// 415 as a server without protobuf support would.
+    /// The body as JSON. Protobuf bodies (kubectl's typed commands send them) are read for the
+    /// kinds those commands create (`protobuf`); others, and CBOR, get 415.
     fn json_body(&self) -> ApiResult<Value> {
         let content_type = self
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|c| c.to_str().ok())
             .unwrap_or_default();
-        if content_type.contains("protobuf") || content_type.contains("cbor") {
+        if content_type.contains("protobuf") {
+            return protobuf::to_json(&self.body).map_err(|e| match e {
+                Unreadable::Kind => ApiError::unsupported_media_type(content_type),
+                Unreadable::Malformed(why) => {
+                    ApiError::bad_request(format!("the request body is not valid protobuf: {why}"))
+                }
+            });
+        }
+        if content_type.contains("cbor") {
             return Err(ApiError::unsupported_media_type(content_type));
         }
         serde_json::from_slice(&self.body)

@@ -29,6 +29,7 @@ mod error;
 mod events;
 mod handlers;
 mod patch;
+mod protobuf;
 mod quantity;
 mod resources;
 mod schema;
