@@ -231,7 +231,9 @@ impl Runtime {
             rx: ops_rx,
             generation: 0,
         }));
-        let conn = reconnect::connect(address, token, hello, Vec::new(), queue.clone(), 0).await?;
+        let conn = reconnect::connect(address, token, hello, Vec::new(), queue.clone(), 0)
+            .await
+            .map_err(|failed| failed.error)?;
         let session = Arc::new(Session {
             id: SessionId(conn.info.session),
             seq: AtomicU64::new(0),
@@ -353,7 +355,8 @@ impl Runtime {
             unfinished.insert(
                 id,
                 Unfinished {
-                    spec: spec.clone(),
+                    spec: matches!(spec.kind, Some(task_spec::Kind::Function(_)))
+                        .then(|| spec.clone()),
                     released: false,
                 },
             );

@@ -19,7 +19,7 @@ use std::{
 
 use flotilla_core::ObjectId;
 use flotilla_proto::{
-    v1::{self as pb, driver_event, driver_op, put_object, task_spec},
+    v1::{self as pb, driver_event, driver_op, put_object},
     PROTOCOL_VERSION,
 };
 use futures::{Stream, StreamExt};
@@ -28,7 +28,7 @@ use tonic::Streaming;
 
 use super::{ObjectCell, Session, State};
 use crate::{
-    error::{Error, ErrorKind, Result},
+    error::{Error, ErrorKind},
     net::{self, batch::poll_batch, HeadRpc},
 };
 
@@ -43,7 +43,9 @@ const RESYNC_BATCH: usize = 256;
 /// A task whose result this session has not learned yet, kept to submit again to a head that
 /// restarted.
 pub(super) struct Unfinished {
-    pub(super) spec: pb::TaskSpec,
+    /// A function task's spec; `None` for actor creations and calls, which are not submitted
+    /// again (the actor is gone with the head).
+    pub(super) spec: Option<pb::TaskSpec>,
     /// Every reference to its result was dropped: after submitting it again, release it again.
     pub(super) released: bool,
 }
@@ -86,6 +88,28 @@ fn op(op: driver_op::Op) -> pb::DriverOp {
     pb::DriverOp { op: Some(op) }
 }
 
+/// A failed attempt to open a session: the error, and the head's status code if it answered.
+pub(super) struct Failed {
+    pub(super) error: Error,
+    code: Option<tonic::Code>,
+}
+
+impl Failed {
+    /// Whether another attempt would fail the same way (a wrong token, another protocol).
+    fn for_good(&self) -> bool {
+        matches!(
+            self.code,
+            Some(tonic::Code::Unauthenticated | tonic::Code::FailedPrecondition)
+        )
+    }
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Failed { error, code: None }
+    }
+}
+
 /// Opens a session on the head at `address`: `hello` first, then `resync` (ops that must reach
 /// the head before anything queued), then the queue's ops from `generation` on.
 pub(super) async fn connect(
@@ -95,7 +119,7 @@ pub(super) async fn connect(
     resync: Vec<pb::DriverOp>,
     queue: Arc<Mutex<OpsQueue>>,
     generation: u64,
-) -> Result<Connection> {
+) -> std::result::Result<Connection, Failed> {
     let mut head = net::connect_head(address, token).await?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut first = vec![pb::DriverBatch {
@@ -128,25 +152,21 @@ pub(super) async fn connect(
             info,
             stop_tx,
         }),
-        _ => Err(Error::Connect {
+        _ => Err(Failed::from(Error::Connect {
             address: address.to_string(),
             message: "the head did not open a session".into(),
-        }),
+        })),
     }
 }
 
-pub(super) fn connect_error(address: &str, s: tonic::Status) -> Error {
-    Error::Connect {
-        address: address.to_string(),
-        message: format!("{}: {}", s.code().description(), s.message()),
+fn connect_error(address: &str, s: tonic::Status) -> Failed {
+    Failed {
+        error: Error::Connect {
+            address: address.to_string(),
+            message: format!("{}: {}", s.code().description(), s.message()),
+        },
+        code: Some(s.code()),
     }
-}
-
-/// Whether a failed attempt will fail again the same way (wrong token, other protocol).
-fn refused_for_good(e: &Error) -> bool {
-    let text = e.to_string();
-    text.contains(tonic::Code::Unauthenticated.description())
-        || text.contains(tonic::Code::FailedPrecondition.description())
 }
 
 impl Session {
@@ -169,12 +189,13 @@ impl Session {
             let last =
                 match tokio::time::timeout(ATTEMPT_TIMEOUT.min(remaining), self.resume()).await {
                     Ok(Ok(inbound)) => return Ok(inbound),
-                    Ok(Err(e)) if refused_for_good(&e) => {
+                    Ok(Err(e)) if e.for_good() => {
                         return Err(format!(
-                            "{lost}; the head at {address} refused it again: {e}"
+                            "{lost}; the head at {address} refused it again: {}",
+                            e.error
                         ))
                     }
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => e.error.to_string(),
                     Err(_) => format!("the head did not answer within {ATTEMPT_TIMEOUT:?}"),
                 };
             if self.closed.load(Ordering::SeqCst) {
@@ -194,7 +215,7 @@ impl Session {
     }
 
     /// One attempt to resume: brings the head up to date and switches to the new connection.
-    async fn resume(self: &Arc<Self>) -> Result<Streaming<pb::DriverEvents>> {
+    async fn resume(self: &Arc<Self>) -> std::result::Result<Streaming<pb::DriverEvents>, Failed> {
         let (hello, resync, generation) = self.resync();
         let conn = connect(
             &self.head_address,
@@ -206,13 +227,13 @@ impl Session {
         )
         .await?;
         if conn.info.session != self.id.0 {
-            return Err(Error::Connect {
+            return Err(Failed::from(Error::Connect {
                 address: self.head_address.clone(),
                 message: format!(
                     "the head gave session {} instead of resuming session {}",
                     conn.info.session, self.id.0
                 ),
-            });
+            }));
         }
         let previous = std::mem::replace(
             &mut *self.head_instance.lock().unwrap_or_else(|e| e.into_inner()),
@@ -271,8 +292,8 @@ impl Session {
         let mut ops = puts;
         let mut lost_actor_work = Vec::new();
         for (id, task) in unfinished.iter() {
-            if matches!(task.spec.kind, Some(task_spec::Kind::Function(_))) {
-                ops.push(op(driver_op::Op::Submit(task.spec.clone())));
+            if let Some(spec) = &task.spec {
+                ops.push(op(driver_op::Op::Submit(spec.clone())));
                 if task.released {
                     ops.push(op(driver_op::Op::Subscribe(id.0)));
                     ops.push(op(driver_op::Op::Release(id.0)));
