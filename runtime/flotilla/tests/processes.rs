@@ -669,6 +669,14 @@ async fn head_restart_loses_no_work() {
         .expect("a large put");
     let made = make_bytes.remote(&rt, 200_000, 7);
     let three = add.remote(&rt, 1, 2);
+    let counter = bounded(
+        "Counter creation",
+        Duration::from_secs(30),
+        Counter::remote(&rt, 0),
+    )
+    .await
+    .expect("the actor starts");
+    assert_eq!(rt.get(&counter.increment()).await.unwrap(), 1);
     assert_eq!(
         bounded("first results", Duration::from_secs(30), rt.get(&three))
             .await
@@ -741,6 +749,20 @@ async fn head_restart_loses_no_work() {
     assert!(
         s.drivers >= 1,
         "the driver's session is at the new head: {s:?}"
+    );
+    // Actors do not survive, and calls on them say so.
+    let err = bounded(
+        "a call on the lost actor",
+        limit,
+        rt.get(&counter.increment()),
+    )
+    .await
+    .expect_err("the actor is gone with the head");
+    assert_eq!(err.kind(), Some(ErrorKind::ActorDied), "{err}");
+    assert!(
+        err.to_string()
+            .contains("do not survive a restart of the head"),
+        "{err}"
     );
     rt.shutdown().await;
 }
