@@ -124,21 +124,30 @@ impl Session {
     fn resolve_event(&self, state: pb::ObjectState) {
         let Some(value) = state.state else { return };
         let id = ObjectId(state.object);
-        if self.host.is_none() {
+        // A task's result: its cell was waiting, or every reference to it was dropped (and the
+        // session asked to hear of it so as to stop keeping its spec).
+        let settles_task = {
+            let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+            match objects.get_mut(&id) {
+                Some(cell) => match std::mem::replace(cell, ObjectCell::Ready(value.clone())) {
+                    ObjectCell::Pending(waiters) => {
+                        for w in waiters {
+                            let _ = w.send(value.clone());
+                        }
+                        true
+                    }
+                    ObjectCell::Ready(_) => false,
+                },
+                None => true,
+            }
+        };
+        // Taken after the objects' lock, never inside it; a resync in between sees the cell
+        // ready and does not submit the task again.
+        if settles_task && self.host.is_none() {
             self.unfinished
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
-        }
-        let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(cell) = objects.get_mut(&id) {
-            if let ObjectCell::Pending(waiters) =
-                std::mem::replace(cell, ObjectCell::Ready(value.clone()))
-            {
-                for w in waiters {
-                    let _ = w.send(value.clone());
-                }
-            }
         }
     }
 
@@ -349,17 +358,14 @@ impl Runtime {
             options,
             signature: signature.to_string(),
         };
+        let tracked = self.session.host.is_none().then(|| Unfinished {
+            spec: matches!(spec.kind, Some(task_spec::Kind::Function(_))).then(|| spec.clone()),
+            released: false,
+        });
         let mut unfinished = self.session.queueing();
         let r = self.new_ref(id, ObjectCell::Pending(Vec::new()));
-        if self.session.host.is_none() {
-            unfinished.insert(
-                id,
-                Unfinished {
-                    spec: matches!(spec.kind, Some(task_spec::Kind::Function(_)))
-                        .then(|| spec.clone()),
-                    released: false,
-                },
-            );
+        if let Some(tracked) = tracked {
+            unfinished.insert(id, tracked);
         }
         self.session.send(driver_op::Op::Submit(spec));
         drop(unfinished);

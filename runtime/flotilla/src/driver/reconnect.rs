@@ -291,6 +291,8 @@ impl Session {
         }
         let mut ops = puts;
         let mut lost_actor_work = Vec::new();
+        // A result that arrived while this resync was being taken: known, not submitted again.
+        unfinished.retain(|id, _| !matches!(objects.get(id), Some(ObjectCell::Ready(_))));
         for (id, task) in unfinished.iter() {
             if let Some(spec) = &task.spec {
                 ops.push(op(driver_op::Op::Submit(spec.clone())));
