@@ -215,7 +215,7 @@ impl ObjectStore {
                 continue;
             };
             if let Some(segment) = segment {
-                let _ = std::fs::remove_file(segment);
+                super::shm::release(&segment);
             }
             books.lru.remove(&used);
             books.memory_bytes -= size;
@@ -336,7 +336,7 @@ fn remove_entry(books: &mut Books, id: ObjectId) {
                 books.spilling_bytes -= value.len() as u64;
             }
             if let Some(segment) = segment {
-                let _ = std::fs::remove_file(segment);
+                super::shm::release(&segment);
             }
         }
         Some(Entry::Spilled { path, size }) => {
@@ -349,8 +349,9 @@ fn remove_entry(books: &mut Books, id: ObjectId) {
 
 impl Drop for ObjectStore {
     fn drop(&mut self) {
-        // Shared-memory segments outlive the process unless removed.
+        // Shared-memory segments outlive the process unless removed, pooled ones too.
         self.clear();
+        super::shm::remove_own_pooled();
         let _ = std::fs::remove_dir_all(&self.spill_dir);
     }
 }
