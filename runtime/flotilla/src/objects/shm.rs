@@ -87,8 +87,12 @@ impl Writer {
     /// A segment of `len` bytes for object `id`, named after this process: a pooled one of
     /// about that size when there is one (its pages already allocated), or a new one.
     pub fn create(id: ObjectId, len: usize) -> std::io::Result<Writer> {
+        Writer::create_named(&format!("{}-{id}", std::process::id()), len)
+    }
+
+    fn create_named(name: &str, len: usize) -> std::io::Result<Writer> {
         let dir = segment_dir().ok_or_else(no_shm)?;
-        let path = dir.join(format!("{}-{id}", std::process::id()));
+        let path = dir.join(name);
         let (file, warm) = match claim(&dir, &path, len as u64) {
             Some(file) => (file, true),
             None => (new_segment(&path)?, false),
@@ -102,6 +106,15 @@ impl Writer {
         };
         writer.file.set_len(len as u64)?;
         Ok(writer)
+    }
+
+    /// A segment of `len` bytes for a copy of object `id` this process receives from another
+    /// host: named apart from the segments of its store, and given back to the pool once the
+    /// last reference to the copy is dropped (see [`Landing::freeze`]).
+    pub fn create_copy(id: ObjectId, len: usize) -> std::io::Result<Writer> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Writer::create_named(&format!("{}-{id}-copy{n}", std::process::id()), len)
     }
 
     /// Whether the segment came from the pool, its pages already allocated.
@@ -143,6 +156,29 @@ impl Writer {
         Ok(fill(&mut map))
     }
 
+    /// The segment mapped writable, to be filled piece by piece (by transfers landing in it)
+    /// and then frozen into the bytes of a copy.
+    #[allow(unsafe_code)]
+    pub fn into_landing(mut self) -> std::io::Result<Landing> {
+        // SAFETY: as in `fill_with`: the file is this writer's alone, and stays so while the
+        // landing lives (its exclusive lock goes with it); the mapping is made read-only before
+        // anyone else may see it, in `Landing::freeze`.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(self.len)
+                .populate()
+                .map_mut(&self.file)?
+        };
+        let file = self.file.try_clone()?;
+        self.finished = true;
+        Ok(Landing {
+            map: Some(map),
+            file,
+            path: self.path.clone(),
+            frozen: false,
+        })
+    }
+
     /// The written segment's path, ready to be mapped (the exclusive lock goes with the file).
     pub fn finish(mut self) -> PathBuf {
         self.finished = true;
@@ -154,6 +190,59 @@ impl Drop for Writer {
     fn drop(&mut self) {
         if !self.finished {
             // A part written (a full /dev/shm, a failed encoding) is of no use to anyone.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A segment mapped writable while a copy lands in it; deleted if dropped before
+/// [`Landing::freeze`].
+pub struct Landing {
+    map: Option<memmap2::MmapMut>,
+    file: File,
+    path: PathBuf,
+    frozen: bool,
+}
+
+impl std::ops::Deref for Landing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or_default()
+    }
+}
+
+impl std::ops::DerefMut for Landing {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.map.as_deref_mut().unwrap_or_default()
+    }
+}
+
+impl Landing {
+    /// The landed bytes, read-only from now on: shared-locked like any mapping, and given back
+    /// to the pool when the last reference to them is dropped.
+    pub fn freeze(mut self) -> std::io::Result<Bytes> {
+        // Nobody else knows the segment's name, so trading the exclusive lock for a shared one
+        // (not atomically) lets no writer in between.
+        self.file.lock_shared()?;
+        let map = match self.map.take() {
+            Some(map) => map.make_read_only()?,
+            None => return Err(std::io::Error::other("a landing is frozen once")),
+        };
+        // The same open file, so the same lock, for as long as the mapping lives.
+        let locked = self.file.try_clone()?;
+        self.frozen = true;
+        Ok(Bytes::from_owner(Mapping {
+            map,
+            _locked: locked,
+            release: Some(self.path.clone()),
+        }))
+    }
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        if !self.frozen {
+            // A transfer that failed part way: its bytes are of no use.
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -304,6 +393,17 @@ fn remove_where(doomed: impl Fn(&str) -> bool) -> usize {
 struct Mapping {
     map: memmap2::Mmap,
     _locked: File,
+    /// A copy's segment, given back to the pool when the mapping ends (the pool takes it only
+    /// after the lock is gone with the file).
+    release: Option<PathBuf>,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if let Some(path) = self.release.take() {
+            release(&path);
+        }
+    }
 }
 
 impl AsRef<[u8]> for Mapping {
@@ -350,7 +450,11 @@ pub fn map(path: &Path) -> std::io::Result<Bytes> {
     // lives. Mapping (instead of reading) is what makes a same-host put/get of a large value
     // cost one copy instead of four.
     let map = unsafe { memmap2::MmapOptions::new().map(&file)? };
-    Ok(Bytes::from_owner(Mapping { map, _locked: file }))
+    Ok(Bytes::from_owner(Mapping {
+        map,
+        _locked: file,
+        release: None,
+    }))
 }
 
 #[cfg(test)]
