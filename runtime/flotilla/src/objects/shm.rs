@@ -232,8 +232,8 @@ impl Landing {
         let locked = self.file.try_clone()?;
         self.frozen = true;
         Ok(Bytes::from_owner(Mapping {
-            map,
-            _locked: locked,
+            map: Some(map),
+            locked: Some(locked),
             release: Some(self.path.clone()),
         }))
     }
@@ -391,31 +391,44 @@ fn remove_where(doomed: impl Fn(&str) -> bool) -> usize {
 
 /// A segment mapped read-only, with the shared lock that keeps it out of the pool while mapped.
 struct Mapping {
-    map: memmap2::Mmap,
-    _locked: File,
-    /// A copy's segment, given back to the pool when the mapping ends (the pool takes it only
-    /// after the lock is gone with the file).
+    map: Option<memmap2::Mmap>,
+    locked: Option<File>,
+    /// A segment this process owns, given back to the pool when the mapping ends.
     release: Option<PathBuf>,
+}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or_default()
+    }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // Unmapped and unlocked first, so a writer may claim the segment the moment it is
+        // pooled.
+        self.map.take();
+        self.locked.take();
         if let Some(path) = self.release.take() {
             release(&path);
         }
     }
 }
 
-impl AsRef<[u8]> for Mapping {
-    fn as_ref(&self) -> &[u8] {
-        &self.map
-    }
+/// Maps a segment read-only, as [`map`] does, for the process that owns it (a store that took it
+/// over): when the last reference to the bytes is dropped, the segment goes back to the pool.
+pub fn map_owned(path: &Path) -> std::io::Result<Bytes> {
+    map_segment(path, true)
 }
 
 /// Maps a segment read-only; the returned bytes share the pages with every other mapping, and
 /// keep the segment from being reused until the last of them is dropped.
-#[allow(unsafe_code)]
 pub fn map(path: &Path) -> std::io::Result<Bytes> {
+    map_segment(path, false)
+}
+
+#[allow(unsafe_code)]
+fn map_segment(path: &Path, owned: bool) -> std::io::Result<Bytes> {
     // Never through a symlink, and checked on the open file itself, so nothing can be swapped
     // in between a check of the path and the mapping.
     let file = OpenOptions::new()
@@ -441,6 +454,9 @@ pub fn map(path: &Path) -> std::io::Result<Bytes> {
         return Err(gone());
     }
     if meta.len() == 0 {
+        if owned {
+            release(path);
+        }
         return Ok(Bytes::new());
     }
     // SAFETY: a segment is written completely before its path is handed to anyone, and no
@@ -451,9 +467,9 @@ pub fn map(path: &Path) -> std::io::Result<Bytes> {
     // cost one copy instead of four.
     let map = unsafe { memmap2::MmapOptions::new().map(&file)? };
     Ok(Bytes::from_owner(Mapping {
-        map,
-        _locked: file,
-        release: None,
+        map: Some(map),
+        locked: Some(file),
+        release: owned.then(|| path.to_path_buf()),
     }))
 }
 
@@ -566,6 +582,32 @@ mod tests {
         drop(value);
         std::fs::remove_file(&second).unwrap();
         std::fs::remove_file(&third).unwrap();
+        remove_own_pooled();
+    }
+
+    #[test]
+    fn an_owned_segment_goes_back_to_the_pool_with_its_last_reference() {
+        let Some(dir) = segment_dir() else {
+            return; // no /dev/shm here
+        };
+        let _pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        remove_own_pooled();
+        let path = write(test_id(40), b"held twice").unwrap();
+        let value = map_owned(&path).unwrap();
+        let clone = value.slice(5..);
+        drop(value);
+        assert!(path.exists(), "a reference is left");
+        assert_eq!(own_pooled_bytes(&dir), 0);
+        drop(clone);
+        assert!(!path.exists());
+        assert_eq!(
+            own_pooled_bytes(&dir),
+            10,
+            "pooled, unlocked: claimable at once"
+        );
+        let claimed = Writer::create(test_id(41), 10).unwrap();
+        assert!(claimed.is_warm());
+        drop(claimed);
         remove_own_pooled();
     }
 
