@@ -536,10 +536,9 @@ mod tests {
 
     #[test]
     fn a_freed_segment_is_reused_only_once_no_one_maps_it() {
-        let Some(dir) = segment_dir() else {
+        let Some((dir, _pool)) = pool_to_myself() else {
             return; // no /dev/shm here
         };
-        let _pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         // An odd size no other test or process uses, so only our segment fits it.
         let len = 3 * 1024 * 1024 + 4321;
         let first = write(test_id(20), &vec![1u8; len]).unwrap();
@@ -587,11 +586,9 @@ mod tests {
 
     #[test]
     fn an_owned_segment_goes_back_to_the_pool_with_its_last_reference() {
-        let Some(dir) = segment_dir() else {
+        let Some((dir, _pool)) = pool_to_myself() else {
             return; // no /dev/shm here
         };
-        let _pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        remove_own_pooled();
         let path = write(test_id(40), b"held twice").unwrap();
         let value = map_owned(&path).unwrap();
         let clone = value.slice(5..);
@@ -611,6 +608,15 @@ mod tests {
         remove_own_pooled();
     }
 
+    /// The segment directory, and the pool to this test (of this process's): none of this
+    /// process's segments in it. `None` without `/dev/shm`.
+    fn pool_to_myself() -> Option<(PathBuf, std::sync::MutexGuard<'static, ()>)> {
+        let dir = segment_dir()?;
+        let guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        remove_own_pooled();
+        Some((dir, guard))
+    }
+
     /// Bytes this process put into the pool (other processes on the host use it too).
     fn own_pooled_bytes(dir: &Path) -> u64 {
         let own = format!("{FREE}{}-", std::process::id());
@@ -624,11 +630,9 @@ mod tests {
 
     #[test]
     fn the_pool_is_bounded_and_cleared() {
-        let Some(dir) = segment_dir() else {
+        let Some((dir, _pool)) = pool_to_myself() else {
             return; // no /dev/shm here
         };
-        let _pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        remove_own_pooled();
         let small = write(test_id(30), b"small").unwrap();
         release(&small);
         assert_eq!(own_pooled_bytes(&dir), 5);
