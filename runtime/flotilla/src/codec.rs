@@ -87,7 +87,7 @@ pub fn encode<T: Serialize + 'static>(value: &T) -> Result<Bytes, Error> {
     }
     encode_serde(value)
         .map(Bytes::from)
-        .map_err(|e| Error::Codec(format!("cannot encode {}: {e}", std::any::type_name::<T>())))
+        .map_err(|e| cannot_encode::<T>(&e))
 }
 
 /// Postcard into a buffer of exactly the encoded size: a first pass only counts bytes, so the
@@ -100,6 +100,43 @@ fn encode_serde<T: Serialize>(value: &T) -> postcard::Result<Vec<u8>> {
     let used = postcard::to_slice(value, &mut buffer)?.len();
     buffer.truncate(used);
     Ok(buffer)
+}
+
+/// The encoded size of a value that is not a [`Blob`] (a Blob's is its length), found by an
+/// encoding pass that only counts bytes: to size the buffer [`encode_into`] writes into.
+pub fn encoded_len<T: Serialize + 'static>(value: &T) -> Result<usize, Error> {
+    if let Some(blob) = (value as &dyn Any).downcast_ref::<Blob>() {
+        return Ok(blob.len());
+    }
+    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+        .map_err(|e| cannot_encode::<T>(&e))
+}
+
+/// Encodes a value into `buffer`, which must be exactly [`encoded_len`] bytes long: a large
+/// value goes straight into the shared memory it is stored in, with no buffer in between.
+pub fn encode_into<T: Serialize + 'static>(value: &T, buffer: &mut [u8]) -> Result<(), Error> {
+    if let Some(blob) = (value as &dyn Any).downcast_ref::<Blob>() {
+        if blob.len() != buffer.len() {
+            return Err(cannot_encode::<T>(&"the buffer is not the blob's size"));
+        }
+        buffer.copy_from_slice(blob);
+        return Ok(());
+    }
+    let len = buffer.len();
+    let used = postcard::to_slice(value, buffer)
+        .map_err(|e| cannot_encode::<T>(&e))?
+        .len();
+    if used != len {
+        // Decoding would refuse the padding after a value that shrank between the passes.
+        return Err(cannot_encode::<T>(&format!(
+            "it took {used} bytes, not the {len} it measured"
+        )));
+    }
+    Ok(())
+}
+
+fn cannot_encode<T>(e: &dyn std::fmt::Display) -> Error {
+    Error::Codec(format!("cannot encode {}: {e}", std::any::type_name::<T>()))
 }
 
 fn decode_raw<T: DeserializeOwned + 'static>(bytes: &Bytes) -> Result<T, String> {
@@ -301,5 +338,30 @@ mod tests {
         let err = encode(&Unsized).unwrap_err().to_string();
         assert!(err.contains("cannot encode"), "{err}");
         assert!(err.contains("Unsized"), "{err}");
+        let err = encoded_len(&Unsized).unwrap_err().to_string();
+        assert!(err.contains("Unsized"), "{err}");
+    }
+
+    #[test]
+    fn values_encode_in_place_into_a_buffer_of_their_measured_size() {
+        let value = (7u32, "in place".to_string(), vec![1.5f64; 1000]);
+        let len = encoded_len(&value).unwrap();
+        let mut buffer = vec![0xAA; len];
+        encode_into(&value, &mut buffer).unwrap();
+        assert_eq!(&buffer[..], &encode(&value).unwrap()[..]);
+        assert_eq!(
+            decode::<(u32, String, Vec<f64>)>(&Bytes::from(buffer)).unwrap(),
+            value
+        );
+        // Too short or too long a buffer is an error, never a truncated or padded value.
+        assert!(encode_into(&value, &mut vec![0; len - 1]).is_err());
+        assert!(encode_into(&value, &mut vec![0; len + 1]).is_err());
+
+        let blob = Blob::from(vec![5u8; 300]);
+        assert_eq!(encoded_len(&blob).unwrap(), 300);
+        let mut buffer = vec![0; 300];
+        encode_into(&blob, &mut buffer).unwrap();
+        assert_eq!(&buffer[..], &blob[..]);
+        assert!(encode_into(&blob, &mut [0; 299]).is_err());
     }
 }

@@ -16,15 +16,34 @@ use crate::{
 
 impl Runtime {
     /// Stores a value in the cluster and returns a reference to it. Small values travel inline;
-    /// large ones go to a worker's store (this worker's, inside a task).
+    /// large ones go to a worker's store (this worker's, inside a task); from a driver on the
+    /// store's host, a large value is encoded straight into the shared memory the store maps.
     pub async fn put<T: Serialize + 'static>(&self, value: &T) -> Result<ObjectRef<T>> {
-        let bytes = codec::encode(value)?;
-        self.put_bytes(bytes).await
+        let size = codec::encoded_len(value)?;
+        if size <= INLINE_MAX_BYTES || self.session.host.is_some() {
+            return self.put_bytes(codec::encode(value)?).await;
+        }
+        let fill = |segment: &mut shm::Writer| -> Result<()> {
+            if segment.is_warm() {
+                // Pages already there: encode in place, no buffer in between.
+                segment
+                    .fill_with(|buf| codec::encode_into(value, buf))
+                    .map_err(|e| Error::io(format!("mapping a segment of {size} bytes"), e))??;
+            } else {
+                // Fresh pages are faster allocated by a write than by faulting a mapping.
+                let bytes = codec::encode(value)?;
+                segment
+                    .write_all(&bytes)
+                    .map_err(|e| Error::io(format!("writing a segment of {size} bytes"), e))?;
+            }
+            Ok(())
+        };
+        self.put_large(size, fill, || codec::encode(value)).await
     }
 
     pub(crate) async fn put_bytes<T>(&self, bytes: Bytes) -> Result<ObjectRef<T>> {
-        let id = self.mint();
         if bytes.len() <= INLINE_MAX_BYTES {
+            let id = self.mint();
             // Recorded and queued under the submission lock, as a submission is, so that a
             // session resuming on a restarted head puts it again exactly once.
             let _queueing = self.session.queueing();
@@ -35,11 +54,29 @@ impl Runtime {
             }));
             return Ok(r);
         }
-        let size = bytes.len() as u64;
+        let fill = |segment: &mut shm::Writer| {
+            segment
+                .write_all(&bytes)
+                .map_err(|e| Error::io(format!("writing a segment of {} bytes", bytes.len()), e))
+        };
+        self.put_large(bytes.len(), fill, || Ok(bytes.clone()))
+            .await
+    }
+
+    /// Stores a large value of `size` bytes: in this worker's store, in a shared-memory segment
+    /// that `fill` writes and a worker on this host maps, or else as the bytes `encode` gives,
+    /// uploaded.
+    async fn put_large<T>(
+        &self,
+        size: usize,
+        fill: impl FnOnce(&mut shm::Writer) -> Result<()>,
+        encode: impl FnOnce() -> Result<Bytes>,
+    ) -> Result<ObjectRef<T>> {
+        let id = self.mint();
         let location = match &self.session.host {
             Some(host) => {
                 host.store
-                    .put(id, bytes)
+                    .put(id, encode()?)
                     .await
                     .map_err(|e| Error::io(format!("storing object {id}"), e))?;
                 host.location.clone()
@@ -54,17 +91,17 @@ impl Runtime {
                     http_address: target.http_address,
                 };
                 match self
-                    .share_on_host(id, &target.node, &location.http_address, &bytes)
-                    .await
+                    .share_on_host(id, &target.node, &location.http_address, size, fill)
+                    .await?
                 {
                     Some(segment) => location.shm_path = segment,
-                    None => self.session.peers.upload(id, &location, bytes).await?,
+                    None => self.session.peers.upload(id, &location, encode()?).await?,
                 }
                 location
             }
         };
         let stored = pb::StoredObject {
-            size,
+            size: size as u64,
             locations: vec![location],
         };
         let _queueing = self.session.queueing();
@@ -76,34 +113,46 @@ impl Runtime {
         Ok(r)
     }
 
-    /// On the worker's own host, writes the value once into shared memory and lets the worker
-    /// map it: no upload, and gets on this host map it too. `None` when that is not possible.
+    /// On the worker's own host, writes the value once into shared memory (a segment from this
+    /// host's pool when there is one) and lets the worker map it: no upload, and gets on this
+    /// host map it too. `None` when that is not possible; an error when the value could not be
+    /// encoded.
     async fn share_on_host(
         &self,
         id: ObjectId,
         node: &str,
         http_address: &str,
-        bytes: &[u8],
-    ) -> Option<String> {
+        size: usize,
+        fill: impl FnOnce(&mut shm::Writer) -> Result<()>,
+    ) -> Result<Option<String>> {
         if http_address.is_empty() || node != hostname() {
-            return None;
+            return Ok(None);
         }
-        let segment = match shm::write(id, bytes) {
+        let mut segment = match shm::Writer::create(id, size) {
             Ok(segment) => segment,
             Err(e) => {
                 tracing::warn!(
                     object = %id,
                     "shared memory unavailable ({e}); uploading over HTTP instead"
                 );
-                return None;
+                return Ok(None);
             }
         };
+        if let Err(e) = fill(&mut segment) {
+            if !matches!(e, Error::Io { .. }) {
+                return Err(e); // the value cannot be encoded: no upload would help
+            }
+            // A full /dev/shm; the part written goes with the dropped segment.
+            tracing::warn!(object = %id, "{e}; uploading over HTTP instead");
+            return Ok(None);
+        }
+        let segment = segment.finish();
         match self.session.peers.adopt(id, http_address, &segment).await {
-            Ok(owned) => Some(owned),
+            Ok(owned) => Ok(Some(owned)),
             Err(e) => {
                 tracing::warn!(object = %id, "the worker did not map the segment ({e}); uploading over HTTP instead");
                 let _ = std::fs::remove_file(&segment);
-                None
+                Ok(None)
             }
         }
     }

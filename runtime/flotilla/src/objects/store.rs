@@ -19,12 +19,12 @@ use flotilla_proto::v1::{HeldObject, StoreStats};
 use crate::private_fs;
 
 enum Entry {
-    /// In memory; `segment` is the shared-memory file the value is mapped from, if any;
-    /// `spilling` is set while a blocking thread writes it to disk.
+    /// In memory (a value mapped from a shared-memory segment gives the segment back to the
+    /// host's pool when its last reference is dropped); `spilling` is set while a blocking
+    /// thread writes it to disk.
     Memory {
         value: Bytes,
         used: u64,
-        segment: Option<PathBuf>,
         spilling: bool,
     },
     Spilled {
@@ -77,35 +77,31 @@ impl ObjectStore {
     /// Stores a value, spilling older ones if the cap is exceeded. When spilling fails (a full
     /// disk) the value is not kept: the store stays within what it could make room for.
     pub async fn put(self: &Arc<Self>, id: ObjectId, value: Bytes) -> std::io::Result<()> {
-        self.insert(id, value, None).await
+        self.insert(id, value).await
     }
 
     /// Adopts a shared-memory segment another process on this host wrote: the store takes it
-    /// over (renamed after this process), maps it rather than copying it, and deletes it when
-    /// the object is freed or spilled. Returns the segment's path from now on.
+    /// over (renamed after this process) and maps it rather than copying it; once the object is
+    /// freed or spilled and no one here holds its bytes any more, the segment goes back to the
+    /// host's pool. Returns the segment's path from now on.
     pub async fn adopt_segment(
         self: &Arc<Self>,
         id: ObjectId,
         segment: PathBuf,
     ) -> std::io::Result<PathBuf> {
         let segment = super::shm::take_over(&segment, id)?;
-        let value = match super::shm::map(&segment) {
+        let value = match super::shm::map_owned(&segment) {
             Ok(value) => value,
             Err(e) => {
                 let _ = std::fs::remove_file(&segment);
                 return Err(e);
             }
         };
-        self.insert(id, value, Some(segment.clone())).await?;
+        self.insert(id, value).await?;
         Ok(segment)
     }
 
-    async fn insert(
-        self: &Arc<Self>,
-        id: ObjectId,
-        value: Bytes,
-        segment: Option<PathBuf>,
-    ) -> std::io::Result<()> {
+    async fn insert(self: &Arc<Self>, id: ObjectId, value: Bytes) -> std::io::Result<()> {
         {
             let mut books = self.lock();
             remove_entry(&mut books, id);
@@ -118,7 +114,6 @@ impl ObjectStore {
                 Entry::Memory {
                     value,
                     used,
-                    segment,
                     spilling: false,
                 },
             );
@@ -211,12 +206,9 @@ impl ObjectStore {
                 first_error.get_or_insert(e);
                 continue;
             }
-            let Some(Entry::Memory { used, segment, .. }) = books.entries.remove(&victim.id) else {
+            let Some(Entry::Memory { used, .. }) = books.entries.remove(&victim.id) else {
                 continue;
             };
-            if let Some(segment) = segment {
-                let _ = std::fs::remove_file(segment);
-            }
             books.lru.remove(&used);
             books.memory_bytes -= size;
             books.spilled_bytes += size;
@@ -279,7 +271,6 @@ impl ObjectStore {
                         Entry::Memory {
                             value: value.clone(),
                             used: now,
-                            segment: None,
                             spilling: false,
                         },
                     );
@@ -354,16 +345,12 @@ fn remove_entry(books: &mut Books, id: ObjectId) {
         Some(Entry::Memory {
             value,
             used,
-            segment,
             spilling,
         }) => {
             books.lru.remove(&used);
             books.memory_bytes -= value.len() as u64;
             if spilling {
                 books.spilling_bytes -= value.len() as u64;
-            }
-            if let Some(segment) = segment {
-                let _ = std::fs::remove_file(segment);
             }
         }
         Some(Entry::Spilled { path, size }) => {
@@ -376,8 +363,9 @@ fn remove_entry(books: &mut Books, id: ObjectId) {
 
 impl Drop for ObjectStore {
     fn drop(&mut self) {
-        // Shared-memory segments outlive the process unless removed.
+        // Shared-memory segments outlive the process unless removed, pooled ones too.
         self.clear();
+        super::shm::remove_own_pooled();
         let _ = std::fs::remove_dir_all(&self.spill_dir);
     }
 }

@@ -1,50 +1,144 @@
 //! `flotilla bench`: Ray's microbenchmark workloads against a local cluster of one head and two
-//! worker processes over loopback TCP. Prints one JSON line per workload.
+//! worker processes over loopback TCP. Prints one JSON line per workload: the median, min and max
+//! over [`REPEATS`] repeats (so that one noisy run neither passes nor fails a target), next to the
+//! target. Large-object workloads run cold (fresh pages: the host's segment pool emptied, and for
+//! transfers fresh processes) and warm (pages reused), as Ray's own microbenchmark does.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use flotilla::{
     builtins::{byte_sum, estimate_pi, make_bytes, noop, Counter},
     local::processes::ProcessCluster,
+    objects::shm,
     worker::available_slots,
-    Blob, TaskOptions,
+    Blob, ObjectRef, Runtime, TaskOptions,
 };
 
-struct Figure {
-    workload: &'static str,
-    value: f64,
+/// Times each workload is measured.
+const REPEATS: usize = 5;
+
+/// What a workload is measured in, and the figure it should reach.
+struct Target {
     unit: &'static str,
-    target: f64,
+    value: f64,
     higher_is_better: bool,
 }
 
-impl Figure {
-    fn print(&self) {
-        let meets = if self.higher_is_better {
-            self.value >= self.target
-        } else {
-            self.value <= self.target
-        };
-        say!(
-            "{}",
-            serde_json::json!({
-                "workload": self.workload,
-                "value": (self.value * 1000.0).round() / 1000.0,
-                "unit": self.unit,
-                "target": self.target,
-                "meets_target": meets,
-            })
-        );
+const fn at_most(value: f64, unit: &'static str) -> Target {
+    Target {
+        unit,
+        value,
+        higher_is_better: false,
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+const fn at_least(value: f64, unit: &'static str) -> Target {
+    Target {
+        unit,
+        value,
+        higher_is_better: true,
+    }
+}
+
+/// Prints a workload's figures: median, min and max of the samples, and whether the median,
+/// and the worst sample, meet the target.
+fn report(workload: &str, mut samples: Vec<f64>, target: Target) {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let median = samples[samples.len() / 2];
+    let (min, max) = (samples[0], samples[samples.len() - 1]);
+    let meets = |v: f64| {
+        if target.higher_is_better {
+            v >= target.value
+        } else {
+            v <= target.value
+        }
+    };
+    let worst = if target.higher_is_better { min } else { max };
+    let round = |v: f64| (v * 1000.0).round() / 1000.0;
+    say!(
+        "{}",
+        serde_json::json!({
+            "workload": workload,
+            "value": round(median),
+            "min": round(min),
+            "max": round(max),
+            "repeats": samples.len(),
+            "unit": target.unit,
+            "target": target.value,
+            "meets_target": meets(median),
+            "every_repeat_meets_target": meets(worst),
+        })
+    );
+}
+
+/// Measures `once` [`REPEATS`] times.
+async fn repeat<F, Fut>(mut once: F) -> Result<Vec<f64>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<f64>>,
+{
+    let mut samples = Vec::with_capacity(REPEATS);
+    for _ in 0..REPEATS {
+        samples.push(once().await?);
+    }
+    Ok(samples)
+}
+
+/// Submits `n` calls at once and waits for all of them: calls per second.
+async fn throughput<T: serde::de::DeserializeOwned + 'static>(
+    rt: &Runtime,
+    n: usize,
+    call: impl Fn() -> ObjectRef<T>,
+) -> Result<f64> {
+    let t = Instant::now();
+    let refs: Vec<_> = (0..n).map(|_| call()).collect();
+    rt.get_all(&refs).await?;
+    Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
 const MB100: u64 = 100 * 1000 * 1000;
+
+/// Waits (a few seconds at most) until the host's segment pool holds `bytes`: a freed large
+/// object's segment has come back and the next put may reuse it. False when it did not.
+async fn pooled(bytes: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shm::pool_bytes() < bytes {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+/// One put and get of a 100 MB blob, in GB/s; the pooled segment is waited for afterwards.
+async fn put_get_100mb(rt: &Runtime, value: &Blob) -> Result<f64> {
+    let t = Instant::now();
+    let r = rt.put(value).await?;
+    let back: Blob = rt.get(&r).await?;
+    let secs = t.elapsed().as_secs_f64();
+    if back.len() != value.len() || back[back.len() - 1] != value[value.len() - 1] {
+        bail!("put_get_100mb returned other bytes than were put");
+    }
+    drop((r, back));
+    pooled(MB100).await;
+    Ok(MB100 as f64 / secs / 1e9)
+}
+
+/// One 100 MB object made on worker w0 and summed on worker w1, in GB/s of the fetch.
+async fn fetch_between_workers(rt: &Runtime, fill: u8) -> Result<f64> {
+    let on = |w: &str| TaskOptions::default().resource(w, 1);
+    let produced = make_bytes.remote_with(rt, &on("w0"), MB100, fill);
+    rt.wait(vec![produced.clone()], 1, None).await?;
+    let t = Instant::now();
+    let (len, sum) = byte_sum.remote_with(rt, &on("w1"), &produced).await?;
+    let secs = t.elapsed().as_secs_f64();
+    if len != MB100 || sum != MB100 * u64::from(fill) {
+        bail!("fetch_100mb_between_workers: wrong result {len} {sum}");
+    }
+    Ok(MB100 as f64 / secs / 1e9)
+}
 
 /// Runs the named workloads (all when `only` is empty).
 pub(crate) async fn run(only: &[String], tasks: usize) -> Result<()> {
@@ -53,21 +147,33 @@ pub(crate) async fn run(only: &[String], tasks: usize) -> Result<()> {
     let slots = available_slots();
 
     if want("cluster_start") {
-        let mut times = Vec::new();
-        for _ in 0..3 {
+        let samples = repeat(|| async {
             let t = Instant::now();
             let c = ProcessCluster::start(&exe, 2, slots).await?;
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
             drop(c);
-        }
-        Figure {
-            workload: "cluster_start",
-            value: median(times),
-            unit: "ms",
-            target: 300.0,
-            higher_is_better: false,
-        }
-        .print();
+            Ok(ms)
+        })
+        .await?;
+        report("cluster_start", samples, at_most(300.0, "ms"));
+    }
+
+    // Cold transfers: fresh processes each time, so no buffer of an earlier run is reused.
+    if want("fetch_100mb_between_workers_cold") {
+        let samples = repeat(|| async {
+            shm::clear_pool();
+            let cluster = ProcessCluster::start(&exe, 2, slots).await?;
+            let rt = cluster.connect().await?;
+            let rate = fetch_between_workers(&rt, 3).await;
+            rt.shutdown().await;
+            rate
+        })
+        .await?;
+        report(
+            "fetch_100mb_between_workers_cold",
+            samples,
+            at_least(1.5, "GB/s"),
+        );
     }
 
     let cluster = ProcessCluster::start(&exe, 2, slots).await?;
@@ -78,92 +184,77 @@ pub(crate) async fn run(only: &[String], tasks: usize) -> Result<()> {
 
     if want("single_client_tasks_sync") {
         let n = (tasks / 10).max(100);
-        let t = Instant::now();
-        for _ in 0..n {
-            noop.remote(&rt).await?;
-        }
-        let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-        Figure {
-            workload: "single_client_tasks_sync",
-            value: us,
-            unit: "us/task",
-            target: 100.0,
-            higher_is_better: false,
-        }
-        .print();
+        let samples = repeat(|| async {
+            let t = Instant::now();
+            for _ in 0..n {
+                noop.remote(&rt).await?;
+            }
+            Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
+        })
+        .await?;
+        report(
+            "single_client_tasks_sync",
+            samples,
+            at_most(60.0, "us/task"),
+        );
     }
     if want("single_client_tasks_async") {
-        let t = Instant::now();
-        let refs: Vec<_> = (0..tasks).map(|_| noop.remote(&rt)).collect();
-        rt.get_all(&refs).await?;
-        let rate = tasks as f64 / t.elapsed().as_secs_f64();
-        Figure {
-            workload: "single_client_tasks_async",
-            value: rate,
-            unit: "tasks/s",
-            target: 100_000.0,
-            higher_is_better: true,
-        }
-        .print();
+        let samples = repeat(|| throughput(&rt, tasks, || noop.remote(&rt))).await?;
+        report(
+            "single_client_tasks_async",
+            samples,
+            at_least(150_000.0, "tasks/s"),
+        );
     }
     if want("multi_client_tasks_async") {
         let mut clients = Vec::new();
         for _ in 0..4 {
             clients.push(cluster.connect().await?);
         }
-        let t = Instant::now();
-        let mut joins = Vec::new();
-        for c in clients {
-            joins.push(tokio::spawn(async move {
-                let refs: Vec<_> = (0..tasks).map(|_| noop.remote(&c)).collect();
-                c.get_all(&refs).await.map(|_| ())
-            }));
-        }
-        for j in joins {
-            j.await??;
-        }
-        let rate = (4 * tasks) as f64 / t.elapsed().as_secs_f64();
-        Figure {
-            workload: "multi_client_tasks_async",
-            value: rate,
-            unit: "tasks/s",
-            target: 100_000.0,
-            higher_is_better: true,
-        }
-        .print();
+        let samples = repeat(|| async {
+            let t = Instant::now();
+            let mut joins = Vec::new();
+            for c in &clients {
+                let c = c.clone();
+                joins.push(tokio::spawn(async move {
+                    let refs: Vec<_> = (0..tasks).map(|_| noop.remote(&c)).collect();
+                    c.get_all(&refs).await.map(|_| ())
+                }));
+            }
+            for j in joins {
+                j.await??;
+            }
+            Ok((4 * tasks) as f64 / t.elapsed().as_secs_f64())
+        })
+        .await?;
+        report(
+            "multi_client_tasks_async",
+            samples,
+            at_least(100_000.0, "tasks/s"),
+        );
     }
     if want("1_1_actor_calls_sync") || want("1_1_actor_calls_async") {
         let counter = Counter::remote(&rt, 0).await?;
         counter.increment().await?;
         if want("1_1_actor_calls_sync") {
             let n = (tasks / 10).max(100);
-            let t = Instant::now();
-            for _ in 0..n {
-                counter.increment().await?;
-            }
-            let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-            Figure {
-                workload: "1_1_actor_calls_sync",
-                value: us,
-                unit: "us/call",
-                target: 100.0,
-                higher_is_better: false,
-            }
-            .print();
+            let samples = repeat(|| async {
+                let t = Instant::now();
+                for _ in 0..n {
+                    counter.increment().await?;
+                }
+                Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
+            })
+            .await?;
+            report("1_1_actor_calls_sync", samples, at_most(50.0, "us/call"));
         }
         if want("1_1_actor_calls_async") {
-            let t = Instant::now();
-            let refs: Vec<_> = (0..tasks).map(|_| counter.increment()).collect();
-            rt.get_all(&refs).await?;
-            let rate = tasks as f64 / t.elapsed().as_secs_f64();
-            Figure {
-                workload: "1_1_actor_calls_async",
-                value: rate,
-                unit: "calls/s",
-                target: 100_000.0,
-                higher_is_better: true,
-            }
-            .print();
+            let samples = repeat(|| throughput(&rt, tasks, || counter.increment())).await?;
+            report(
+                "1_1_actor_calls_async",
+                samples,
+                at_least(100_000.0, "calls/s"),
+            );
         }
     }
     if want("n_n_actor_calls_async") {
@@ -174,124 +265,104 @@ pub(crate) async fn run(only: &[String], tasks: usize) -> Result<()> {
             let a = Counter::remote(&c, 0).await?;
             pairs.push((c, a));
         }
-        let t = Instant::now();
-        let mut joins = Vec::new();
-        for (c, a) in pairs {
-            joins.push(tokio::spawn(async move {
-                let refs: Vec<_> = (0..tasks).map(|_| a.increment()).collect();
-                c.get_all(&refs).await.map(|_| ())
-            }));
-        }
-        for j in joins {
-            j.await??;
-        }
-        let rate = (n * tasks) as f64 / t.elapsed().as_secs_f64();
-        Figure {
-            workload: "n_n_actor_calls_async",
-            value: rate,
-            unit: "calls/s",
-            target: 100_000.0,
-            higher_is_better: true,
-        }
-        .print();
+        let samples = repeat(|| async {
+            let t = Instant::now();
+            let mut joins = Vec::new();
+            for (c, a) in &pairs {
+                let (c, a) = (c.clone(), a.clone());
+                joins.push(tokio::spawn(async move {
+                    let refs: Vec<_> = (0..tasks).map(|_| a.increment()).collect();
+                    c.get_all(&refs).await.map(|_| ())
+                }));
+            }
+            for j in joins {
+                j.await??;
+            }
+            Ok((n * tasks) as f64 / t.elapsed().as_secs_f64())
+        })
+        .await?;
+        report(
+            "n_n_actor_calls_async",
+            samples,
+            at_least(100_000.0, "calls/s"),
+        );
     }
     if want("single_client_put_calls") || want("single_client_get_calls") {
-        let t = Instant::now();
-        let mut refs = Vec::with_capacity(tasks);
-        for i in 0..tasks {
-            refs.push(rt.put(&(i as u64)).await?);
-        }
-        let rate = tasks as f64 / t.elapsed().as_secs_f64();
-        if want("single_client_put_calls") {
-            Figure {
-                workload: "single_client_put_calls",
-                value: rate,
-                unit: "puts/s",
-                target: 100_000.0,
-                higher_is_better: true,
+        let mut puts = Vec::new();
+        let mut gets = Vec::new();
+        for _ in 0..REPEATS {
+            let t = Instant::now();
+            let mut refs = Vec::with_capacity(tasks);
+            for i in 0..tasks {
+                refs.push(rt.put(&(i as u64)).await?);
             }
-            .print();
-        }
-        if want("single_client_get_calls") {
+            puts.push(tasks as f64 / t.elapsed().as_secs_f64());
             let t = Instant::now();
             for r in &refs {
                 rt.get(r).await?;
             }
-            let rate = tasks as f64 / t.elapsed().as_secs_f64();
-            Figure {
-                workload: "single_client_get_calls",
-                value: rate,
-                unit: "gets/s",
-                target: 100_000.0,
-                higher_is_better: true,
-            }
-            .print();
+            gets.push(tasks as f64 / t.elapsed().as_secs_f64());
+        }
+        if want("single_client_put_calls") {
+            report(
+                "single_client_put_calls",
+                puts,
+                at_least(100_000.0, "puts/s"),
+            );
+        }
+        if want("single_client_get_calls") {
+            report(
+                "single_client_get_calls",
+                gets,
+                at_least(100_000.0, "gets/s"),
+            );
         }
     }
-    if want("put_get_100mb") {
+    if want("put_get_100mb_cold") || want("put_get_100mb") {
         let value = Blob::from(vec![7u8; MB100 as usize]);
-        let mut rates = Vec::new();
-        for _ in 0..3 {
-            let t = Instant::now();
-            let r = rt.put(&value).await?;
-            let back: Blob = rt.get(&r).await?;
-            let secs = t.elapsed().as_secs_f64();
-            if back.len() != value.len() {
-                bail!("put_get_100mb returned the wrong size");
-            }
-            rates.push(MB100 as f64 / secs / 1e9);
+        if want("put_get_100mb_cold") {
+            let samples = repeat(|| {
+                // Every segment of the pool gone: the put writes to pages never used before.
+                shm::clear_pool();
+                put_get_100mb(&rt, &value)
+            })
+            .await?;
+            report("put_get_100mb_cold", samples, at_least(2.0, "GB/s"));
         }
-        Figure {
-            workload: "put_get_100mb",
-            value: median(rates),
-            unit: "GB/s",
-            target: 8.0,
-            higher_is_better: true,
+        if want("put_get_100mb") {
+            // Once untimed, so a segment of the size is in the pool.
+            put_get_100mb(&rt, &value).await?;
+            let samples = repeat(|| put_get_100mb(&rt, &value)).await?;
+            report("put_get_100mb", samples, at_least(8.0, "GB/s"));
         }
-        .print();
     }
     if want("fetch_100mb_between_workers") {
-        let on = |w: &str| TaskOptions::default().resource(w, 1);
-        let mut rates = Vec::new();
-        for i in 0..3 {
-            let produced = make_bytes.remote_with(&rt, &on("w0"), MB100, i as u8);
-            rt.wait(vec![produced.clone()], 1, None).await?;
-            let t = Instant::now();
-            let (len, sum) = byte_sum.remote_with(&rt, &on("w1"), &produced).await?;
-            let secs = t.elapsed().as_secs_f64();
-            if len != MB100 || sum != MB100 * i as u64 {
-                bail!("fetch_100mb_between_workers: wrong result {len} {sum}");
-            }
-            rates.push(MB100 as f64 / secs / 1e9);
-        }
-        Figure {
-            workload: "fetch_100mb_between_workers",
-            value: median(rates),
-            unit: "GB/s",
-            target: 1.5,
-            higher_is_better: true,
-        }
-        .print();
+        // Once untimed, so buffers of the size have been used before.
+        fetch_between_workers(&rt, 1).await?;
+        let mut fill = 0;
+        let samples = repeat(|| {
+            fill += 1;
+            fetch_between_workers(&rt, fill)
+        })
+        .await?;
+        report(
+            "fetch_100mb_between_workers",
+            samples,
+            at_least(1.5, "GB/s"),
+        );
     }
     if want("pi_4x1m") {
-        let mut times = Vec::new();
-        for _ in 0..3 {
+        let samples = repeat(|| async {
             let t = Instant::now();
             let refs: Vec<_> = (0..4).map(|_| estimate_pi.remote(&rt, 1_000_000)).collect();
             let pi: f64 = rt.get_all(&refs).await?.iter().sum::<f64>() / 4.0;
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
             if (pi - std::f64::consts::PI).abs() > 0.01 {
                 bail!("pi_4x1m estimated {pi}");
             }
-        }
-        Figure {
-            workload: "pi_4x1m",
-            value: median(times),
-            unit: "ms",
-            target: 50.0,
-            higher_is_better: false,
-        }
-        .print();
+            Ok(t.elapsed().as_secs_f64() * 1000.0)
+        })
+        .await?;
+        report("pi_4x1m", samples, at_most(50.0, "ms"));
     }
     rt.shutdown().await;
     Ok(())
