@@ -143,7 +143,10 @@ impl Runtime {
                 return Err(e); // the value cannot be encoded: no upload would help
             }
             // A full /dev/shm; the part written goes with the dropped segment.
-            tracing::warn!(object = %id, "{e}; uploading over HTTP instead");
+            tracing::warn!(
+                object = %id,
+                "shared memory unavailable ({e}); uploading over HTTP instead"
+            );
             return Ok(None);
         }
         let segment = segment.finish();

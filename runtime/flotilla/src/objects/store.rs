@@ -24,6 +24,8 @@ enum Entry {
     /// thread writes it to disk.
     Memory {
         value: Bytes,
+        /// The shared-memory segment `value` maps, when it was adopted from one.
+        segment: Option<PathBuf>,
         used: u64,
         spilling: bool,
     },
@@ -77,7 +79,7 @@ impl ObjectStore {
     /// Stores a value, spilling older ones if the cap is exceeded. When spilling fails (a full
     /// disk) the value is not kept: the store stays within what it could make room for.
     pub async fn put(self: &Arc<Self>, id: ObjectId, value: Bytes) -> std::io::Result<()> {
-        self.insert(id, value).await
+        self.insert(id, value, None).await
     }
 
     /// Adopts a shared-memory segment another process on this host wrote: the store takes it
@@ -97,11 +99,16 @@ impl ObjectStore {
                 return Err(e);
             }
         };
-        self.insert(id, value).await?;
+        self.insert(id, value, Some(segment.clone())).await?;
         Ok(segment)
     }
 
-    async fn insert(self: &Arc<Self>, id: ObjectId, value: Bytes) -> std::io::Result<()> {
+    async fn insert(
+        self: &Arc<Self>,
+        id: ObjectId,
+        value: Bytes,
+        segment: Option<PathBuf>,
+    ) -> std::io::Result<()> {
         {
             let mut books = self.lock();
             remove_entry(&mut books, id);
@@ -113,6 +120,7 @@ impl ObjectStore {
                 id,
                 Entry::Memory {
                     value,
+                    segment,
                     used,
                     spilling: false,
                 },
@@ -270,6 +278,7 @@ impl ObjectStore {
                         id,
                         Entry::Memory {
                             value: value.clone(),
+                            segment: None,
                             used: now,
                             spilling: false,
                         },
@@ -346,6 +355,7 @@ fn remove_entry(books: &mut Books, id: ObjectId) {
             value,
             used,
             spilling,
+            ..
         }) => {
             books.lru.remove(&used);
             books.memory_bytes -= value.len() as u64;
