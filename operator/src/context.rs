@@ -3,7 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -12,7 +12,7 @@ use kube::{
     Client,
 };
 
-use crate::{contract::MANAGER_NAME, metrics::Metrics};
+use crate::{autoscale::Autoscalers, contract::MANAGER_NAME, metrics::Metrics};
 
 /// The longest Event note, in bytes, the API server accepts.
 pub const MAX_EVENT_NOTE: usize = 1024;
@@ -30,6 +30,8 @@ pub struct Context {
     draining: Mutex<HashSet<String>>,
     /// Failed reconciles in a row, by object (`namespace/name`); the retry delay grows with it.
     failures: Mutex<HashMap<String, u32>>,
+    /// The autoscaler's loop of each autoscaled cluster.
+    pub autoscalers: Arc<Autoscalers>,
 }
 
 impl Context {
@@ -40,6 +42,7 @@ impl Context {
             instance,
         };
         Context {
+            autoscalers: Arc::new(Autoscalers::new(&metrics)),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
