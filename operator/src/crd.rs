@@ -98,6 +98,19 @@ fn unwrap_doc_lines(schema: &mut schemars::Schema) {
         description = "Overall state of the cluster"
     ),
     printcolumn(
+        name = "Autoscaler",
+        type_ = "string",
+        json_path = ".status.autoscaler.lastDecision",
+        description = "The autoscaler's last decision: scaleUp, scaleDown or hold"
+    ),
+    printcolumn(
+        name = "Demand",
+        type_ = "number",
+        json_path = ".status.autoscaler.lastMetricValue",
+        description = "Task slots the autoscaler last read as demand",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
