@@ -95,6 +95,22 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        self.event_as(regarding, pod, type_, reason, reason, note)
+            .await;
+    }
+
+    /// Records an Event as [`Context::event`] does, with its own `action`. Events that share the
+    /// regarded object, reason and action count as one series that keeps its first note, so a
+    /// distinct action keeps a distinct note (a new size, another failure).
+    pub async fn event_as(
+        &self,
+        regarding: &ObjectReference,
+        pod: Option<&str>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let secondary = pod.map(|name| ObjectReference {
             api_version: Some("v1".to_owned()),
             kind: Some("Pod".to_owned()),
@@ -106,7 +122,7 @@ impl Context {
             type_,
             reason: reason.to_owned(),
             note: Some(fit_note(note)),
-            action: reason.to_owned(),
+            action: action.to_owned(),
             secondary,
         };
         if let Err(e) = self.recorder.publish(&event, regarding).await {

@@ -501,17 +501,19 @@ impl Loop {
                         }
                     }
                     let message = format!(
-                        "{} failed reads in a row, fallback {:?} applies: {error}",
-                        self.failures, plan.fallback
+                        "{} failed reads in a row, fallback {} applies: {error}",
+                        self.failures,
+                        fallback_name(plan.fallback)
                     );
                     if !self.warned {
                         self.warned = true;
                         self.ctx
-                            .event(
+                            .event_as(
                                 &plan.reference,
                                 None,
                                 EventType::Warning,
                                 "AutoscalerMetricsFailed",
+                                error.reason(),
                                 message.clone(),
                             )
                             .await;
@@ -568,7 +570,7 @@ impl Loop {
             let cause = if ready.0 {
                 format!("demand {demand_text} slots")
             } else {
-                format!("fallback {:?} without metrics", plan.fallback)
+                format!("fallback {} without metrics", fallback_name(plan.fallback))
             };
             (kind, format!("{cause}: {}", notes.join(", ")))
         } else {
@@ -590,12 +592,15 @@ impl Loop {
                 ScalingDecision::ScaleUp => "ScaledUp",
                 _ => "ScaledDown",
             };
+            // One series per size reached: another decision is another Event with its own note.
+            let action = format!("{event}To{total}");
             self.ctx
-                .event(
+                .event_as(
                     &plan.reference,
                     None,
                     EventType::Normal,
                     event,
+                    &action,
                     reason.clone(),
                 )
                 .await;
@@ -627,6 +632,15 @@ impl Loop {
         if changed {
             self.autoscalers.wake(&plan.namespace, &plan.name);
         }
+    }
+}
+
+/// The fallback as the spec spells it.
+fn fallback_name(behavior: FallbackBehavior) -> &'static str {
+    match behavior {
+        FallbackBehavior::Hold => "hold",
+        FallbackBehavior::MinReplicas => "minReplicas",
+        FallbackBehavior::MaxReplicas => "maxReplicas",
     }
 }
 

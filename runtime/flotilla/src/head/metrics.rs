@@ -6,7 +6,8 @@ use std::{collections::HashMap, sync::Mutex};
 
 use flotilla_core::{Snapshot, WorkerView};
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    core::Collector, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 use super::core::RunsByName;
@@ -211,13 +212,27 @@ impl HeadMetrics {
                 .with_label_values(&[w.group.as_str()])
                 .add(i64::from(w.slots));
         }
-        // The autoscaler's signal: groups and resources come and go with the work.
+        // The autoscaler's signal. A group or resource once shown stays, at 0 when it has no
+        // work: a series that vanished while Prometheus was down would otherwise keep its last
+        // value there for the whole lookback window.
         for (vec, values) in [
             (&self.demand_slots, &snap.demand_by_group),
             (&self.infeasible_slots, &snap.infeasible_by_resource),
             (&self.group_busy, &snap.busy_by_group),
         ] {
-            vec.reset();
+            for family in vec.collect() {
+                for metric in family.get_metric() {
+                    let label = metric
+                        .get_label()
+                        .iter()
+                        .find(|l| !["cluster", "namespace"].contains(&l.name()));
+                    if let Some(label) = label {
+                        if !values.contains_key(label.value()) {
+                            vec.with_label_values(&[label.value()]).set(0);
+                        }
+                    }
+                }
+            }
             for (label, value) in values {
                 set(&vec.with_label_values(&[label.as_str()]), *value);
             }
