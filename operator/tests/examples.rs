@@ -81,5 +81,8 @@ fn autoscaling_cluster_example_is_valid_and_autoscales_every_group() {
     let autoscaling = cluster.autoscaling.expect("autoscaling");
     assert!(autoscaling.enabled);
     assert!(cluster.groups.iter().any(|g| g.min_replicas == 0));
-    assert!(cluster.groups.iter().all(|g| g.max_replicas > g.min_replicas));
+    assert!(cluster
+        .groups
+        .iter()
+        .all(|g| g.max_replicas > g.min_replicas));
 }
