@@ -653,6 +653,10 @@ pub struct AutoscalerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_decision_time: Option<Time>,
 
+    /// When the autoscaler last changed a group's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+
     /// Failed metric reads in a row.
     #[serde(default)]
     pub consecutive_failures: i32,

@@ -1131,6 +1131,8 @@ async fn the_autoscaler_follows_the_queue_through_a_real_prometheus() {
     let autoscaler = status.autoscaler.expect("status.autoscaler");
     assert_eq!(autoscaler.desired_workers, Some(1));
     assert!(autoscaler.reason.is_some());
+    assert!(autoscaler.last_scale_time.is_some());
+    assert_eq!(autoscaler.consecutive_failures, 0);
     assert!(status.worker_groups[0].last_scale_time.is_some());
     let table = kube.kubectl_ok(&["get", "fcc", "elastic"]);
     assert!(table.contains("AUTOSCALER"), "{table}");

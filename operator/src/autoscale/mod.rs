@@ -606,18 +606,16 @@ impl Loop {
                 .await;
             status.last_decision = Some(decision);
             status.last_decision_time = Some(now.clone());
+            status.last_scale_time = Some(now.clone());
             status.reason = Some(reason);
-        } else if status.last_decision.is_none()
+        } else if status.last_decision != Some(ScalingDecision::Hold)
             || status.reason.as_deref() != Some(reason.as_str())
         {
-            // A hold replaces an earlier hold's reason, but not the record of the last scale.
-            if status.last_decision != Some(ScalingDecision::ScaleUp)
-                && status.last_decision != Some(ScalingDecision::ScaleDown)
-            {
-                status.last_decision = Some(ScalingDecision::Hold);
-                status.last_decision_time = Some(now.clone());
-                status.reason = Some(reason);
-            }
+            // The latest decision is shown, and its time moves only when what it says changes
+            // (each group's last scale time stays in status.workerGroups).
+            status.last_decision = Some(ScalingDecision::Hold);
+            status.last_decision_time = Some(now.clone());
+            status.reason = Some(reason);
         }
         status.desired_workers = Some(i32::try_from(total).unwrap_or(i32::MAX));
         let new = Decision {
