@@ -76,16 +76,26 @@ fn manifest(name: &str, poll: u64) -> String {
     )
 }
 
-/// Starts Prometheus scraping `targets` every second; returns it and its URL.
+/// Makes Prometheus (started by [`prometheus`] on `dir`) scrape `targets`.
+fn scrape(dir: &Path, targets: &[String]) -> anyhow::Result<()> {
+    let quoted: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    let tmp = dir.join("targets.json.tmp");
+    std::fs::write(&tmp, format!("[{{\"targets\": [{}]}}]", quoted.join(", ")))?;
+    std::fs::rename(tmp, dir.join("targets.json"))?;
+    Ok(())
+}
+
+/// Starts Prometheus scraping `targets` every second (more through [`scrape`]); returns it and
+/// its URL.
 fn prometheus(dir: &Path, targets: &[String]) -> anyhow::Result<(Guard, String)> {
     let port = free_port()?;
-    let quoted: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    scrape(dir, targets)?;
     std::fs::write(
         dir.join("prometheus.yml"),
         format!(
             "global: {{scrape_interval: {SCRAPE_SECONDS}s, scrape_timeout: 900ms}}\n\
-             scrape_configs:\n- job_name: heads\n  static_configs: [{{targets: [{}]}}]\n",
-            quoted.join(", ")
+             scrape_configs:\n- job_name: heads\n  file_sd_configs: [{{files: ['{}'], refresh_interval: 1s}}]\n",
+            dir.join("targets.json").display()
         ),
     )?;
     let child = Command::new("/usr/bin/prometheus")
@@ -237,13 +247,14 @@ async fn latency(bin_dir: &Path) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let (_prometheus, url) = prometheus(dir.path(), &[])?;
+    let _operator = operator(&bin_dir.join("flotilla-operator"), &kubeconfig, &url)?;
     kubectl_apply(&kubeconfig, &manifest("bench", POLL_SECONDS))?;
     let (ip, token) = wait("head", Duration::from_secs(60), || {
         head_of(&client, "bench")
     })
     .await?;
-    let (_prometheus, url) = prometheus(dir.path(), &[format!("{ip}:7401")])?;
-    let _operator = operator(&bin_dir.join("flotilla-operator"), &kubeconfig, &url)?;
+    scrape(dir.path(), &[format!("{ip}:7401")])?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let driver = flotilla::Runtime::connect(&format!("{ip}:7400"), Some(&token)).await?;
     wait("one registered worker", Duration::from_secs(60), || async {
