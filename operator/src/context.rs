@@ -3,7 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -12,7 +12,7 @@ use kube::{
     Client,
 };
 
-use crate::{contract::MANAGER_NAME, metrics::Metrics};
+use crate::{autoscale::Autoscalers, contract::MANAGER_NAME, metrics::Metrics};
 
 /// The longest Event note, in bytes, the API server accepts.
 pub const MAX_EVENT_NOTE: usize = 1024;
@@ -30,6 +30,8 @@ pub struct Context {
     draining: Mutex<HashSet<String>>,
     /// Failed reconciles in a row, by object (`namespace/name`); the retry delay grows with it.
     failures: Mutex<HashMap<String, u32>>,
+    /// The autoscaler's loop of each autoscaled cluster.
+    pub autoscalers: Arc<Autoscalers>,
 }
 
 impl Context {
@@ -40,6 +42,7 @@ impl Context {
             instance,
         };
         Context {
+            autoscalers: Arc::new(Autoscalers::new(&metrics)),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
@@ -92,6 +95,22 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        self.event_as(regarding, pod, type_, reason, reason, note)
+            .await;
+    }
+
+    /// Records an Event as [`Context::event`] does, with its own `action`. Events that share the
+    /// regarded object, reason and action count as one series that keeps its first note, so a
+    /// distinct action keeps a distinct note (a new size, another failure).
+    pub async fn event_as(
+        &self,
+        regarding: &ObjectReference,
+        pod: Option<&str>,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let secondary = pod.map(|name| ObjectReference {
             api_version: Some("v1".to_owned()),
             kind: Some("Pod".to_owned()),
@@ -103,7 +122,7 @@ impl Context {
             type_,
             reason: reason.to_owned(),
             note: Some(fit_note(note)),
-            action: reason.to_owned(),
+            action: action.to_owned(),
             secondary,
         };
         if let Err(e) = self.recorder.publish(&event, regarding).await {

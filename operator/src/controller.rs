@@ -36,13 +36,16 @@ use kube::{
     runtime::{
         controller::{Action, Controller},
         events::EventType,
-        predicates, reflector, watcher, WatchStreamExt,
+        predicates, reflector,
+        reflector::ObjectRef,
+        watcher, WatchStreamExt,
     },
     Api, Client, Resource, ResourceExt,
 };
 use tracing::Instrument;
 
 use crate::{
+    autoscale::steer::{fill_status, steer},
     cluster::{
         apply::apply,
         desired::Desired,
@@ -98,7 +101,15 @@ pub async fn run(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
+        // The autoscaler asks for a reconcile of a cluster whose decision changed.
+        let scope = namespace.map(str::to_owned);
+        let decided = ctx
+            .autoscalers
+            .subscribe()
+            .filter(move |(ns, _)| std::future::ready(scope.as_ref().is_none_or(|s| s == ns)))
+            .map(|(ns, name)| ObjectRef::<Watched>::new(&name).within(&ns));
         Controller::for_stream(clusters, reader)
+            .reconcile_on(decided)
             .owns(api::<Pod>(&client, namespace), children.clone())
             .owns(api::<Service>(&client, namespace), children.clone())
             .owns(api::<Secret>(&client, namespace), children)
@@ -206,6 +217,10 @@ async fn report_unreadable(
 async fn reconcile_cluster(cluster: &ComputeCluster, ctx: &Arc<Context>) -> Result<Action, Error> {
     if cluster.meta().deletion_timestamp.is_some() {
         // The garbage collector removes the children through their owner references.
+        ctx.autoscalers.untrack(
+            &cluster.namespace().unwrap_or_default(),
+            &cluster.name_any(),
+        );
         return Ok(Action::await_change());
     }
     let stamp = Stamp {
@@ -217,7 +232,7 @@ async fn reconcile_cluster(cluster: &ComputeCluster, ctx: &Arc<Context>) -> Resu
         Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
 
     let observed = observe(&ctx.client, cluster).await?;
-    let valid = match validate(cluster) {
+    let mut valid = match validate(cluster) {
         Ok(valid) => valid,
         Err(problems) => {
             let new = status::invalid(&stamp, &problems);
@@ -236,11 +251,14 @@ async fn reconcile_cluster(cluster: &ComputeCluster, ctx: &Arc<Context>) -> Resu
         }
     };
     observed.check_secret(&valid.name)?;
+    let decision = steer(ctx, cluster, &mut valid, observed.head_ip.as_deref());
     let desired = Desired::of(&valid);
     let step = plan(&desired, &observed, random_worker_suffix);
     let applied = apply(ctx, &valid, &desired, &observed, &step).await?;
 
-    let new = status::derive(&valid, &observed, &applied, &stamp);
+    let mut new = status::derive(&valid, &observed, &applied, &stamp);
+    let autoscaled = valid.autoscaling.as_ref().is_some_and(|a| a.enabled) && !valid.suspend;
+    fill_status(&mut new, autoscaled, decision.as_ref(), cluster, &stamp.now);
     if cluster.status.as_ref() != Some(&new) {
         write_status(&clusters, cluster, &new).await?;
     }

@@ -98,6 +98,19 @@ fn unwrap_doc_lines(schema: &mut schemars::Schema) {
         description = "Overall state of the cluster"
     ),
     printcolumn(
+        name = "Autoscaler",
+        type_ = "string",
+        json_path = ".status.autoscaler.lastDecision",
+        description = "The autoscaler's last decision: scaleUp, scaleDown or hold"
+    ),
+    printcolumn(
+        name = "Demand",
+        type_ = "number",
+        json_path = ".status.autoscaler.lastMetricValue",
+        description = "Task slots the autoscaler last read as demand",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -639,6 +652,10 @@ pub struct AutoscalerStatus {
     /// When the last decision was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_decision_time: Option<Time>,
+
+    /// When the autoscaler last changed a group's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
 
     /// Failed metric reads in a row.
     #[serde(default)]

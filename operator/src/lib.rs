@@ -12,13 +12,16 @@
 //! - `cluster/{validate,desired,plan,pods,status}.rs` are pure: no `kube::Api` or `Client`;
 //!   only `cluster/{observe,apply,drain}.rs` talk to the API server or the head;
 //! - within `cluster/`, a step imports only the steps before it (and [`cluster::pods`]);
-//! - outside `cluster/`, only [`controller`] imports it ([`Error`] names the validation's
-//!   [`cluster::validate::InvalidSpec`]).
+//! - outside `cluster/`, only [`controller`] and [`autoscale::steer`] import it ([`Error`] names
+//!   the validation's [`cluster::validate::InvalidSpec`]);
+//! - [`autoscale::policy`] is pure; [`autoscale`]'s loops talk to Prometheus or a head's
+//!   `/metrics` and record Events, never write the API otherwise.
 
 use std::path::PathBuf;
 
 use kube::core::Status;
 
+pub mod autoscale;
 pub mod cluster;
 pub mod context;
 pub mod contract;

@@ -153,6 +153,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics.clone(),
             Some(identity.clone()),
         ));
+        if let Some(url) = &args.prometheus_url {
+            ctx.autoscalers.set_default_url(url.clone());
+        }
         let controllers = controller::run(ctx, &args.namespaces, shutdown.clone());
         match &leadership {
             Some(held) => {

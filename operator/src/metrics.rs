@@ -131,6 +131,13 @@ impl Metrics {
         self.leader.set(i64::from(leader));
     }
 
+    /// Adds another part's series (the autoscaler's) to the registry `/metrics` serves.
+    pub fn register(&self, collector: Box<dyn Collector>) {
+        self.registry
+            .register(collector)
+            .expect("each series is registered once, under its own name");
+    }
+
     /// Marks the operator ready (it reached the API server).
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);

@@ -125,7 +125,10 @@ fn crds_have_names_columns_and_subresources() {
     for (generated, short, columns) in crdgen::crds()
         .iter()
         .zip([
-            ("fcc", vec!["Desired", "Ready", "Phase", "Age"]),
+            (
+                "fcc",
+                vec!["Desired", "Ready", "Phase", "Autoscaler", "Demand", "Age"],
+            ),
             (
                 "fjob",
                 vec!["Phase", "Cluster", "Start", "Completion", "Age"],

@@ -1023,3 +1023,270 @@ async fn a_missing_service_account_blocks_the_cluster_without_a_loop() {
     }
     kube.kubectl_ok(&["delete", "fcc", "accounted"]);
 }
+
+/// A real Prometheus on 127.0.0.1 scraping every second the heads listed in a file it watches.
+struct Prometheus {
+    process: Option<Process>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    /// Starts Prometheus with its config, targets file and data under `dir`.
+    async fn start(dir: &Path) -> Self {
+        let dir = dir.join("prometheus");
+        std::fs::create_dir_all(&dir).expect("prometheus dir");
+        std::fs::write(dir.join("heads.json"), "[]").expect("targets file");
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s, scrape_timeout: 900ms}}\n\
+                 scrape_configs:\n\
+                 - job_name: flotilla-heads\n\
+                 \x20 file_sd_configs: [{{files: ['{}'], refresh_interval: 1s}}]\n",
+                dir.join("heads.json").display()
+            ),
+        )
+        .expect("prometheus config");
+        let mut prometheus = Prometheus {
+            process: None,
+            port: free_port(),
+            dir,
+        };
+        prometheus.restart().await;
+        prometheus
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Scrapes the heads at these pod IPs (port 7401).
+    fn scrape(&self, head_ips: &[&str]) {
+        let targets: Vec<String> = head_ips.iter().map(|ip| format!("\"{ip}:7401\"")).collect();
+        let json = format!("[{{\"targets\": [{}]}}]", targets.join(", "));
+        let tmp = self.dir.join("heads.json.tmp");
+        std::fs::write(&tmp, json).expect("targets written");
+        std::fs::rename(&tmp, self.dir.join("heads.json")).expect("targets replaced");
+    }
+
+    fn stop(&mut self) {
+        self.process = None;
+    }
+
+    async fn restart(&mut self) {
+        let log = std::fs::File::create(self.dir.join("prometheus.log")).expect("log");
+        let child = Command::new("/usr/bin/prometheus")
+            .arg(format!(
+                "--config.file={}",
+                self.dir.join("prometheus.yml").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                self.dir.join("data").display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("prometheus starts (Debian package prometheus)");
+        self.process = Some(Process(child));
+        let address = format!("127.0.0.1:{}", self.port);
+        eventually("Prometheus ready", LONG, || async {
+            http_get(&address, "/-/ready").await.map(|_| ())
+        })
+        .await;
+    }
+}
+
+/// The autoscaler's Events on `cluster` with `reason`.
+async fn events_of(events: &Api<Event>, cluster: &str, reason: &str) -> Vec<String> {
+    events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cluster)
+        })
+        .filter_map(|e| e.note)
+        .collect()
+}
+
+/// The autoscaler's desired size of the first group of `name`.
+async fn desired_of(clusters: &Api<ComputeCluster>, name: &str) -> Option<i32> {
+    let status = cluster(clusters, name).await?.status?;
+    Some(status.worker_groups.first()?.desired_replicas)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_follows_the_queue_through_a_real_prometheus() {
+    let kube = Kube::start().await;
+    let _kubelet = kube.kubelet().await;
+    let mut prometheus = Prometheus::start(kube.dir.path()).await;
+    let url = prometheus.url();
+    let (_operator, http) = kube.operator("operator", &["--prometheus-url", &url]);
+    let client = kube.client().await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let clusters: Api<ComputeCluster> = Api::default_namespaced(client.clone());
+    let events: Api<Event> = Api::default_namespaced(client.clone());
+
+    // `elastic` grows from 1 to 4 one-slot workers; `scratch` may shrink to zero. Short
+    // windows keep the test quick.
+    let manifest = |name: &str, replicas: i32, min: i32, max: i32| {
+        format!(
+            "apiVersion: flotilla.dev/v1alpha1\nkind: ComputeCluster\nmetadata: {{name: {name}}}\n\
+             spec:\n  image: flotilla:latest\n  workerGroups:\n\
+             \x20 - {{name: default, replicas: {replicas}, minReplicas: {min}, maxReplicas: {max}, slots: 1}}\n\
+             \x20 autoscaling:\n    pollIntervalSeconds: 1\n\
+             \x20   scaleDown: {{stabilizationWindowSeconds: 4, maxStepPercent: 100, drainTimeoutSeconds: 30}}\n\
+             \x20   fallback: {{failureThreshold: 2, behavior: hold}}\n"
+        )
+    };
+    kube.apply_manifest(&manifest("elastic", 1, 1, 4));
+    kube.apply_manifest(&manifest("scratch", 1, 0, 2));
+    let heads = eventually("both heads have addresses", LONG, || async {
+        let elastic = head_of(&client, "elastic").await?;
+        let scratch = head_of(&client, "scratch").await?;
+        Some((elastic, scratch))
+    })
+    .await;
+    let ((elastic_ip, elastic_token), (scratch_ip, scratch_token)) = heads;
+    prometheus.scrape(&[&elastic_ip, &scratch_ip]);
+    condition_of(&clusters, "elastic", |c| {
+        c.type_ == "AutoscalerReady" && c.status == "True"
+    })
+    .await;
+    let first = wait_for_workers(&kube, "elastic", 1).await;
+
+    // With no work, `scratch` goes to zero once its window has passed.
+    eventually("scratch at zero workers", LONG, || async {
+        (desired_of(&clusters, "scratch").await? == 0 && workers(&pods, "scratch").await.is_empty())
+            .then_some(())
+    })
+    .await;
+
+    // A burst of long tasks from a real driver: the group grows to its maximum.
+    let driver = flotilla::Runtime::connect(&format!("{elastic_ip}:7400"), Some(&elastic_token))
+        .await
+        .expect("a driver connects to the head");
+    let burst_started = Instant::now();
+    let tasks: Vec<_> = (0..12u64)
+        .map(|i| sleep_then.remote(&driver, 3000, i))
+        .collect();
+    let four = wait_for_workers(&kube, "elastic", 4).await;
+    let grown_after = burst_started.elapsed();
+    assert!(four.contains(&first[0]), "growing keeps the first worker");
+    let results = driver.get_all(&tasks).await.expect("every task succeeds");
+    assert_eq!(results, (0..12).collect::<Vec<u64>>());
+    let status = driver.status().await.expect("status");
+    assert_eq!(
+        (status.tasks_failed, status.tasks_retried),
+        (0, 0),
+        "no task failed or was retried"
+    );
+    let scaled_up = events_of(&events, "elastic", "ScaledUp").await;
+    assert!(
+        scaled_up
+            .iter()
+            .any(|n| n.contains("1 → ") && n.contains("demand")),
+        "{scaled_up:?}"
+    );
+    eprintln!("burst to 4 registered workers: {grown_after:?}");
+
+    // Prometheus goes away: the autoscaler says so, in the words of the failure, and holds the
+    // size even though the queue is empty and the window has long passed.
+    prometheus.stop();
+    let down = condition_of(&clusters, "elastic", |c| {
+        c.type_ == "AutoscalerReady" && c.status == "False"
+    })
+    .await;
+    assert_eq!(down.reason, "MetricsUnreachable", "{down:?}");
+    assert!(down.message.contains(&url), "{}", down.message);
+    assert!(
+        down.message.contains("onnection refused"),
+        "{}",
+        down.message
+    );
+    let warned = eventually("a Warning event about the metrics", LONG, || async {
+        let notes = events_of(&events, "elastic", "AutoscalerMetricsFailed").await;
+        notes.into_iter().find(|n| n.contains("onnection refused"))
+    })
+    .await;
+    assert!(warned.contains("fallback hold applies"), "{warned}");
+    eventually("failed reads past the scale-down window", LONG, || async {
+        let status = cluster(&clusters, "elastic").await?.status?;
+        (status.autoscaler?.consecutive_failures >= 8).then_some(())
+    })
+    .await;
+    assert_eq!(
+        desired_of(&clusters, "elastic").await,
+        Some(4),
+        "the size holds"
+    );
+    assert_eq!(workers(&pods, "elastic").await.len(), 4);
+
+    // Prometheus is back: the autoscaler recovers by itself and shrinks the idle group back
+    // to its minimum through drains.
+    prometheus.restart().await;
+    condition_of(&clusters, "elastic", |c| {
+        c.type_ == "AutoscalerReady" && c.status == "True"
+    })
+    .await;
+    let one = wait_for_workers(&kube, "elastic", 1).await;
+    assert!(four.contains(&one[0]));
+    let scaled_down = eventually("a ScaledDown event", LONG, || async {
+        let notes = events_of(&events, "elastic", "ScaledDown").await;
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await;
+    assert!(
+        scaled_down.iter().any(|n| n.ends_with("→ 1 workers")),
+        "{scaled_down:?}"
+    );
+    eventually("drained workers", LONG, || async {
+        let drained = events_of(&events, "elastic", "DrainedWorker").await;
+        (drained.len() >= 3).then_some(())
+    })
+    .await;
+    let status = cluster(&clusters, "elastic")
+        .await
+        .and_then(|c| c.status)
+        .expect("status");
+    let autoscaler = status.autoscaler.expect("status.autoscaler");
+    assert_eq!(autoscaler.desired_workers, Some(1));
+    assert!(autoscaler.reason.is_some());
+    assert!(autoscaler.last_scale_time.is_some());
+    assert_eq!(autoscaler.consecutive_failures, 0);
+    assert!(status.worker_groups[0].last_scale_time.is_some());
+    let table = kube.kubectl_ok(&["get", "fcc", "elastic"]);
+    assert!(table.contains("AUTOSCALER"), "{table}");
+
+    // New work at the head of `scratch` brings its group back from zero, and it runs.
+    let driver = flotilla::Runtime::connect(&format!("{scratch_ip}:7400"), Some(&scratch_token))
+        .await
+        .expect("a driver connects to the scratch head");
+    let task = sleep_then.remote(&driver, 10, 7);
+    assert_eq!(driver.get(&task).await.expect("the task runs"), 7);
+    let back = events_of(&events, "scratch", "ScaledUp").await;
+    assert!(back.iter().any(|n| n.contains("0 → 1")), "{back:?}");
+
+    // The operator's own series say what it read and decided.
+    let metrics = http_get(&http, "/metrics").await.expect("operator metrics");
+    let ns = &kube.ns;
+    for series in [
+        format!("flotilla_operator_autoscaler_demand_slots{{cluster=\"elastic\",namespace=\"{ns}\"}}"),
+        format!(
+            "flotilla_operator_autoscaler_desired_workers{{cluster=\"elastic\",group=\"default\",namespace=\"{ns}\"}}"
+        ),
+        format!(
+            "flotilla_operator_autoscaler_read_errors_total{{cluster=\"elastic\",namespace=\"{ns}\",reason=\"MetricsUnreachable\"}}"
+        ),
+        "flotilla_operator_autoscaler_read_seconds_count{source=\"prometheus\"}".to_owned(),
+    ] {
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+}

@@ -74,3 +74,15 @@ fn full_cluster_example_is_valid_and_uses_every_section() {
         .iter()
         .any(|g| g.template != Default::default()));
 }
+
+#[test]
+fn autoscaling_cluster_example_is_valid_and_autoscales_every_group() {
+    let cluster = check("autoscaling-cluster.yaml");
+    let autoscaling = cluster.autoscaling.expect("autoscaling");
+    assert!(autoscaling.enabled);
+    assert!(cluster.groups.iter().any(|g| g.min_replicas == 0));
+    assert!(cluster
+        .groups
+        .iter()
+        .all(|g| g.max_replicas > g.min_replicas));
+}

@@ -1721,3 +1721,61 @@ fn a_named_object_no_worker_reports_is_lost_after_the_grace() {
         &["lost when the head restarted", "no worker reported"],
     );
 }
+
+#[test]
+fn demand_is_split_by_the_group_that_can_serve_it() {
+    let mut s = Scheduler::new(0);
+    let sess = s.open_session(None);
+    let cpu = s
+        .add_worker(WorkerInfo {
+            group: "cpu".into(),
+            ..worker("c1", 1)
+        })
+        .unwrap();
+    let gpu_worker = WorkerInfo {
+        group: "gpu".into(),
+        custom: [("gpu".to_string(), 1)].into_iter().collect(),
+        ..worker("g1", 1)
+    };
+    s.add_worker(gpu_worker).unwrap();
+    s.drain_effects();
+    let with_custom = |mut spec: TaskSpec, resource: &str| {
+        spec.options = Some(pb::TaskOptions {
+            max_retries: -1,
+            resources: Some(pb::Resources {
+                slots: 1,
+                custom: [(resource.to_string(), 1)].into_iter().collect(),
+            }),
+            name: String::new(),
+        });
+        spec
+    };
+    // Two plain tasks: one runs on the cpu worker (the gpu worker takes the other).
+    s.submit(sess, task(oid(sess, 1), "f", vec![]));
+    s.submit(sess, task(oid(sess, 2), "f", vec![]));
+    // Three more plain tasks wait for any group; two gpu tasks wait for the gpu group; one
+    // asks for a resource nobody offers.
+    for n in 3..=5 {
+        s.submit(sess, task(oid(sess, n), "f", vec![]));
+    }
+    for n in 6..=7 {
+        s.submit(sess, with_custom(task(oid(sess, n), "f", vec![]), "gpu"));
+    }
+    s.submit(sess, with_custom(task(oid(sess, 8), "f", vec![]), "tpu"));
+    let running = run_ids(&s.drain_effects());
+    assert_eq!(running.len(), 2, "{running:?}");
+    let snap = s.snapshot();
+    let on_cpu = running.iter().filter(|(w, _)| *w == cpu).count() as u64;
+    assert_eq!(
+        snap.demand_by_group.get("cpu").copied().unwrap_or(0),
+        on_cpu
+    );
+    assert_eq!(
+        snap.demand_by_group.get("gpu").copied().unwrap_or(0),
+        (2 - on_cpu) + 2,
+        "{snap:?}"
+    );
+    assert_eq!(snap.demand_by_group[""], 3);
+    assert_eq!(snap.infeasible_by_resource["tpu"], 1);
+    assert_eq!(snap.busy_by_group.values().sum::<u64>(), 2);
+}

@@ -846,6 +846,8 @@ async fn head_metrics_and_health() {
         format!(r#"flotilla_object_store_bytes{{{l},location="memory"}}"#),
         format!(r#"flotilla_object_store_bytes{{{l},location="spilled"}}"#),
         format!("flotilla_desired_workers{{{l}}}"),
+        // The autoscaler's signal: work any group can run is always shown, even none.
+        r#"flotilla_demand_slots{cluster="demo",group="",namespace="lab"}"#.to_owned(),
         format!(r#"flotilla_task_runs_total{{{l},task="nightly-sum",outcome="finished"}}"#),
     ] {
         assert!(

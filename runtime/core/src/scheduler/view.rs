@@ -49,6 +49,15 @@ pub struct Snapshot {
     pub desired_workers: u64,
     /// Driver sessions connected (not counting the sessions workers keep for nested tasks).
     pub sessions: u64,
+    /// Task slots that pending and running tasks and live actors need, by worker group: a
+    /// running task or live actor counts toward its worker's group, a pending task that asks
+    /// for a custom resource toward the first group (by name) whose workers offer it, and a
+    /// plain pending task toward `""` (any group). `""` is always there.
+    pub demand_by_group: BTreeMap<String, u64>,
+    /// Slots of pending tasks that ask for a custom resource no worker offers, by resource.
+    pub infeasible_by_resource: BTreeMap<String, u64>,
+    /// Workers running something, by group.
+    pub busy_by_group: BTreeMap<String, u64>,
 }
 
 /// A worker as `flotilla status` shows it.
@@ -176,8 +185,63 @@ pub(super) fn snapshot(s: &Scheduler) -> Snapshot {
         .map(|t| u64::from(t.slots()))
         .sum();
     let actor_workers = s.actors.values().filter(|a| !a.is_dead()).count() as u64;
+    demand_by_group(s, &mut snap);
     snap.desired_workers = demand.div_ceil(max_slots).max(u64::from(actor_workers > 0));
     snap
+}
+
+/// Fills the per-group demand, the infeasible demand and the busy workers of `snap`.
+fn demand_by_group(s: &Scheduler, snap: &mut Snapshot) {
+    let group_of = |worker: &WorkerId| s.workers.get(worker).map(|w| w.info.group.clone());
+    snap.demand_by_group.insert(String::new(), 0);
+    for w in s.workers.values() {
+        if w.activity() == Activity::Busy {
+            *snap.busy_by_group.entry(w.info.group.clone()).or_default() += 1;
+        }
+    }
+    for t in s.tasks.values() {
+        let slots = u64::from(t.slots());
+        let group = match &t.state {
+            TaskState::Waiting { .. } => continue,
+            TaskState::Running { worker } | TaskState::Cancelled { worker } => {
+                group_of(worker).unwrap_or_default()
+            }
+            TaskState::Pending if t.custom().is_empty() => String::new(),
+            TaskState::Pending => {
+                let offers = |w: &super::workers::Worker| {
+                    t.custom()
+                        .iter()
+                        .all(|(k, v)| w.info.custom.get(k).copied().unwrap_or(0) >= *v)
+                };
+                match s
+                    .workers
+                    .values()
+                    .filter(|w| offers(w))
+                    .map(|w| &w.info.group)
+                    .min()
+                {
+                    Some(group) => group.clone(),
+                    None => {
+                        let mut asked: Vec<&String> = t.custom().keys().collect();
+                        asked.sort();
+                        let resource = asked.into_iter().next().cloned().unwrap_or_default();
+                        *snap.infeasible_by_resource.entry(resource).or_default() += slots;
+                        continue;
+                    }
+                }
+            }
+        };
+        *snap.demand_by_group.entry(group).or_default() += slots;
+    }
+    for a in s.actors.values() {
+        if let ActorState::Alive { worker } = &a.state {
+            let slots = u64::from(a.create.options.slots);
+            *snap
+                .demand_by_group
+                .entry(group_of(worker).unwrap_or_default())
+                .or_default() += slots;
+        }
+    }
 }
 
 /// Every worker, by id.

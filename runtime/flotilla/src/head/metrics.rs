@@ -6,7 +6,8 @@ use std::{collections::HashMap, sync::Mutex};
 
 use flotilla_core::{Snapshot, WorkerView};
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    core::Collector, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 use super::core::RunsByName;
@@ -32,6 +33,9 @@ pub struct HeadMetrics {
     drivers: IntGauge,
     group_workers: IntGaugeVec,
     group_slots: IntGaugeVec,
+    demand_slots: IntGaugeVec,
+    infeasible_slots: IntGaugeVec,
+    group_busy: IntGaugeVec,
     task_runs: IntCounterVec,
     task_seconds: Histogram,
 }
@@ -102,6 +106,22 @@ impl HeadMetrics {
                 "group",
             ),
             group_slots: gauges("flotilla_group_slots", "Task slots per group.", "group"),
+            demand_slots: gauges(
+                "flotilla_demand_slots",
+                "Task slots that pending and running tasks and live actors need, by the worker \
+                 group that can serve them (\"\" for any group).",
+                "group",
+            ),
+            infeasible_slots: gauges(
+                "flotilla_demand_infeasible_slots",
+                "Task slots of pending tasks asking for a resource no worker offers.",
+                "resource",
+            ),
+            group_busy: gauges(
+                "flotilla_group_busy_workers",
+                "Workers running something, by group.",
+                "group",
+            ),
             task_runs: register(
                 &registry,
                 IntCounterVec::new(
@@ -191,6 +211,31 @@ impl HeadMetrics {
             self.group_slots
                 .with_label_values(&[w.group.as_str()])
                 .add(i64::from(w.slots));
+        }
+        // The autoscaler's signal. A group or resource once shown stays, at 0 when it has no
+        // work: a series that vanished while Prometheus was down would otherwise keep its last
+        // value there for the whole lookback window.
+        for (vec, values) in [
+            (&self.demand_slots, &snap.demand_by_group),
+            (&self.infeasible_slots, &snap.infeasible_by_resource),
+            (&self.group_busy, &snap.busy_by_group),
+        ] {
+            for family in vec.collect() {
+                for metric in family.get_metric() {
+                    let label = metric
+                        .get_label()
+                        .iter()
+                        .find(|l| !["cluster", "namespace"].contains(&l.name()));
+                    if let Some(label) = label {
+                        if !values.contains_key(label.value()) {
+                            vec.with_label_values(&[label.value()]).set(0);
+                        }
+                    }
+                }
+            }
+            for (label, value) in values {
+                set(&vec.with_label_values(&[label.as_str()]), *value);
+            }
         }
         for (task, finished, failed) in runs {
             advance(
