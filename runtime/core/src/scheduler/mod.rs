@@ -34,6 +34,7 @@ mod actors;
 mod convert;
 mod drain;
 mod failure;
+mod jobs;
 mod objects;
 mod outcomes;
 mod placement;
@@ -53,12 +54,14 @@ use flotilla_proto::v1::{self as pb, worker_command, ObjectState, TaskSpec};
 use crate::ids::{ObjectId, SessionId, WorkerId};
 pub use crate::options::DEFAULT_MAX_RETRIES;
 pub use convert::spec_name;
+pub use jobs::{JobCancelled, JobView, MAX_JOBS};
 pub use view::{Snapshot, WorkerView, MAX_RUN_NAMES, OTHER_RUNS, UNREGISTERED};
 pub use workers::{RegisterError, WorkerInfo};
 
 use actors::Actor;
 use drain::DrainOutcome;
 use failure::Failure;
+use jobs::Jobs;
 use objects::Object;
 use placement::RunTimes;
 use sessions::Session;
@@ -154,6 +157,8 @@ pub struct Scheduler {
     counters: Counters,
     /// Bytes of inline values the head holds, by the session that owns them.
     inline_bytes: HashMap<SessionId, u64>,
+    /// Task counts by job id.
+    jobs: Jobs,
     outbox: Vec<Effect>,
 }
 
@@ -181,6 +186,7 @@ impl Scheduler {
             run_times: RunTimes::default(),
             counters: Counters::default(),
             inline_bytes: HashMap::new(),
+            jobs: Jobs::default(),
             outbox: Vec::new(),
         }
     }
@@ -224,10 +230,38 @@ impl Scheduler {
 
     /// Opens a driver session and returns its id (the high bits of the ids it mints).
     pub fn open_session(&mut self, worker: Option<String>) -> SessionId {
+        self.open_job_session(worker, None)
+    }
+
+    /// Opens a session that runs for `job` (a driver's `FLOTILLA_JOB`; empty means none); its
+    /// tasks count for the job and are cancelled with it.
+    pub fn open_job_session(&mut self, worker: Option<String>, job: Option<String>) -> SessionId {
         let id = SessionId(self.next_session);
         self.next_session += 1;
-        self.sessions.insert(id, Session { worker });
+        let job = job.filter(|j| !j.is_empty());
+        self.sessions.insert(
+            id,
+            Session {
+                worker,
+                job: job.clone(),
+                cancelled: false,
+            },
+        );
+        if let Some(job) = job {
+            self.job_opened(&job);
+        }
         id
+    }
+
+    /// Cancels a job's work: its drivers' tasks and actors; those drivers may submit nothing
+    /// more. A job id no session uses cancels nothing.
+    pub fn cancel_job(&mut self, job: &str) -> JobCancelled {
+        self.cancel_job_work(job)
+    }
+
+    /// Task counts of the jobs the head knows (at most [`MAX_JOBS`]), by id.
+    pub fn jobs(&self) -> Vec<JobView> {
+        self.job_views()
     }
 
     /// A session ended: cancel its tasks, free its objects, kill its actors that are not detached.

@@ -8,6 +8,10 @@ use crate::ids::{ObjectId, SessionId};
 pub(super) struct Session {
     /// The worker this session lives in; `None` for a driver.
     pub(super) worker: Option<String>,
+    /// The job it runs for (`FLOTILLA_JOB` of its driver), if any.
+    pub(super) job: Option<String>,
+    /// Its job was cancelled: it may submit nothing more.
+    pub(super) cancelled: bool,
 }
 
 impl Scheduler {
@@ -15,7 +19,8 @@ impl Scheduler {
     /// objects and its subscriptions.
     pub(super) fn end_session(&mut self, session: SessionId) {
         self.inline_bytes.remove(&session);
-        if self.sessions.remove(&session).is_none() {
+        // Removed last, so the outcomes of its tasks still count for its job.
+        if !self.sessions.contains_key(&session) {
             return;
         }
         let mut owned_tasks: Vec<ObjectId> = self
@@ -51,6 +56,7 @@ impl Scheduler {
         for obj in self.objects.values_mut() {
             obj.subscribers.retain(|s| *s != session);
         }
+        self.sessions.remove(&session);
         self.place_tasks();
     }
 }

@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub desired_workers: u64,
     /// Driver sessions connected (not counting the sessions workers keep for nested tasks).
     pub sessions: u64,
+    /// Task counts of the jobs the head knows, by id.
+    pub jobs: Vec<super::JobView>,
 }
 
 /// A worker as `flotilla status` shows it.
@@ -139,6 +141,7 @@ pub(super) fn snapshot(s: &Scheduler) -> Snapshot {
         objects: s.objects.len() as u64,
         // Drivers only: every worker also holds a session for the tasks its tasks submit.
         sessions: s.sessions.values().filter(|s| s.worker.is_none()).count() as u64,
+        jobs: s.job_views(),
         ..Snapshot::default()
     };
     for t in s.tasks.values() {

@@ -36,6 +36,7 @@ pub(crate) enum HeadEvent {
     WorkerGone(WorkerId),
     OpenSession {
         worker: Option<String>,
+        job: Option<String>,
         events_tx: mpsc::UnboundedSender<pb::DriverEvent>,
         reply: oneshot::Sender<SessionId>,
     },
@@ -43,6 +44,10 @@ pub(crate) enum HeadEvent {
     SessionGone(SessionId),
     Status(oneshot::Sender<StatusView>),
     Runs(oneshot::Sender<RunsByName>),
+    CancelJob {
+        job: String,
+        reply: oneshot::Sender<pb::CancelJobReply>,
+    },
     Drain {
         worker: String,
         timeout: Duration,
@@ -141,10 +146,11 @@ impl Core {
             }
             HeadEvent::OpenSession {
                 worker,
+                job,
                 events_tx,
                 reply,
             } => {
-                let id = s.open_session(worker);
+                let id = s.open_job_session(worker, job);
                 let _ = events_tx.send(pb::DriverEvent {
                     event: Some(driver_event::Event::Session(pb::SessionInfo {
                         session: id.0,
@@ -189,6 +195,15 @@ impl Core {
                         .map(|(n, ok, failed)| (n.to_string(), ok, failed))
                         .collect(),
                 );
+            }
+            HeadEvent::CancelJob { job, reply } => {
+                let done = s.cancel_job(&job);
+                tracing::info!(job = %job, tasks = done.tasks, actors = done.actors, "job cancelled");
+                let _ = reply.send(pb::CancelJobReply {
+                    sessions: u32::try_from(done.sessions).unwrap_or(u32::MAX),
+                    tasks_cancelled: done.tasks,
+                    actors_killed: done.actors,
+                });
             }
             HeadEvent::Drain {
                 worker,

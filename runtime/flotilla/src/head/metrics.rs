@@ -34,6 +34,7 @@ pub struct HeadMetrics {
     group_slots: IntGaugeVec,
     task_runs: IntCounterVec,
     task_seconds: Histogram,
+    job_tasks: IntGaugeVec,
 }
 
 impl HeadMetrics {
@@ -124,6 +125,18 @@ impl HeadMetrics {
                 )
                 .expect("valid buckets"),
             ),
+            job_tasks: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "flotilla_job_tasks",
+                        "Tasks of each job the head knows (at most 64 jobs), by state: submitted, \
+                         finished, failed (cumulative) and running (waiting, queued or running now).",
+                    ),
+                    &["job", "state"],
+                )
+                .expect("a valid metric name"),
+            ),
             registry,
             scrape: Mutex::new(()),
         }
@@ -191,6 +204,21 @@ impl HeadMetrics {
             self.group_slots
                 .with_label_values(&[w.group.as_str()])
                 .add(i64::from(w.slots));
+        }
+        // Jobs the head forgot are gone from the series too, so the label set stays bounded.
+        self.job_tasks.reset();
+        for job in &snap.jobs {
+            for (state, value) in [
+                ("submitted", job.tasks_submitted),
+                ("finished", job.tasks_finished),
+                ("failed", job.tasks_failed),
+                ("running", job.tasks_live),
+            ] {
+                set(
+                    &self.job_tasks.with_label_values(&[job.job.as_str(), state]),
+                    value,
+                );
+            }
         }
         for (task, finished, failed) in runs {
             advance(

@@ -255,6 +255,28 @@ fn main() -> ExitCode {
                         w.spilled_bytes
                     );
                 }
+                if !s.jobs.is_empty() {
+                    say!(
+                        "{:<40} {:>9} {:>9} {:>9} {:>8} {:>7}",
+                        "JOB",
+                        "SUBMITTED",
+                        "FINISHED",
+                        "FAILED",
+                        "RUNNING",
+                        "DRIVERS"
+                    );
+                    for j in s.jobs {
+                        say!(
+                            "{:<40} {:>9} {:>9} {:>9} {:>8} {:>7}",
+                            j.job,
+                            j.tasks_submitted,
+                            j.tasks_finished,
+                            j.tasks_failed,
+                            j.tasks_live,
+                            j.drivers
+                        );
+                    }
+                }
                 Ok(())
             }
             Command::Drain {
