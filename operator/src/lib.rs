@@ -2,7 +2,8 @@
 //! on their specs, and the children (Secret, Service, pods) a cluster is made of (see `docs/architecture.md`).
 //!
 //! [`controller`] runs the watches and, for each ComputeCluster, the [`cluster`] pipeline:
-//! observe → validate → desired → plan → apply → status. [`head`] asks a cluster's head which
+//! observe → validate → desired → plan → apply → status. [`job`] runs each ComputeJob's driver
+//! to completion as a state machine over its observed pods and cluster. [`head`] asks a cluster's head which
 //! workers are idle and drains them; [`leader`] elects one acting replica; [`metrics`] serves the
 //! operator's own; [`context`] is what every reconcile shares.
 //!
@@ -13,7 +14,10 @@
 //!   only `cluster/{observe,apply,drain}.rs` talk to the API server or the head;
 //! - within `cluster/`, a step imports only the steps before it (and [`cluster::pods`]);
 //! - outside `cluster/`, only [`controller`] imports it ([`Error`] names the validation's
-//!   [`cluster::validate::InvalidSpec`]).
+//!   [`cluster::validate::InvalidSpec`]), and [`job`], which shares its pod helpers
+//!   ([`cluster::pods`], the security contexts and env builders of [`cluster::desired`]);
+//! - [`job::machine`] and [`job::driver`] are pure; only `job/mod.rs` talks to the API server
+//!   and the head.
 
 use std::path::PathBuf;
 
@@ -26,6 +30,7 @@ pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod head;
+pub mod job;
 pub mod leader;
 pub mod metrics;
 pub mod names;
