@@ -21,7 +21,9 @@ fn job(spec: &str) -> ComputeJob {
 }
 
 fn on_ref(extra: &str) -> ComputeJob {
-    job(&format!("{{clusterRef: {{name: c}}, backoffLimit: 1, startupDeadlineSeconds: 60{extra}}}"))
+    job(&format!(
+        "{{clusterRef: {{name: c}}, backoffLimit: 1, startupDeadlineSeconds: 60{extra}}}"
+    ))
 }
 
 fn own(extra: &str) -> ComputeJob {
@@ -78,13 +80,25 @@ fn condition(job: &ComputeJob, type_: &str) -> (String, String, String) {
 }
 
 fn message(job: &ComputeJob) -> String {
-    job.status.as_ref().unwrap().message.clone().unwrap_or_default()
+    job.status
+        .as_ref()
+        .unwrap()
+        .message
+        .clone()
+        .unwrap_or_default()
 }
 
 #[test]
 fn a_job_waits_for_its_cluster_then_starts_a_driver_then_runs_then_succeeds() {
     let mut j = on_ref("");
-    let d = step(&mut j, ClusterState::Starting { message: "HeadReady: starting".into() }, vec![], 0);
+    let d = step(
+        &mut j,
+        ClusterState::Starting {
+            message: "HeadReady: starting".into(),
+        },
+        vec![],
+        0,
+    );
     assert_eq!(phase(&j), JobPhase::Pending);
     assert!(d.steps.is_empty(), "{:?}", d.steps);
     assert_eq!(condition(&j, "ClusterReady").1, "ClusterStarting");
@@ -94,7 +108,10 @@ fn a_job_waits_for_its_cluster_then_starts_a_driver_then_runs_then_succeeds() {
     assert_eq!(d.steps, [Step::CreateDriver(1)]);
     assert_eq!(phase(&j), JobPhase::Starting);
     let st = j.status.clone().unwrap();
-    assert_eq!((st.attempts, st.driver_pod.as_deref()), (1, Some("j-driver-1")));
+    assert_eq!(
+        (st.attempts, st.driver_pod.as_deref()),
+        (1, Some("j-driver-1"))
+    );
     assert!(d.notes.iter().any(|n| n.reason == "DriverCreated"));
 
     let pending = driver(1, DriverRun::Pending { problem: None });
@@ -104,15 +121,37 @@ fn a_job_waits_for_its_cluster_then_starts_a_driver_then_runs_then_succeeds() {
 
     let d = step(&mut j, running(), vec![driver(1, DriverRun::Running)], 3);
     assert_eq!(phase(&j), JobPhase::Running);
-    assert_eq!(j.status.as_ref().unwrap().start_time.as_ref().unwrap().0, at(3));
+    assert_eq!(
+        j.status.as_ref().unwrap().start_time.as_ref().unwrap().0,
+        at(3)
+    );
     assert_eq!(condition(&j, "DriverRunning").0, "True");
-    assert!(d.requeue.is_some_and(|r| r.as_secs() <= 2), "progress is refreshed");
+    assert!(
+        d.requeue.is_some_and(|r| r.as_secs() <= 2),
+        "progress is refreshed"
+    );
 
     let d = step(&mut j, running(), vec![driver(1, DriverRun::Succeeded)], 9);
     assert_eq!(phase(&j), JobPhase::Succeeded);
     assert!(d.steps.is_empty(), "nothing left to stop: {:?}", d.steps);
-    assert_eq!(condition(&j, "Complete"), ("True".into(), "Succeeded".into(), "the driver exited with status 0".into()));
-    assert_eq!(j.status.as_ref().unwrap().completion_time.as_ref().unwrap().0, at(9));
+    assert_eq!(
+        condition(&j, "Complete"),
+        (
+            "True".into(),
+            "Succeeded".into(),
+            "the driver exited with status 0".into()
+        )
+    );
+    assert_eq!(
+        j.status
+            .as_ref()
+            .unwrap()
+            .completion_time
+            .as_ref()
+            .unwrap()
+            .0,
+        at(9)
+    );
     // Finished stays finished.
     step(&mut j, ClusterState::Missing, vec![], 10);
     assert_eq!(phase(&j), JobPhase::Succeeded);
@@ -150,7 +189,11 @@ fn a_missing_cluster_is_said_and_fails_the_job_at_the_startup_deadline() {
     step(&mut j, ClusterState::Missing, vec![], 60);
     assert_eq!(phase(&j), JobPhase::Failed);
     assert_eq!(condition(&j, "Failed").1, "StartupDeadlineExceeded");
-    assert!(message(&j).contains("ComputeCluster c does not exist"), "{}", message(&j));
+    assert!(
+        message(&j).contains("ComputeCluster c does not exist"),
+        "{}",
+        message(&j)
+    );
 }
 
 #[test]
@@ -160,15 +203,25 @@ fn a_driver_that_cannot_start_fails_the_job_with_its_own_message() {
     let stuck = driver(
         1,
         DriverRun::Pending {
-            problem: Some(("ImagePullBackOff".into(), "Back-off pulling image \"nope\"".into())),
+            problem: Some((
+                "ImagePullBackOff".into(),
+                "Back-off pulling image \"nope\"".into(),
+            )),
         },
     );
     step(&mut j, running(), vec![stuck.clone()], 59);
     assert_eq!(phase(&j), JobPhase::Starting);
     let d = step(&mut j, running(), vec![stuck], 61);
     assert_eq!(phase(&j), JobPhase::Failed);
-    assert!(message(&j).contains("ImagePullBackOff: Back-off pulling image"), "{}", message(&j));
-    assert_eq!(d.steps, [Step::CancelAtHead, Step::DeleteDriver("j-driver-1".into())]);
+    assert!(
+        message(&j).contains("ImagePullBackOff: Back-off pulling image"),
+        "{}",
+        message(&j)
+    );
+    assert_eq!(
+        d.steps,
+        [Step::CancelAtHead, Step::DeleteDriver("j-driver-1".into())]
+    );
 }
 
 #[test]
@@ -179,9 +232,20 @@ fn application_failures_use_up_the_backoff_limit_then_fail_with_the_drivers_mess
     let d = step(&mut j, running(), vec![failed(1, "boom 1")], 5);
     assert_eq!(d.steps, [Step::CreateDriver(2)]);
     let st = j.status.clone().unwrap();
-    assert_eq!((st.attempts, st.failed, st.infrastructure_failures), (2, 1, 0));
-    assert!(d.notes.iter().any(|n| n.warning && n.reason == "DriverFailed" && n.message.contains("boom 1")));
-    let d = step(&mut j, running(), vec![failed(1, "boom 1"), failed(2, "boom 2")], 6);
+    assert_eq!(
+        (st.attempts, st.failed, st.infrastructure_failures),
+        (2, 1, 0)
+    );
+    assert!(d
+        .notes
+        .iter()
+        .any(|n| n.warning && n.reason == "DriverFailed" && n.message.contains("boom 1")));
+    let d = step(
+        &mut j,
+        running(),
+        vec![failed(1, "boom 1"), failed(2, "boom 2")],
+        6,
+    );
     assert!(d.steps.is_empty(), "{:?}", d.steps);
     assert_eq!(phase(&j), JobPhase::Failed);
     assert_eq!(condition(&j, "Failed").1, "BackoffLimitExceeded");
@@ -194,12 +258,29 @@ fn a_lost_driver_is_retried_without_using_up_the_backoff_limit() {
     step(&mut j, running(), vec![], 0);
     step(&mut j, running(), vec![driver(1, DriverRun::Running)], 1);
     // Deleted under the job.
-    let lost = driver(1, DriverRun::Lost { message: "driver pod j-driver-1 was deleted".into() });
+    let lost = driver(
+        1,
+        DriverRun::Lost {
+            message: "driver pod j-driver-1 was deleted".into(),
+        },
+    );
     let d = step(&mut j, running(), vec![lost], 2);
-    assert_eq!(d.steps, [Step::DeleteDriver("j-driver-1".into()), Step::CreateDriver(2)]);
+    assert_eq!(
+        d.steps,
+        [
+            Step::DeleteDriver("j-driver-1".into()),
+            Step::CreateDriver(2)
+        ]
+    );
     let st = j.status.clone().unwrap();
-    assert_eq!((st.attempts, st.failed, st.infrastructure_failures), (2, 0, 1));
-    assert!(d.notes.iter().any(|n| n.reason == "DriverLost" && n.message.contains("without using up backoffLimit")));
+    assert_eq!(
+        (st.attempts, st.failed, st.infrastructure_failures),
+        (2, 0, 1)
+    );
+    assert!(d
+        .notes
+        .iter()
+        .any(|n| n.reason == "DriverLost" && n.message.contains("without using up backoffLimit")));
     // Gone altogether.
     step(&mut j, running(), vec![driver(2, DriverRun::Running)], 3);
     let d = step(&mut j, running(), vec![], 4);
@@ -207,7 +288,17 @@ fn a_lost_driver_is_retried_without_using_up_the_backoff_limit() {
     assert_eq!(j.status.as_ref().unwrap().infrastructure_failures, 2);
     // Not without end.
     for n in 3..=7 {
-        step(&mut j, running(), vec![driver(n, DriverRun::Lost { message: "evicted".into() })], 5);
+        step(
+            &mut j,
+            running(),
+            vec![driver(
+                n,
+                DriverRun::Lost {
+                    message: "evicted".into(),
+                },
+            )],
+            5,
+        );
     }
     assert_eq!(phase(&j), JobPhase::Failed);
     assert_eq!(condition(&j, "Failed").1, "InfrastructureFailures");
@@ -224,7 +315,10 @@ fn the_active_deadline_stops_a_running_job_and_cancels_its_work() {
     let d = step(&mut j, running(), vec![driver(1, DriverRun::Running)], 11);
     assert_eq!(phase(&j), JobPhase::Failed);
     assert_eq!(condition(&j, "Failed").1, "DeadlineExceeded");
-    assert_eq!(d.steps, [Step::CancelAtHead, Step::DeleteDriver("j-driver-1".into())]);
+    assert_eq!(
+        d.steps,
+        [Step::CancelAtHead, Step::DeleteDriver("j-driver-1".into())]
+    );
 }
 
 #[test]
@@ -233,13 +327,25 @@ fn an_own_cluster_is_created_first_and_deleted_when_the_job_ends() {
     let d = step(&mut j, ClusterState::Missing, vec![], 0);
     assert_eq!(d.steps, [Step::CreateCluster]);
     assert_eq!(phase(&j), JobPhase::Starting);
-    let d = step(&mut j, ClusterState::Starting { message: "starting".into() }, vec![], 1);
+    let d = step(
+        &mut j,
+        ClusterState::Starting {
+            message: "starting".into(),
+        },
+        vec![],
+        1,
+    );
     assert!(d.steps.is_empty());
     let d = step(&mut j, running(), vec![], 2);
     assert_eq!(d.steps, [Step::CreateDriver(1)]);
     let d = step(&mut j, running(), vec![driver(1, DriverRun::Succeeded)], 3);
     assert_eq!(d.steps, [Step::DeleteCluster]);
-    let d = step(&mut j, ClusterState::Deleting, vec![driver(1, DriverRun::Succeeded)], 4);
+    let d = step(
+        &mut j,
+        ClusterState::Deleting,
+        vec![driver(1, DriverRun::Succeeded)],
+        4,
+    );
     assert!(d.steps.is_empty());
 }
 
@@ -252,7 +358,11 @@ fn suspend_stops_the_driver_and_the_cluster_and_resume_starts_a_new_attempt() {
     let d = step(&mut j, running(), vec![driver(1, DriverRun::Running)], 2);
     assert_eq!(
         d.steps,
-        [Step::CancelAtHead, Step::DeleteDriver("j-driver-1".into()), Step::DeleteCluster]
+        [
+            Step::CancelAtHead,
+            Step::DeleteDriver("j-driver-1".into()),
+            Step::DeleteCluster
+        ]
     );
     assert_eq!(phase(&j), JobPhase::Suspended);
     assert_eq!(condition(&j, "Suspended").0, "True");
@@ -261,7 +371,14 @@ fn suspend_stops_the_driver_and_the_cluster_and_resume_starts_a_new_attempt() {
     j.spec.suspend = false;
     let d = step(&mut j, ClusterState::Missing, vec![], 4);
     assert_eq!(d.steps, [Step::CreateCluster]);
-    assert_eq!(condition(&j, "Suspended"), ("False".into(), "Resumed".into(), "spec.suspend is false".into()));
+    assert_eq!(
+        condition(&j, "Suspended"),
+        (
+            "False".into(),
+            "Resumed".into(),
+            "spec.suspend is false".into()
+        )
+    );
     let d = step(&mut j, running(), vec![], 5);
     assert_eq!(d.steps, [Step::CreateDriver(2)]);
 }
@@ -284,7 +401,11 @@ fn a_finished_job_is_deleted_after_its_ttl() {
     let mut j = on_ref(", ttlSecondsAfterFinished: 30");
     step(&mut j, running(), vec![], 0);
     let d = step(&mut j, running(), vec![driver(1, DriverRun::Succeeded)], 10);
-    assert!(d.requeue.is_some_and(|r| r.as_secs() == 30), "{:?}", d.requeue);
+    assert!(
+        d.requeue.is_some_and(|r| r.as_secs() == 30),
+        "{:?}",
+        d.requeue
+    );
     let d = step(&mut j, running(), vec![driver(1, DriverRun::Succeeded)], 39);
     assert!(!d.steps.contains(&Step::DeleteJob));
     let d = step(&mut j, running(), vec![driver(1, DriverRun::Succeeded)], 40);
@@ -308,15 +429,22 @@ fn driver_pods_are_read_as_the_kubelet_reports_them() {
         }]}})
     };
     let run = |p: Pod| Driver::of(&p).unwrap().run;
-    assert_eq!(run(pod("Running", serde_json::json!({}))), DriverRun::Running);
+    assert_eq!(
+        run(pod("Running", serde_json::json!({}))),
+        DriverRun::Running
+    );
     assert_eq!(run(pod("Succeeded", exited(0, None))), DriverRun::Succeeded);
     assert_eq!(
         run(pod("Failed", exited(1, Some("error: boom\n")))),
-        DriverRun::Failed { message: "error: boom".into() }
+        DriverRun::Failed {
+            message: "error: boom".into()
+        }
     );
     assert_eq!(
         run(pod("Failed", exited(2, None))),
-        DriverRun::Failed { message: "exit status 2 (Error)".into() }
+        DriverRun::Failed {
+            message: "exit status 2 (Error)".into()
+        }
     );
     assert!(matches!(
         run(pod("Failed", serde_json::json!({"status": {"reason": "Evicted", "message": "low on memory"}}))),
@@ -326,7 +454,12 @@ fn driver_pods_are_read_as_the_kubelet_reports_them() {
         run(pod("Running", serde_json::json!({"metadata": {"deletionTimestamp": T0}}))),
         DriverRun::Lost { message } if message.contains("was deleted")
     ));
-    assert_eq!(Driver::of(&pod("Running", serde_json::json!({}))).unwrap().attempt, 3);
+    assert_eq!(
+        Driver::of(&pod("Running", serde_json::json!({})))
+            .unwrap()
+            .attempt,
+        3
+    );
 }
 
 fn json_patch_merge(target: &mut serde_json::Value, patch: serde_json::Value) {

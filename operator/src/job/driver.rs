@@ -119,7 +119,11 @@ pub fn driver_pod(job: &ComputeJob, attempt: i32, cluster_image: &str) -> Pod {
     pod_labels.insert(LABEL_ATTEMPT.to_owned(), attempt.to_string());
     let container = Container {
         name: CONTAINER_NAME.to_owned(),
-        image: Some(spec.image.clone().unwrap_or_else(|| cluster_image.to_owned())),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| cluster_image.to_owned()),
+        ),
         command: spec.entrypoint.clone(),
         args: spec.args.clone(),
         env: Some(env),

@@ -417,7 +417,11 @@ fn run(m: &mut Machine<'_>) {
         return;
     }
     if phase == Some(JobPhase::Suspended) {
-        m.note(false, "Resumed", "spec.suspend is false: a new attempt starts");
+        m.note(
+            false,
+            "Resumed",
+            "spec.suspend is false: a new attempt starts",
+        );
         m.condition(SUSPENDED, false, "Resumed", "spec.suspend is false");
         m.st.phase = Some(JobPhase::Pending);
     }
@@ -555,7 +559,10 @@ fn run(m: &mut Machine<'_>) {
     match cluster_problem {
         None => {
             m.st.attempts += 1;
-            let name = driver_pod_name(obs.job.metadata.name.as_deref().unwrap_or_default(), m.st.attempts);
+            let name = driver_pod_name(
+                obs.job.metadata.name.as_deref().unwrap_or_default(),
+                m.st.attempts,
+            );
             m.steps.push(Step::CreateDriver(m.st.attempts));
             m.note(
                 false,

@@ -64,9 +64,8 @@ pub async fn run(
         namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
     let controllers = scopes.into_iter().map(|namespace| {
-        let drivers = watcher::Config::default().labels(&format!(
-            "{LABEL_MANAGED_BY}={MANAGER_NAME},{LABEL_JOB}"
-        ));
+        let drivers = watcher::Config::default()
+            .labels(&format!("{LABEL_MANAGED_BY}={MANAGER_NAME},{LABEL_JOB}"));
         let controller = Controller::new(api::<ComputeJob>(&client, namespace), Default::default());
         let jobs = controller.store();
         controller
@@ -160,7 +159,11 @@ async fn reconcile_job(job: &ComputeJob, ctx: &Arc<Context>) -> Result<Action, E
         finalizers.push(FINALIZER.to_owned());
         let patch = serde_json::json!({"metadata": {"finalizers": finalizers}});
         apis.jobs
-            .patch(&job.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &job.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await?;
         // The write brings the job back through the watch.
         return Ok(Action::await_change());
@@ -178,15 +181,21 @@ async fn reconcile_job(job: &ComputeJob, ctx: &Arc<Context>) -> Result<Action, E
         .filter_map(Driver::of)
         .collect();
     let id = job_id(job);
-    let running = job.status.as_ref().and_then(|s| s.phase) == Some(JobPhase::Running);
-    let progress = if running && matches!(cluster, ClusterState::Running { .. }) {
+    // Read until the job ends, so the counts of a driver that just finished are final.
+    let active = !matches!(
+        job.status.as_ref().and_then(|s| s.phase),
+        Some(JobPhase::Succeeded | JobPhase::Failed | JobPhase::Suspended)
+    );
+    let progress = if active && matches!(cluster, ClusterState::Running { .. }) {
         read_progress(&apis, &cluster_name, &id).await
     } else {
         None
     };
 
     let mut observed_job = job.clone();
-    let status = observed_job.status.get_or_insert_with(ComputeJobStatus::default);
+    let status = observed_job
+        .status
+        .get_or_insert_with(ComputeJobStatus::default);
     status.job_id = Some(id.clone());
     status.cluster_name = Some(cluster_name.clone());
     let decision = decide(&Observed {
@@ -389,7 +398,9 @@ async fn clean_up_deleted(job: &ComputeJob, ctx: &Context, apis: &Apis) -> Resul
         .await?
         .items;
     let live = drivers.iter().any(|p| {
-        owned_by(p, job) && p.metadata.deletion_timestamp.is_none() && !crate::cluster::pods::is_finished(p)
+        owned_by(p, job)
+            && p.metadata.deletion_timestamp.is_none()
+            && !crate::cluster::pods::is_finished(p)
     });
     if live {
         if let Err(e) = cancel_at_head(apis, &cluster, &id).await {
@@ -413,12 +424,20 @@ async fn clean_up_deleted(job: &ComputeJob, ctx: &Context, apis: &Apis) -> Resul
             delete_quietly(&apis.clusters, &cluster).await?;
         }
     }
-    let finalizers: Vec<&String> = job.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let finalizers: Vec<&String> = job
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
     let patch = serde_json::json!({
         "metadata": {"finalizers": finalizers, "resourceVersion": job.resource_version()}
     });
     apis.jobs
-        .patch(&job.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await?;
     Ok(())
 }

@@ -22,7 +22,12 @@ fn container_of(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, 
         .as_array()
         .into_iter()
         .flatten()
-        .chain(pod["spec"]["initContainers"].as_array().into_iter().flatten())
+        .chain(
+            pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
         .filter_map(|c| c["name"].as_str())
         .collect();
     match asked {

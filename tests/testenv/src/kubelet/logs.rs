@@ -222,12 +222,18 @@ mod tests {
         assert_eq!(runs.range(&log, false), None);
         runs.started(&log);
         std::fs::write(&log, "first run\nerror: boom\n").unwrap();
-        assert_eq!(runs.tail_for_message(&log).as_deref(), Some("first run\nerror: boom"));
+        assert_eq!(
+            runs.tail_for_message(&log).as_deref(),
+            Some("first run\nerror: boom")
+        );
         runs.started(&log);
         std::fs::write(&log, "first run\nerror: boom\nsecond\n").unwrap();
         assert_eq!(read_range(&log, 22, None).unwrap(), b"second\n");
         let (from, to) = runs.range(&log, true).unwrap();
-        assert_eq!(read_range(&log, from, to).unwrap(), b"first run\nerror: boom\n");
+        assert_eq!(
+            read_range(&log, from, to).unwrap(),
+            b"first run\nerror: boom\n"
+        );
         assert_eq!(runs.tail_for_message(&log).as_deref(), Some("second"));
     }
 }

@@ -542,7 +542,8 @@ impl PodWorker {
         let mut terminated =
             Terminated::exited(code, signal, pid, process.started_at, Timestamp::now());
         terminated.message = process.stop_reason;
-        let fallback = slot.spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+        let fallback =
+            slot.spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
         if terminated.message.is_none() && code != 0 && fallback {
             let log = log_path(
                 &self.shared.config.log_dir,

@@ -58,7 +58,9 @@ async fn run_on(rt: &Runtime, example: Example) -> flotilla::Result<()> {
         }
         Example::Pi { tasks, samples } => {
             let start = Instant::now();
-            let refs: Vec<_> = (0..tasks).map(|_| estimate_pi.remote(rt, samples)).collect();
+            let refs: Vec<_> = (0..tasks)
+                .map(|_| estimate_pi.remote(rt, samples))
+                .collect();
             let estimates = rt.get_all(&refs).await?;
             let pi = estimates.iter().sum::<f64>() / estimates.len().max(1) as f64;
             say!(
@@ -67,7 +69,9 @@ async fn run_on(rt: &Runtime, example: Example) -> flotilla::Result<()> {
             );
         }
         Example::Sleep { tasks, millis } => {
-            let refs: Vec<_> = (0..tasks).map(|n| sleep_then.remote(rt, millis, n)).collect();
+            let refs: Vec<_> = (0..tasks)
+                .map(|n| sleep_then.remote(rt, millis, n))
+                .collect();
             let done = rt.get_all(&refs).await?;
             say!("{} tasks finished", done.len());
         }

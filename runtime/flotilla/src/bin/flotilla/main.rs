@@ -309,9 +309,7 @@ fn main() -> ExitCode {
                     _ => Err(format!("{worker} did not empty in time")),
                 }
             }
-            Command::Example { example } => examples::run(example)
-                .await
-                .map_err(|e| e.to_string()),
+            Command::Example { example } => examples::run(example).await.map_err(|e| e.to_string()),
             Command::Bench { workload, tasks } => bench::run(&workload, tasks)
                 .await
                 .map_err(|e| format!("{e:#}")),
