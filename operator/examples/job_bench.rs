@@ -30,8 +30,6 @@ use kube::{api::PostParams, Api};
 const TIMED: usize = 5;
 const JOBS: usize = 100;
 
-
-
 /// Polls `check` every 2 ms for up to `limit`.
 async fn until<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<()>
 where
@@ -122,7 +120,12 @@ async fn main() -> anyhow::Result<()> {
         &std::fs::read_to_string(repo.join("examples/minimal-cluster.yaml"))?,
     )?;
     until("the cluster running", Duration::from_secs(60), || async {
-        clusters.get_opt("minimal").await.ok().flatten().and_then(|c| c.status?.phase)
+        clusters
+            .get_opt("minimal")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.status?.phase)
             == Some(ClusterPhase::Running)
     })
     .await?;
@@ -137,7 +140,11 @@ async fn main() -> anyhow::Result<()> {
             &job_on(&name, "  clusterRef: {name: minimal}\n  args: [example, sleep, --tasks, '1', --millis, '500']\n"),
         )?;
         until("the driver running", Duration::from_secs(30), || async {
-            let pod = pods.get_opt(&format!("{name}-driver-1")).await.ok().flatten();
+            let pod = pods
+                .get_opt(&format!("{name}-driver-1"))
+                .await
+                .ok()
+                .flatten();
             matches!(
                 pod.and_then(|p| p.status?.phase).as_deref(),
                 Some("Running" | "Succeeded")
@@ -158,13 +165,21 @@ async fn main() -> anyhow::Result<()> {
             &job_on(&name, "  cluster: {image: 'flotilla:latest', workerGroups: [{name: w, replicas: 2}]}\n  args: [example, square]\n"),
         )?;
         until("the job succeeded", Duration::from_secs(60), || async {
-            jobs.get_opt(&name).await.ok().flatten().and_then(|j| j.status?.phase)
+            jobs.get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|j| j.status?.phase)
                 == Some(JobPhase::Succeeded)
         })
         .await?;
         times.push(start.elapsed());
     }
-    summary("own_cluster_job_to_succeeded", times, Duration::from_secs(3));
+    summary(
+        "own_cluster_job_to_succeeded",
+        times,
+        Duration::from_secs(3),
+    );
 
     // Size: 100 finished and 100 running jobs.
     for i in 0..JOBS {
@@ -177,19 +192,29 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let start = Instant::now();
-    until("100 finished and 100 running jobs", Duration::from_secs(300), || async {
-        let Ok(list) = jobs.list(&Default::default()).await else {
-            return false;
-        };
-        let count = |prefix: &str, phase| {
-            list.items
-                .iter()
-                .filter(|j| j.metadata.name.as_deref().is_some_and(|n| n.starts_with(prefix)))
-                .filter(|j| j.status.as_ref().and_then(|s| s.phase) == Some(phase))
-                .count()
-        };
-        count("done-", JobPhase::Succeeded) == JOBS && count("running-", JobPhase::Running) == JOBS
-    })
+    until(
+        "100 finished and 100 running jobs",
+        Duration::from_secs(300),
+        || async {
+            let Ok(list) = jobs.list(&Default::default()).await else {
+                return false;
+            };
+            let count = |prefix: &str, phase| {
+                list.items
+                    .iter()
+                    .filter(|j| {
+                        j.metadata
+                            .name
+                            .as_deref()
+                            .is_some_and(|n| n.starts_with(prefix))
+                    })
+                    .filter(|j| j.status.as_ref().and_then(|s| s.phase) == Some(phase))
+                    .count()
+            };
+            count("done-", JobPhase::Succeeded) == JOBS
+                && count("running-", JobPhase::Running) == JOBS
+        },
+    )
     .await?;
     let settled = start.elapsed();
     // Steady state: running jobs refresh their progress every 2 s.

@@ -34,7 +34,6 @@ fn manifest(name: &str) -> String {
     )
 }
 
-
 async fn pods_of(pods: &Api<Pod>, cluster: &str) -> anyhow::Result<usize> {
     let selector = format!("flotilla.dev/cluster={cluster}");
     Ok(pods
@@ -43,7 +42,6 @@ async fn pods_of(pods: &Api<Pod>, cluster: &str) -> anyhow::Result<usize> {
         .items
         .len())
 }
-
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
