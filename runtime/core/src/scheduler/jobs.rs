@@ -1,7 +1,7 @@
 //! Jobs: the job id a driver session runs for, each job's task counts, and cancelling a job's
 //! work (its sessions' tasks and actors) when the job stops.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{failure::Failure, Output, Scheduler};
 use crate::{
@@ -43,6 +43,8 @@ pub(super) struct JobCounts {
 #[derive(Debug, Default)]
 pub(super) struct Jobs {
     by_id: BTreeMap<String, JobCounts>,
+    /// The job of each session that runs for one, until the session has closed.
+    by_session: HashMap<SessionId, String>,
     tick: u64,
 }
 
@@ -76,12 +78,18 @@ pub struct JobCancelled {
 impl Scheduler {
     /// The job a session runs for, if any.
     pub(super) fn job_of(&self, session: SessionId) -> Option<&str> {
-        self.sessions.get(&session).and_then(|s| s.job.as_deref())
+        self.jobs.by_session.get(&session).map(String::as_str)
     }
 
-    /// Starts counting `job` for a new session, forgetting the stalest job without drivers when
-    /// too many are kept.
-    pub(super) fn job_opened(&mut self, job: &str) {
+    /// A session closed and its tasks' outcomes are counted: it no longer counts for its job.
+    pub(super) fn session_closed(&mut self, session: SessionId) {
+        self.jobs.by_session.remove(&session);
+    }
+
+    /// Starts counting `job` for the new `session`, forgetting the stalest job without drivers
+    /// when too many are kept.
+    pub(super) fn job_opened(&mut self, session: SessionId, job: &str) {
+        self.jobs.by_session.insert(session, job.to_owned());
         self.jobs.touch(job);
         while self.jobs.by_id.len() > MAX_JOBS {
             let connected: Vec<&str> = self

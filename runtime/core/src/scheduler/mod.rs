@@ -248,7 +248,7 @@ impl Scheduler {
             },
         );
         if let Some(job) = job {
-            self.job_opened(&job);
+            self.job_opened(id, &job);
         }
         id
     }

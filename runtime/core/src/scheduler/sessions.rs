@@ -19,8 +19,7 @@ impl Scheduler {
     /// objects and its subscriptions.
     pub(super) fn end_session(&mut self, session: SessionId) {
         self.inline_bytes.remove(&session);
-        // Removed last, so the outcomes of its tasks still count for its job.
-        if !self.sessions.contains_key(&session) {
+        if self.sessions.remove(&session).is_none() {
             return;
         }
         let mut owned_tasks: Vec<ObjectId> = self
@@ -56,7 +55,8 @@ impl Scheduler {
         for obj in self.objects.values_mut() {
             obj.subscribers.retain(|s| *s != session);
         }
-        self.sessions.remove(&session);
+        // Forgotten last, so the outcomes of its tasks still count for its job.
+        self.session_closed(session);
         self.place_tasks();
     }
 }
