@@ -235,3 +235,43 @@ impl HeadMetrics {
         crate::metrics::encode(&self.registry)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_core::JobView;
+
+    use super::*;
+
+    #[test]
+    fn jobs_show_per_job_task_counts_and_forgotten_jobs_go() {
+        let metrics = HeadMetrics::new("c", "ns");
+        let job = |name: &str| JobView {
+            job: name.to_owned(),
+            tasks_submitted: 4,
+            tasks_finished: 3,
+            tasks_failed: 1,
+            tasks_live: 0,
+            drivers: 1,
+        };
+        let snap = Snapshot {
+            jobs: vec![job("ns/a-1"), job("ns/b-2")],
+            ..Snapshot::default()
+        };
+        let text = metrics.render(&snap, &[], &Vec::new());
+        for line in [
+            r#"flotilla_job_tasks{job="ns/a-1",state="submitted",cluster="c",namespace="ns"} 4"#,
+            r#"flotilla_job_tasks{job="ns/a-1",state="finished",cluster="c",namespace="ns"} 3"#,
+            r#"flotilla_job_tasks{job="ns/a-1",state="failed",cluster="c",namespace="ns"} 1"#,
+            r#"flotilla_job_tasks{job="ns/a-1",state="running",cluster="c",namespace="ns"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        let snap = Snapshot {
+            jobs: vec![job("ns/b-2")],
+            ..Snapshot::default()
+        };
+        let text = metrics.render(&snap, &[], &Vec::new());
+        assert!(!text.contains("ns/a-1"), "{text}");
+        assert!(text.contains("ns/b-2"));
+    }
+}
