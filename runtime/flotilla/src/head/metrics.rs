@@ -258,13 +258,20 @@ mod tests {
             ..Snapshot::default()
         };
         let text = metrics.render(&snap, &[], &Vec::new());
-        for line in [
-            r#"flotilla_job_tasks{job="ns/a-1",state="submitted",cluster="c",namespace="ns"} 4"#,
-            r#"flotilla_job_tasks{job="ns/a-1",state="finished",cluster="c",namespace="ns"} 3"#,
-            r#"flotilla_job_tasks{job="ns/a-1",state="failed",cluster="c",namespace="ns"} 1"#,
-            r#"flotilla_job_tasks{job="ns/a-1",state="running",cluster="c",namespace="ns"} 0"#,
+        // The registry's own labels (cluster, namespace) follow in no fixed order.
+        for (state, value) in [
+            ("submitted", 4),
+            ("finished", 3),
+            ("failed", 1),
+            ("running", 0),
         ] {
-            assert!(text.contains(line), "{line} missing from\n{text}");
+            let series = format!(r#"flotilla_job_tasks{{job="ns/a-1",state="{state}","#);
+            assert!(
+                text.lines().any(|l| l.starts_with(&series)
+                    && l.contains(r#"cluster="c""#)
+                    && l.ends_with(&format!("}} {value}"))),
+                "{series} {value} missing from\n{text}"
+            );
         }
         let snap = Snapshot {
             jobs: vec![job("ns/b-2")],
