@@ -6,3 +6,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked -p flotilla-operator --bin flotilla-operator --example operator_bench
 target_dir="${CARGO_TARGET_DIR:-target}"
 "$target_dir/release/examples/operator_bench"
+# Jobs: apply → driver running, a job with its own cluster → Succeeded, memory with 200 jobs. The
+# kubelet runs the release `flotilla` binary for every pod.
+cargo build --release --locked -p flotilla --bin flotilla -p flotilla-operator --example job_bench
+"$target_dir/release/examples/job_bench"

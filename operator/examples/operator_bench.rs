@@ -6,14 +6,16 @@
 //!
 //! Run with `scripts/bench-operator.sh` (it builds the release operator next to this program).
 
+mod common;
+
 use std::{
-    io::Write,
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
+use common::{kubectl_apply, rss_kib};
 use flotilla_testenv::apiserver::FakeApiServer;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -32,25 +34,6 @@ fn manifest(name: &str) -> String {
     )
 }
 
-fn kubectl_apply(kubeconfig: &PathBuf, yaml: &str) -> anyhow::Result<()> {
-    let mut child = Command::new("kubectl")
-        .args(["apply", "-f", "-"])
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("running kubectl")?;
-    child
-        .stdin
-        .take()
-        .context("kubectl stdin")?
-        .write_all(yaml.as_bytes())?;
-    if !child.wait()?.success() {
-        bail!("kubectl apply failed");
-    }
-    Ok(())
-}
-
 async fn pods_of(pods: &Api<Pod>, cluster: &str) -> anyhow::Result<usize> {
     let selector = format!("flotilla.dev/cluster={cluster}");
     Ok(pods
@@ -58,21 +41,6 @@ async fn pods_of(pods: &Api<Pod>, cluster: &str) -> anyhow::Result<usize> {
         .await?
         .items
         .len())
-}
-
-fn rss_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .with_context(|| format!("{field} in /proc/{pid}/status"))
 }
 
 #[tokio::main]

@@ -708,6 +708,12 @@ pub enum ScalingDecision {
         description = "The ComputeCluster the job runs on"
     ),
     printcolumn(
+        name = "Attempts",
+        type_ = "integer",
+        json_path = ".status.attempts",
+        description = "Driver pods started so far"
+    ),
+    printcolumn(
         name = "Start",
         type_ = "date",
         json_path = ".status.startTime",
@@ -834,6 +840,16 @@ pub struct ComputeJobStatus {
     /// Driver pods started so far.
     #[serde(default)]
     pub attempts: i32,
+
+    /// Drivers that exited with a non-zero status; the job fails when this passes
+    /// `backoffLimit`.
+    #[serde(default)]
+    pub failed: i32,
+
+    /// Drivers lost to the infrastructure (pod deleted or evicted, node or head gone); retried
+    /// without using up `backoffLimit`, up to a bound.
+    #[serde(default)]
+    pub infrastructure_failures: i32,
 
     /// When the first driver started.
     #[serde(default, skip_serializing_if = "Option::is_none")]

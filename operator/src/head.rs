@@ -1,5 +1,5 @@
-//! The operator's client of a cluster head: which workers it has and in what state, and draining
-//! one before its pod is deleted.
+//! The operator's client of a cluster head: which workers it has and in what state, draining
+//! one before its pod is deleted, and a job's task counts and cancelling its work.
 //!
 //! The operator dials the head pod's IP rather than the head Service's DNS name: it always can
 //! (pod IPs are routable from the operator's pod), it needs no cluster DNS, and a reconcile never
@@ -9,7 +9,10 @@ use std::{collections::HashMap, time::Duration};
 
 use flotilla_proto::{
     auth::AddAuth,
-    v1::{head_client::HeadClient, DrainOutcome, DrainRequest, StatusRequest, WorkerState},
+    v1::{
+        head_client::HeadClient, CancelJobReply, CancelJobRequest, DrainOutcome, DrainRequest,
+        JobStatus, StatusRequest, WorkerState,
+    },
 };
 use tonic::{
     metadata::{Ascii, MetadataValue},
@@ -125,6 +128,23 @@ impl Head {
                 (w.name, view)
             })
             .collect())
+    }
+
+    /// The task counts of job `job`, if the head knows it.
+    pub async fn job(&mut self, job: &str) -> Result<Option<JobStatus>, HeadError> {
+        let mut request = Request::new(StatusRequest {});
+        request.set_timeout(HEAD_TIMEOUT);
+        let reply = self.client.status(request).await?.into_inner();
+        Ok(reply.jobs.into_iter().find(|j| j.job == job))
+    }
+
+    /// Cancels the tasks and actors of job `job`; its drivers may submit nothing more.
+    pub async fn cancel_job(&mut self, job: &str) -> Result<CancelJobReply, HeadError> {
+        let mut request = Request::new(CancelJobRequest {
+            job: job.to_owned(),
+        });
+        request.set_timeout(HEAD_TIMEOUT);
+        Ok(self.client.cancel_job(request).await?.into_inner())
     }
 
     /// Drains `worker`: its objects move elsewhere and its running tasks finish, or move

@@ -2,7 +2,8 @@
 //! on their specs, and the children (Secret, Service, pods) a cluster is made of (see `docs/architecture.md`).
 //!
 //! [`controller`] runs the watches and, for each ComputeCluster, the [`cluster`] pipeline:
-//! observe → validate → desired → plan → apply → status. [`head`] asks a cluster's head which
+//! observe → validate → desired → plan → apply → status. [`job`] runs each ComputeJob's driver
+//! to completion as a state machine over its observed pods and cluster. [`head`] asks a cluster's head which
 //! workers are idle and drains them; [`leader`] elects one acting replica; [`metrics`] serves the
 //! operator's own; [`context`] is what every reconcile shares.
 //!
@@ -12,10 +13,13 @@
 //! - `cluster/{validate,desired,plan,pods,status}.rs` are pure: no `kube::Api` or `Client`;
 //!   only `cluster/{observe,apply,drain}.rs` talk to the API server or the head;
 //! - within `cluster/`, a step imports only the steps before it (and [`cluster::pods`]);
-//! - outside `cluster/`, only [`controller`] and [`autoscale::steer`] import it ([`Error`] names
-//!   the validation's [`cluster::validate::InvalidSpec`]);
+//! - outside `cluster/`, only [`controller`], [`autoscale::steer`] and [`job`] import it
+//!   ([`Error`] names the validation's [`cluster::validate::InvalidSpec`]; [`job`] shares its pod
+//!   helpers: [`cluster::pods`], the security contexts and env builders of [`cluster::desired`]);
 //! - [`autoscale::policy`] is pure; [`autoscale`]'s loops talk to Prometheus or a head's
-//!   `/metrics` and record Events, never write the API otherwise.
+//!   `/metrics` and record Events, never write the API otherwise;
+//! - [`job::machine`] and [`job::driver`] are pure; only `job/mod.rs` talks to the API server
+//!   and the head.
 
 use std::path::PathBuf;
 
@@ -29,6 +33,7 @@ pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod head;
+pub mod job;
 pub mod leader;
 pub mod metrics;
 pub mod names;

@@ -1,6 +1,6 @@
 //! `flotilla-operator`: the operator's command line.
 //!
-//! - `flotilla-operator run` reconciles ComputeClusters (kubeconfig or in-cluster config), serves
+//! - `flotilla-operator run` reconciles ComputeClusters and ComputeJobs (kubeconfig or in-cluster config), serves
 //!   `/metrics`, `/healthz` and `/readyz`, and with `--leader-election` acts only while it holds
 //!   the Lease.
 //! - `flotilla-operator crd` prints the CRDs.
@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use flotilla_operator::{
     context::Context,
-    controller,
+    controller, job,
     leader::{Leadership, LeaseConfig},
     metrics::Metrics,
 };
@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Reconcile ComputeClusters until stopped (SIGTERM or ctrl-c).
+    /// Reconcile ComputeClusters and ComputeJobs until stopped (SIGTERM or ctrl-c).
     Run(RunArgs),
     /// Print the ComputeCluster and ComputeJob CRDs as YAML (`... crd | kubectl apply -f -`).
     Crd,
@@ -156,7 +156,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         if let Some(url) = &args.prometheus_url {
             ctx.autoscalers.set_default_url(url.clone());
         }
-        let controllers = controller::run(ctx, &args.namespaces, shutdown.clone());
+        let controllers = futures::future::join(
+            controller::run(ctx.clone(), &args.namespaces, shutdown.clone()),
+            job::run(ctx, &args.namespaces, shutdown.clone()),
+        )
+        .map(|_| ());
         match &leadership {
             Some(held) => {
                 tokio::select! {

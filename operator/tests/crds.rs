@@ -131,7 +131,7 @@ fn crds_have_names_columns_and_subresources() {
             ),
             (
                 "fjob",
-                vec!["Phase", "Cluster", "Start", "Completion", "Age"],
+                vec!["Phase", "Cluster", "Attempts", "Start", "Completion", "Age"],
             ),
         ])
         .map(|(g, (s, c))| (g, s, c))

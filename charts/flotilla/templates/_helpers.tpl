@@ -58,12 +58,16 @@ pods, Services, Secrets and Events it creates. `finalizers` lets it set blockOwn
 the owner references of its children.
 */}}
 {{- define "flotilla.workloadRules" -}}
-{{- /* What the controller does, and no more: it never writes a spec, never deletes a Service or a
-Secret (the garbage collector does, through owner references), and patches pods only to mark a
-worker as draining. */ -}}
+{{- /* What the controllers do, and no more: they never write a spec, never delete a Service or a
+Secret (the garbage collector does, through owner references), and patch pods only to mark a
+worker as draining. The job controller creates and deletes a job's own ComputeCluster, patches a
+job's metadata for its finalizer, and deletes a job whose ttlSecondsAfterFinished passed. */ -}}
 - apiGroups: ["flotilla.dev"]
-  resources: ["computeclusters", "computejobs"]
-  verbs: ["get", "list", "watch"]
+  resources: ["computeclusters"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: ["flotilla.dev"]
+  resources: ["computejobs"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["flotilla.dev"]
   resources: ["computeclusters/status", "computejobs/status"]
   verbs: ["get", "update", "patch"]

@@ -360,7 +360,7 @@ fn template_hash(pod: &Pod) -> String {
     format!("{hash:016x}")
 }
 
-fn pod_security_context(user: Option<&PodSecurityContext>) -> PodSecurityContext {
+pub(crate) fn pod_security_context(user: Option<&PodSecurityContext>) -> PodSecurityContext {
     let mut context = user.cloned().unwrap_or_default();
     context.run_as_non_root = Some(true);
     context.run_as_user.get_or_insert(DEFAULT_RUN_AS);
@@ -373,7 +373,7 @@ fn pod_security_context(user: Option<&PodSecurityContext>) -> PodSecurityContext
     context
 }
 
-fn container_security_context() -> SecurityContext {
+pub(crate) fn container_security_context() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
@@ -405,7 +405,7 @@ fn service_port(name: &str, port: i32) -> ServicePort {
     }
 }
 
-fn literal_env(name: &str, value: &str) -> EnvVar {
+pub(crate) fn literal_env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value: Some(value.to_owned()),
@@ -413,7 +413,7 @@ fn literal_env(name: &str, value: &str) -> EnvVar {
     }
 }
 
-fn field_env(name: &str, field_path: &str) -> EnvVar {
+pub(crate) fn field_env(name: &str, field_path: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {

@@ -9,4 +9,6 @@ pub mod scheduler;
 
 pub use error_kind::ErrorKind;
 pub use ids::{ObjectId, SessionId, WorkerId};
-pub use scheduler::{Effect, RegisterError, Scheduler, Snapshot, WorkerInfo, WorkerView};
+pub use scheduler::{
+    Effect, JobCancelled, JobView, RegisterError, Scheduler, Snapshot, WorkerInfo, WorkerView,
+};

@@ -1663,7 +1663,7 @@ fn a_restarted_head_adopts_reported_objects_for_the_sessions_that_resume() {
     );
     assert!(commands(&s.drain_effects()).is_empty(), "nothing freed yet");
 
-    s.resume_session(back, None, vec![oid(back, 1), oid(back, 3)], now)
+    s.resume_session(back, None, None, vec![oid(back, 1), oid(back, 3)], now)
         .unwrap();
     assert_eq!(
         commands(&s.drain_effects()),
@@ -1671,7 +1671,7 @@ fn a_restarted_head_adopts_reported_objects_for_the_sessions_that_resume() {
         "the object the session no longer names is freed"
     );
     assert!(
-        s.resume_session(back, None, Vec::new(), now).is_err(),
+        s.resume_session(back, None, None, Vec::new(), now).is_err(),
         "an open session cannot be resumed twice"
     );
     assert_ne!(
@@ -1707,7 +1707,7 @@ fn a_named_object_no_worker_reports_is_lost_after_the_grace() {
     let w = s.add_worker(worker("w1", 2)).unwrap();
     let sess = SessionId(3);
     let now = Instant::now();
-    s.resume_session(sess, None, vec![oid(sess, 1)], now)
+    s.resume_session(sess, None, None, vec![oid(sess, 1)], now)
         .unwrap();
     s.subscribe(sess, oid(sess, 1));
     s.adopt_objects(w, held(&[(oid(sess, 2), 5)]), now);
@@ -1778,4 +1778,78 @@ fn demand_is_split_by_the_group_that_can_serve_it() {
     assert_eq!(snap.demand_by_group[""], 3);
     assert_eq!(snap.infeasible_by_resource["tpu"], 1);
     assert_eq!(snap.busy_by_group.values().sum::<u64>(), 2);
+}
+
+// ---------------------------------------------------------------------------------- jobs
+
+#[test]
+fn jobs_count_their_tasks_and_cancelling_one_stops_only_its_work() {
+    let (mut s, other, ws) = setup(0, &[("w1", 4)]);
+    let job = s.open_job_session(None, Some("job-a".into()));
+    let (t1, t2, t3) = (oid(job, 1), oid(job, 2), oid(job, 3));
+    s.submit(job, task(t1, "f", vec![val(b"1")]));
+    s.submit(job, task(t2, "f", vec![val(b"2")]));
+    s.submit(job, create(t3, 0, "", true));
+    let unrelated = oid(other, 1);
+    s.submit(other, task(unrelated, "f", vec![val(b"3")]));
+    s.drain_effects();
+    s.task_finished(ws[0], inline(t1, 0, b"ok"));
+    s.task_finished(ws[0], inline(t3, 0, b""));
+    s.drain_effects();
+    let view = &s.jobs()[0];
+    assert_eq!(
+        (
+            view.job.as_str(),
+            view.tasks_submitted,
+            view.tasks_finished,
+            view.tasks_failed
+        ),
+        ("job-a", 3, 2, 0)
+    );
+    assert_eq!((view.tasks_live, view.drivers), (1, 1));
+
+    let done = s.cancel_job("job-a");
+    assert_eq!((done.sessions, done.tasks, done.actors), (1, 1, 1));
+    let effects = s.drain_effects();
+    let stopped = commands(&effects);
+    assert!(
+        stopped.contains(&(ws[0], Command::Cancel(t2.0))),
+        "{stopped:?}"
+    );
+    assert!(
+        stopped.contains(&(ws[0], Command::KillActor(t3.0))),
+        "{stopped:?}"
+    );
+    assert!(!stopped.contains(&(ws[0], Command::Cancel(unrelated.0))));
+    assert_error(&effects, job, t2, Kind::Cancelled, &["job-a"]);
+    // The job's driver may not start anything more; a new attempt's session may.
+    let late = oid(job, 4);
+    s.submit(job, task(late, "f", vec![val(b"4")]));
+    assert_error(
+        &s.drain_effects(),
+        job,
+        late,
+        Kind::Cancelled,
+        &["job job-a was cancelled"],
+    );
+    let again = s.open_job_session(None, Some("job-a".into()));
+    s.submit(again, task(oid(again, 1), "f", vec![val(b"5")]));
+    assert_eq!(run_ids(&s.drain_effects()), [(ws[0], oid(again, 1))]);
+    let view = &s.jobs()[0];
+    assert_eq!((view.tasks_submitted, view.tasks_failed), (4, 1));
+}
+
+#[test]
+fn jobs_kept_are_bounded_and_connected_ones_stay() {
+    let mut s = Scheduler::new(0);
+    let live = s.open_job_session(None, Some("live".into()));
+    for n in 0..flotilla_core::scheduler::MAX_JOBS + 10 {
+        let id = s.open_job_session(None, Some(format!("old-{n}")));
+        s.close_session(id);
+    }
+    let jobs = s.jobs();
+    assert_eq!(jobs.len(), flotilla_core::scheduler::MAX_JOBS);
+    assert!(jobs.iter().any(|j| j.job == "live" && j.drivers == 1));
+    assert!(!jobs.iter().any(|j| j.job == "old-0"));
+    s.close_session(live);
 }

@@ -16,6 +16,19 @@ pub async fn status(address: &str, token: Option<&str>) -> Result<pb::StatusRepl
     Ok(head.status(pb::StatusRequest {}).await?.into_inner())
 }
 
+/// Cancels a job's work at the head: its drivers' tasks and actors.
+pub async fn cancel_job(
+    address: &str,
+    token: Option<&str>,
+    job: &str,
+) -> Result<pb::CancelJobReply> {
+    let mut head = net::connect_head(address, token).await?;
+    let request = pb::CancelJobRequest {
+        job: job.to_string(),
+    };
+    Ok(head.cancel_job(request).await?.into_inner())
+}
+
 /// Asks the head to drain a worker; answers when it is drained (or the deadline passed).
 pub async fn drain(
     address: &str,

@@ -42,6 +42,12 @@ pub fn estimate_pi(samples: u64) -> f64 {
     4.0 * inside as f64 / samples as f64
 }
 
+/// Squares a number: the seed article's first remote function.
+#[crate::remote]
+pub fn square(x: i64) -> i64 {
+    x * x
+}
+
 /// Sleeps, then returns its argument: a task that holds a slot for a while.
 #[crate::remote]
 pub fn sleep_then(millis: u64, value: u64) -> u64 {

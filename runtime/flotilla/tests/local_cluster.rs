@@ -1193,3 +1193,53 @@ async fn silent_connections_are_closed() {
     rt.shutdown().await;
     c.stop().await;
 }
+
+// ------------------------------------------------------------------ jobs
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_tasks_are_counted_and_cancelled_with_it() {
+    let cluster = LocalCluster::start(LocalOptions {
+        workers: 1,
+        slots: 2,
+        store_bytes: 1 << 30,
+    })
+    .await
+    .expect("local cluster");
+    let rt = Runtime::connect_for_job(&cluster.address, None, "ns/job-a")
+        .await
+        .expect("connect");
+    let other = Runtime::connect(&cluster.address, None).await.unwrap();
+    assert_eq!(bounded("add", add.remote(&rt, 1, 2)).await.unwrap(), 3);
+    let long: Vec<_> = (0..3).map(|_| sleep_then.remote(&rt, 3_000, 1)).collect();
+    let theirs = sleep_then.remote(&other, 300, 9);
+    let job = |reply: &pb::StatusReply| reply.jobs.iter().find(|j| j.job == "ns/job-a").cloned();
+    let running = eventually("the job's tasks show", || async {
+        let s = admin::status(&cluster.address, None).await.ok()?;
+        job(&s).filter(|j| j.tasks_submitted == 4 && j.tasks_live == 3)
+    })
+    .await;
+    assert_eq!((running.tasks_finished, running.drivers), (1, 1));
+
+    let reply = admin::cancel_job(&cluster.address, None, "ns/job-a")
+        .await
+        .unwrap();
+    assert_eq!((reply.sessions, reply.tasks_cancelled), (1, 3));
+    for r in &long {
+        let (kind, _, message) = task_error(bounded("cancelled", rt.get(r)).await.unwrap_err());
+        assert_eq!(kind, ErrorKind::Cancelled, "{message}");
+    }
+    let (kind, _, message) =
+        task_error(bounded("refused", add.remote(&rt, 1, 1)).await.unwrap_err());
+    assert_eq!(kind, ErrorKind::Cancelled);
+    assert!(message.contains("job ns/job-a was cancelled"), "{message}");
+    // Nothing of the job runs on the worker any more; other drivers' work goes on.
+    let gone = eventually("the job's tasks stop", || async {
+        let s = admin::status(&cluster.address, None).await.ok()?;
+        job(&s).filter(|j| j.tasks_live == 0)
+    })
+    .await;
+    assert_eq!((gone.tasks_finished, gone.tasks_failed), (1, 3));
+    assert_eq!(bounded("theirs", theirs).await.unwrap(), 9);
+    other.shutdown().await;
+    finish(cluster, rt).await;
+}

@@ -35,6 +35,7 @@ mod actors;
 mod convert;
 mod drain;
 mod failure;
+mod jobs;
 mod objects;
 mod outcomes;
 mod placement;
@@ -55,6 +56,7 @@ use flotilla_proto::v1::{self as pb, worker_command, ObjectState, TaskSpec};
 use crate::ids::{ObjectId, SessionId, WorkerId};
 pub use crate::options::DEFAULT_MAX_RETRIES;
 pub use convert::spec_name;
+pub use jobs::{JobCancelled, JobView, MAX_JOBS};
 pub use resume::RESUME_GRACE;
 pub use view::{Snapshot, WorkerView, MAX_RUN_NAMES, OTHER_RUNS, UNREGISTERED};
 pub use workers::{RegisterError, WorkerInfo};
@@ -62,6 +64,7 @@ pub use workers::{RegisterError, WorkerInfo};
 use actors::Actor;
 use drain::DrainOutcome;
 use failure::Failure;
+use jobs::Jobs;
 use objects::Object;
 use placement::RunTimes;
 use resume::HeldObject;
@@ -160,6 +163,8 @@ pub struct Scheduler {
     inline_bytes: HashMap<SessionId, u64>,
     /// Objects waiting for their session to resume, or for a worker to report them.
     resumption: resume::Resumption,
+    /// Task counts by job id.
+    jobs: Jobs,
     outbox: Vec<Effect>,
 }
 
@@ -188,6 +193,7 @@ impl Scheduler {
             counters: Counters::default(),
             inline_bytes: HashMap::new(),
             resumption: resume::Resumption::default(),
+            jobs: Jobs::default(),
             outbox: Vec::new(),
         }
     }
@@ -238,12 +244,29 @@ impl Scheduler {
 
     /// Opens a driver session and returns its id (the high bits of the ids it mints).
     pub fn open_session(&mut self, worker: Option<String>) -> SessionId {
+        self.open_job_session(worker, None)
+    }
+
+    /// Opens a session that runs for `job` (a driver's `FLOTILLA_JOB`; empty means none); its
+    /// tasks count for the job and are cancelled with it.
+    pub fn open_job_session(&mut self, worker: Option<String>, job: Option<String>) -> SessionId {
         while self.sessions.contains_key(&SessionId(self.next_session)) {
             self.next_session += 1;
         }
         let id = SessionId(self.next_session);
         self.next_session += 1;
-        self.sessions.insert(id, Session { worker });
+        let job = job.filter(|j| !j.is_empty());
+        self.sessions.insert(
+            id,
+            Session {
+                worker,
+                job: job.clone(),
+                cancelled: false,
+            },
+        );
+        if let Some(job) = job {
+            self.job_opened(id, &job);
+        }
         id
     }
 
@@ -255,10 +278,11 @@ impl Scheduler {
         &mut self,
         id: SessionId,
         worker: Option<String>,
+        job: Option<String>,
         holds: Vec<ObjectId>,
         now: Instant,
     ) -> Result<(), String> {
-        self.resume(id, worker, holds, now)
+        self.resume(id, worker, job, holds, now)
     }
 
     /// A worker reports the objects its store holds, after it registered with a head that
@@ -266,6 +290,17 @@ impl Scheduler {
     pub fn adopt_objects(&mut self, worker: WorkerId, held: pb::HeldObjects, now: Instant) {
         let held = held.objects.into_iter().map(HeldObject::from).collect();
         self.adopt(worker, held, now);
+    }
+
+    /// Cancels a job's work: its drivers' tasks and actors; those drivers may submit nothing
+    /// more. A job id no session uses cancels nothing.
+    pub fn cancel_job(&mut self, job: &str) -> JobCancelled {
+        self.cancel_job_work(job)
+    }
+
+    /// Task counts of the jobs the head knows (at most [`MAX_JOBS`]), by id.
+    pub fn jobs(&self) -> Vec<JobView> {
+        self.job_views()
     }
 
     /// A session ended: cancel its tasks, free its objects, kill its actors that are not detached.

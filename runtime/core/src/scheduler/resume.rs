@@ -58,6 +58,7 @@ impl Scheduler {
         &mut self,
         id: SessionId,
         worker: Option<String>,
+        job: Option<String>,
         holds: Vec<ObjectId>,
         now: Instant,
     ) -> Result<(), String> {
@@ -67,7 +68,18 @@ impl Scheduler {
         if self.sessions.contains_key(&id) {
             return Err(format!("session {} is still open at this head", id.0));
         }
-        self.sessions.insert(id, Session { worker });
+        let job = job.filter(|j| !j.is_empty());
+        self.sessions.insert(
+            id,
+            Session {
+                worker,
+                job: job.clone(),
+                cancelled: false,
+            },
+        );
+        if let Some(job) = job {
+            self.job_opened(id, &job);
+        }
         if id.0 >= self.next_session {
             self.next_session = id.0 + 1;
         }

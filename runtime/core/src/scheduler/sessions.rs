@@ -8,6 +8,10 @@ use crate::ids::{ObjectId, SessionId};
 pub(super) struct Session {
     /// The worker this session lives in; `None` for a driver.
     pub(super) worker: Option<String>,
+    /// The job it runs for (`FLOTILLA_JOB` of its driver), if any.
+    pub(super) job: Option<String>,
+    /// Its job was cancelled: it may submit nothing more.
+    pub(super) cancelled: bool,
 }
 
 impl Scheduler {
@@ -51,6 +55,8 @@ impl Scheduler {
         for obj in self.objects.values_mut() {
             obj.subscribers.retain(|s| *s != session);
         }
+        // Forgotten last, so the outcomes of its tasks still count for its job.
+        self.session_closed(session);
         self.place_tasks();
     }
 }

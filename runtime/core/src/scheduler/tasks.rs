@@ -74,6 +74,9 @@ impl Scheduler {
     /// Checks a new task against the tables, then inserts it and schedules.
     pub(super) fn submit_task(&mut self, session: SessionId, def: TaskDef) {
         let id = def.id;
+        if self.refuse_cancelled(session, id, &def.name()) {
+            return;
+        }
         if id.session() != session || self.tasks.contains_key(&id) || self.objects.contains_key(&id)
         {
             let failure = Failure::new(
@@ -120,6 +123,7 @@ impl Scheduler {
             return;
         }
         self.insert_task(def, session, true);
+        self.count_job_submit(session);
         self.place_tasks();
     }
 

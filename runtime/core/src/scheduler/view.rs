@@ -58,6 +58,8 @@ pub struct Snapshot {
     pub infeasible_by_resource: BTreeMap<String, u64>,
     /// Workers running something, by group.
     pub busy_by_group: BTreeMap<String, u64>,
+    /// Task counts of the jobs the head knows, by id.
+    pub jobs: Vec<super::JobView>,
 }
 
 /// A worker as `flotilla status` shows it.
@@ -148,6 +150,7 @@ pub(super) fn snapshot(s: &Scheduler) -> Snapshot {
         objects: s.objects.len() as u64,
         // Drivers only: every worker also holds a session for the tasks its tasks submit.
         sessions: s.sessions.values().filter(|s| s.worker.is_none()).count() as u64,
+        jobs: s.job_views(),
         ..Snapshot::default()
     };
     for t in s.tasks.values() {

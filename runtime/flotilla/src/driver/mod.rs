@@ -217,6 +217,12 @@ impl Runtime {
         Self::open(address, token, &job, None).await
     }
 
+    /// Connects to the head at `address` as a driver of `job`: its tasks count for the job in
+    /// the head's status and metrics, and cancelling the job at the head cancels them.
+    pub async fn connect_for_job(address: &str, token: Option<&str>, job: &str) -> Result<Runtime> {
+        Self::open(address, token, job, None).await
+    }
+
     /// Opens a session: a driver's (`host` is `None`), or the one a worker's tasks share.
     pub(crate) async fn open(
         address: &str,

@@ -38,6 +38,7 @@ pub(crate) enum HeadEvent {
         worker: Option<String>,
         /// A session to open again, with the stored objects it still references.
         resume: Option<(SessionId, Vec<ObjectId>)>,
+        job: Option<String>,
         events_tx: mpsc::UnboundedSender<pb::DriverEvent>,
         reply: oneshot::Sender<Result<SessionId, String>>,
     },
@@ -45,6 +46,10 @@ pub(crate) enum HeadEvent {
     SessionGone(SessionId),
     Status(oneshot::Sender<StatusView>),
     Runs(oneshot::Sender<RunsByName>),
+    CancelJob {
+        job: String,
+        reply: oneshot::Sender<pb::CancelJobReply>,
+    },
     Drain {
         worker: String,
         timeout: Duration,
@@ -152,13 +157,14 @@ impl Core {
             HeadEvent::OpenSession {
                 worker,
                 resume,
+                job,
                 events_tx,
                 reply,
             } => {
                 let id = match resume {
-                    None => s.open_session(worker),
+                    None => s.open_job_session(worker, job),
                     Some((id, holds)) => {
-                        match s.resume_session(id, worker, holds, Instant::now()) {
+                        match s.resume_session(id, worker, job, holds, Instant::now()) {
                             Ok(()) => {
                                 tracing::info!(session = id.0, "session resumed");
                                 id
@@ -214,6 +220,15 @@ impl Core {
                         .map(|(n, ok, failed)| (n.to_string(), ok, failed))
                         .collect(),
                 );
+            }
+            HeadEvent::CancelJob { job, reply } => {
+                let done = s.cancel_job(&job);
+                tracing::info!(job = %job, tasks = done.tasks, actors = done.actors, "job cancelled");
+                let _ = reply.send(pb::CancelJobReply {
+                    sessions: u32::try_from(done.sessions).unwrap_or(u32::MAX),
+                    tasks_cancelled: done.tasks,
+                    actors_killed: done.actors,
+                });
             }
             HeadEvent::Drain {
                 worker,

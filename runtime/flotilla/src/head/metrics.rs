@@ -38,6 +38,7 @@ pub struct HeadMetrics {
     group_busy: IntGaugeVec,
     task_runs: IntCounterVec,
     task_seconds: Histogram,
+    job_tasks: IntGaugeVec,
 }
 
 impl HeadMetrics {
@@ -144,6 +145,18 @@ impl HeadMetrics {
                 )
                 .expect("valid buckets"),
             ),
+            job_tasks: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "flotilla_job_tasks",
+                        "Tasks of each job the head knows (at most 64 jobs), by state: submitted, \
+                         finished, failed (cumulative) and running (waiting, queued or running now).",
+                    ),
+                    &["job", "state"],
+                )
+                .expect("a valid metric name"),
+            ),
             registry,
             scrape: Mutex::new(()),
         }
@@ -237,6 +250,21 @@ impl HeadMetrics {
                 set(&vec.with_label_values(&[label.as_str()]), *value);
             }
         }
+        // Jobs the head forgot are gone from the series too, so the label set stays bounded.
+        self.job_tasks.reset();
+        for job in &snap.jobs {
+            for (state, value) in [
+                ("submitted", job.tasks_submitted),
+                ("finished", job.tasks_finished),
+                ("failed", job.tasks_failed),
+                ("running", job.tasks_live),
+            ] {
+                set(
+                    &self.job_tasks.with_label_values(&[job.job.as_str(), state]),
+                    value,
+                );
+            }
+        }
         for (task, finished, failed) in runs {
             advance(
                 &self
@@ -250,5 +278,52 @@ impl HeadMetrics {
             );
         }
         crate::metrics::encode(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_core::JobView;
+
+    use super::*;
+
+    #[test]
+    fn jobs_show_per_job_task_counts_and_forgotten_jobs_go() {
+        let metrics = HeadMetrics::new("c", "ns");
+        let job = |name: &str| JobView {
+            job: name.to_owned(),
+            tasks_submitted: 4,
+            tasks_finished: 3,
+            tasks_failed: 1,
+            tasks_live: 0,
+            drivers: 1,
+        };
+        let snap = Snapshot {
+            jobs: vec![job("ns/a-1"), job("ns/b-2")],
+            ..Snapshot::default()
+        };
+        let text = metrics.render(&snap, &[], &Vec::new());
+        // The registry's own labels (cluster, namespace) follow in no fixed order.
+        for (state, value) in [
+            ("submitted", 4),
+            ("finished", 3),
+            ("failed", 1),
+            ("running", 0),
+        ] {
+            let series = format!(r#"flotilla_job_tasks{{job="ns/a-1",state="{state}","#);
+            assert!(
+                text.lines().any(|l| l.starts_with(&series)
+                    && l.contains(r#"cluster="c""#)
+                    && l.ends_with(&format!("}} {value}"))),
+                "{series} {value} missing from\n{text}"
+            );
+        }
+        let snap = Snapshot {
+            jobs: vec![job("ns/b-2")],
+            ..Snapshot::default()
+        };
+        let text = metrics.render(&snap, &[], &Vec::new());
+        assert!(!text.contains("ns/a-1"), "{text}");
+        assert!(text.contains("ns/b-2"));
     }
 }

@@ -101,9 +101,11 @@ impl Head for HeadService {
                 hello.holds.into_iter().map(ObjectId).collect(),
             )
         });
+        let job = (!hello.job.is_empty()).then_some(hello.job);
         self.send(HeadEvent::OpenSession {
             worker,
             resume,
+            job,
             events_tx,
             reply,
         })?;
@@ -228,6 +230,22 @@ impl Head for HeadService {
             .map_err(|_| Status::unavailable("the head is shutting down"))?;
         Ok(Response::new(answer))
     }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobReply>, Status> {
+        let job = request.into_inner().job;
+        if job.is_empty() {
+            return Err(Status::invalid_argument("name the job to cancel"));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(HeadEvent::CancelJob { job, reply })?;
+        let answer = rx
+            .await
+            .map_err(|_| Status::unavailable("the head is shutting down"))?;
+        Ok(Response::new(answer))
+    }
 }
 
 /// The wire form of a status view.
@@ -262,5 +280,17 @@ pub fn status_reply(instance: &str, snap: &Snapshot, workers: &[WorkerView]) -> 
         drivers: snap.sessions as u32,
         desired_workers: snap.desired_workers,
         tasks_retried: snap.tasks_retried,
+        jobs: snap
+            .jobs
+            .iter()
+            .map(|j| pb::JobStatus {
+                job: j.job.clone(),
+                tasks_submitted: j.tasks_submitted,
+                tasks_finished: j.tasks_finished,
+                tasks_failed: j.tasks_failed,
+                tasks_live: j.tasks_live,
+                drivers: u32::try_from(j.drivers).unwrap_or(u32::MAX),
+            })
+            .collect(),
     }
 }

@@ -590,6 +590,44 @@ pub struct StatusReply {
     pub desired_workers: u64,
     #[prost(uint64, tag = "12")]
     pub tasks_retried: u64,
+    /// Task counts of the jobs the head knows (a bounded number; see JobStatus).
+    #[prost(message, repeated, tag = "13")]
+    pub jobs: ::prost::alloc::vec::Vec<JobStatus>,
+}
+/// Task counts of one job, from the drivers that ran for it. The head keeps a bounded number of
+/// jobs: those with a driver connected, and the most recently seen others.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct JobStatus {
+    #[prost(string, tag = "1")]
+    pub job: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub tasks_submitted: u64,
+    #[prost(uint64, tag = "3")]
+    pub tasks_finished: u64,
+    /// Failed for good, cancelled included.
+    #[prost(uint64, tag = "4")]
+    pub tasks_failed: u64,
+    /// Waiting, queued or running now.
+    #[prost(uint64, tag = "5")]
+    pub tasks_live: u64,
+    /// Driver sessions of the job connected now.
+    #[prost(uint32, tag = "6")]
+    pub drivers: u32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CancelJobRequest {
+    #[prost(string, tag = "1")]
+    pub job: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CancelJobReply {
+    /// Driver sessions of the job at the head.
+    #[prost(uint32, tag = "1")]
+    pub sessions: u32,
+    #[prost(uint64, tag = "2")]
+    pub tasks_cancelled: u64,
+    #[prost(uint64, tag = "3")]
+    pub actors_killed: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DrainRequest {
@@ -859,6 +897,29 @@ pub mod head_client {
             req.extensions_mut().insert(GrpcMethod::new("flotilla.v1.Head", "Drain"));
             self.inner.unary(req, path, codec).await
         }
+        /// Cancel a job's work: the tasks and actors of the drivers that run for it (DriverHello.job);
+        /// those drivers may submit nothing more.
+        pub async fn cancel_job(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CancelJobRequest>,
+        ) -> std::result::Result<tonic::Response<super::CancelJobReply>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/flotilla.v1.Head/CancelJob",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("flotilla.v1.Head", "CancelJob"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -906,6 +967,12 @@ pub mod head_server {
             &self,
             request: tonic::Request<super::DrainRequest>,
         ) -> std::result::Result<tonic::Response<super::DrainReply>, tonic::Status>;
+        /// Cancel a job's work: the tasks and actors of the drivers that run for it (DriverHello.job);
+        /// those drivers may submit nothing more.
+        async fn cancel_job(
+            &self,
+            request: tonic::Request<super::CancelJobRequest>,
+        ) -> std::result::Result<tonic::Response<super::CancelJobReply>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct HeadServer<T> {
@@ -1142,6 +1209,49 @@ pub mod head_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DrainSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/flotilla.v1.Head/CancelJob" => {
+                    #[allow(non_camel_case_types)]
+                    struct CancelJobSvc<T: Head>(pub Arc<T>);
+                    impl<T: Head> tonic::server::UnaryService<super::CancelJobRequest>
+                    for CancelJobSvc<T> {
+                        type Response = super::CancelJobReply;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CancelJobRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Head>::cancel_job(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CancelJobSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -116,6 +116,16 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let ["api", "v1", "namespaces", namespace, "pods", name, "log"] = uri
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()[..]
+    {
+        if method == Method::GET {
+            return super::logs::pod_log(shared, namespace, name, uri.query()).await;
+        }
+    }
     let query = Query::<HashMap<String, String>>::try_from_uri(&uri)
         .map(|q| q.0)
         .unwrap_or_default();

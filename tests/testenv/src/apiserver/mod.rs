@@ -28,6 +28,7 @@ mod discovery;
 mod error;
 mod events;
 mod handlers;
+mod logs;
 mod patch;
 mod protobuf;
 mod quantity;

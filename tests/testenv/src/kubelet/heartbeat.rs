@@ -119,7 +119,7 @@ fn memory() -> String {
 }
 
 /// The Node's status: capacity, addresses and the Ready condition with a fresh heartbeat.
-fn status(node_name: &str, now: &Value, ready_since: &Value) -> Value {
+fn status(node_name: &str, log_port: u16, now: &Value, ready_since: &Value) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let resources = json!({"cpu": cpus.to_string(), "memory": memory(), "pods": MAX_PODS});
     let condition = |type_: &str, status: &str, reason: &str, message: &str| {
@@ -145,7 +145,7 @@ fn status(node_name: &str, now: &Value, ready_since: &Value) -> Value {
             condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": log_port}},
         "nodeInfo": {
             "machineID": "",
             "systemUUID": "",
@@ -176,7 +176,7 @@ async fn post_status(shared: &Shared) -> Result<(), kube::Error> {
         .find(|c| c.type_ == "Ready" && c.status == "True")
         .and_then(|c| c.last_transition_time)
         .map_or_else(|| now.clone(), |t| json!(t));
-    let patch = json!({"status": status(name, &now, &ready_since)});
+    let patch = json!({"status": status(name, shared.log_port, &now, &ready_since)});
     nodes
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await

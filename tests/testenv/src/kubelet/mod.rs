@@ -25,7 +25,12 @@
 //!   `HOSTNAME` (the pod name) and the container's `env`/`envFrom` (literal values, `fieldRef`,
 //!   `secretKeyRef`, `configMapKeyRef`; a missing object or key leaves the container waiting in
 //!   `CreateContainerConfigError`, retried every second). Each process runs in its own process
-//!   group; stdout and stderr are appended to `<log_dir>/<namespace>_<pod>_<container>.log`. A
+//!   group; stdout and stderr are appended to `<log_dir>/<namespace>_<pod>_<container>.log`,
+//!   served as a kubelet serves them (`/containerLogs/…` with `tailLines`, `follow`,
+//!   `previous` and `limitBytes`, on the port the Node names as its kubelet endpoint, which is
+//!   where the API server's `pods/{name}/log` goes). A container that fails with
+//!   `terminationMessagePolicy: FallbackToLogsOnError` gets the end of its output (80 lines, at
+//!   most 2048 bytes) as its termination message. A
 //!   program that cannot be started ends as `terminated` with reason `StartError` (exit code
 //!   128) and is retried with back-off, shown as `RunContainerError`.
 //! - **Cluster DNS stand-in**: a host `<service>.<namespace>.svc[.cluster.local]` (with any
@@ -74,6 +79,7 @@ mod command;
 mod env;
 mod heartbeat;
 mod ip;
+mod logs;
 mod pod;
 mod probe;
 mod process;
@@ -105,7 +111,7 @@ use tokio::{
 
 pub use self::heartbeat::HEARTBEAT;
 use self::{
-    ip::IpTable,
+    ip::{IpTable, HOST_IP},
     pod::{PodUpdate, PodWorker, WorkerInputs},
     process::ProcessTable,
 };
@@ -175,6 +181,10 @@ struct Shared {
     config: KubeletConfig,
     ips: Mutex<IpTable>,
     processes: ProcessTable,
+    /// Where each container's runs begin in its log.
+    log_runs: logs::LogRuns,
+    /// The port serving container logs (the Node's kubelet endpoint).
+    log_port: u16,
     /// Holds a working directory per pod.
     root_dir: PathBuf,
 }
@@ -234,14 +244,30 @@ impl ProcessKubelet {
             INSTANCE.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&root_dir)?;
+        let logs_listener = tokio::net::TcpListener::bind((HOST_IP, 0)).await?;
         let shared = Arc::new(Shared {
             client,
             config,
             ips: Mutex::new(IpTable::default()),
             processes: ProcessTable::default(),
+            log_runs: logs::LogRuns::default(),
+            log_port: logs_listener.local_addr()?.port(),
             root_dir,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut logs_shutdown = shutdown_rx.clone();
+        let router = logs::router(Arc::clone(&shared));
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = logs_shutdown.wait_for(|stop| *stop).await;
+            };
+            if let Err(err) = axum::serve(logs_listener, router)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::warn!(%err, "serving container logs");
+            }
+        });
         tokio::spawn(heartbeat::run(Arc::clone(&shared), shutdown_rx.clone()));
         let task = tokio::spawn(Node::new(Arc::clone(&shared)).run(shutdown_rx));
         Ok(Self {

@@ -440,6 +440,7 @@ impl PodWorker {
             &self.name,
             &spec.name,
         );
+        shared.log_runs.started(&log);
         let launch = Launch {
             program: &program,
             args: &argv,
@@ -541,6 +542,17 @@ impl PodWorker {
         let mut terminated =
             Terminated::exited(code, signal, pid, process.started_at, Timestamp::now());
         terminated.message = process.stop_reason;
+        let fallback =
+            slot.spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+        if terminated.message.is_none() && code != 0 && fallback {
+            let log = log_path(
+                &self.shared.config.log_dir,
+                &self.namespace,
+                &self.name,
+                &slot.spec.name,
+            );
+            terminated.message = self.shared.log_runs.tail_for_message(&log);
+        }
         self.after_exit(position, terminated, process.since.elapsed(), may_restart);
     }
 

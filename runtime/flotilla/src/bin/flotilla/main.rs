@@ -10,6 +10,7 @@ macro_rules! say {
 }
 
 mod bench;
+mod examples;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -100,6 +101,12 @@ enum Command {
         /// Seconds running tasks get to finish.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+    },
+    /// Run a seed example as a driver of FLOTILLA_HEAD (or of a local cluster without it), on
+    /// the functions and actors every `flotilla` worker carries.
+    Example {
+        #[command(subcommand)]
+        example: examples::Example,
     },
     /// Measure the runtime against a local cluster of a head and 2 worker processes.
     Bench {
@@ -255,6 +262,28 @@ fn main() -> ExitCode {
                         w.spilled_bytes
                     );
                 }
+                if !s.jobs.is_empty() {
+                    say!(
+                        "{:<40} {:>9} {:>9} {:>9} {:>8} {:>7}",
+                        "JOB",
+                        "SUBMITTED",
+                        "FINISHED",
+                        "FAILED",
+                        "RUNNING",
+                        "DRIVERS"
+                    );
+                    for j in s.jobs {
+                        say!(
+                            "{:<40} {:>9} {:>9} {:>9} {:>8} {:>7}",
+                            j.job,
+                            j.tasks_submitted,
+                            j.tasks_finished,
+                            j.tasks_failed,
+                            j.tasks_live,
+                            j.drivers
+                        );
+                    }
+                }
                 Ok(())
             }
             Command::Drain {
@@ -280,6 +309,7 @@ fn main() -> ExitCode {
                     _ => Err(format!("{worker} did not empty in time")),
                 }
             }
+            Command::Example { example } => examples::run(example).await.map_err(|e| e.to_string()),
             Command::Bench { workload, tasks } => bench::run(&workload, tasks)
                 .await
                 .map_err(|e| format!("{e:#}")),
