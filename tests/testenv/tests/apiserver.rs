@@ -177,7 +177,7 @@ async fn kubectl_applies_the_crds_and_examples() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "DESIRED", "READY", "PHASE", "AGE"],
+        ["NAME", "DESIRED", "READY", "PHASE", "AUTOSCALER", "AGE"],
         "{table}"
     );
     assert!(
