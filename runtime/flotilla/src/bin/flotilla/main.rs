@@ -144,11 +144,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Heads and workers do their I/O on one thread (tasks run on blocking threads): no
     // cross-thread wake-ups on the hot path, and the other cores stay free for tasks.
-    let tokio = match cli.command {
-        Command::Head { .. } | Command::Worker { .. } => process::service_runtime(),
-        _ => process::driver_runtime(),
+    let service = matches!(cli.command, Command::Head { .. } | Command::Worker { .. });
+    let tokio = if service {
+        process::service_runtime()
+    } else {
+        process::driver_runtime()
     };
-    let result: Result<(), String> = tokio.block_on(async move {
+    let work = async move {
         match cli.command {
             Command::Head {
                 bind,
@@ -314,7 +316,16 @@ fn main() -> ExitCode {
                 .await
                 .map_err(|e| format!("{e:#}")),
         }
-    });
+    };
+    let result: Result<(), String> = if service {
+        tokio.block_on(work)
+    } else {
+        // A driver's work runs on a runtime thread beside the connection tasks that wake it, so
+        // a reply reaches it through that thread's own queue instead of waking the main thread.
+        tokio
+            .block_on(tokio.spawn(work))
+            .unwrap_or_else(|e| Err(format!("the command failed: {e}")))
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
