@@ -94,7 +94,7 @@ pub struct CsvRange {
 }
 
 /// The schema of CSV columns.
-pub(crate) fn schema_of(columns: &[(String, ColType)]) -> SchemaRef {
+pub fn schema_of(columns: &[(String, ColType)]) -> SchemaRef {
     Arc::new(Schema::new(
         columns
             .iter()
