@@ -346,3 +346,21 @@ fn located(range: &CsvRange, file: &File, message: &str) -> crate::error::Error 
         )),
     }
 }
+
+/// Writes the seed article's `large_data.csv`: a header `col1,col2`, then `i,2i` for `i` in
+/// `0..rows` (about 163 MB for 10,000,000 rows). Used by the `csv_mean` example and
+/// `flotilla bench`.
+pub fn write_example(path: &Path, rows: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("csv.partial");
+    {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        out.write_all(b"col1,col2\n")?;
+        for i in 0..rows {
+            writeln!(out, "{i},{}", 2 * i)?;
+        }
+        out.flush()?;
+    }
+    // Whole or not at all: a run stopped halfway leaves no short file behind.
+    std::fs::rename(&tmp, path)
+}
