@@ -49,7 +49,10 @@ async fn main(rt: flotilla::Runtime) -> flotilla::Result<()> {
     };
     let df = DataFrame::read_csv_with(&rt, &path.to_string_lossy(), &options)?;
     let parts = df.partitions()?;
-    let means: Vec<_> = parts.iter().map(|p| partition_mean.remote(&rt, p)).collect();
+    let means: Vec<_> = parts
+        .iter()
+        .map(|p| partition_mean.remote(&rt, p))
+        .collect();
     let means = rt.get_all(&means).await?;
     let mean = means.iter().sum::<f64>() / means.len() as f64;
     println!(

@@ -15,7 +15,10 @@ async fn main(rt: flotilla::Runtime) -> flotilla::Result<()> {
     let y: Float64Array = (0..n).map(|i| i as f64 * 2.0).collect();
     let df = DataFrame::from_columns(
         &rt,
-        vec![("x", Arc::new(x) as ArrayRef), ("y", Arc::new(y) as ArrayRef)],
+        vec![
+            ("x", Arc::new(x) as ArrayRef),
+            ("y", Arc::new(y) as ArrayRef),
+        ],
         10,
     )
     .await?;

@@ -15,7 +15,7 @@ use std::{
 
 use arrow_array::{Array as _, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use flotilla::{
-    builtins::add,
+    builtins::{add, sleep_then},
     collections::{
         array::{decode_block, encode_block, Op},
         col, compute_all,
@@ -23,7 +23,7 @@ use flotilla::{
         lit, Agg,
     },
     local::{processes::ProcessCluster, LocalCluster, LocalOptions},
-    Array, Bag, Blob, DataFrame, Runtime,
+    Array, Bag, Blob, DataFrame, ObjectRef, Runtime,
 };
 use ndarray::{s, Array2, Axis};
 
@@ -89,6 +89,13 @@ fn add_w(b: Blob) -> Blob {
         .collect();
     columns.push(("w".into(), Arc::new(w)));
     encode_batch(&RecordBatch::try_from_iter(columns).expect("batch")).expect("encode")
+}
+
+/// Sums the values behind references handed over inside a `Vec`, read by the task itself.
+#[flotilla::remote]
+fn sum_refs(rt: &Runtime, refs: Vec<ObjectRef<u64>>) -> Result<u64, String> {
+    let values = flotilla::block_on(rt.get_all(&refs)).map_err(|e| e.to_string())?;
+    Ok(values.iter().sum())
 }
 
 // ------------------------------------------------------------------------ the checks
@@ -431,6 +438,55 @@ async fn collections_on_two_worker_processes() {
     bounded("bag", check_bag(&rt)).await;
     bounded("delayed", check_delayed(&rt)).await;
     rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn references_inside_values_are_dependencies_and_held() {
+    let (cluster, rt) = local(1, 1 << 30).await;
+    let before = rt.status().await.unwrap().objects;
+    // A result still being computed and a put value, both handed over only inside a Vec; the
+    // driver keeps no handle to either.
+    let slow = sleep_then.remote(&rt, 200, 5);
+    let put = rt.put(&7u64).await.unwrap();
+    let total = sum_refs.remote(&rt, vec![slow, put]);
+    assert_eq!(bounded("sum_refs", total.clone()).await.unwrap(), 12);
+    // Several tasks borrowing one object: each holds it while it runs.
+    let shared = rt.put(&1u64).await.unwrap();
+    let sums: Vec<_> = (0..4)
+        .map(|_| sum_refs.remote(&rt, vec![shared.clone(), shared.clone()]))
+        .collect();
+    drop(shared);
+    assert_eq!(
+        bounded("sums", rt.get_all(&sums)).await.unwrap(),
+        vec![2; 4]
+    );
+    // Nothing leaks once the results go: the nested objects were held, not kept.
+    drop((total, sums));
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let objects = rt.status().await.unwrap().objects;
+        if objects == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{objects} objects left, {before} before"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A reference inside a value the driver reads back is refused (its object is not held for
+    // the driver): the error names the type.
+    let e = rt
+        .get(&rt.put(&vec![rt.put(&1u64).await.unwrap()]).await.unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot decode a") && e.contains("ObjectRef<u64>"),
+        "{e}"
+    );
+    rt.shutdown().await;
+    cluster.stop().await;
 }
 
 // ------------------------------------------------------------------------ CSV

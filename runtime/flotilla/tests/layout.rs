@@ -52,6 +52,8 @@ const REEXPORTS: &[(&str, &str)] = &[
     ("Bag", "collections"),
     ("DataFrame", "collections"),
     ("Delayed", "collections"),
+    // Blocks on a future of the runtime, from synchronous code.
+    ("block_on", "driver"),
     ("Runtime", "driver"),
     ("ObjectRef", "driver"),
     ("IntoArg", "driver"),

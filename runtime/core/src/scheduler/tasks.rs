@@ -321,6 +321,7 @@ mod tests {
             args: Vec::new(),
             options,
             signature: String::new(),
+            nested: Vec::new(),
         }
     }
 

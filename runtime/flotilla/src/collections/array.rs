@@ -612,6 +612,10 @@ impl Array {
                 call(
                     &self.rt,
                     BLOCK,
+                    match action {
+                        Action::Materialize => "array.block",
+                        Action::Reduce { .. } => "array.reduce",
+                    },
                     &BlockTask {
                         block: c.block.clone(),
                         action,

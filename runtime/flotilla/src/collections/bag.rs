@@ -299,6 +299,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
                 call(
                     &self.rt,
                     BAG,
+                    "bag.partition",
                     &BagTask {
                         part,
                         steps: self.steps.clone(),

@@ -31,6 +31,7 @@ use crate::{
     codec::{self, Blob},
     driver::{
         object_ref::{ArgList, IntoArg, ObjectRef},
+        options::TaskOptions,
         Runtime,
     },
     error::{Error, Result, TaskFailure},
@@ -38,10 +39,13 @@ use crate::{
 };
 
 /// Calls one of the collections' own functions: `head` is the plan (encoded), `inputs` the
-/// partitions or blocks it reads, passed as references so the head resolves them first.
+/// partitions or blocks it reads, passed as references so the head resolves them first. The
+/// task is named after its `stage` (`dataframe.aggregate`), which is how the head's metrics
+/// (`flotilla_task_runs_total{task=…}`) and errors name it.
 pub(crate) fn call<T>(
     rt: &Runtime,
     name: &'static str,
+    stage: &str,
     head: &(impl serde::Serialize + 'static),
     inputs: &[ObjectRef<Blob>],
 ) -> Result<ObjectRef<T>> {
@@ -50,7 +54,8 @@ pub(crate) fn call<T>(
     for r in inputs {
         IntoArg::<Blob>::push_to(r, &mut list);
     }
-    Ok(rt.call_function(name, VARIADIC, list, None))
+    let options = TaskOptions::default().name(stage);
+    Ok(rt.call_function(name, VARIADIC, list, Some(&options)))
 }
 
 /// The signature of the collections' functions: a plan and any number of blobs.

@@ -367,6 +367,7 @@ impl Runtime {
             args: args.args,
             options,
             signature: signature.to_string(),
+            nested: args.nested,
         };
         let r = self.new_ref(id, ObjectCell::Pending(Vec::new()));
         self.session.send(driver_op::Op::Submit(spec));

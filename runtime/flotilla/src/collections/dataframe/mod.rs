@@ -207,6 +207,18 @@ enum Action {
     },
 }
 
+impl Action {
+    /// The name of the tasks that run it.
+    fn stage(&self) -> &'static str {
+        match self {
+            Action::Materialize => "dataframe.partition",
+            Action::Head(_) => "dataframe.head",
+            Action::Aggregate(_) => "dataframe.aggregate",
+            Action::GroupBy { .. } => "dataframe.groupby",
+        }
+    }
+}
+
 /// The plan of one partition's task.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Query {
@@ -655,6 +667,7 @@ impl DataFrame {
     /// Submits one task per partition running the plan and then `action`.
     fn run<T>(&self, action: Action) -> Result<Vec<ObjectRef<T>>> {
         let needed = self.needed(&action);
+        let stage = action.stage();
         let query = |scan| Query {
             scan,
             needed: needed.clone(),
@@ -668,6 +681,7 @@ impl DataFrame {
                     call(
                         &self.rt,
                         QUERY,
+                        stage,
                         &query(Scan::Batch),
                         std::slice::from_ref(r),
                     )
@@ -675,7 +689,7 @@ impl DataFrame {
                 .collect(),
             Source::Csv(ranges) => ranges
                 .iter()
-                .map(|r| call(&self.rt, QUERY, &query(Scan::Csv(r.clone())), &[]))
+                .map(|r| call(&self.rt, QUERY, stage, &query(Scan::Csv(r.clone())), &[]))
                 .collect(),
         }
     }
@@ -829,12 +843,17 @@ impl DataFrame {
                 action: Action::Head(n - rows),
             };
             let r: ObjectRef<Blob> = match &*self.source {
-                Source::Batches(refs) => {
-                    call(&self.rt, QUERY, &query, std::slice::from_ref(&refs[i]))?
-                }
+                Source::Batches(refs) => call(
+                    &self.rt,
+                    QUERY,
+                    "dataframe.head",
+                    &query,
+                    std::slice::from_ref(&refs[i]),
+                )?,
                 Source::Csv(ranges) => call(
                     &self.rt,
                     QUERY,
+                    "dataframe.head",
                     &Query {
                         scan: Scan::Csv(ranges[i].clone()),
                         ..query
