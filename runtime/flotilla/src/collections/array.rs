@@ -203,7 +203,7 @@ enum Action {
     /// The block (see [`encode_block`]).
     Materialize,
     /// Moments of all values (`Vec<Moments>` of one), or per column (axis 0) or row (axis 1).
-    Reduce { axis: Option<usize>, spread: bool },
+    Reduce { axis: Option<usize>, agg: Agg },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -233,10 +233,86 @@ fn run_block(args: &[Bytes]) -> Result<Bytes> {
         .iter()
         .map(decode_block)
         .collect::<Result<Vec<_>>>()?;
+    if let (
+        Block::Random { seed, rows, cols },
+        Action::Reduce {
+            axis: None,
+            agg: Agg::Sum | Agg::Mean | Agg::Count,
+        },
+    ) = (&task.block, task.action)
+    {
+        // Random values summed as they are drawn: no block in memory.
+        return codec::encode(&vec![random_sum(*seed, rows * cols)]);
+    }
     let a = task.block.eval(&inputs)?;
     match task.action {
         Action::Materialize => Ok(encode_block(a.view()).0),
-        Action::Reduce { axis, spread } => codec::encode(&moments(&a, axis, spread)),
+        Action::Reduce { axis: None, agg } => match a.as_slice() {
+            Some(values) => codec::encode(&vec![reduce_slice(values, agg)]),
+            None => codec::encode(&moments(&a, None, agg == Agg::Std)),
+        },
+        Action::Reduce { axis, agg } => codec::encode(&moments(&a, axis, agg == Agg::Std)),
+    }
+}
+
+/// The count and sum of `n` values drawn as [`Block::Random`] draws them; four running sums,
+/// so the additions do not wait on each other.
+fn random_sum(seed: u64, n: usize) -> Moments {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut lanes = [0.0f64; 4];
+    for _ in 0..n / 4 {
+        for lane in &mut lanes {
+            *lane += rng.random::<f64>();
+        }
+    }
+    let mut sum = lanes.iter().sum::<f64>();
+    for _ in 0..n % 4 {
+        sum += rng.random::<f64>();
+    }
+    Moments {
+        count: n as u64,
+        sum,
+        ..Moments::default()
+    }
+}
+
+/// The moments `agg` needs of contiguous values: sums in four lanes, extremes only for min
+/// and max, squared deviations only for std.
+fn reduce_slice(values: &[f64], agg: Agg) -> Moments {
+    if values.is_empty() {
+        return Moments::default();
+    }
+    let mut lanes = [0.0f64; 4];
+    let chunks = values.chunks_exact(4);
+    let rest: f64 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (lane, x) in lanes.iter_mut().zip(c) {
+            *lane += x;
+        }
+    }
+    let sum = lanes.iter().sum::<f64>() + rest;
+    let count = values.len() as u64;
+    let (min, max) = if matches!(agg, Agg::Min | Agg::Max) {
+        values
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            })
+    } else {
+        (f64::INFINITY, f64::NEG_INFINITY)
+    };
+    let m2 = if agg == Agg::Std {
+        let mean = sum / count as f64;
+        values.iter().map(|x| (x - mean) * (x - mean)).sum()
+    } else {
+        0.0
+    };
+    Moments {
+        count,
+        sum,
+        min,
+        max,
+        m2,
     }
 }
 
@@ -689,10 +765,7 @@ impl Array {
     }
 
     async fn reduce_all(&self, agg: Agg) -> Result<f64> {
-        let refs = self.run::<Vec<Moments>>(Action::Reduce {
-            axis: None,
-            spread: agg == Agg::Std,
-        })?;
+        let refs = self.run::<Vec<Moments>>(Action::Reduce { axis: None, agg })?;
         progress::watch(&self.rt, "reduce", &refs).await?;
         let mut total = Moments::default();
         for m in self.rt.get_all(&refs).await? {
@@ -710,7 +783,7 @@ impl Array {
         }
         let refs = self.run::<Vec<Moments>>(Action::Reduce {
             axis: Some(axis),
-            spread: agg == Agg::Std,
+            agg,
         })?;
         progress::watch(&self.rt, "reduce", &refs).await?;
         let len = if axis == 0 {

@@ -228,7 +228,7 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Infers the columns of `path` from its first `block` bytes.
+/// Infers the columns of `path` from the records in its first block, up to a MiB of them.
 pub fn infer(
     path: &str,
     block: u64,
@@ -238,7 +238,9 @@ pub fn infer(
     let p = Path::new(path);
     let file = File::open(p).map_err(|e| io_error(p, e))?;
     let len = file.metadata().map_err(|e| io_error(p, e))?.len();
-    let take = len.min(block.max(1 << 16));
+    // A sample, as Dask's `sample`: the first MiB (less when the block is smaller) tells the
+    // types without parsing a whole block.
+    let take = len.min(block.clamp(1 << 16, 1 << 20));
     let mut bytes = vec![0; take as usize];
     file.read_exact_at(&mut bytes, 0)
         .map_err(|e| io_error(p, e))?;
