@@ -125,7 +125,7 @@ async fn check_dataframe(rt: &Runtime) {
     let batch = frame();
     let xs: Vec<f64> = (0..ROWS).map(|i| i as f64).collect();
     let ys: Vec<f64> = (0..ROWS).map(|i| i as f64 * 0.5 + (i % 7) as f64).collect();
-    let df = DataFrame::from_batches(rt, &[batch.clone()], 4)
+    let df = DataFrame::from_batches(rt, std::slice::from_ref(&batch), 4)
         .await
         .unwrap();
     assert_eq!(df.npartitions(), 4);
@@ -205,8 +205,8 @@ async fn check_dataframe(rt: &Runtime) {
         .await
         .unwrap();
     let mut plain: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for i in 0..ROWS as usize {
-        plain.entry(format!("k{}", i % 3)).or_default().push(ys[i]);
+    for (i, y) in ys.iter().enumerate() {
+        plain.entry(format!("k{}", i % 3)).or_default().push(*y);
     }
     assert_eq!(g.num_rows(), 3);
     let keys = g.column(0).as_any().downcast_ref::<StringArray>().unwrap();

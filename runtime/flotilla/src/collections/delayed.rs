@@ -145,7 +145,7 @@ impl<T> Delayed<T> {
 
     /// The graph as Graphviz DOT text: one box per call, edges from arguments to calls.
     pub fn to_dot(&self) -> String {
-        to_dot(&[self.node.clone()])
+        to_dot(std::slice::from_ref(&self.node))
     }
 
     /// How many tasks computing this node submits (each shared node counted once).
