@@ -8,7 +8,7 @@ target="${CARGO_TARGET_DIR:-target}"
 cargo build --release -p flotilla --bin flotilla --examples
 bin="$target/release"
 
-for example in square counter pi; do
+for example in square counter pi array_mean dataframe_mean delayed csv_mean dask_to_ray; do
   echo "== $example (local cluster in the driver's process)"
   "$bin/examples/$example"
 done

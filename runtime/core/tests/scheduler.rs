@@ -79,6 +79,7 @@ fn task(id: ObjectId, function: &str, args: Vec<pb::Arg>) -> TaskSpec {
         args,
         options: options(-1),
         signature: String::new(),
+        nested: Vec::new(),
         kind: Some(task_spec::Kind::Function(function.into())),
     }
 }
@@ -94,6 +95,7 @@ fn create(id: ObjectId, max_restarts: i32, name: &str, detached: bool) -> TaskSp
         args: Vec::new(),
         options: options(-1),
         signature: String::new(),
+        nested: Vec::new(),
         kind: Some(task_spec::Kind::CreateActor(pb::ActorCreate {
             class: "Counter".into(),
             max_restarts,
@@ -109,6 +111,7 @@ fn call(id: ObjectId, actor: ObjectId, method: &str, args: Vec<pb::Arg>) -> Task
         args,
         options: options(-1),
         signature: String::new(),
+        nested: Vec::new(),
         kind: Some(task_spec::Kind::ActorCall(pb::ActorCall {
             actor: actor.0,
             method: method.into(),
@@ -757,6 +760,41 @@ fn object_needed_by_a_queued_task_outlives_its_release() {
     s.release(sess, b);
     assert_eq!(commands(&s.drain_effects()), vec![free(ws[0], x)]);
     assert_eq!(s.snapshot().objects, 1, "only the blocker's result is left");
+}
+
+#[test]
+fn objects_referenced_inside_values_are_waited_for_and_held() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let (x, producer, b) = (oid(sess, 1), oid(sess, 2), oid(sess, 3));
+    s.put(sess, x, put_stored(100, &[ws[0]]));
+    s.submit(sess, task(producer, "f", vec![]));
+    // b's only argument is a value that refers to x and to producer's result.
+    let mut spec = task(b, "g", vec![val(b"refs")]);
+    spec.nested = vec![x.0, producer.0];
+    s.submit(sess, spec);
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], producer)]);
+    assert_eq!(s.snapshot().tasks_waiting, 1, "b waits for producer");
+
+    s.release(sess, x);
+    assert!(commands(&s.drain_effects()).is_empty(), "b holds x");
+    s.task_finished(ws[0], inline(producer, 0, b"7"));
+    let fx = s.drain_effects();
+    assert_eq!(run_ids(&fx), vec![(ws[0], b)]);
+    let dispatched = &runs(&fx)[0].1;
+    assert_eq!(dispatched.args.len(), 1, "nested objects are not arguments");
+    assert_eq!(
+        dispatched.spec.as_ref().unwrap().nested,
+        vec![x.0, producer.0]
+    );
+
+    s.task_finished(ws[0], inline(b, 0, b"done"));
+    s.drain_effects();
+    // Released b: its lineage no longer pins x, which nothing else holds.
+    s.release(sess, b);
+    assert_eq!(commands(&s.drain_effects()), vec![free(ws[0], x)]);
+    s.release(sess, producer);
+    s.drain_effects();
+    assert_eq!(s.snapshot().objects, 0, "nothing leaks");
 }
 
 // ---------------------------------------------------------------------------------- sessions

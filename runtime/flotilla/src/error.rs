@@ -59,6 +59,11 @@ pub enum Error {
     /// No worker could take the request (none registered, or all draining).
     #[error("{0}")]
     Unavailable(String),
+    /// Bad input to a collection, found while building or running its graph: a column that
+    /// does not exist, a type that does not fit, a file that is missing or malformed, chunks
+    /// that do not line up.
+    #[error("{0}")]
+    Invalid(String),
     /// A file or socket operation failed.
     #[error("{}{source}", context_prefix(context))]
     Io {

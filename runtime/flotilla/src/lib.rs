@@ -27,6 +27,7 @@
 //!
 //! | module     | job                                                       | may import                 |
 //! |------------|-----------------------------------------------------------|----------------------------|
+//! | `collections` | delayed graphs, dataframes, chunked arrays, bags       | driver, registry, codec, error |
 //! | `process`  | entry points: head, worker or driver from the environment | local, head, worker, driver, net, error |
 //! | `local`    | clusters on one machine: in-process, and of processes     | admin, driver, head, worker, objects, private_fs, error |
 //! | `worker`   | registers, runs tasks, hosts actors, serves objects       | registry, driver, objects, net, metrics, codec, error |
@@ -49,6 +50,7 @@ extern crate self as flotilla;
 pub mod admin;
 pub mod builtins;
 pub mod codec;
+pub mod collections;
 pub mod driver;
 pub mod error;
 pub mod head;
@@ -62,6 +64,7 @@ pub mod registry;
 pub mod worker;
 
 pub use codec::Blob;
+pub use collections::{Array, Bag, DataFrame, Delayed};
 pub use driver::{
     actor::ActorHandle,
     object_ref::{IntoArg, ObjectRef},

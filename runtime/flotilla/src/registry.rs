@@ -43,6 +43,20 @@ pub struct RemoteFunction {
     pub takes_runtime: bool,
 }
 
+/// The type `#[flotilla::remote]` makes of a function, seen from generic code: its name,
+/// signature, argument types (a tuple, without a leading `&Runtime`) and result type. Collections
+/// take remote functions through it (`map_partitions(f)`, `bag.map(f)`).
+pub trait Remote: Copy + Send + Sync + 'static {
+    /// The argument types, as a tuple.
+    type Args;
+    /// What a caller receives (the `Ok` type of a function returning `Result`).
+    type Output;
+    /// The name workers know the function by.
+    const NAME: &'static str;
+    /// The signature callers are checked against.
+    const SIGNATURE: &'static str;
+}
+
 /// A live actor on a worker.
 pub trait ActorInstance: Send + 'static {
     /// Calls `method` with encoded arguments; `signature` is what the caller compiled against.

@@ -9,6 +9,7 @@ use std::{
 
 /// Each module and the modules it may import (the table in `src/lib.rs`).
 const RULES: &[(&str, &[&str])] = &[
+    ("collections", &["driver", "registry", "codec", "error"]),
     (
         "process",
         &["local", "head", "worker", "driver", "net", "error"],
@@ -47,6 +48,12 @@ const RULES: &[(&str, &[&str])] = &[
 /// Root re-exports, and the module each comes from.
 const REEXPORTS: &[(&str, &str)] = &[
     ("Blob", "codec"),
+    ("Array", "collections"),
+    ("Bag", "collections"),
+    ("DataFrame", "collections"),
+    ("Delayed", "collections"),
+    // Blocks on a future of the runtime, from synchronous code.
+    ("block_on", "driver"),
     ("Runtime", "driver"),
     ("ObjectRef", "driver"),
     ("IntoArg", "driver"),

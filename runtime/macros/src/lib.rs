@@ -308,6 +308,11 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
         quote!(#n: impl ::flotilla::__private::IntoArg<#t>)
     });
     let into_args2 = into_args.clone();
+    let into_delayed = params.iter().map(|p| {
+        let n = &p.name;
+        let t = &p.ty;
+        quote!(#n: impl ::flotilla::collections::IntoDelayed<#t>)
+    });
 
     Ok(quote! {
         #inner
@@ -336,6 +341,23 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
             }
 
             #local_call
+
+            /// Calls the function lazily: a node of a task graph, run by `compute` or `persist`.
+            /// Each argument may be a value, an `ObjectRef` or another `Delayed`.
+            #vis fn delayed(&self, #(#into_delayed),*) -> ::flotilla::collections::Delayed<#out_ty> {
+                ::flotilla::collections::Delayed::call(
+                    Self::NAME,
+                    Self::SIGNATURE,
+                    ::std::vec![#(::flotilla::collections::IntoDelayed::<#arg_tys>::into_node_arg(#arg_names)),*],
+                )
+            }
+        }
+
+        impl ::flotilla::registry::Remote for #name {
+            type Args = (#(#arg_tys,)*);
+            type Output = #out_ty;
+            const NAME: &'static str = #name::NAME;
+            const SIGNATURE: &'static str = #name::SIGNATURE;
         }
 
         #[doc(hidden)]

@@ -61,6 +61,7 @@ impl TryFrom<pb::TaskSpec> for TaskDef {
             args: spec.args.into_iter().map(Arg::from).collect(),
             options: ResolvedOptions::from(spec.options.as_ref()),
             signature: spec.signature,
+            nested: spec.nested.into_iter().map(ObjectId).collect(),
         })
     }
 }
@@ -199,6 +200,7 @@ impl From<&TaskDef> for pb::TaskSpec {
             args,
             options: Some((&def.options).into()),
             signature: def.signature.clone(),
+            nested: def.nested.iter().map(|o| o.0).collect(),
         }
     }
 }

@@ -15,6 +15,8 @@ pub(super) struct TaskDef {
     pub(super) options: ResolvedOptions,
     /// The signature the caller compiled against; empty when it did not say.
     pub(super) signature: String,
+    /// Objects referenced inside argument values: dependencies like object arguments.
+    pub(super) nested: Vec<ObjectId>,
 }
 
 /// What a task runs.
@@ -65,14 +67,17 @@ impl TaskDef {
         }
     }
 
-    /// The distinct object arguments, in first-use order.
+    /// The distinct object arguments, in first-use order, then the objects referenced inside
+    /// argument values: the task waits for all of them and holds them until it ends.
     pub(super) fn deps(&self) -> Vec<ObjectId> {
         let mut deps = Vec::new();
-        for a in &self.args {
-            if let Arg::Object(id) = a {
-                if !deps.contains(id) {
-                    deps.push(*id);
-                }
+        let objects = self.args.iter().filter_map(|a| match a {
+            Arg::Object(id) => Some(id),
+            Arg::Value(_) => None,
+        });
+        for id in objects.chain(&self.nested) {
+            if !deps.contains(id) {
+                deps.push(*id);
             }
         }
         deps

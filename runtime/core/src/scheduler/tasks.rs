@@ -325,6 +325,7 @@ mod tests {
             args: Vec::new(),
             options,
             signature: String::new(),
+            nested: Vec::new(),
         }
     }
 

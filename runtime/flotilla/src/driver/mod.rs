@@ -363,6 +363,7 @@ impl Runtime {
             args: args.args,
             options,
             signature: signature.to_string(),
+            nested: args.nested,
         };
         let tracked = self.session.host.is_none().then(|| Unfinished {
             spec: matches!(spec.kind, Some(task_spec::Kind::Function(_))).then(|| spec.clone()),

@@ -1,16 +1,23 @@
 //! [`ObjectRef`]: a typed reference to a value that a task will produce (or was put), and
 //! [`IntoArg`], which lets a call take either a value or a reference for each argument.
+//!
+//! A reference may also travel inside an argument value (a `Vec` of them, a struct holding
+//! one): it encodes as its id, the encoder notes it, and the call lists it as a nested
+//! dependency, which the task waits for and holds until it ends, as Ray's borrowed references.
+//! The task decodes it as a reference it may read but does not own.
 
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     future::{Future, IntoFuture},
     marker::PhantomData,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, Weak},
 };
 
 use flotilla_core::ObjectId;
 use flotilla_proto::v1::{arg, Arg};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{host::TaskBinding, Runtime, Session};
 use crate::{
@@ -90,11 +97,81 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for ObjectRef<T> {
     }
 }
 
+thread_local! {
+    /// The references met while encoding an argument, when a call is collecting them.
+    static NESTED: RefCell<Option<Vec<Arc<RefInner>>>> = const { RefCell::new(None) };
+    /// The runtime that decodes references inside a task's arguments.
+    static DECODING: RefCell<Option<Runtime>> = const { RefCell::new(None) };
+}
+
+/// Runs `encode`, returning also the references it serialized.
+fn collecting_nested<R>(encode: impl FnOnce() -> R) -> (R, Vec<Arc<RefInner>>) {
+    let outer = NESTED.with(|n| n.borrow_mut().replace(Vec::new()));
+    let out = encode();
+    let found = NESTED.with(|n| std::mem::replace(&mut *n.borrow_mut(), outer));
+    (out, found.unwrap_or_default())
+}
+
+/// Runs `decode` with `rt` decoding the references inside values (as borrowed references).
+pub(crate) fn decoding_with<R>(rt: &Runtime, decode: impl FnOnce() -> R) -> R {
+    let outer = DECODING.with(|d| d.borrow_mut().replace(rt.clone()));
+    let out = decode();
+    DECODING.with(|d| *d.borrow_mut() = outer);
+    out
+}
+
+/// The borrowed references decoded in each session, by object: tasks running at once that
+/// borrow one object share one handle, so the first to finish does not drop what this
+/// session knows of the object while another still waits on it.
+type Borrowed = HashMap<(usize, ObjectId), Weak<RefInner>>;
+static BORROWED: Mutex<Option<Borrowed>> = Mutex::new(None);
+
+fn borrowed<T>(rt: &Runtime, id: ObjectId) -> ObjectRef<T> {
+    let session = Arc::as_ptr(&rt.session) as usize;
+    let mut map = BORROWED.lock().unwrap_or_else(|e| e.into_inner());
+    let map = map.get_or_insert_with(HashMap::new);
+    if let Some(inner) = map.get(&(session, id)).and_then(Weak::upgrade) {
+        return ObjectRef::new(inner, rt.binding.clone());
+    }
+    let r: ObjectRef<T> = rt.borrowed_ref(id);
+    if map.len() >= 1024 {
+        map.retain(|_, w| w.strong_count() > 0);
+    }
+    map.insert((session, id), Arc::downgrade(&r.inner));
+    r
+}
+
+impl<T> Serialize for ObjectRef<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        NESTED.with(|n| {
+            if let Some(found) = n.borrow_mut().as_mut() {
+                found.push(self.inner.clone());
+            }
+        });
+        s.serialize_u64(self.inner.id.0)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ObjectRef<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let id = ObjectId(u64::deserialize(d)?);
+        DECODING.with(|rt| match rt.borrow().as_ref() {
+            Some(rt) => Ok(borrowed(rt, id)),
+            None => Err(serde::de::Error::custom(format!(
+                "object reference {id} inside a value: only a task's arguments may hold \
+                 references (pass them as arguments, or nested in argument values)"
+            ))),
+        })
+    }
+}
+
 /// Arguments of one call, with the references they keep alive until the call is submitted.
 #[derive(Default)]
 pub struct ArgList {
     pub(crate) args: Vec<Arg>,
     pub(crate) keep: Vec<Arc<RefInner>>,
+    /// Objects referenced inside argument values.
+    pub(crate) nested: Vec<u64>,
     pub(crate) error: Option<Error>,
 }
 
@@ -113,13 +190,18 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize + 'static> IntoArg<T> for T {
     fn push_to(self, list: &mut ArgList) {
-        match codec::encode(&self) {
+        let (encoded, nested) = collecting_nested(|| codec::encode(&self));
+        match encoded {
             Ok(b) => list.args.push(Arg {
                 kind: Some(arg::Kind::Value(b)),
             }),
             Err(e) => {
                 list.error.get_or_insert(e);
             }
+        }
+        for r in nested {
+            list.nested.push(r.id.0);
+            list.keep.push(r);
         }
     }
 }

@@ -85,6 +85,12 @@ impl LocalCluster {
             let mut config = WorkerConfig::new(&address, &format!("local-{i}"));
             config.slots = options.slots;
             config.store_bytes = options.store_bytes;
+            // Each cluster of this process spills apart: another one stopping removes its own.
+            let port = address.rsplit(':').next().unwrap_or("0");
+            config.spill_dir = std::env::temp_dir().join(format!(
+                "flotilla-spill-{}-{port}-local-{i}",
+                std::process::id()
+            ));
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let (stop, stop_rx) = oneshot::channel::<()>();
             let handle = tokio::spawn(worker::run(config, listener, async move {

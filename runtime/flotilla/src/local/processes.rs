@@ -374,6 +374,14 @@ impl ProcessCluster {
         Ok(cluster)
     }
 
+    /// Kills worker `index` with SIGKILL, as a crash would; whether it was still running.
+    pub fn kill_worker(&mut self, index: usize) -> bool {
+        match self.children.get_mut(index + 1) {
+            Some(c) => matches!(c.try_wait(), Ok(None)) && c.kill().is_ok(),
+            None => false,
+        }
+    }
+
     /// A driver session.
     pub async fn connect(&self) -> Result<Runtime> {
         Runtime::connect(&self.address, Some(&self.token)).await

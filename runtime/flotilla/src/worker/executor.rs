@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use crate::{
-    driver::{host::TaskBinding, Runtime},
+    driver::{host::TaskBinding, object_ref::decoding_with, Runtime},
     error::{ErrorKind, TaskFailure},
     net::INLINE_MAX_BYTES,
     registry::{registry, Invocation, TaskContext, TaskOutput},
@@ -317,7 +317,9 @@ async fn invoke(
             f.signature
         )));
     }
-    match (f.invoke)(args, ctx) {
+    // References inside argument values decode as borrowed references of this task's runtime.
+    let rt = ctx.rt.clone();
+    match decoding_with(&rt, || (f.invoke)(args, ctx)) {
         Invocation::Failed(e) => Err(e),
         Invocation::Blocking(call) if !f.takes_runtime && shared.run_times.is_tiny(f.name) => {
             let started = Instant::now();

@@ -49,6 +49,11 @@ pub struct TaskSpec {
     /// against the workers' registry so a mismatch is a clear error.
     #[prost(string, tag = "7")]
     pub signature: ::prost::alloc::string::String,
+    /// Objects referenced inside argument values (an ObjectRef nested in a Vec
+    /// or a struct): dependencies as object arguments are, held until the task
+    /// ends, but not resolved into arguments; the task reads them itself.
+    #[prost(uint64, repeated, tag = "8")]
+    pub nested: ::prost::alloc::vec::Vec<u64>,
     #[prost(oneof = "task_spec::Kind", tags = "2, 3, 4")]
     pub kind: ::core::option::Option<task_spec::Kind>,
 }

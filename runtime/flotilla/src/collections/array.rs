@@ -1,0 +1,832 @@
+//! Chunked two-dimensional arrays of `f64` on `ndarray`: a grid of blocks, each described by an
+//! expression (generated on a worker from a seed, a constant, a range, or a block stored in the
+//! cluster, then elementwise operations and slices). A result runs one task per block that
+//! evaluates its whole expression, then materializes the block or reduces it to partials.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::{blocking, call, dataframe::Moments, invalid, plan, progress, Agg};
+use crate::{
+    codec::{self, Blob},
+    driver::{object_ref::ObjectRef, Runtime},
+    error::Result,
+    registry::{Invocation, Remote, RemoteFunction, TaskContext},
+};
+
+/// An elementwise binary operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `powf`
+    Pow,
+}
+
+impl Op {
+    fn apply(self, a: f64, b: f64) -> f64 {
+        match self {
+            Op::Add => a + b,
+            Op::Sub => a - b,
+            Op::Mul => a * b,
+            Op::Div => a / b,
+            Op::Pow => a.powf(b),
+        }
+    }
+}
+
+/// An elementwise function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Func {
+    /// Square root.
+    Sqrt,
+    /// `e^x`.
+    Exp,
+    /// Natural logarithm.
+    Ln,
+    /// Absolute value.
+    Abs,
+    /// Sine.
+    Sin,
+    /// Cosine.
+    Cos,
+    /// Negation.
+    Neg,
+}
+
+impl Func {
+    fn apply(self, x: f64) -> f64 {
+        match self {
+            Func::Sqrt => x.sqrt(),
+            Func::Exp => x.exp(),
+            Func::Ln => x.ln(),
+            Func::Abs => x.abs(),
+            Func::Sin => x.sin(),
+            Func::Cos => x.cos(),
+            Func::Neg => -x,
+        }
+    }
+}
+
+/// How one block's values come about.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Block {
+    /// Uniform in [0, 1) from a seed.
+    Random { seed: u64, rows: usize, cols: usize },
+    /// One value everywhere.
+    Fill {
+        value: f64,
+        rows: usize,
+        cols: usize,
+    },
+    /// `start + row * stride + col`: a block of a row-major range.
+    Range {
+        start: f64,
+        stride: f64,
+        rows: usize,
+        cols: usize,
+    },
+    /// The task's input number `i` (a stored block).
+    Input(usize),
+    /// A window of a block: rows `r0..r1`, columns `c0..c1`.
+    Slice(Box<Block>, [usize; 4]),
+    /// A block and a scalar (`scalar_first`: the scalar is the left operand).
+    Scalar {
+        block: Box<Block>,
+        op: Op,
+        value: f64,
+        scalar_first: bool,
+    },
+    /// Two blocks of one shape.
+    Both(Box<Block>, Op, Box<Block>),
+    /// A function of each element.
+    Map(Func, Box<Block>),
+}
+
+impl Block {
+    fn shift_inputs(self, by: usize) -> Block {
+        match self {
+            Block::Input(i) => Block::Input(i + by),
+            Block::Slice(b, w) => Block::Slice(Box::new(b.shift_inputs(by)), w),
+            Block::Scalar {
+                block,
+                op,
+                value,
+                scalar_first,
+            } => Block::Scalar {
+                block: Box::new(block.shift_inputs(by)),
+                op,
+                value,
+                scalar_first,
+            },
+            Block::Both(a, op, b) => Block::Both(
+                Box::new(a.shift_inputs(by)),
+                op,
+                Box::new(b.shift_inputs(by)),
+            ),
+            Block::Map(f, b) => Block::Map(f, Box::new(b.shift_inputs(by))),
+            other => other,
+        }
+    }
+
+    fn eval(&self, inputs: &[Array2<f64>]) -> Result<Array2<f64>> {
+        Ok(match self {
+            Block::Random { seed, rows, cols } => {
+                let mut rng = SmallRng::seed_from_u64(*seed);
+                Array2::from_shape_simple_fn((*rows, *cols), || rng.random::<f64>())
+            }
+            Block::Fill { value, rows, cols } => Array2::from_elem((*rows, *cols), *value),
+            Block::Range {
+                start,
+                stride,
+                rows,
+                cols,
+            } => Array2::from_shape_fn((*rows, *cols), |(r, c)| {
+                start + r as f64 * stride + c as f64
+            }),
+            Block::Input(i) => inputs
+                .get(*i)
+                .cloned()
+                .ok_or_else(|| invalid("an array block lost an input"))?,
+            Block::Slice(b, [r0, r1, c0, c1]) => {
+                b.eval(inputs)?.slice(s![*r0..*r1, *c0..*c1]).to_owned()
+            }
+            Block::Scalar {
+                block,
+                op,
+                value,
+                scalar_first,
+            } => {
+                let mut a = block.eval(inputs)?;
+                if *scalar_first {
+                    a.mapv_inplace(|x| op.apply(*value, x));
+                } else {
+                    a.mapv_inplace(|x| op.apply(x, *value));
+                }
+                a
+            }
+            Block::Both(a, op, b) => {
+                let mut x = a.eval(inputs)?;
+                let y = b.eval(inputs)?;
+                x.zip_mut_with(&y, |p, q| *p = op.apply(*p, *q));
+                x
+            }
+            Block::Map(f, b) => {
+                let mut a = b.eval(inputs)?;
+                a.mapv_inplace(|x| f.apply(x));
+                a
+            }
+        })
+    }
+}
+
+/// One block of an array: its expression and the stored blocks it reads.
+#[derive(Clone)]
+struct Cell {
+    block: Block,
+    inputs: Vec<ObjectRef<Blob>>,
+}
+
+/// What a block's task returns.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+enum Action {
+    /// The block (see [`encode_block`]).
+    Materialize,
+    /// Moments of all values (`Vec<Moments>` of one), or per column (axis 0) or row (axis 1).
+    Reduce { axis: Option<usize>, agg: Agg },
+}
+
+#[derive(Serialize, Deserialize)]
+struct BlockTask {
+    block: Block,
+    action: Action,
+}
+
+const BLOCK: &str = "flotilla::collections::array::block";
+
+inventory::submit! {
+    RemoteFunction {
+        name: BLOCK,
+        signature: super::VARIADIC,
+        invoke: invoke_block,
+        takes_runtime: false,
+    }
+}
+
+fn invoke_block(args: Vec<Bytes>, _ctx: TaskContext) -> Invocation {
+    blocking(move || run_block(&args))
+}
+
+fn run_block(args: &[Bytes]) -> Result<Bytes> {
+    let task: BlockTask = plan(args)?;
+    let inputs = args[1..]
+        .iter()
+        .map(decode_block)
+        .collect::<Result<Vec<_>>>()?;
+    if let (
+        Block::Random { seed, rows, cols },
+        Action::Reduce {
+            axis: None,
+            agg: Agg::Sum | Agg::Mean | Agg::Count,
+        },
+    ) = (&task.block, task.action)
+    {
+        // Random values summed as they are drawn: no block in memory.
+        return codec::encode(&vec![random_sum(*seed, rows * cols)]);
+    }
+    let a = task.block.eval(&inputs)?;
+    match task.action {
+        Action::Materialize => Ok(encode_block(a.view()).0),
+        Action::Reduce { axis: None, agg } => match a.as_slice() {
+            Some(values) => codec::encode(&vec![reduce_slice(values, agg)]),
+            None => codec::encode(&moments(&a, None, agg == Agg::Std)),
+        },
+        Action::Reduce { axis, agg } => codec::encode(&moments(&a, axis, agg == Agg::Std)),
+    }
+}
+
+/// The count and sum of `n` values drawn as [`Block::Random`] draws them; four running sums,
+/// so the additions do not wait on each other.
+fn random_sum(seed: u64, n: usize) -> Moments {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut lanes = [0.0f64; 4];
+    for _ in 0..n / 4 {
+        for lane in &mut lanes {
+            *lane += rng.random::<f64>();
+        }
+    }
+    let mut sum = lanes.iter().sum::<f64>();
+    for _ in 0..n % 4 {
+        sum += rng.random::<f64>();
+    }
+    Moments {
+        count: n as u64,
+        sum,
+        ..Moments::default()
+    }
+}
+
+/// The moments `agg` needs of contiguous values: sums in four lanes, extremes only for min
+/// and max, squared deviations only for std.
+fn reduce_slice(values: &[f64], agg: Agg) -> Moments {
+    if values.is_empty() {
+        return Moments::default();
+    }
+    let mut lanes = [0.0f64; 4];
+    let chunks = values.chunks_exact(4);
+    let rest: f64 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (lane, x) in lanes.iter_mut().zip(c) {
+            *lane += x;
+        }
+    }
+    let sum = lanes.iter().sum::<f64>() + rest;
+    let count = values.len() as u64;
+    let (min, max) = if matches!(agg, Agg::Min | Agg::Max) {
+        values
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            })
+    } else {
+        (f64::INFINITY, f64::NEG_INFINITY)
+    };
+    let m2 = if agg == Agg::Std {
+        let mean = sum / count as f64;
+        values.iter().map(|x| (x - mean) * (x - mean)).sum()
+    } else {
+        0.0
+    };
+    Moments {
+        count,
+        sum,
+        min,
+        max,
+        m2,
+    }
+}
+
+fn moments(a: &Array2<f64>, axis: Option<usize>, spread: bool) -> Vec<Moments> {
+    let of = |values: &mut dyn Iterator<Item = f64>| -> Moments {
+        let (mut count, mut sum, mut min, mut max) = (0u64, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+        let mut all = Vec::new();
+        for x in values {
+            count += 1;
+            sum += x;
+            min = min.min(x);
+            max = max.max(x);
+            if spread {
+                all.push(x);
+            }
+        }
+        let m2 = if spread && count > 0 {
+            let mean = sum / count as f64;
+            all.iter().map(|x| (x - mean) * (x - mean)).sum()
+        } else {
+            0.0
+        };
+        if count == 0 {
+            return Moments::default();
+        }
+        Moments {
+            count,
+            sum,
+            min,
+            max,
+            m2,
+        }
+    };
+    match axis {
+        None => vec![of(&mut a.iter().copied())],
+        Some(ax) => a
+            .axis_iter(Axis(1 - ax))
+            .map(|lane| of(&mut lane.iter().copied()))
+            .collect(),
+    }
+}
+
+/// A block as bytes: rows and columns (u64, little-endian), then the values row by row.
+pub fn encode_block(a: ArrayView2<f64>) -> Blob {
+    let (rows, cols) = a.dim();
+    let mut out = Vec::with_capacity(16 + rows * cols * 8);
+    out.extend_from_slice(&(rows as u64).to_le_bytes());
+    out.extend_from_slice(&(cols as u64).to_le_bytes());
+    for x in a.iter() {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    Blob::from(out)
+}
+
+/// A block from its bytes.
+pub fn decode_block(bytes: &Bytes) -> Result<Array2<f64>> {
+    let bad = || invalid("an array block is not in the block format");
+    if bytes.len() < 16 {
+        return Err(bad());
+    }
+    let rows = u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")) as usize;
+    let cols = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
+    if bytes.len() != 16 + rows * cols * 8 {
+        return Err(bad());
+    }
+    let values: Vec<f64> = bytes[16..]
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    Array2::from_shape_vec((rows, cols), values).map_err(|e| invalid(e.to_string()))
+}
+
+/// A chunked 2-D array of `f64`.
+#[derive(Clone)]
+pub struct Array {
+    rt: Runtime,
+    shape: (usize, usize),
+    /// Row and column boundaries of the blocks: `rows[i]..rows[i + 1]`.
+    row_cuts: Arc<Vec<usize>>,
+    col_cuts: Arc<Vec<usize>>,
+    /// Row-major grid of blocks.
+    cells: Vec<Cell>,
+}
+
+impl std::fmt::Debug for Array {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Array(shape {:?}, {}×{} blocks)",
+            self.shape,
+            self.row_cuts.len() - 1,
+            self.col_cuts.len() - 1
+        )
+    }
+}
+
+fn cuts(len: usize, chunk: usize) -> Result<Vec<usize>> {
+    if chunk == 0 {
+        return Err(invalid("a chunk size must be at least 1"));
+    }
+    let mut v: Vec<usize> = (0..len).step_by(chunk).collect();
+    v.push(len);
+    if len == 0 {
+        v = vec![0, 0];
+    }
+    Ok(v)
+}
+
+/// A seed per block from the array's seed (SplitMix64), so each block is reproducible alone.
+fn block_seed(seed: u64, index: u64) -> u64 {
+    let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Array {
+    fn generated(
+        rt: &Runtime,
+        shape: (usize, usize),
+        chunks: (usize, usize),
+        make: impl Fn(usize, (usize, usize), (usize, usize)) -> Block,
+    ) -> Result<Array> {
+        let (rc, cc) = (cuts(shape.0, chunks.0)?, cuts(shape.1, chunks.1)?);
+        let mut cells = Vec::new();
+        for i in 0..rc.len() - 1 {
+            for j in 0..cc.len() - 1 {
+                let origin = (rc[i], cc[j]);
+                let size = (rc[i + 1] - rc[i], cc[j + 1] - cc[j]);
+                cells.push(Cell {
+                    block: make(cells.len(), origin, size),
+                    inputs: Vec::new(),
+                });
+            }
+        }
+        Ok(Array {
+            rt: rt.clone(),
+            shape,
+            row_cuts: Arc::new(rc),
+            col_cuts: Arc::new(cc),
+            cells,
+        })
+    }
+
+    /// Uniform random values in [0, 1): each block generated on a worker from its own seed
+    /// derived from `seed`, so the same arguments give the same array.
+    pub fn random(
+        rt: &Runtime,
+        shape: (usize, usize),
+        chunks: (usize, usize),
+        seed: u64,
+    ) -> Result<Array> {
+        Array::generated(rt, shape, chunks, |i, _, (rows, cols)| Block::Random {
+            seed: block_seed(seed, i as u64),
+            rows,
+            cols,
+        })
+    }
+
+    /// Zeros.
+    pub fn zeros(rt: &Runtime, shape: (usize, usize), chunks: (usize, usize)) -> Result<Array> {
+        Array::full(rt, shape, chunks, 0.0)
+    }
+
+    /// Ones.
+    pub fn ones(rt: &Runtime, shape: (usize, usize), chunks: (usize, usize)) -> Result<Array> {
+        Array::full(rt, shape, chunks, 1.0)
+    }
+
+    /// One value everywhere.
+    pub fn full(
+        rt: &Runtime,
+        shape: (usize, usize),
+        chunks: (usize, usize),
+        value: f64,
+    ) -> Result<Array> {
+        Array::generated(rt, shape, chunks, |_, _, (rows, cols)| Block::Fill {
+            value,
+            rows,
+            cols,
+        })
+    }
+
+    /// `0, 1, 2, …` in row-major order.
+    pub fn arange(rt: &Runtime, shape: (usize, usize), chunks: (usize, usize)) -> Result<Array> {
+        let width = shape.1 as f64;
+        Array::generated(rt, shape, chunks, |_, (r, c), (rows, cols)| Block::Range {
+            start: r as f64 * width + c as f64,
+            stride: width,
+            rows,
+            cols,
+        })
+    }
+
+    /// An array of the driver, cut into blocks of `chunks` and put into the cluster.
+    pub async fn from_ndarray(
+        rt: &Runtime,
+        a: &Array2<f64>,
+        chunks: (usize, usize),
+    ) -> Result<Array> {
+        let mut out = Array::zeros(rt, a.dim(), chunks)?;
+        let (rc, cc) = (out.row_cuts.clone(), out.col_cuts.clone());
+        let mut k = 0;
+        for i in 0..rc.len() - 1 {
+            for j in 0..cc.len() - 1 {
+                let view = a.slice(s![rc[i]..rc[i + 1], cc[j]..cc[j + 1]]);
+                let r = rt.put(&encode_block(view)).await?;
+                out.cells[k] = Cell {
+                    block: Block::Input(0),
+                    inputs: vec![r],
+                };
+                k += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> (usize, usize) {
+        self.shape
+    }
+
+    /// How many blocks.
+    pub fn nblocks(&self) -> usize {
+        self.cells.len()
+    }
+
+    fn map_cells(&self, f: impl Fn(Block) -> Block) -> Array {
+        let mut out = self.clone();
+        for c in &mut out.cells {
+            c.block = f(c.block.clone());
+        }
+        out
+    }
+
+    /// Each element with a scalar: `x op value`.
+    pub fn scalar(&self, op: Op, value: f64) -> Array {
+        self.map_cells(|b| Block::Scalar {
+            block: Box::new(b),
+            op,
+            value,
+            scalar_first: false,
+        })
+    }
+
+    /// A scalar with each element: `value op x`.
+    pub fn scalar_first(&self, value: f64, op: Op) -> Array {
+        self.map_cells(|b| Block::Scalar {
+            block: Box::new(b),
+            op,
+            value,
+            scalar_first: true,
+        })
+    }
+
+    /// A function of each element.
+    pub fn map(&self, f: Func) -> Array {
+        self.map_cells(|b| Block::Map(f, Box::new(b)))
+    }
+
+    /// Square roots.
+    pub fn sqrt(&self) -> Array {
+        self.map(Func::Sqrt)
+    }
+
+    /// Exponentials.
+    pub fn exp(&self) -> Array {
+        self.map(Func::Exp)
+    }
+
+    /// Elementwise with another array of the same shape and chunks.
+    pub fn zip(&self, op: Op, other: &Array) -> Result<Array> {
+        if self.shape != other.shape
+            || self.row_cuts != other.row_cuts
+            || self.col_cuts != other.col_cuts
+        {
+            return Err(invalid(format!(
+                "chunk shapes do not line up: {:?} in blocks at rows {:?}, columns {:?} and {:?} in blocks at rows {:?}, columns {:?}",
+                self.shape, self.row_cuts, self.col_cuts, other.shape, other.row_cuts, other.col_cuts
+            )));
+        }
+        let mut out = self.clone();
+        for (c, o) in out.cells.iter_mut().zip(&other.cells) {
+            let shift = c.inputs.len();
+            c.block = Block::Both(
+                Box::new(c.block.clone()),
+                op,
+                Box::new(o.block.clone().shift_inputs(shift)),
+            );
+            c.inputs.extend(o.inputs.iter().cloned());
+        }
+        Ok(out)
+    }
+
+    /// `self + other`.
+    pub fn add(&self, other: &Array) -> Result<Array> {
+        self.zip(Op::Add, other)
+    }
+    /// `self - other`.
+    pub fn sub(&self, other: &Array) -> Result<Array> {
+        self.zip(Op::Sub, other)
+    }
+    /// `self * other`, elementwise.
+    pub fn mul(&self, other: &Array) -> Result<Array> {
+        self.zip(Op::Mul, other)
+    }
+    /// `self / other`, elementwise.
+    pub fn div(&self, other: &Array) -> Result<Array> {
+        self.zip(Op::Div, other)
+    }
+
+    /// Rows `rows` and columns `cols`: blocks are cut to the window, not moved.
+    pub fn slice(
+        &self,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) -> Result<Array> {
+        if rows.start > rows.end
+            || cols.start > cols.end
+            || rows.end > self.shape.0
+            || cols.end > self.shape.1
+        {
+            return Err(invalid(format!(
+                "slice [{rows:?}, {cols:?}] is outside the array's shape {:?}",
+                self.shape
+            )));
+        }
+        let window = |c: &[usize], r: &std::ops::Range<usize>| -> Vec<(usize, usize, usize)> {
+            // (block index, start within block, end within block) of the blocks the range meets.
+            (0..c.len() - 1)
+                .filter_map(|i| {
+                    let (lo, hi) = (c[i].max(r.start), c[i + 1].min(r.end));
+                    (lo < hi).then(|| (i, lo - c[i], hi - c[i]))
+                })
+                .collect()
+        };
+        let (wr, wc) = (window(&self.row_cuts, &rows), window(&self.col_cuts, &cols));
+        let ncols = self.col_cuts.len() - 1;
+        let mut cells = Vec::new();
+        let mut rc = vec![0];
+        let mut cc = vec![0];
+        for &(_, r0, r1) in &wr {
+            rc.push(rc.last().expect("one") + r1 - r0);
+        }
+        for &(_, c0, c1) in &wc {
+            cc.push(cc.last().expect("one") + c1 - c0);
+        }
+        for &(i, r0, r1) in &wr {
+            for &(j, c0, c1) in &wc {
+                let cell = &self.cells[i * ncols + j];
+                cells.push(Cell {
+                    block: Block::Slice(Box::new(cell.block.clone()), [r0, r1, c0, c1]),
+                    inputs: cell.inputs.clone(),
+                });
+            }
+        }
+        if cells.is_empty() {
+            return Array::zeros(&self.rt, (rows.len(), cols.len()), (1, 1));
+        }
+        Ok(Array {
+            rt: self.rt.clone(),
+            shape: (rows.len(), cols.len()),
+            row_cuts: Arc::new(rc),
+            col_cuts: Arc::new(cc),
+            cells,
+        })
+    }
+
+    fn run<T>(&self, action: Action) -> Result<Vec<ObjectRef<T>>> {
+        self.cells
+            .iter()
+            .map(|c| {
+                call(
+                    &self.rt,
+                    BLOCK,
+                    match action {
+                        Action::Materialize => "array.block",
+                        Action::Reduce { .. } => "array.reduce",
+                    },
+                    &BlockTask {
+                        block: c.block.clone(),
+                        action,
+                    },
+                    &c.inputs,
+                )
+            })
+            .collect()
+    }
+
+    /// Runs every block and keeps them in the cluster.
+    pub async fn persist(&self) -> Result<Array> {
+        let refs = self.run::<Blob>(Action::Materialize)?;
+        progress::watch(&self.rt, "persist", &refs).await?;
+        let mut out = self.clone();
+        for (c, r) in out.cells.iter_mut().zip(refs) {
+            *c = Cell {
+                block: Block::Input(0),
+                inputs: vec![r],
+            };
+        }
+        Ok(out)
+    }
+
+    /// The blocks' references (row-major), each in the format of [`decode_block`].
+    pub fn blocks(&self) -> Result<Vec<ObjectRef<Blob>>> {
+        self.run(Action::Materialize)
+    }
+
+    /// Applies a remote function `fn(Blob) -> Blob` to each block ([`decode_block`] and
+    /// [`encode_block`] convert); it must keep the block's shape.
+    pub async fn map_blocks<F>(&self, _f: F) -> Result<Array>
+    where
+        F: Remote<Args = (Blob,), Output = Blob>,
+    {
+        let blocks = self.blocks()?;
+        let mut out = self.clone();
+        for (c, b) in out.cells.iter_mut().zip(&blocks) {
+            let mut list = crate::driver::object_ref::ArgList::new();
+            crate::driver::object_ref::IntoArg::<Blob>::push_to(b, &mut list);
+            let r: ObjectRef<Blob> = self.rt.call_function(F::NAME, F::SIGNATURE, list, None);
+            *c = Cell {
+                block: Block::Input(0),
+                inputs: vec![r],
+            };
+        }
+        Ok(out)
+    }
+
+    /// The whole array in the driver.
+    pub async fn compute(&self) -> Result<Array2<f64>> {
+        let refs = self.run::<Blob>(Action::Materialize)?;
+        progress::watch(&self.rt, "compute", &refs).await?;
+        let mut out = Array2::zeros(self.shape);
+        let ncols = self.col_cuts.len() - 1;
+        for (k, r) in refs.iter().enumerate() {
+            let b = decode_block(&self.rt.get(r).await?.0)?;
+            let (i, j) = (k / ncols, k % ncols);
+            let (r0, c0) = (self.row_cuts[i], self.col_cuts[j]);
+            let want = (self.row_cuts[i + 1] - r0, self.col_cuts[j + 1] - c0);
+            if b.dim() != want {
+                return Err(invalid(format!(
+                    "block ({i}, {j}) came back {:?}, not {want:?}: a map_blocks function must keep the shape",
+                    b.dim()
+                )));
+            }
+            out.slice_mut(s![r0..r0 + want.0, c0..c0 + want.1])
+                .assign(&b);
+        }
+        Ok(out)
+    }
+
+    async fn reduce_all(&self, agg: Agg) -> Result<f64> {
+        let refs = self.run::<Vec<Moments>>(Action::Reduce { axis: None, agg })?;
+        progress::watch(&self.rt, "reduce", &refs).await?;
+        let mut total = Moments::default();
+        for m in self.rt.get_all(&refs).await? {
+            total = total.merge(m[0]);
+        }
+        Ok(total.value(agg))
+    }
+
+    /// An aggregate along `axis` (0: one value per column, 1: one per row).
+    pub async fn reduce_axis(&self, agg: Agg, axis: usize) -> Result<Array1<f64>> {
+        if axis > 1 {
+            return Err(invalid(format!(
+                "axis {axis} of a 2-D array: it has axes 0 and 1"
+            )));
+        }
+        let refs = self.run::<Vec<Moments>>(Action::Reduce {
+            axis: Some(axis),
+            agg,
+        })?;
+        progress::watch(&self.rt, "reduce", &refs).await?;
+        let len = if axis == 0 {
+            self.shape.1
+        } else {
+            self.shape.0
+        };
+        let mut total = vec![Moments::default(); len];
+        let ncols = self.col_cuts.len() - 1;
+        for (k, part) in self.rt.get_all(&refs).await?.into_iter().enumerate() {
+            let (i, j) = (k / ncols, k % ncols);
+            let offset = if axis == 0 {
+                self.col_cuts[j]
+            } else {
+                self.row_cuts[i]
+            };
+            for (n, m) in part.into_iter().enumerate() {
+                total[offset + n] = total[offset + n].merge(m);
+            }
+        }
+        Ok(total.iter().map(|m| m.value(agg)).collect())
+    }
+
+    /// The sum of all elements.
+    pub async fn sum(&self) -> Result<f64> {
+        self.reduce_all(Agg::Sum).await
+    }
+    /// The mean of all elements.
+    pub async fn mean(&self) -> Result<f64> {
+        self.reduce_all(Agg::Mean).await
+    }
+    /// The smallest element.
+    pub async fn min(&self) -> Result<f64> {
+        self.reduce_all(Agg::Min).await
+    }
+    /// The largest element.
+    pub async fn max(&self) -> Result<f64> {
+        self.reduce_all(Agg::Max).await
+    }
+    /// The standard deviation of all elements (population, as NumPy's default `ddof=0`).
+    pub async fn std(&self) -> Result<f64> {
+        let n = (self.shape.0 * self.shape.1) as f64;
+        let sample = self.reduce_all(Agg::Std).await?;
+        Ok(sample * ((n - 1.0) / n).sqrt())
+    }
+}

@@ -1,0 +1,416 @@
+//! Bags: unordered collections of any serde values in partitions, transformed by
+//! `#[flotilla::remote]` functions applied item by item on the workers (by name, through the
+//! registry), and reduced per partition before the driver combines the partials.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fs::File,
+    marker::PhantomData,
+    os::unix::fs::FileExt,
+    path::Path,
+};
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::{blocking, call, dataframe::csv, invalid, plan, progress};
+use crate::{
+    codec::{self, Blob},
+    driver::{object_ref::ObjectRef, Runtime},
+    error::Result,
+    registry::{registry, Invocation, Remote, RemoteFunction, TaskContext},
+};
+
+/// Where a partition's items come from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Part {
+    /// Encoded items in the cluster (the task's second argument).
+    Stored,
+    /// The lines of a byte range of a text file.
+    Lines { path: String, start: u64, end: u64 },
+}
+
+/// A function applied to each item.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Step {
+    Map(String),
+    Filter(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Action {
+    /// The items (`Vec<Blob>` of encoded items).
+    Collect,
+    /// How many (`u64`).
+    Count,
+    /// Each distinct item and how often (`Vec<(Blob, u64)>`).
+    Frequencies,
+    /// The first `n` items (`Vec<Blob>`).
+    Take(usize),
+    /// The items folded by a function `(T, T) -> T` (`Option<Blob>`).
+    Fold(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct BagTask {
+    part: Part,
+    steps: Vec<Step>,
+    action: Action,
+}
+
+const BAG: &str = "flotilla::collections::bag::partition";
+
+inventory::submit! {
+    RemoteFunction {
+        name: BAG,
+        signature: super::VARIADIC,
+        invoke: invoke_bag,
+        takes_runtime: true,
+    }
+}
+
+fn invoke_bag(args: Vec<Bytes>, ctx: TaskContext) -> Invocation {
+    blocking(move || run_bag(&args, &ctx.rt))
+}
+
+/// Calls the registered function `name` here with encoded arguments.
+fn invoke_here(rt: &Runtime, name: &str, args: Vec<Bytes>) -> Result<Bytes> {
+    let f = registry()
+        .functions
+        .get(name)
+        .ok_or_else(|| invalid(format!("no function {name} is registered in this program")))?;
+    let ctx = TaskContext { rt: rt.clone() };
+    let out = match (f.invoke)(args, ctx) {
+        Invocation::Blocking(run) => run(),
+        Invocation::Async(fut) => crate::block_on(fut),
+        Invocation::Failed(e) => Err(e),
+    };
+    out.map_err(|e| invalid(format!("{name}: {}", e.message)))
+}
+
+fn run_bag(args: &[Bytes], rt: &Runtime) -> Result<Bytes> {
+    let task: BagTask = plan(args)?;
+    let mut items: Vec<Bytes> = match &task.part {
+        Part::Stored => {
+            let bytes = args
+                .get(1)
+                .ok_or_else(|| invalid("a bag task lost its partition"))?;
+            codec::decode::<Vec<Blob>>(bytes)?
+                .into_iter()
+                .map(|b| b.0)
+                .collect()
+        }
+        Part::Lines { path, start, end } => read_lines(path, *start, *end)?
+            .into_iter()
+            .map(|l| codec::encode(&l))
+            .collect::<Result<_>>()?,
+    };
+    for step in &task.steps {
+        items = match step {
+            Step::Map(f) => items
+                .into_iter()
+                .map(|x| invoke_here(rt, f, vec![x]))
+                .collect::<Result<_>>()?,
+            Step::Filter(f) => {
+                let mut kept = Vec::new();
+                for x in items {
+                    if codec::decode::<bool>(&invoke_here(rt, f, vec![x.clone()])?)? {
+                        kept.push(x);
+                    }
+                }
+                kept
+            }
+        };
+    }
+    let blobs = |v: Vec<Bytes>| v.into_iter().map(Blob).collect::<Vec<_>>();
+    match task.action {
+        Action::Collect => codec::encode(&blobs(items)),
+        Action::Count => codec::encode(&(items.len() as u64)),
+        Action::Take(n) => codec::encode(&blobs(items.into_iter().take(n).collect())),
+        Action::Frequencies => {
+            let mut counts: BTreeMap<Bytes, u64> = BTreeMap::new();
+            for x in items {
+                *counts.entry(x).or_default() += 1;
+            }
+            codec::encode(
+                &counts
+                    .into_iter()
+                    .map(|(k, n)| (Blob(k), n))
+                    .collect::<Vec<_>>(),
+            )
+        }
+        Action::Fold(f) => {
+            let mut acc: Option<Bytes> = None;
+            for x in items {
+                acc = Some(match acc {
+                    None => x,
+                    Some(a) => invoke_here(rt, &f, vec![a, x])?,
+                });
+            }
+            codec::encode(&acc.map(Blob))
+        }
+    }
+}
+
+/// The lines of a byte range (which starts at a line), without their line endings.
+fn read_lines(path: &str, start: u64, end: u64) -> Result<Vec<String>> {
+    let p = Path::new(path);
+    let file = File::open(p).map_err(|e| invalid(format!("cannot read {path}: {e}")))?;
+    let mut bytes = vec![0; (end - start) as usize];
+    file.read_exact_at(&mut bytes, start)
+        .map_err(|e| invalid(format!("cannot read {path}: {e}")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| invalid(format!("{}: not UTF-8 text: {e}", p.display())))?;
+    Ok(text
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+        .collect())
+}
+
+#[derive(Clone)]
+enum Source {
+    Stored(ObjectRef<Blob>),
+    Lines { path: String, start: u64, end: u64 },
+}
+
+/// A bag of `T`s in partitions.
+pub struct Bag<T> {
+    rt: Runtime,
+    parts: Vec<Source>,
+    steps: Vec<Step>,
+    _item: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Bag<T> {
+    fn clone(&self) -> Self {
+        Bag {
+            rt: self.rt.clone(),
+            parts: self.parts.clone(),
+            steps: self.steps.clone(),
+            _item: PhantomData,
+        }
+    }
+}
+
+impl Bag<String> {
+    /// The lines of text files (a path or a glob), in partitions of about `block` bytes.
+    pub fn read_text(rt: &Runtime, pattern: &str, block: u64) -> Result<Bag<String>> {
+        let mut parts = Vec::new();
+        for f in csv::expand(pattern)? {
+            for (start, end) in csv::split_records(&f, block, false, false)? {
+                parts.push(Source::Lines {
+                    path: f.clone(),
+                    start,
+                    end,
+                });
+            }
+        }
+        Ok(Bag {
+            rt: rt.clone(),
+            parts,
+            steps: Vec::new(),
+            _item: PhantomData,
+        })
+    }
+
+    /// Parses each line as JSON into a `U` (JSON lines), in the driver as items arrive.
+    pub async fn collect_json<U: DeserializeOwned>(&self) -> Result<Vec<U>> {
+        self.collect()
+            .await?
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                serde_json::from_str(line)
+                    .map_err(|e| invalid(format!("JSON line {} of the bag: {e}", i + 1)))
+            })
+            .collect()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
+    /// A bag of `items` in `npartitions` partitions of about equal size.
+    pub async fn from_iter(
+        rt: &Runtime,
+        items: impl IntoIterator<Item = T>,
+        npartitions: usize,
+    ) -> Result<Bag<T>> {
+        let encoded: Vec<Blob> = items
+            .into_iter()
+            .map(|x| codec::encode(&x).map(Blob))
+            .collect::<Result<_>>()?;
+        let n = npartitions.max(1);
+        let len = encoded.len();
+        let mut parts = Vec::with_capacity(n);
+        for i in 0..n {
+            let chunk = &encoded[len * i / n..len * (i + 1) / n];
+            let bytes = codec::encode(&chunk.to_vec())?;
+            parts.push(Source::Stored(rt.put(&Blob(bytes)).await?));
+        }
+        Ok(Bag {
+            rt: rt.clone(),
+            parts,
+            steps: Vec::new(),
+            _item: PhantomData,
+        })
+    }
+
+    fn then<U>(&self, step: Step) -> Bag<U> {
+        let mut steps = self.steps.clone();
+        steps.push(step);
+        Bag {
+            rt: self.rt.clone(),
+            parts: self.parts.clone(),
+            steps,
+            _item: PhantomData,
+        }
+    }
+
+    /// Each item through a remote function `fn(T) -> U`.
+    pub fn map<F, U>(&self, _f: F) -> Bag<U>
+    where
+        F: Remote<Args = (T,), Output = U>,
+    {
+        self.then(Step::Map(F::NAME.to_string()))
+    }
+
+    /// The items for which a remote function `fn(T) -> bool` says yes.
+    pub fn filter<F>(&self, _f: F) -> Bag<T>
+    where
+        F: Remote<Args = (T,), Output = bool>,
+    {
+        self.then(Step::Filter(F::NAME.to_string()))
+    }
+
+    fn run<R>(&self, action: Action) -> Result<Vec<ObjectRef<R>>> {
+        self.parts
+            .iter()
+            .map(|p| {
+                let (part, inputs) = match p {
+                    Source::Stored(r) => (Part::Stored, vec![r.clone()]),
+                    Source::Lines { path, start, end } => (
+                        Part::Lines {
+                            path: path.clone(),
+                            start: *start,
+                            end: *end,
+                        },
+                        Vec::new(),
+                    ),
+                };
+                call(
+                    &self.rt,
+                    BAG,
+                    "bag.partition",
+                    &BagTask {
+                        part,
+                        steps: self.steps.clone(),
+                        action: action.clone(),
+                    },
+                    &inputs,
+                )
+            })
+            .collect()
+    }
+
+    async fn gather<R: DeserializeOwned + 'static>(&self, action: Action) -> Result<Vec<R>> {
+        let refs = self.run::<R>(action)?;
+        progress::watch(&self.rt, "bag", &refs).await?;
+        self.rt.get_all(&refs).await
+    }
+
+    /// Every item, in the driver.
+    pub async fn collect(&self) -> Result<Vec<T>> {
+        let parts: Vec<Vec<Blob>> = self.gather(Action::Collect).await?;
+        parts
+            .into_iter()
+            .flatten()
+            .map(|b| codec::decode(&b.0))
+            .collect()
+    }
+
+    /// How many items.
+    pub async fn count(&self) -> Result<u64> {
+        Ok(self.gather::<u64>(Action::Count).await?.into_iter().sum())
+    }
+
+    /// The first `n` items (partitions in order).
+    pub async fn take(&self, n: usize) -> Result<Vec<T>> {
+        let parts: Vec<Vec<Blob>> = self.gather(Action::Take(n)).await?;
+        parts
+            .into_iter()
+            .flatten()
+            .take(n)
+            .map(|b| codec::decode(&b.0))
+            .collect()
+    }
+
+    /// Each distinct item (equal encodings are equal items) and how often it occurs, most
+    /// frequent first.
+    pub async fn frequencies(&self) -> Result<Vec<(T, u64)>> {
+        let parts: Vec<Vec<(Blob, u64)>> = self.gather(Action::Frequencies).await?;
+        let mut total: BTreeMap<Bytes, u64> = BTreeMap::new();
+        for (k, n) in parts.into_iter().flatten() {
+            *total.entry(k.0).or_default() += n;
+        }
+        let mut out: Vec<(Bytes, u64)> = total.into_iter().collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out.into_iter()
+            .map(|(k, n)| Ok((codec::decode(&k)?, n)))
+            .collect()
+    }
+
+    /// The distinct items.
+    pub async fn distinct(&self) -> Result<Vec<T>> {
+        let parts: Vec<Vec<(Blob, u64)>> = self.gather(Action::Frequencies).await?;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (k, _) in parts.into_iter().flatten() {
+            if seen.insert(k.0.clone()) {
+                out.push(codec::decode(&k.0)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The items folded with a remote function `fn(T, T) -> T` (associative): per partition
+    /// on the workers, then the partials in the driver. `None` for an empty bag.
+    pub async fn fold<F>(&self, _f: F) -> Result<Option<T>>
+    where
+        F: Remote<Args = (T, T), Output = T>,
+    {
+        let parts: Vec<Option<Blob>> = self.gather(Action::Fold(F::NAME.to_string())).await?;
+        let mut acc: Option<Bytes> = None;
+        for p in parts.into_iter().flatten() {
+            acc = Some(match acc {
+                None => p.0,
+                Some(a) => invoke_here(&self.rt, F::NAME, vec![a, p.0])?,
+            });
+        }
+        acc.map(|b| codec::decode(&b)).transpose()
+    }
+}
+
+/// Adds two integers: [`Bag::sum`] of `i64`s folds with it.
+#[crate::remote]
+pub fn add_i64(a: i64, b: i64) -> i64 {
+    a.wrapping_add(b)
+}
+
+/// Adds two floats: [`Bag::sum`] of `f64`s folds with it.
+#[crate::remote]
+pub fn add_f64(a: f64, b: f64) -> f64 {
+    a + b
+}
+
+impl Bag<i64> {
+    /// The sum (0 for an empty bag).
+    pub async fn sum(&self) -> Result<i64> {
+        Ok(self.fold(add_i64).await?.unwrap_or(0))
+    }
+}
+
+impl Bag<f64> {
+    /// The sum (0 for an empty bag).
+    pub async fn sum(&self) -> Result<f64> {
+        Ok(self.fold(add_f64).await?.unwrap_or(0.0))
+    }
+}

@@ -1,0 +1,724 @@
+//! The collections against plain single-process computations on the same data (Arrow kernels,
+//! ndarray, iterators): on an in-process cluster and on a cluster of two `flotilla` worker
+//! processes; CSV edge cases; bad input; a worker killed mid-query; data larger than the
+//! workers' object stores.
+//!
+//! Every wait is bounded; nothing sleeps for a fixed time.
+
+use std::{
+    collections::BTreeMap,
+    future::IntoFuture,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arrow_array::{Array as _, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use flotilla::{
+    builtins::{add, sleep_then},
+    collections::{
+        array::{decode_block, encode_block, Op},
+        col, compute_all,
+        dataframe::{csv, decode_batch, encode_batch, CsvOptions},
+        lit, Agg,
+    },
+    local::{processes::ProcessCluster, LocalCluster, LocalOptions},
+    Array, Bag, Blob, DataFrame, ObjectRef, Runtime,
+};
+use ndarray::{s, Array2, Axis};
+
+const BOUND: Duration = Duration::from_secs(60);
+
+async fn bounded<T>(what: &str, f: impl IntoFuture<Output = T>) -> T {
+    match tokio::time::timeout(BOUND, f.into_future()).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no answer within {BOUND:?}"),
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+macro_rules! assert_close {
+    ($a:expr, $b:expr) => {{
+        let (a, b) = ($a, $b);
+        assert!(close(a, b), "{} = {a}, expected {b}", stringify!($a));
+    }};
+}
+
+// ------------------------------------------------------------------ functions of the tests
+
+/// Squares an integer.
+#[flotilla::remote]
+fn square(x: i64) -> i64 {
+    x * x
+}
+
+/// Whether an integer is even.
+#[flotilla::remote]
+fn even(x: i64) -> bool {
+    x % 2 == 0
+}
+
+/// Doubles every value of a block.
+#[flotilla::remote]
+fn double_block(b: Blob) -> Blob {
+    let a = decode_block(&b.0).expect("a block");
+    encode_block((a * 2.0).view())
+}
+
+/// Adds a column `w = x * 10` to a partition.
+#[flotilla::remote]
+fn add_w(b: Blob) -> Blob {
+    let batch = decode_batch(&b.0).expect("a batch");
+    let x = batch
+        .column_by_name("x")
+        .expect("x")
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("i64")
+        .clone();
+    let w: Int64Array = x.iter().map(|v| v.map(|v| v * 10)).collect();
+    let mut columns: Vec<(String, ArrayRef)> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| (f.name().clone(), c.clone()))
+        .collect();
+    columns.push(("w".into(), Arc::new(w)));
+    encode_batch(&RecordBatch::try_from_iter(columns).expect("batch")).expect("encode")
+}
+
+/// Sums the values behind references handed over inside a `Vec`, read by the task itself.
+#[flotilla::remote]
+fn sum_refs(rt: &Runtime, refs: Vec<ObjectRef<u64>>) -> Result<u64, String> {
+    let values = flotilla::block_on(rt.get_all(&refs)).map_err(|e| e.to_string())?;
+    Ok(values.iter().sum())
+}
+
+// ------------------------------------------------------------------------ the checks
+
+const ROWS: i64 = 10_000;
+
+fn frame() -> RecordBatch {
+    let x: Int64Array = (0..ROWS).collect();
+    let y: Float64Array = (0..ROWS).map(|i| i as f64 * 0.5 + (i % 7) as f64).collect();
+    let s: StringArray = (0..ROWS).map(|i| Some(format!("k{}", i % 3))).collect();
+    RecordBatch::try_from_iter([
+        ("x", Arc::new(x) as ArrayRef),
+        ("y", Arc::new(y) as ArrayRef),
+        ("s", Arc::new(s) as ArrayRef),
+    ])
+    .unwrap()
+}
+
+fn plain_std(v: &[f64]) -> f64 {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+}
+
+/// Dataframe operations against the same computations over plain vectors.
+async fn check_dataframe(rt: &Runtime) {
+    let batch = frame();
+    let xs: Vec<f64> = (0..ROWS).map(|i| i as f64).collect();
+    let ys: Vec<f64> = (0..ROWS).map(|i| i as f64 * 0.5 + (i % 7) as f64).collect();
+    let df = DataFrame::from_batches(rt, std::slice::from_ref(&batch), 4)
+        .await
+        .unwrap();
+    assert_eq!(df.npartitions(), 4);
+
+    assert_close!(df.mean("x").await.unwrap(), (ROWS - 1) as f64 / 2.0);
+    assert_close!(df.sum("y").await.unwrap(), ys.iter().sum::<f64>());
+    assert_close!(df.min("y").await.unwrap(), 0.0);
+    assert_close!(df.max("x").await.unwrap(), (ROWS - 1) as f64);
+    assert_eq!(df.count("s").await.unwrap(), ROWS as u64);
+    assert_close!(df.std("y").await.unwrap(), plain_std(&ys));
+    assert_eq!(df.len().await.unwrap(), ROWS as u64);
+
+    // Filter and derived columns, fused into the partition tasks.
+    let big = df
+        .filter(col("x").gt(lit(100)).and(col("s").eq(lit("k1"))))
+        .unwrap();
+    let want: Vec<f64> = (0..ROWS as usize)
+        .filter(|&i| i > 100 && i % 3 == 1)
+        .map(|i| ys[i])
+        .collect();
+    assert_close!(
+        big.mean("y").await.unwrap(),
+        want.iter().sum::<f64>() / want.len() as f64
+    );
+    assert_eq!(big.len().await.unwrap(), want.len() as u64);
+    let z = df.with_column("z", col("x") + col("y") * 2.0).unwrap();
+    let want_z: f64 = xs.iter().zip(&ys).map(|(x, y)| x + y * 2.0).sum();
+    assert_close!(z.sum("z").await.unwrap(), want_z);
+    let all = z
+        .agg(&[
+            (col("x"), Agg::Mean),
+            ((col("z") - col("x")) / 2i64, Agg::Max),
+        ])
+        .await
+        .unwrap();
+    assert_close!(all[0], (ROWS - 1) as f64 / 2.0);
+    assert_close!(all[1], ys.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+    let means = df.agg_all(Agg::Mean).await.unwrap();
+    assert_eq!(
+        means.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["x", "y"]
+    );
+
+    // Selection, head, collect.
+    let sel = df.select(&["y", "x"]).unwrap();
+    assert_eq!(sel.columns(), ["y", "x"]);
+    let head = sel.head(5).await.unwrap();
+    assert_eq!(head.num_rows(), 5);
+    assert_eq!(head.schema().field(0).name(), "y");
+    let back = df.collect().await.unwrap();
+    assert_eq!(back, batch);
+    let filtered = big.collect().await.unwrap();
+    assert_eq!(filtered.num_rows(), want.len());
+
+    // describe: count, mean, std, min, max per numeric column.
+    let d = df.describe().await.unwrap();
+    let y_stats = d
+        .column_by_name("y")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap()
+        .clone();
+    assert_close!(y_stats.value(0), ROWS as f64);
+    assert_close!(y_stats.value(1), ys.iter().sum::<f64>() / ROWS as f64);
+    assert_close!(y_stats.value(2), plain_std(&ys));
+
+    // groupby, against a map of the same rows.
+    let g = df
+        .groupby(&["s"])
+        .unwrap()
+        .agg(&[
+            (col("y"), Agg::Mean),
+            (col("x"), Agg::Count),
+            (col("y"), Agg::Std),
+        ])
+        .await
+        .unwrap();
+    let mut plain: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (i, y) in ys.iter().enumerate() {
+        plain.entry(format!("k{}", i % 3)).or_default().push(*y);
+    }
+    assert_eq!(g.num_rows(), 3);
+    let keys = g.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+    let f = |j: usize| {
+        g.column(j)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap()
+            .clone()
+    };
+    let (mean, count, std) = (f(1), f(2), f(3));
+    for (row, (k, v)) in plain.iter().enumerate() {
+        assert_eq!(keys.value(row), k);
+        assert_close!(mean.value(row), v.iter().sum::<f64>() / v.len() as f64);
+        assert_close!(count.value(row), v.len() as f64);
+        assert_close!(std.value(row), plain_std(v));
+    }
+    assert_eq!(g.schema().field(1).name(), "mean(y)");
+
+    // Partitions for plain tasks: decode each and add up.
+    let parts = df.partitions().unwrap();
+    let mut rows = 0;
+    for p in &parts {
+        rows += decode_batch(&rt.get(p).await.unwrap().0)
+            .unwrap()
+            .num_rows();
+    }
+    assert_eq!(rows, ROWS as usize);
+    // A persisted plan starts later queries from its batches.
+    let kept = big.persist().await.unwrap();
+    assert_eq!(kept.len().await.unwrap(), want.len() as u64);
+}
+
+/// Chunked arrays against ndarray on the same values.
+async fn check_array(rt: &Runtime) {
+    let r = Array::random(rt, (100, 80), (30, 25), 7).unwrap();
+    assert_eq!(r.nblocks(), 4 * 4);
+    let a = r.compute().await.unwrap();
+    assert_eq!(a, r.compute().await.unwrap(), "a seed gives the same array");
+    assert_ne!(
+        a,
+        Array::random(rt, (100, 80), (30, 25), 8)
+            .unwrap()
+            .compute()
+            .await
+            .unwrap()
+    );
+    assert!(a.iter().all(|x| (0.0..1.0).contains(x)));
+    assert_close!(r.sum().await.unwrap(), a.sum());
+    assert_close!(r.mean().await.unwrap(), a.mean().unwrap());
+    assert_close!(
+        r.min().await.unwrap(),
+        a.iter().copied().fold(f64::INFINITY, f64::min)
+    );
+    assert_close!(
+        r.max().await.unwrap(),
+        a.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    );
+    assert_close!(r.std().await.unwrap(), a.std(0.0));
+    let col_means = r.reduce_axis(Agg::Mean, 0).await.unwrap();
+    for (got, want) in col_means.iter().zip(a.mean_axis(Axis(0)).unwrap().iter()) {
+        assert_close!(*got, *want);
+    }
+    let row_sums = r.reduce_axis(Agg::Sum, 1).await.unwrap();
+    for (got, want) in row_sums.iter().zip(a.sum_axis(Axis(1)).iter()) {
+        assert_close!(*got, *want);
+    }
+
+    // Elementwise, with scalars and arrays of the same chunks; from an ndarray; slices.
+    let plain = Array2::from_shape_fn((100, 80), |(i, j)| (i * 80 + j) as f64);
+    let stored = Array::from_ndarray(rt, &plain, (30, 25)).await.unwrap();
+    let range = Array::arange(rt, (100, 80), (30, 25)).unwrap();
+    assert_eq!(range.compute().await.unwrap(), plain);
+    let expr = stored
+        .add(&r)
+        .unwrap()
+        .scalar(Op::Mul, 2.0)
+        .sub(&range)
+        .unwrap()
+        .sqrt();
+    let want = ((&plain + &a) * 2.0 - &plain).mapv(f64::sqrt);
+    let got = expr.compute().await.unwrap();
+    assert!(got.iter().zip(want.iter()).all(|(x, y)| close(*x, *y)));
+    let sliced = expr.slice(10..75, 20..61).unwrap();
+    assert_eq!(sliced.shape(), (65, 41));
+    let got = sliced.compute().await.unwrap();
+    let want_slice = want.slice(s![10..75, 20..61]);
+    assert!(got
+        .iter()
+        .zip(want_slice.iter())
+        .all(|(x, y)| close(*x, *y)));
+    assert_close!(sliced.sum().await.unwrap(), want_slice.sum());
+    assert_eq!(
+        Array::ones(rt, (5, 5), (2, 2))
+            .unwrap()
+            .sum()
+            .await
+            .unwrap(),
+        25.0
+    );
+    assert_eq!(
+        Array::zeros(rt, (5, 5), (2, 2))
+            .unwrap()
+            .max()
+            .await
+            .unwrap(),
+        0.0
+    );
+    assert_close!(
+        Array::ones(rt, (4, 4), (3, 3))
+            .unwrap()
+            .exp()
+            .mean()
+            .await
+            .unwrap(),
+        1f64.exp()
+    );
+    let persisted = expr.persist().await.unwrap();
+    assert!(persisted
+        .compute()
+        .await
+        .unwrap()
+        .iter()
+        .zip(want.iter())
+        .all(|(x, y)| close(*x, *y)));
+}
+
+/// Bags with built-in functions, against iterators.
+async fn check_bag(rt: &Runtime) {
+    let items: Vec<i64> = (0..1000).map(|i| i % 37).collect();
+    let bag = Bag::from_iter(rt, items.clone(), 7).await.unwrap();
+    assert_eq!(bag.count().await.unwrap(), 1000);
+    assert_eq!(bag.sum().await.unwrap(), items.iter().sum::<i64>());
+    assert_eq!(bag.collect().await.unwrap(), items);
+    assert_eq!(bag.take(3).await.unwrap(), vec![0, 1, 2]);
+    let mut distinct = bag.distinct().await.unwrap();
+    distinct.sort();
+    assert_eq!(distinct, (0..37).collect::<Vec<i64>>());
+    let freq = bag.frequencies().await.unwrap();
+    let mut plain: BTreeMap<i64, u64> = BTreeMap::new();
+    for x in &items {
+        *plain.entry(*x).or_default() += 1;
+    }
+    assert_eq!(freq.len(), plain.len());
+    for (x, n) in &freq {
+        assert_eq!(plain[x], *n, "frequency of {x}");
+    }
+    assert!(
+        freq.windows(2).all(|w| w[0].1 >= w[1].1),
+        "most frequent first"
+    );
+    let empty = Bag::<f64>::from_iter(rt, Vec::new(), 3).await.unwrap();
+    assert_eq!(empty.sum().await.unwrap(), 0.0);
+}
+
+/// Delayed graphs with a built-in function.
+async fn check_delayed(rt: &Runtime) {
+    let a = add.delayed(1, 2);
+    let b = add.delayed(&a, 10);
+    let c = add.delayed(&a, &b);
+    assert_eq!(c.task_count(), 3, "the shared node is one task");
+    assert_eq!(c.compute(rt).await.unwrap(), 3 + 13);
+    let r = rt.put(&100i64).await.unwrap();
+    let d = add.delayed(&r, &c);
+    assert_eq!(
+        compute_all(rt, &[d.clone(), b]).await.unwrap(),
+        vec![116, 13]
+    );
+    let kept = d.persist(rt).unwrap();
+    assert_eq!(rt.get(&kept).await.unwrap(), 116);
+    let dot = d.to_dot();
+    assert!(dot.starts_with("digraph"), "{dot}");
+    assert_eq!(dot.matches(" -> ").count(), 5, "{dot}");
+}
+
+// ------------------------------------------------------------------------ clusters
+
+async fn local(workers: usize, store_bytes: u64) -> (LocalCluster, Runtime) {
+    let cluster = LocalCluster::start(LocalOptions {
+        workers,
+        slots: 2,
+        store_bytes,
+    })
+    .await
+    .unwrap();
+    let rt = Runtime::connect(&cluster.address, None).await.unwrap();
+    (cluster, rt)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn collections_on_an_in_process_cluster() {
+    let (cluster, rt) = local(2, 1 << 30).await;
+    bounded("dataframe", check_dataframe(&rt)).await;
+    bounded("array", check_array(&rt)).await;
+    bounded("bag", check_bag(&rt)).await;
+    bounded("delayed", check_delayed(&rt)).await;
+
+    // Remote functions of this program, by name, on the workers.
+    let bag = Bag::from_iter(&rt, 0..100i64, 3).await.unwrap();
+    let squares = bag.filter(even).map(square);
+    let want: Vec<i64> = (0..100).filter(|x| x % 2 == 0).map(|x| x * x).collect();
+    assert_eq!(bounded("map", squares.collect()).await.unwrap(), want);
+    assert_eq!(squares.fold(add).await.unwrap(), Some(want.iter().sum()));
+    let arr = Array::random(&rt, (20, 20), (7, 7), 1).unwrap();
+    let doubled = arr.map_blocks(double_block).await.unwrap();
+    assert_eq!(
+        doubled.compute().await.unwrap(),
+        arr.compute().await.unwrap() * 2.0
+    );
+    let df = DataFrame::from_batches(&rt, &[frame()], 3).await.unwrap();
+    let with_w = df.map_partitions(add_w).await.unwrap();
+    assert_eq!(with_w.columns(), ["x", "y", "s", "w"]);
+    assert_close!(
+        with_w.sum("w").await.unwrap(),
+        10.0 * (0..ROWS).sum::<i64>() as f64
+    );
+    rt.shutdown().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn collections_on_two_worker_processes() {
+    let cluster = ProcessCluster::start(Path::new(env!("CARGO_BIN_EXE_flotilla")), 2, 2)
+        .await
+        .unwrap();
+    let rt = cluster.connect().await.unwrap();
+    bounded("dataframe", check_dataframe(&rt)).await;
+    bounded("array", check_array(&rt)).await;
+    bounded("bag", check_bag(&rt)).await;
+    bounded("delayed", check_delayed(&rt)).await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn references_inside_values_are_dependencies_and_held() {
+    let (cluster, rt) = local(1, 1 << 30).await;
+    let before = rt.status().await.unwrap().objects;
+    // A result still being computed and a put value, both handed over only inside a Vec; the
+    // driver keeps no handle to either.
+    let slow = sleep_then.remote(&rt, 200, 5);
+    let put = rt.put(&7u64).await.unwrap();
+    let total = sum_refs.remote(&rt, vec![slow, put]);
+    assert_eq!(bounded("sum_refs", total.clone()).await.unwrap(), 12);
+    // Several tasks borrowing one object: each holds it while it runs.
+    let shared = rt.put(&1u64).await.unwrap();
+    let sums: Vec<_> = (0..4)
+        .map(|_| sum_refs.remote(&rt, vec![shared.clone(), shared.clone()]))
+        .collect();
+    drop(shared);
+    assert_eq!(
+        bounded("sums", rt.get_all(&sums)).await.unwrap(),
+        vec![2; 4]
+    );
+    // Nothing leaks once the results go: the nested objects were held, not kept.
+    drop((total, sums));
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let objects = rt.status().await.unwrap().objects;
+        if objects == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{objects} objects left, {before} before"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A reference inside a value the driver reads back is refused (its object is not held for
+    // the driver): the error names the type.
+    let e = rt
+        .get(&rt.put(&vec![rt.put(&1u64).await.unwrap()]).await.unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot decode a") && e.contains("ObjectRef<u64>"),
+        "{e}"
+    );
+    rt.shutdown().await;
+    cluster.stop().await;
+}
+
+// ------------------------------------------------------------------------ CSV
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+/// Every range of every block size reads to the same rows as one read of the whole file.
+fn ranges_agree(path: &str, header: bool) -> RecordBatch {
+    let columns = csv::infer(path, 1 << 20, header, b',').unwrap();
+    let read_all = |block: u64| {
+        let parts: Vec<RecordBatch> = csv::split(path, block, header)
+            .unwrap()
+            .into_iter()
+            .map(|(start, end)| {
+                let range = csv::CsvRange {
+                    path: path.into(),
+                    start,
+                    end,
+                    columns: columns.clone(),
+                    delimiter: b',',
+                };
+                csv::read(&range, None).unwrap()
+            })
+            .collect();
+        let schema = csv::schema_of(&columns);
+        arrow_select::concat::concat_batches(&schema, &parts).unwrap()
+    };
+    let whole = read_all(1 << 30);
+    for block in [1, 2, 3, 5, 8, 13, 64] {
+        assert_eq!(read_all(block), whole, "{path} in blocks of {block} bytes");
+    }
+    whole
+}
+
+#[test]
+fn csv_ranges_start_at_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Quoted newlines and quotes, CRLF line ends, no newline at the end.
+    let quoted = write(
+        d,
+        "quoted.csv",
+        "id,text,v\r\n1,\"a\nb\",1.5\r\n2,\"say \"\"hi\"\"\n,x\",2.5\r\n3,plain,3.5",
+    );
+    let b = ranges_agree(&quoted, true);
+    assert_eq!(b.num_rows(), 3);
+    let text = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+    assert_eq!(text.value(0), "a\nb");
+    assert_eq!(text.value(1), "say \"hi\"\n,x");
+    assert_eq!(text.value(2), "plain");
+    let v = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+    assert_eq!(v.values().to_vec(), vec![1.5, 2.5, 3.5]);
+
+    // A header only: no ranges, no rows.
+    let header_only = write(d, "header.csv", "a,b\n");
+    assert!(csv::split(&header_only, 4, true).unwrap().is_empty());
+    // A file smaller than one block: one range.
+    let small = write(d, "small.csv", "a,b\n1,2\n3,4\n");
+    assert_eq!(csv::split(&small, 64 << 20, true).unwrap(), vec![(4, 12)]);
+    assert_eq!(ranges_agree(&small, true).num_rows(), 2);
+    // No header.
+    let bare = write(d, "bare.csv", "1,2\n3,4\n5,6\n");
+    assert_eq!(ranges_agree(&bare, false).num_rows(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn csv_files_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Many files, one glob.
+    let mut want = 0i64;
+    for f in 0..6 {
+        let mut text = String::from("col1,col2\n");
+        for i in 0..500 {
+            let v = f * 1000 + i;
+            want += 2 * v;
+            text.push_str(&format!("{v},{}\n", 2 * v));
+        }
+        write(d, &format!("part-{f}.csv"), &text);
+    }
+    let (cluster, rt) = local(1, 1 << 30).await;
+    let pattern = format!("{}/part-*.csv", d.display());
+    let options = CsvOptions {
+        block: 1000,
+        ..CsvOptions::default()
+    };
+    let df = DataFrame::read_csv_with(&rt, &pattern, &options).unwrap();
+    assert!(df.npartitions() > 6, "{} partitions", df.npartitions());
+    assert_eq!(df.len().await.unwrap(), 3000);
+    assert_close!(df.sum("col2").await.unwrap(), want as f64);
+    assert_close!(
+        df.with_column("t", col("col1") + col("col2"))
+            .unwrap()
+            .mean("t")
+            .await
+            .unwrap(),
+        1.5 * want as f64 / 3000.0
+    );
+    let head = df.head(3).await.unwrap();
+    assert_eq!(head.num_rows(), 3);
+
+    // A column that is not there names those that are, before anything runs.
+    let e = df.select(&["col3"]).unwrap_err().to_string();
+    assert!(
+        e.contains("no column \"col3\"") && e.contains("col1, col2"),
+        "{e}"
+    );
+    let e = df.filter(col("nope").gt(lit(1))).unwrap_err().to_string();
+    assert!(e.contains("the columns are col1, col2"), "{e}");
+    // A type mismatch: the mean of text.
+    let text = write(d, "text.csv", "name,n\nann,1\nbob,2\n");
+    let t = DataFrame::read_csv(&rt, &text).unwrap();
+    let e = t.mean("name").await.unwrap_err().to_string();
+    assert!(
+        e.contains("cannot take the mean of name") && e.contains("Utf8"),
+        "{e}"
+    );
+    let e = t.filter(col("name") + lit(1)).unwrap_err().to_string();
+    assert!(e.contains("cannot apply `+`"), "{e}");
+    // A missing file.
+    let e = DataFrame::read_csv(&rt, &format!("{}/absent*.csv", d.display()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no file matches"), "{e}");
+    // A malformed row: the file, its line and the column.
+    let bad = write(d, "bad.csv", "a,b\n1,2\n3,4\n5,x\n7,8\n");
+    let schema = Arc::new(arrow_schema::Schema::new(vec![
+        arrow_schema::Field::new("a", arrow_schema::DataType::Int64, true),
+        arrow_schema::Field::new("b", arrow_schema::DataType::Int64, true),
+    ]));
+    let options = CsvOptions {
+        block: 6,
+        schema: Some(schema),
+        ..CsvOptions::default()
+    };
+    let bdf = DataFrame::read_csv_with(&rt, &bad, &options).unwrap();
+    let e = bdf.sum("b").await.unwrap_err().to_string();
+    assert!(e.contains("bad.csv: line 4, column \"b\""), "{e}");
+    // Chunks that do not line up.
+    let x = Array::ones(&rt, (10, 10), (5, 5)).unwrap();
+    let y = Array::ones(&rt, (10, 10), (4, 5)).unwrap();
+    let e = x.add(&y).unwrap_err().to_string();
+    assert!(e.contains("chunk shapes do not line up"), "{e}");
+    let e = x.slice(0..11, 0..2).unwrap_err().to_string();
+    assert!(e.contains("outside the array's shape"), "{e}");
+    // Lines of text, and JSON lines.
+    let lines = write(d, "lines.txt", "{\"k\":1}\r\n{\"k\":2}\n{\"k\":3}");
+    let bag = Bag::read_text(&rt, &lines, 4).unwrap();
+    assert_eq!(bag.count().await.unwrap(), 3);
+    #[derive(serde::Deserialize, PartialEq, Debug)]
+    struct K {
+        k: i64,
+    }
+    assert_eq!(
+        bag.collect_json::<K>().await.unwrap(),
+        vec![K { k: 1 }, K { k: 2 }, K { k: 3 }]
+    );
+    rt.shutdown().await;
+    cluster.stop().await;
+}
+
+// ------------------------------------------------------------------------ failures
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_larger_than_the_object_stores_completes() {
+    // 16 partitions of 1 MB each (about 16 MB) through stores of 4 MB.
+    let (cluster, rt) = local(2, 4 << 20).await;
+    let n = 2_000_000i64;
+    let x: Int64Array = (0..n).collect();
+    let df = DataFrame::from_columns(&rt, vec![("x", Arc::new(x) as ArrayRef)], 16)
+        .await
+        .unwrap();
+    let doubled = df.with_column("y", col("x") * 2i64).unwrap();
+    let kept = bounded("persist", doubled.persist()).await.unwrap();
+    assert_close!(
+        bounded("mean", kept.mean("y")).await.unwrap(),
+        (n - 1) as f64
+    );
+    // The workers report what they spilled with their next store statistics.
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let status = rt.status().await.unwrap();
+        let spilled: u64 = status.workers.iter().map(|w| w.spilled_bytes).sum();
+        if spilled > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing was spilled: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rt.shutdown().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_query_still_gives_the_right_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("col1,col2\n");
+    let rows = 200_000i64;
+    for i in 0..rows {
+        text.push_str(&format!("{i},{}\n", 2 * i));
+    }
+    let path = write(dir.path(), "data.csv", &text);
+    let mut cluster = ProcessCluster::start(Path::new(env!("CARGO_BIN_EXE_flotilla")), 2, 2)
+        .await
+        .unwrap();
+    let rt = cluster.connect().await.unwrap();
+    let options = CsvOptions {
+        block: 40_000,
+        ..CsvOptions::default()
+    };
+    let df = DataFrame::read_csv_with(&rt, &path, &options).unwrap();
+    assert!(df.npartitions() > 40);
+    let query = {
+        let df = df.clone();
+        tokio::spawn(async move { df.mean("col2").await })
+    };
+    // Kill the second worker once the query's tasks run.
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let s = rt.status().await.unwrap();
+        if s.tasks_running > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the query never started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(cluster.kill_worker(1), "the worker was running");
+    let mean = bounded("query", query).await.unwrap().unwrap();
+    assert_close!(mean, (rows - 1) as f64);
+    rt.shutdown().await;
+}
