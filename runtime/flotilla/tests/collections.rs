@@ -61,6 +61,18 @@ fn even(x: i64) -> bool {
     x % 2 == 0
 }
 
+/// `x` copies of `x` (none for 0 and below): flat-mapped outputs of every size, empty included.
+#[flotilla::remote]
+fn copies(x: i64) -> Vec<i64> {
+    vec![x; x.max(0) as usize]
+}
+
+/// The words of a line.
+#[flotilla::remote]
+fn words(line: String) -> Vec<String> {
+    line.split_whitespace().map(str::to_string).collect()
+}
+
 /// Doubles every value of a block.
 #[flotilla::remote]
 fn double_block(b: Blob) -> Blob {
@@ -423,6 +435,65 @@ async fn collections_on_an_in_process_cluster() {
         with_w.sum("w").await.unwrap(),
         10.0 * (0..ROWS).sum::<i64>() as f64
     );
+    rt.shutdown().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bag_flat_map_on_an_in_process_cluster() {
+    let (cluster, rt) = local(2, 1 << 30).await;
+    let copies_of = |xs: &[i64]| -> Vec<i64> {
+        xs.iter()
+            .flat_map(|&x| std::iter::repeat_n(x, x.max(0) as usize))
+            .collect()
+    };
+
+    // Outputs of 0 to 199 items (the length varint takes two bytes past 127), after a filter.
+    let items: Vec<i64> = (-3..200).collect();
+    let bag = Bag::from_iter(&rt, items.clone(), 7).await.unwrap();
+    let flat = bag.flat_map(copies);
+    let want = copies_of(&items);
+    assert_eq!(bounded("flat_map", flat.collect()).await.unwrap(), want);
+    assert_eq!(flat.count().await.unwrap(), want.len() as u64);
+    assert_eq!(flat.take(5).await.unwrap(), want[..5]);
+    assert_eq!(flat.take(1_000_000).await.unwrap(), want);
+    let evens: Vec<i64> = items.iter().copied().filter(|x| x % 2 == 0).collect();
+    let flat = bag.filter(even).flat_map(copies);
+    assert_eq!(flat.collect().await.unwrap(), copies_of(&evens));
+
+    // More partitions than items: some partitions are empty; and outputs all empty.
+    let small = Bag::from_iter(&rt, vec![2i64, 0, 3], 5).await.unwrap();
+    assert_eq!(
+        small.flat_map(copies).collect().await.unwrap(),
+        vec![2, 2, 3, 3, 3]
+    );
+    let nothing = Bag::from_iter(&rt, vec![0i64, -1, 0], 2).await.unwrap();
+    assert_eq!(
+        nothing.flat_map(copies).collect().await.unwrap(),
+        Vec::<i64>::new()
+    );
+    assert_eq!(nothing.flat_map(copies).count().await.unwrap(), 0);
+    let empty = Bag::<i64>::from_iter(&rt, Vec::new(), 3).await.unwrap();
+    assert_eq!(
+        empty.flat_map(copies).collect().await.unwrap(),
+        Vec::<i64>::new()
+    );
+
+    // Strings: the words of lines, items of unequal size.
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            (0..i % 5)
+                .map(|j| format!("w{}", i * j))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let bag = Bag::from_iter(&rt, lines.clone(), 4).await.unwrap();
+    let want: Vec<String> = lines
+        .iter()
+        .flat_map(|l| l.split_whitespace().map(str::to_string))
+        .collect();
+    assert_eq!(bag.flat_map(words).collect().await.unwrap(), want);
     rt.shutdown().await;
     cluster.stop().await;
 }

@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 pub use self::{
     array::Array,
-    bag::Bag,
+    bag::{Bag, FlatBag},
     dataframe::{col, lit, Agg, DataFrame, Expr},
     delayed::{compute_all, Delayed, IntoDelayed},
 };
