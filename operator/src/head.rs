@@ -11,7 +11,7 @@ use flotilla_proto::{
     auth::AddAuth,
     v1::{
         head_client::HeadClient, CancelJobReply, CancelJobRequest, DrainOutcome, DrainRequest,
-        JobStatus, StatusRequest, WorkerState,
+        JobStatus, StatusRequest, UndrainReply, UndrainRequest, WorkerState,
     },
 };
 use tonic::{
@@ -128,6 +128,16 @@ impl Head {
                 (w.name, view)
             })
             .collect())
+    }
+
+    /// Takes back a worker being drained (or drained): it takes work again and its drain ends as
+    /// cancelled.
+    pub async fn undrain(&mut self, worker: &str) -> Result<UndrainReply, HeadError> {
+        let mut request = Request::new(UndrainRequest {
+            worker: worker.to_owned(),
+        });
+        request.set_timeout(HEAD_TIMEOUT);
+        Ok(self.client.undrain(request).await?.into_inner())
     }
 
     /// The task counts of job `job`, if the head knows it.

@@ -141,6 +141,7 @@ fn applied_in_full(step: &Plan) -> Applied {
         created: names(&step.create),
         deleted: step.delete.clone(),
         marked: step.drain.clone(),
+        undrained: step.undrain.clone(),
         refusal: None,
     }
 }
@@ -309,6 +310,39 @@ fn draining_workers_no_longer_count_towards_the_group() {
     let pods = vec![head(&c), leaving, running(worker(&c, "cpu", "b"), 2)];
     let step = plan(&c, &pods, Some(&HashMap::new()), counter());
     assert_eq!(names(&step.create), ["demo-cpu-s0001"]);
+    assert!(step.drain.is_empty() && step.delete.is_empty());
+}
+
+#[test]
+fn a_draining_worker_the_head_knows_is_taken_back_before_new_pods_are_made() {
+    let c = cluster("  image: flotilla:1\n  workerGroups: [{name: cpu, replicas: 3}]");
+    let mut older = marked_draining(running(worker(&c, "cpu", "a"), 1));
+    older
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(ANNOTATION_DRAINING.into(), "2025-01-01T00:00:00Z".into());
+    let newer = marked_draining(running(worker(&c, "cpu", "b"), 2));
+    let unknown = marked_draining(running(worker(&c, "cpu", "c"), 3));
+    let pods = vec![head(&c), older, newer, unknown];
+    let known = views(&[
+        ("demo-cpu-a", HeadView::Draining),
+        ("demo-cpu-b", HeadView::Draining),
+    ]);
+    // Three wanted, none live: both known drains are taken back, newest first, and one pod is
+    // made; the worker the head does not know keeps going away.
+    let step = plan(&c, &pods, Some(&known), counter());
+    assert_eq!(step.undrain, ["demo-cpu-b", "demo-cpu-a"]);
+    assert_eq!(names(&step.create), ["demo-cpu-s0001"]);
+    assert_eq!(
+        step.run_drains
+            .iter()
+            .map(|m| m.pod.as_str())
+            .collect::<Vec<_>>(),
+        ["demo-cpu-c"],
+        "the drains of the workers taken back do not run again"
+    );
     assert!(step.drain.is_empty() && step.delete.is_empty());
 }
 

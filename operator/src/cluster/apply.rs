@@ -30,6 +30,7 @@ use super::{
 use crate::{
     context::Context,
     contract::{ANNOTATION_DRAINING, MANAGER_NAME},
+    head::Head,
     names::{head_service_name, token_secret_name},
     Error, Refusal,
 };
@@ -43,6 +44,8 @@ pub struct Applied {
     pub deleted: Vec<(String, DeleteReason)>,
     /// Workers marked draining, with the reason.
     pub marked: Vec<(String, DeleteReason)>,
+    /// Draining workers taken back at the head, by name.
+    pub undrained: Vec<String>,
     /// The write that was refused, which ended the step there.
     pub refusal: Option<Refusal>,
 }
@@ -98,6 +101,13 @@ pub async fn apply(
         // the drains wait for a pass that has one.
         (Some(_), None) => return Ok(applied),
     };
+    if let Some(head) = &head {
+        for name in &step.undrain {
+            if writer.undrain(head, name).await {
+                applied.undrained.push(name.clone());
+            }
+        }
+    }
     for marked in &step.run_drains {
         DrainJob::new(
             ctx.clone(),
@@ -172,6 +182,42 @@ impl Writer<'_> {
             applied.marked.push((name.clone(), *reason));
         }
         Ok(())
+    }
+
+    /// Takes worker `name` back from its drain at the head, then removes its mark. A failure is
+    /// logged: the next reconcile plans it again.
+    async fn undrain(&self, head: &HeadAccess, name: &str) -> bool {
+        let reply = match Head::connect(&head.ip, &head.token).await {
+            Ok(mut client) => client.undrain(name).await,
+            Err(e) => Err(e),
+        };
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::warn!(pod = name, error = %e, "cannot take a draining worker back");
+                return false;
+            }
+        };
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.cluster.namespace);
+        let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_DRAINING: null}}});
+        if let Err(e) = pods
+            .patch(name, &patch_params(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(pod = name, error = %e, "cannot remove the drain mark of a worker taken back");
+            return false;
+        }
+        self.event(
+            Some(name),
+            EventType::Normal,
+            "Undrained",
+            format!(
+                "took worker {name} back from its drain: its group needs it again ({})",
+                reply.message
+            ),
+        )
+        .await;
+        true
     }
 
     /// Creates the Secret with a fresh random token; returns the token.

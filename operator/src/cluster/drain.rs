@@ -52,6 +52,8 @@ enum Drained {
     TimedOut(String),
     /// No head pod runs, so nothing runs on the worker either.
     NoHead,
+    /// The drain was called off (the worker was taken back): the pod stays.
+    Cancelled,
 }
 
 impl DrainJob {
@@ -94,6 +96,9 @@ impl DrainJob {
 
     async fn run(self) {
         match self.drain().await {
+            Ok(Drained::Cancelled) => {
+                tracing::info!(pod = %self.pod, "drain cancelled; the worker takes work again");
+            }
             Ok(drained) => self.finish(drained).await,
             Err(e) => {
                 // The head runs but did not answer: the worker may be busy, so it stays until
@@ -117,6 +122,7 @@ impl DrainJob {
         Ok(match client.drain(&self.pod, self.remaining).await? {
             (DrainOutcome::Drained, _) => Drained::Done,
             (DrainOutcome::NotRegistered, _) => Drained::NotRegistered,
+            (DrainOutcome::Cancelled, _) => Drained::Cancelled,
             // The deadline passed, or the worker went away before it emptied.
             (
                 DrainOutcome::TimedOut | DrainOutcome::WorkerLost | DrainOutcome::Unspecified,
@@ -153,6 +159,7 @@ impl DrainJob {
                 format!("no head runs, so nothing runs on worker {pod}; deleting its pod"),
                 "no_head",
             ),
+            Drained::Cancelled => return,
         };
         self.ctx.metrics.drained(result);
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);

@@ -10,7 +10,8 @@
 //! The rules:
 //! - The head is created when missing, and replaced when it failed or its template changed.
 //! - A worker that failed (its pod reached `Failed` or `Succeeded`) is deleted and replaced.
-//! - A group with too few live workers gets new ones, all at once.
+//! - A group with too few live workers gets new ones, all at once; draining workers the head
+//!   still knows, on the current template, are taken back first (newest drain first).
 //! - A group with too many loses the least useful first: workers that never became ready, then
 //!   stale ones, then idle ones (as the head reports them), newest first. A worker the head
 //!   knows is drained first; one it does not know has nothing to drain and is deleted; a worker
@@ -91,6 +92,9 @@ pub struct Plan {
     /// Workers marked draining earlier whose drains must run (again, when none is in flight).
     /// Workers marked by this step are not among them yet: the next reconcile sees their marks.
     pub run_drains: Vec<MarkedDrain>,
+    /// Draining workers to take back at the head (their drains are cancelled, their marks
+    /// removed) instead of creating new pods.
+    pub undrain: Vec<String>,
 }
 
 impl Plan {
@@ -102,6 +106,7 @@ impl Plan {
             && self.delete.is_empty()
             && self.drain.is_empty()
             && self.run_drains.is_empty()
+            && self.undrain.is_empty()
     }
 }
 
@@ -156,7 +161,25 @@ pub fn plan(desired: &Desired, observed: &Observed, mut suffix: impl FnMut() -> 
             |p: &Pod| head_workers.and_then(|w| w.get(pods::name(p))) == Some(&HeadView::Idle);
 
         if live.len() < desired_count {
-            for _ in live.len()..desired_count {
+            let mut back: Vec<&Pod> = all
+                .iter()
+                .copied()
+                .filter(|p| {
+                    pods::is_draining(p)
+                        && !pods::is_terminating(p)
+                        && !pods::is_finished(p)
+                        && !stale(p)
+                        && head_workers.is_some_and(|w| w.contains_key(pods::name(p)))
+                })
+                .collect();
+            // Newest drain first: it has moved the least away.
+            back.sort_by_key(|p| std::cmp::Reverse(pods::draining_since(p)));
+            back.truncate(desired_count - live.len());
+            for pod in &back {
+                plan.undrain.push(pods::name(pod).to_owned());
+            }
+            plan.run_drains.retain(|m| !plan.undrain.contains(&m.pod));
+            for _ in live.len() + back.len()..desired_count {
                 plan.create.push(template.pod(&suffix()));
             }
         } else if live.len() > desired_count {

@@ -10,5 +10,6 @@ pub mod scheduler;
 pub use error_kind::ErrorKind;
 pub use ids::{ObjectId, SessionId, WorkerId};
 pub use scheduler::{
-    Effect, JobCancelled, JobView, RegisterError, Scheduler, Snapshot, WorkerInfo, WorkerView,
+    Effect, JobCancelled, JobView, RegisterError, Scheduler, Snapshot, UndrainError, WorkerInfo,
+    WorkerView,
 };

@@ -1891,3 +1891,73 @@ fn jobs_kept_are_bounded_and_connected_ones_stay() {
     assert!(!jobs.iter().any(|j| j.job == "old-0"));
     s.close_session(live);
 }
+
+#[test]
+fn undrain_takes_a_draining_worker_back_and_cancels_its_drain() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let t = oid(sess, 1);
+    s.submit(sess, task(t, "f", vec![]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], t)]);
+    s.drain(ws[0], Instant::now(), Duration::from_secs(60));
+    assert!(drained(&s.drain_effects()).is_empty());
+    let (u, v) = (oid(sess, 2), oid(sess, 3));
+    s.submit(sess, task(u, "f", vec![]));
+    s.submit(sess, task(v, "f", vec![]));
+    assert_eq!(
+        run_ids(&s.drain_effects()),
+        vec![(ws[1], u)],
+        "nothing new on w1"
+    );
+
+    let reply = s.undrain("w1").unwrap();
+    assert_eq!(reply.previous(), pb::WorkerState::Draining);
+    let fx = s.drain_effects();
+    assert_eq!(
+        drained(&fx)
+            .iter()
+            .map(|(w, _, o)| (*w, *o))
+            .collect::<Vec<_>>(),
+        vec![(ws[0], pb::DrainOutcome::Cancelled)],
+        "the pending drain ends as cancelled"
+    );
+    assert_eq!(s.snapshot().workers_draining, 0);
+    // Nothing was lost: its running task finishes there and the queued one goes there next.
+    s.task_finished(ws[0], inline(t, 0, b"t"));
+    let fx = s.drain_effects();
+    assert_eq!(value_of(&fx, sess, t), Bytes::from_static(b"t"));
+    assert_eq!(run_ids(&fx), vec![(ws[0], v)]);
+    assert!(drained(&fx).is_empty(), "no drain is pending any more");
+}
+
+#[test]
+fn undrain_takes_a_drained_worker_back_and_refuses_unknown_names() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
+    let kept = oid(sess, 1);
+    s.put(sess, kept, put_stored(100, &[ws[0]]));
+    s.drain(ws[0], Instant::now(), Duration::from_secs(60));
+    s.drain_effects();
+    s.stored_copy(ws[1], kept);
+    assert_eq!(drained(&s.drain_effects()).len(), 1);
+
+    let reply = s.undrain("w1").unwrap();
+    assert_eq!(reply.previous(), pb::WorkerState::Drained);
+    assert!(drained(&s.drain_effects()).is_empty());
+    let (a, b) = (oid(sess, 2), oid(sess, 3));
+    s.submit(sess, task(a, "f", vec![]));
+    s.submit(sess, task(b, "f", vec![]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], a), (ws[1], b)]);
+
+    let again = s.undrain("w1").unwrap();
+    assert_eq!(again.previous(), pb::WorkerState::Busy);
+    assert!(again.message.contains("not draining"), "{}", again.message);
+
+    let err = s.undrain("nobody").unwrap_err();
+    assert!(
+        err.to_string().contains("no worker named \"nobody\""),
+        "{err}"
+    );
+    assert!(
+        s.drain_effects().is_empty(),
+        "a refused undrain changes nothing"
+    );
+}

@@ -1,5 +1,5 @@
 //! Admin calls to a head, for the command line, local clusters and tests: its status, draining a
-//! worker, and waiting until workers have registered.
+//! worker or taking it back, and waiting until workers have registered.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,16 @@ pub async fn drain(
         timeout_seconds: timeout.as_secs().max(1) as u32,
     };
     Ok(head.drain(request).await?.into_inner())
+}
+
+/// Takes a draining or drained worker back at the head: it takes work again and a pending drain
+/// ends as cancelled. An unknown worker is an error.
+pub async fn undrain(address: &str, token: Option<&str>, worker: &str) -> Result<pb::UndrainReply> {
+    let mut head = net::connect_head(address, token).await?;
+    let request = pb::UndrainRequest {
+        worker: worker.to_string(),
+    };
+    Ok(head.undrain(request).await?.into_inner())
 }
 
 /// Waits until `n` workers are registered at the head at `address`.

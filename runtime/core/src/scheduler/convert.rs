@@ -256,6 +256,7 @@ impl From<DrainOutcome> for pb::DrainOutcome {
             DrainOutcome::Drained => pb::DrainOutcome::Drained,
             DrainOutcome::TimedOut => pb::DrainOutcome::TimedOut,
             DrainOutcome::WorkerLost => pb::DrainOutcome::WorkerLost,
+            DrainOutcome::Cancelled => pb::DrainOutcome::Cancelled,
         }
     }
 }

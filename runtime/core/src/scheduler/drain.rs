@@ -3,8 +3,25 @@
 
 use std::time::Instant;
 
-use super::{workers::WorkerState, Output, Scheduler};
+use flotilla_proto::v1 as pb;
+
+use super::{
+    workers::{Activity, WorkerState},
+    Output, Scheduler,
+};
 use crate::ids::{ObjectId, WorkerId};
+
+/// Why a worker could not be taken back from a drain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndrainError(pub String);
+
+impl std::fmt::Display for UndrainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UndrainError {}
 
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +32,8 @@ pub(super) enum DrainOutcome {
     TimedOut,
     /// The worker went away while it was being drained.
     WorkerLost,
+    /// The drain was called off: the worker takes work again.
+    Cancelled,
 }
 
 impl Scheduler {
@@ -47,6 +66,52 @@ impl Scheduler {
         self.copy_sole_objects(worker, None);
         self.check_drains();
         self.place_tasks();
+    }
+
+    /// Takes a draining or drained worker back: it takes work again, a pending drain ends as
+    /// cancelled. Its objects stay where they are (the copies made elsewhere are extra copies).
+    pub(super) fn take_back(&mut self, name: &str) -> Result<pb::UndrainReply, UndrainError> {
+        let Some(&id) = self.worker_names.get(name) else {
+            return Err(UndrainError(format!(
+                "no worker named {name:?} is registered; only a connected worker can be taken back"
+            )));
+        };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return Err(UndrainError(format!("worker {name:?} is not registered")));
+        };
+        let previous = match (w.state, w.activity()) {
+            (WorkerState::Draining { .. }, _) => pb::WorkerState::Draining,
+            (WorkerState::Drained, _) => pb::WorkerState::Drained,
+            (WorkerState::Active, activity) => {
+                let previous = if activity == Activity::Idle {
+                    pb::WorkerState::Idle
+                } else {
+                    pb::WorkerState::Busy
+                };
+                return Ok(pb::UndrainReply {
+                    previous: previous as i32,
+                    message: format!("worker {name} was not draining; nothing changed"),
+                });
+            }
+        };
+        w.state = WorkerState::Active;
+        if previous == pb::WorkerState::Draining {
+            self.emit(Output::Drained {
+                worker: id,
+                outcome: DrainOutcome::Cancelled,
+                message: format!("the drain of worker {name} was cancelled: it takes work again"),
+            });
+        }
+        self.place_tasks();
+        let was = if previous == pb::WorkerState::Draining {
+            "draining"
+        } else {
+            "drained"
+        };
+        Ok(pb::UndrainReply {
+            previous: previous as i32,
+            message: format!("worker {name} was {was} and takes work again"),
+        })
     }
 
     /// Copies the objects only `worker` holds (or just `only`, if it is one) to another worker.

@@ -56,6 +56,7 @@ use flotilla_proto::v1::{self as pb, worker_command, ObjectState, TaskSpec};
 use crate::ids::{ObjectId, SessionId, WorkerId};
 pub use crate::options::DEFAULT_MAX_RETRIES;
 pub use convert::spec_name;
+pub use drain::UndrainError;
 pub use jobs::{JobCancelled, JobView, MAX_JOBS};
 pub use resume::RESUME_GRACE;
 pub use view::{Snapshot, WorkerView, MAX_RUN_NAMES, OTHER_RUNS, UNREGISTERED};
@@ -399,6 +400,13 @@ impl Scheduler {
     /// actors restart elsewhere; `Drained` follows when it is empty or the deadline passed.
     pub fn drain(&mut self, worker: WorkerId, now: Instant, timeout: Duration) {
         self.start_drain(worker, now + timeout);
+    }
+
+    /// Takes a draining or drained worker (by name) back: no drain is pending on it any more and
+    /// queued tasks may go there again. A worker that was not draining is left as it is; an
+    /// unknown name is an error.
+    pub fn undrain(&mut self, worker: &str) -> Result<pb::UndrainReply, UndrainError> {
+        self.take_back(worker)
     }
 
     /// Enforces drain deadlines.

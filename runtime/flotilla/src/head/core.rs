@@ -8,7 +8,8 @@ use std::{
 };
 
 use flotilla_core::{
-    Effect, ObjectId, Scheduler, SessionId, Snapshot, WorkerId, WorkerInfo, WorkerView,
+    Effect, ObjectId, Scheduler, SessionId, Snapshot, UndrainError, WorkerId, WorkerInfo,
+    WorkerView,
 };
 use flotilla_proto::{
     v1::{self as pb, driver_event, driver_op, worker_command, worker_op},
@@ -54,6 +55,10 @@ pub(crate) enum HeadEvent {
         worker: String,
         timeout: Duration,
         reply: oneshot::Sender<pb::DrainReply>,
+    },
+    Undrain {
+        worker: String,
+        reply: oneshot::Sender<Result<pb::UndrainReply, UndrainError>>,
     },
     Tick,
 }
@@ -247,6 +252,13 @@ impl Core {
                     });
                 }
             },
+            HeadEvent::Undrain { worker, reply } => {
+                let answer = s.undrain(&worker);
+                if let Ok(r) = &answer {
+                    tracing::info!(worker = %worker, message = %r.message, "undrain");
+                }
+                let _ = reply.send(answer);
+            }
             HeadEvent::Tick => s.tick(Instant::now()),
         }
     }

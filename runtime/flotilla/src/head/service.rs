@@ -231,6 +231,24 @@ impl Head for HeadService {
         Ok(Response::new(answer))
     }
 
+    async fn undrain(
+        &self,
+        request: Request<pb::UndrainRequest>,
+    ) -> Result<Response<pb::UndrainReply>, Status> {
+        let worker = request.into_inner().worker;
+        if worker.is_empty() {
+            return Err(Status::invalid_argument("name the worker to take back"));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(HeadEvent::Undrain { worker, reply })?;
+        let answer = rx
+            .await
+            .map_err(|_| Status::unavailable("the head is shutting down"))?;
+        answer
+            .map(Response::new)
+            .map_err(|e| Status::not_found(e.0))
+    }
+
     async fn cancel_job(
         &self,
         request: Request<pb::CancelJobRequest>,

@@ -649,6 +649,21 @@ pub struct DrainReply {
     #[prost(string, tag = "2")]
     pub message: ::prost::alloc::string::String,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UndrainRequest {
+    #[prost(string, tag = "1")]
+    pub worker: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UndrainReply {
+    /// The worker's state before: DRAINING or DRAINED when it was taken back, IDLE or BUSY when it
+    /// was not draining (then nothing changed).
+    #[prost(enumeration = "WorkerState", tag = "1")]
+    pub previous: i32,
+    /// What happened, for people.
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
+}
 /// What a worker is doing, as the head sees it. The operator picks scale-down victims by it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -702,6 +717,8 @@ pub enum DrainOutcome {
     NotRegistered = 3,
     /// The worker went away while it was being drained.
     WorkerLost = 4,
+    /// The drain was called off (Undrain): the worker takes work again.
+    Cancelled = 5,
 }
 impl DrainOutcome {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -715,6 +732,7 @@ impl DrainOutcome {
             Self::TimedOut => "DRAIN_OUTCOME_TIMED_OUT",
             Self::NotRegistered => "DRAIN_OUTCOME_NOT_REGISTERED",
             Self::WorkerLost => "DRAIN_OUTCOME_WORKER_LOST",
+            Self::Cancelled => "DRAIN_OUTCOME_CANCELLED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -725,6 +743,7 @@ impl DrainOutcome {
             "DRAIN_OUTCOME_TIMED_OUT" => Some(Self::TimedOut),
             "DRAIN_OUTCOME_NOT_REGISTERED" => Some(Self::NotRegistered),
             "DRAIN_OUTCOME_WORKER_LOST" => Some(Self::WorkerLost),
+            "DRAIN_OUTCOME_CANCELLED" => Some(Self::Cancelled),
             _ => None,
         }
     }
@@ -902,6 +921,26 @@ pub mod head_client {
             req.extensions_mut().insert(GrpcMethod::new("flotilla.v1.Head", "Drain"));
             self.inner.unary(req, path, codec).await
         }
+        /// Take a draining or drained worker back: it takes work again and a pending drain ends as
+        /// cancelled. An unknown worker is NOT_FOUND.
+        pub async fn undrain(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UndrainRequest>,
+        ) -> std::result::Result<tonic::Response<super::UndrainReply>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/flotilla.v1.Head/Undrain");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("flotilla.v1.Head", "Undrain"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Cancel a job's work: the tasks and actors of the drivers that run for it (DriverHello.job);
         /// those drivers may submit nothing more.
         pub async fn cancel_job(
@@ -972,6 +1011,12 @@ pub mod head_server {
             &self,
             request: tonic::Request<super::DrainRequest>,
         ) -> std::result::Result<tonic::Response<super::DrainReply>, tonic::Status>;
+        /// Take a draining or drained worker back: it takes work again and a pending drain ends as
+        /// cancelled. An unknown worker is NOT_FOUND.
+        async fn undrain(
+            &self,
+            request: tonic::Request<super::UndrainRequest>,
+        ) -> std::result::Result<tonic::Response<super::UndrainReply>, tonic::Status>;
         /// Cancel a job's work: the tasks and actors of the drivers that run for it (DriverHello.job);
         /// those drivers may submit nothing more.
         async fn cancel_job(
@@ -1214,6 +1259,49 @@ pub mod head_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DrainSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/flotilla.v1.Head/Undrain" => {
+                    #[allow(non_camel_case_types)]
+                    struct UndrainSvc<T: Head>(pub Arc<T>);
+                    impl<T: Head> tonic::server::UnaryService<super::UndrainRequest>
+                    for UndrainSvc<T> {
+                        type Response = super::UndrainReply;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UndrainRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Head>::undrain(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UndrainSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

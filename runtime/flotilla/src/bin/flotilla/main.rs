@@ -1,5 +1,5 @@
 //! The `flotilla` command: run a head or a worker, start a local cluster of processes, show its
-//! status, drain a worker, and measure the runtime.
+//! status, drain a worker (or take it back), and measure the runtime.
 
 /// Prints a line on standard output; when the reader has gone (`flotilla status | head -1`),
 /// exits quietly as Unix tools do, rather than panicking on the broken pipe.
@@ -101,6 +101,14 @@ enum Command {
         /// Seconds running tasks get to finish.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+    },
+    /// Take a draining or drained worker back: it takes work again and its drain is cancelled.
+    Undrain {
+        /// The worker's name.
+        worker: String,
+        /// The head's address.
+        #[arg(long, env = "FLOTILLA_HEAD")]
+        head: Option<String>,
     },
     /// Run a seed example as a driver of FLOTILLA_HEAD (or of a local cluster without it), on
     /// the functions and actors every `flotilla` worker carries.
@@ -308,8 +316,17 @@ fn main() -> ExitCode {
                     DrainOutcome::NotRegistered => {
                         Err(format!("no worker named {worker} is registered"))
                     }
+                    DrainOutcome::Cancelled => Err(format!("the drain of {worker} was cancelled")),
                     _ => Err(format!("{worker} did not empty in time")),
                 }
+            }
+            Command::Undrain { worker, head } => {
+                let (head, token) = head_and_token(head)?;
+                let reply = admin::undrain(&head, token.as_deref(), &worker)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                say!("{}", reply.message);
+                Ok(())
             }
             Command::Example { example } => examples::run(example).await.map_err(|e| e.to_string()),
             Command::Bench { workload, tasks } => bench::run(&workload, tasks)
