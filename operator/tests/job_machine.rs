@@ -446,6 +446,12 @@ fn driver_pods_are_read_as_the_kubelet_reports_them() {
             message: "exit status 2 (Error)".into()
         }
     );
+    // A driver that lost its cluster (the head gone and not back) is the infrastructure's
+    // failure: it says so with its exit status.
+    assert!(matches!(
+        run(pod("Failed", exited(75, Some("error: lost the head at h:7400\n")))),
+        DriverRun::Lost { message } if message.contains("lost its cluster: error: lost the head")
+    ));
     assert!(matches!(
         run(pod("Failed", serde_json::json!({"status": {"reason": "Evicted", "message": "low on memory"}}))),
         DriverRun::Lost { message } if message.contains("Evicted: low on memory")

@@ -2,6 +2,7 @@
 //! job's own status. Pure: [`decide`] takes the observation and the time, and returns the next
 //! status and the steps that get there; it never guesses a phase it did not observe.
 
+use flotilla_proto::contract::EXIT_CLUSTER_LOST;
 use k8s_openapi::{
     api::core::v1::Pod,
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -123,6 +124,17 @@ fn run_of(pod: &Pod) -> DriverRun {
     match pods::phase(pod) {
         Some("Succeeded") => DriverRun::Succeeded,
         Some("Failed") => match terminated {
+            Some(t) if t.exit_code == i32::from(EXIT_CLUSTER_LOST) => DriverRun::Lost {
+                message: format!(
+                    "driver pod {} lost its cluster: {}",
+                    pods::name(pod),
+                    t.message
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|m| !m.is_empty())
+                        .unwrap_or("the head could not be reached")
+                ),
+            },
             Some(t) if t.exit_code != 0 => {
                 let message = t
                     .message

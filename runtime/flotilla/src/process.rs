@@ -135,7 +135,21 @@ where
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
+            exit_status(&e)
         }
+    }
+}
+
+/// The exit status of a driver that failed with `e`: [`EXIT_CLUSTER_LOST`] when it lost its
+/// cluster (the head unreachable, or gone and not back), so that whoever runs it (the job
+/// controller) can tell the cluster's failure from the program's; 1 otherwise.
+///
+/// [`EXIT_CLUSTER_LOST`]: flotilla_proto::contract::EXIT_CLUSTER_LOST
+pub fn exit_status(e: &Error) -> std::process::ExitCode {
+    match e {
+        Error::Connect { .. } | Error::Shutdown(_) => {
+            std::process::ExitCode::from(flotilla_proto::contract::EXIT_CLUSTER_LOST)
+        }
+        _ => std::process::ExitCode::FAILURE,
     }
 }

@@ -692,6 +692,24 @@ async fn drain_an_idle_local_worker() {
     .unwrap();
     assert_eq!(reply.outcome(), pb::DrainOutcome::NotRegistered);
     assert!(reply.message.contains("nobody"), "{reply:?}");
+
+    // A drained worker needed again is taken back, over the same admin API the operator uses:
+    // work queued meanwhile runs on it.
+    let queued = add.remote(&rt, 2, 3);
+    let reply = bounded("undrain", admin::undrain(&cluster.address, None, "local-0"))
+        .await
+        .unwrap();
+    assert_eq!(reply.previous(), pb::WorkerState::Drained, "{reply:?}");
+    assert_eq!(bounded("after undrain", queued).await.unwrap(), 5);
+    let status = rt.status().await.unwrap();
+    assert_ne!(status.workers[0].state(), pb::WorkerState::Drained);
+    let unknown = bounded(
+        "undrain unknown",
+        admin::undrain(&cluster.address, None, "nobody"),
+    )
+    .await
+    .unwrap_err();
+    assert!(unknown.to_string().contains("nobody"), "{unknown}");
     finish(cluster, rt).await;
 }
 

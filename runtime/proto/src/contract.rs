@@ -34,6 +34,11 @@ pub const ENV_SHM_DIR: &str = "FLOTILLA_SHM_DIR";
 /// The directory a worker makes its spill directory in (default: the temp dir).
 pub const ENV_SPILL_DIR: &str = "FLOTILLA_SPILL_DIR";
 
+/// The exit status of a driver program that lost its cluster rather than failed on its own
+/// (`EX_TEMPFAIL`): it could not reach the head, or the head went away and did not come back.
+/// The job controller counts such an exit as the infrastructure's failure, not the program's.
+pub const EXIT_CLUSTER_LOST: u8 = 75;
+
 /// Head gRPC port.
 pub const HEAD_GRPC_PORT: u16 = 7400;
 /// Head HTTP port (`/metrics`, `/healthz`, `/readyz`, the dashboard).

@@ -158,6 +158,8 @@ fn main() -> ExitCode {
     } else {
         process::driver_runtime()
     };
+    let driver_status = std::sync::Arc::new(std::sync::OnceLock::new());
+    let status_of_failure = driver_status.clone();
     let work = async move {
         match cli.command {
             Command::Head {
@@ -328,7 +330,11 @@ fn main() -> ExitCode {
                 say!("{}", reply.message);
                 Ok(())
             }
-            Command::Example { example } => examples::run(example).await.map_err(|e| e.to_string()),
+            Command::Example { example } => examples::run(example).await.map_err(|e| {
+                // A job's driver: whether it lost its cluster decides the exit status.
+                let _ = driver_status.set(process::exit_status(&e));
+                e.to_string()
+            }),
             Command::Bench { workload, tasks } => bench::run(&workload, tasks)
                 .await
                 .map_err(|e| format!("{e:#}")),
@@ -347,7 +353,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            status_of_failure
+                .get()
+                .copied()
+                .unwrap_or(ExitCode::FAILURE)
         }
     }
 }
