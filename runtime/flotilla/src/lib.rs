@@ -32,7 +32,7 @@
 //! | `local`    | clusters on one machine: in-process, and of processes     | admin, driver, head, worker, objects, private_fs, error |
 //! | `worker`   | registers, runs tasks, hosts actors, serves objects       | registry, driver, objects, net, metrics, codec, error |
 //! | `head`     | the scheduler's loop, gRPC service, metrics, dashboard    | net, metrics, error        |
-//! | `admin`    | status and drain calls to a head                          | net, error                 |
+//! | `admin`    | status, drain, undrain and job-cancel calls to a head     | net, error                 |
 //! | `builtins` | functions and actors every program carries                | driver, codec, error       |
 //! | `registry` | functions and actor classes registered at link time       | driver, error              |
 //! | `driver`   | `Runtime`, object refs, actor handles, options, puts      | objects, net, codec, error |
