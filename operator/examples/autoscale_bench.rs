@@ -9,14 +9,16 @@
 //!
 //! Run with `scripts/bench-autoscaler.sh` (it builds the release binaries next to this program).
 
+mod common;
+
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
+use common::{kubectl_apply, rss_kib};
 use flotilla::builtins::sleep_then;
 use flotilla_testenv::{
     apiserver::FakeApiServer,
@@ -45,25 +47,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn kubectl_apply(kubeconfig: &Path, yaml: &str) -> anyhow::Result<()> {
-    let mut child = Command::new("kubectl")
-        .args(["apply", "-f", "-"])
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("running kubectl")?;
-    child
-        .stdin
-        .take()
-        .context("kubectl stdin")?
-        .write_all(yaml.as_bytes())?;
-    if !child.wait()?.success() {
-        bail!("kubectl apply failed");
-    }
-    Ok(())
 }
 
 fn manifest(name: &str, poll: u64) -> String {
@@ -184,19 +167,7 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 }
 
 fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .context("VmRSS")?;
-    Ok(kib as f64 / 1024.0)
+    Ok(rss_kib(pid, "VmRSS:")? as f64 / 1024.0)
 }
 
 fn release_dir() -> anyhow::Result<PathBuf> {
