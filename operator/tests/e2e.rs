@@ -16,6 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::{bin_dir, eventually, repo};
 use flotilla::builtins::sleep_then;
 use flotilla_operator::{
     crd::{ClusterPhase, ComputeCluster},
@@ -43,44 +46,6 @@ fn existing_cluster() -> Option<PathBuf> {
 }
 /// Generous: the first pods of a debug build on a busy 2-core machine.
 const LONG: Duration = Duration::from_secs(90);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The directory of the built binaries, checked to hold the runtime's.
-fn bin_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_flotilla-operator"))
-        .parent()
-        .expect("binaries live in a directory")
-        .to_owned();
-    assert!(
-        dir.join("flotilla").exists(),
-        "{} has no `flotilla` binary: build it first with `cargo build -p flotilla --bin flotilla` \
-         (cargo test --workspace does)",
-        dir.display()
-    );
-    dir
-}
-
-/// Polls `check` every 50 ms until it yields a value, or panics after `limit` naming `what`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -8,11 +8,14 @@
 //! flotilla`).
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::{bin_dir, eventually, repo};
 use flotilla_operator::{
     crd::{ComputeCluster, ComputeJob, ComputeJobStatus, JobPhase},
     head::Head,
@@ -27,41 +30,6 @@ use kube::{api::ListParams, Api, Client};
 const NS: &str = "default";
 /// Generous: debug builds on a busy 2-core machine.
 const LONG: Duration = Duration::from_secs(120);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn bin_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_flotilla-operator"))
-        .parent()
-        .expect("binaries live in a directory")
-        .to_owned();
-    assert!(
-        dir.join("flotilla").exists(),
-        "{} has no `flotilla` binary: build it first with `cargo build -p flotilla --bin flotilla`",
-        dir.display()
-    );
-    dir
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < LONG,
-            "timed out after {LONG:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A process killed when dropped.
 struct Process(Child);
@@ -408,11 +376,13 @@ async fn jobs_on_an_existing_cluster() {
         .iter()
         .any(|c| c.type_ == "Failed" && c.reason == "DeadlineExceeded"));
     let id = overdue.job_id.clone().expect("job id");
-    eventually("the overdue job's tasks gone from the head", || async {
-        (kube.live_tasks("minimal", &id).await? == 0).then_some(())
-    })
+    eventually(
+        "the overdue job's tasks gone from the head",
+        LONG,
+        || async { (kube.live_tasks("minimal", &id).await? == 0).then_some(()) },
+    )
     .await;
-    eventually("the overdue job's driver gone", || async {
+    eventually("the overdue job's driver gone", LONG, || async {
         (!kube
             .pod_exists(overdue.driver_pod.as_deref().unwrap())
             .await)
@@ -438,7 +408,7 @@ async fn jobs_on_an_existing_cluster() {
     ]);
     let paused = kube.wait_phase("pausing", JobPhase::Suspended).await;
     assert!(paused.driver_pod.is_none());
-    eventually("the suspended job's driver gone", || async {
+    eventually("the suspended job's driver gone", LONG, || async {
         (!kube.pod_exists("pausing-driver-1").await).then_some(())
     })
     .await;
@@ -455,7 +425,7 @@ async fn jobs_on_an_existing_cluster() {
     assert_eq!((resumed.attempts, resumed.failed), (2, 0), "{resumed:#?}");
 
     // A finished job is removed after its TTL.
-    eventually("the brief job removed after its TTL", || async {
+    eventually("the brief job removed after its TTL", LONG, || async {
         let jobs: Api<ComputeJob> = Api::namespaced(kube.client().await, NS);
         jobs.get_opt("brief").await.ok()?.is_none().then_some(())
     })
@@ -464,16 +434,16 @@ async fn jobs_on_an_existing_cluster() {
     // Deleting a running job cancels its work at the head, then its driver goes.
     let deleted = kube.wait_phase("deleted", JobPhase::Running).await;
     let id = deleted.job_id.clone().expect("job id");
-    eventually("the deleted job's tasks running", || async {
+    eventually("the deleted job's tasks running", LONG, || async {
         (kube.live_tasks("minimal", &id).await? == 2).then_some(())
     })
     .await;
     kube.kubectl_ok(&["delete", "fjob", "deleted", "--wait=false"]);
-    eventually("the deleted job's tasks cancelled", || async {
+    eventually("the deleted job's tasks cancelled", LONG, || async {
         (kube.live_tasks("minimal", &id).await? == 0).then_some(())
     })
     .await;
-    eventually("the deleted job and its driver gone", || async {
+    eventually("the deleted job and its driver gone", LONG, || async {
         let jobs: Api<ComputeJob> = Api::namespaced(kube.client().await, NS);
         let gone = jobs.get_opt("deleted").await.ok()?.is_none()
             && !kube.pod_exists("deleted-driver-1").await;
@@ -503,7 +473,7 @@ async fn a_job_with_its_own_cluster() {
     let progress = status.progress.expect("progress");
     assert_eq!((progress.tasks_submitted, progress.tasks_finished), (4, 4));
     // The cluster goes with the job's end; the job stays.
-    eventually("the job's own cluster gone", || async {
+    eventually("the job's own cluster gone", LONG, || async {
         let clusters: Api<ComputeCluster> = Api::namespaced(kube.client().await, NS);
         let pods: Api<Pod> = Api::namespaced(kube.client().await, NS);
         let left = pods
