@@ -157,6 +157,25 @@ fn a_job_waits_for_its_cluster_then_starts_a_driver_then_runs_then_succeeds() {
     assert_eq!(phase(&j), JobPhase::Succeeded);
 }
 
+/// A driver that ran and ended between two looks was never seen running: the job still has a
+/// start time, and it is not after its completion.
+#[test]
+fn a_driver_never_seen_running_still_gives_the_job_a_start_time() {
+    let mut j = on_ref("");
+    step(&mut j, running(), vec![], 1);
+    step(
+        &mut j,
+        running(),
+        vec![driver(1, DriverRun::Pending { problem: None })],
+        2,
+    );
+    step(&mut j, running(), vec![driver(1, DriverRun::Succeeded)], 4);
+    assert_eq!(phase(&j), JobPhase::Succeeded);
+    let st = j.status.unwrap();
+    assert_eq!(st.start_time.unwrap().0, at(4));
+    assert_eq!(st.completion_time.unwrap().0, at(4));
+}
+
 #[test]
 fn progress_read_from_the_head_is_kept_in_the_status() {
     let mut j = on_ref("");

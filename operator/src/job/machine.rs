@@ -309,6 +309,15 @@ impl Machine<'_> {
         }
     }
 
+    /// Records that a driver of this attempt has run; true the first time.
+    fn started(&mut self) -> bool {
+        let first = self.st.start_time.is_none();
+        if first {
+            self.st.start_time = Some(self.now.clone());
+        }
+        first
+    }
+
     /// Ends the job: `Succeeded` when `ok`, else `Failed` with `reason`.
     fn finish(&mut self, ok: bool, reason: &'static str, message: String) {
         self.st.phase = Some(if ok {
@@ -498,13 +507,14 @@ fn run(m: &mut Machine<'_>) {
         .find(|d| d.attempt == m.st.attempts && m.st.attempts > 0);
     let ended = match current.map(|d| &d.run) {
         Some(DriverRun::Succeeded) => {
+            // A driver that ran and ended between two looks was never seen running.
+            m.started();
             m.finish(true, "Succeeded", "the driver exited with status 0".into());
             return;
         }
         Some(DriverRun::Running) => {
             m.st.phase = Some(JobPhase::Running);
-            if m.st.start_time.is_none() {
-                m.st.start_time = Some(m.now.clone());
+            if m.started() {
                 m.note(false, "Running", "the driver runs");
             }
             let name = current.map(|d| d.name.clone()).unwrap_or_default();
@@ -527,6 +537,7 @@ fn run(m: &mut Machine<'_>) {
             return;
         }
         Some(DriverRun::Failed { message }) => {
+            m.started();
             m.st.failed += 1;
             let message = message.clone();
             if m.st.failed > spec.backoff_limit {
