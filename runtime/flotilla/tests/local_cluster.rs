@@ -1261,3 +1261,39 @@ async fn a_jobs_tasks_are_counted_and_cancelled_with_it() {
     other.shutdown().await;
     finish(cluster, rt).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_calls_go_straight_to_the_worker_and_the_head_counts_them() {
+    let (cluster, rt) = local(1, 2).await;
+    let counter = bounded("create", Counter::remote(&rt, 0)).await.unwrap();
+    // Awaited one at a time: the first goes through the head while the driver learns where the
+    // actor lives, the later ones straight to its worker.
+    for i in 1..=50 {
+        assert_eq!(bounded("increment", counter.increment()).await.unwrap(), i);
+    }
+    assert!(rt.direct_calls() > 0, "no call went directly");
+    // Results dropped before they arrive, calls mixed with ones taking references (which go
+    // through the head behind the direct ones): all in call order.
+    for _ in 0..20 {
+        drop(counter.increment());
+    }
+    let five = rt.put(&5i64).await.unwrap();
+    let by_ref = counter.slow_add(&five, 0u64);
+    let after = counter.increment();
+    assert_eq!(bounded("by reference", by_ref).await.unwrap(), 75);
+    assert_eq!(bounded("after it", after).await.unwrap(), 76);
+    // A direct call's result can be an argument of a task through the head.
+    let value = counter.value();
+    let doubled = add.remote(&rt, &value, &value);
+    assert_eq!(
+        bounded("its result as an argument", doubled).await.unwrap(),
+        152
+    );
+    // The head counted every call, direct or not.
+    eventually("the head counts every call", || async {
+        let status = rt.status().await.ok()?;
+        (status.tasks_finished >= 1 + 50 + 20 + 3 + 1).then_some(())
+    })
+    .await;
+    finish(cluster, rt).await;
+}

@@ -25,6 +25,15 @@ pub(super) enum ActorState {
     Dead,
 }
 
+/// A live actor as a lookup answers it.
+#[derive(Debug)]
+pub(super) struct FoundActor {
+    pub(super) id: ObjectId,
+    pub(super) class: String,
+    /// Its worker and incarnation (restarts so far), when it is alive now.
+    pub(super) at: Option<(WorkerId, u32)>,
+}
+
 #[derive(Debug)]
 pub(super) struct Actor {
     pub(super) class: String,
@@ -112,14 +121,31 @@ impl Scheduler {
         }
     }
 
-    /// The live actor registered under `name` and its class, or why there is none.
-    pub(super) fn live_actor_named(&self, name: &str) -> Result<(ObjectId, String), String> {
+    /// The live actor registered under `name`, or why there is none.
+    pub(super) fn live_actor_named(&self, name: &str) -> Result<FoundActor, String> {
         self.named_actors
             .get(name)
-            .and_then(|id| self.actors.get(id).map(|a| (*id, a)))
-            .filter(|(_, a)| !a.is_dead())
-            .map(|(id, a)| (id, a.class.clone()))
+            .and_then(|id| self.found_actor(*id))
             .ok_or_else(|| format!("no live actor is named {name:?}"))
+    }
+
+    /// The actor `id` if it is not dead: its class, and where it runs when it is alive.
+    pub(super) fn live_actor(&self, id: ObjectId) -> Result<FoundActor, String> {
+        self.found_actor(id)
+            .ok_or_else(|| format!("no live actor {id} exists at this head"))
+    }
+
+    fn found_actor(&self, id: ObjectId) -> Option<FoundActor> {
+        let a = self.actors.get(&id).filter(|a| !a.is_dead())?;
+        let at = match a.state {
+            ActorState::Alive { worker } => Some((worker, a.restarts)),
+            _ => None,
+        };
+        Some(FoundActor {
+            id,
+            class: a.class.clone(),
+            at,
+        })
     }
 
     /// Dispatches an alive actor's calls from the front of its queue while they are ready.

@@ -310,17 +310,27 @@ impl Scheduler {
                 found,
             } => {
                 let reply = match found {
-                    Ok((actor, class)) => pb::ActorFound {
+                    Ok(found) => pb::ActorFound {
                         request,
-                        actor: actor.0,
-                        class,
+                        actor: found.id.0,
+                        class: found.class,
                         error: String::new(),
+                        location: found.at.and_then(|(worker, incarnation)| {
+                            let w = self.workers.get(&worker)?;
+                            Some(pb::ActorLocation {
+                                worker: worker.0,
+                                address: w.info.address.clone(),
+                                node: w.info.node.clone(),
+                                incarnation,
+                            })
+                        }),
                     },
                     Err(error) => pb::ActorFound {
                         request,
                         actor: 0,
                         class: String::new(),
                         error,
+                        location: None,
                     },
                 };
                 Effect::ActorFound(session, reply)

@@ -14,6 +14,7 @@
 //! - `task_def`: what a task is (what it runs, its arguments, its resolved options);
 //! - `tasks`: the live task table; submission, readiness, requeueing, blocking;
 //! - `outcomes`: results, failures, retries after a worker died, cancellation;
+//! - `direct`: actor calls a driver made straight to a worker, recorded once they ended;
 //! - `objects`: the object directory (values, locations, refcounts, lineage, subscribers);
 //! - `actors`: the actor table, ordered call queues, restarts, named actors;
 //! - `workers`: registration, capacity, and what a lost worker takes with it;
@@ -33,6 +34,7 @@
 
 mod actors;
 mod convert;
+mod direct;
 mod drain;
 mod failure;
 mod jobs;
@@ -53,8 +55,11 @@ use std::{
 
 use flotilla_proto::v1::{self as pb, worker_command, ObjectState, TaskSpec};
 
-use crate::ids::{ObjectId, SessionId, WorkerId};
 pub use crate::options::DEFAULT_MAX_RETRIES;
+use crate::{
+    ids::{ObjectId, SessionId, WorkerId},
+    ErrorKind,
+};
 pub use convert::spec_name;
 pub use drain::UndrainError;
 pub use jobs::{JobCancelled, JobView, MAX_JOBS};
@@ -131,7 +136,7 @@ enum Output {
     ActorFound {
         session: SessionId,
         request: u64,
-        found: Result<(ObjectId, String), String>,
+        found: Result<actors::FoundActor, String>,
     },
     /// A drain ended.
     Drained {
@@ -392,6 +397,44 @@ impl Scheduler {
             request,
             found,
         });
+    }
+
+    /// Answers a session's lookup of an actor by id (a name is looked up when one is given):
+    /// its class, and where it runs when it is alive, for calls made straight to its worker.
+    pub fn locate_actor(&mut self, session: SessionId, lookup: &pb::LookupActor) {
+        let found = if lookup.name.is_empty() {
+            self.live_actor(ObjectId(lookup.actor))
+        } else {
+            self.live_actor_named(&lookup.name)
+        };
+        self.emit(Output::ActorFound {
+            session,
+            request: lookup.request,
+            found,
+        });
+    }
+
+    /// A session made an actor call straight to the actor's worker, which ran it: records the
+    /// call and its outcome as if this head had dispatched it (run and job counts, the result
+    /// object, owned by the session). The session has the result already and is not told it.
+    pub fn direct_call_done(&mut self, session: SessionId, done: pb::DirectCallDone) {
+        let id = done.spec.as_ref().map_or(ObjectId(0), |s| ObjectId(s.task));
+        let outcome = match (done.spec, done.result) {
+            (Some(spec), Some(result)) => TaskDef::try_from(spec).and_then(|def| {
+                self.record_direct_call(session, def, WorkerId(done.worker), result)
+            }),
+            _ => Err(Failure::without_task(
+                ErrorKind::Invalid,
+                "a direct call's report needs its spec and its result".into(),
+            )),
+        };
+        if let Err(failure) = outcome {
+            self.emit(Output::Refused {
+                session,
+                object: id,
+                failure,
+            });
+        }
     }
 
     // ------------------------------------------------------------------ drain

@@ -91,7 +91,7 @@ impl Object {
 }
 
 /// Bytes an object's value takes at the head.
-fn inline_len(value: &ObjectValue) -> u64 {
+pub(super) fn inline_len(value: &ObjectValue) -> u64 {
     match value {
         ObjectValue::Inline(b) => b.len() as u64,
         _ => 0,

@@ -7,6 +7,7 @@
 //! slots back over the worker's own stream.
 
 pub mod actor;
+mod direct;
 pub(crate) mod host;
 pub mod object_ref;
 pub mod options;
@@ -79,6 +80,8 @@ pub(crate) struct Session {
     unfinished: Mutex<BTreeMap<ObjectId, Unfinished>>,
     objects: Mutex<HashMap<ObjectId, ObjectCell>>,
     lookups: Mutex<HashMap<u64, oneshot::Sender<pb::ActorFound>>>,
+    /// Actor calls made straight to workers, and submissions waiting for them.
+    direct: Mutex<direct::Direct>,
     closed: AtomicBool,
     close_reason: Mutex<String>,
     head: Mutex<HeadRpc>,
@@ -109,6 +112,10 @@ impl Session {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        // A direct call's result, or a held submission's, is released once the head knows it.
+        if owned && self.release_direct(id) {
+            return;
+        }
         if owned {
             let mut unfinished = self.unfinished.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(task) = unfinished.get_mut(&id) {
@@ -141,6 +148,7 @@ impl Session {
                 None => true,
             }
         };
+        self.head_call_ended(id);
         // Taken after the objects' lock, never inside it; a resync in between sees the cell
         // ready and does not submit the task again.
         if settles_task && self.host.is_none() {
@@ -257,6 +265,7 @@ impl Runtime {
             unfinished: Mutex::new(BTreeMap::new()),
             objects: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
+            direct: Mutex::new(direct::Direct::default()),
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(String::new()),
             head: Mutex::new(conn.head),
@@ -304,6 +313,12 @@ impl Runtime {
     /// This session's number.
     pub fn session(&self) -> u32 {
         self.session.id.0
+    }
+
+    /// How many actor calls this session made straight to the actors' workers (the rest went
+    /// through the head).
+    pub fn direct_calls(&self) -> u64 {
+        self.session.direct_calls()
     }
 
     fn mint(&self) -> ObjectId {
@@ -371,13 +386,11 @@ impl Runtime {
         });
         let mut unfinished = self.session.queueing();
         let r = self.new_ref(id, ObjectCell::Pending(Vec::new()));
-        if let Some(tracked) = tracked {
-            unfinished.insert(id, tracked);
-        }
-        self.session.send(driver_op::Op::Submit(spec));
+        // Argument references may be released only after the submission is queued (or sent
+        // directly): the routing keeps them until then.
+        self.session
+            .route_submission(&mut unfinished, spec, tracked, args.keep);
         drop(unfinished);
-        // Argument references may be released only after the submission is queued.
-        drop(args.keep);
         r
     }
 
@@ -616,6 +629,14 @@ impl Runtime {
     /// Cancels the task behind a reference: queued tasks never run, running ones are told to stop
     /// (an `async fn` stops at its next await; a plain function runs on but its result is dropped).
     pub fn cancel<T>(&self, r: &ObjectRef<T>) {
+        if self.session.cancel_direct(r.id()) {
+            self.session
+                .unfinished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&r.id());
+            return;
+        }
         self.session
             .unfinished
             .lock()
@@ -636,7 +657,18 @@ impl Runtime {
     }
 
     pub(crate) async fn lookup_actor_id(&self, name: &str) -> Result<pb::ActorFound> {
+        self.lookup_actor(pb::LookupActor {
+            request: 0,
+            name: name.to_string(),
+            actor: 0,
+        })
+        .await
+    }
+
+    /// Asks the head about an actor, by name or by id.
+    async fn lookup_actor(&self, mut lookup: pb::LookupActor) -> Result<pb::ActorFound> {
         let request = self.session.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        lookup.request = request;
         let (tx, rx) = oneshot::channel();
         {
             let mut lookups = self
@@ -650,11 +682,7 @@ impl Runtime {
             }
             lookups.insert(request, tx);
         }
-        self.session
-            .send(driver_op::Op::LookupActor(pb::LookupActor {
-                request,
-                name: name.to_string(),
-            }));
+        self.session.send(driver_op::Op::LookupActor(lookup));
         rx.await.map_err(|_| self.session.shutdown_error())
     }
 

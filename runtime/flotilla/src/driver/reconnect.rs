@@ -307,6 +307,7 @@ impl Session {
         ops.extend(subscribes);
         for id in lost_actor_work {
             unfinished.remove(&id);
+            self.head_call_ended(id);
             let err = pb::TaskError {
                 kind: ErrorKind::ActorDied.to_proto() as i32,
                 task: String::new(),
@@ -340,6 +341,7 @@ impl Session {
                 request,
                 actor: 0,
                 class: String::new(),
+                location: None,
                 error: format!(
                     "the head at {} restarted during the lookup; actors do not survive a \
                      restart of the head",

@@ -203,9 +203,8 @@ impl Core {
                         Some(driver_op::Op::Release(o)) => s.release(session, ObjectId(o)),
                         Some(driver_op::Op::Subscribe(o)) => s.subscribe(session, ObjectId(o)),
                         Some(driver_op::Op::Cancel(o)) => s.cancel(session, ObjectId(o)),
-                        Some(driver_op::Op::LookupActor(l)) => {
-                            s.lookup_actor(session, l.request, &l.name)
-                        }
+                        Some(driver_op::Op::LookupActor(l)) => s.locate_actor(session, &l),
+                        Some(driver_op::Op::DirectDone(d)) => s.direct_call_done(session, d),
                         Some(driver_op::Op::Hello(_)) | None => {}
                     }
                 }

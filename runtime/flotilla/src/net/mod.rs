@@ -115,17 +115,48 @@ pub fn spawn_http(
     listener: tokio::net::TcpListener,
     what: &'static str,
     app: axum::Router,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    serve_router(listener, what, app, stop, false)
+}
+
+/// Like [`spawn_http`], and a connection that opens with the HTTP/2 preface is served as HTTP/2
+/// (gRPC services routed in `app`), with the same keep-alive pings as [`server`].
+pub fn spawn_http_and_grpc(
+    listener: tokio::net::TcpListener,
+    what: &'static str,
+    app: axum::Router,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    serve_router(listener, what, app, stop, true)
+}
+
+fn serve_router(
+    listener: tokio::net::TcpListener,
+    what: &'static str,
+    app: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    http2: bool,
 ) -> Result<()> {
     use futures::StreamExt;
     use hyper_util::{
-        rt::{TokioIo, TokioTimer},
+        rt::{TokioExecutor, TokioIo, TokioTimer},
+        server::conn::auto,
         service::TowerToHyperService,
     };
     let mut connections = guard::GuardedListener::new(listener, what)?;
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    http.http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(FRAME_BYTES)
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
+    let http = if http2 { http } else { http.http1_only() };
     tokio::spawn(async move {
         loop {
             let conn = tokio::select! {
@@ -133,11 +164,14 @@ pub fn spawn_http(
                 _ = stop.changed() => break,
             };
             let Some(Ok(conn)) = conn else { break };
-            let serving = http
-                .serve_connection(TokioIo::new(conn), TowerToHyperService::new(app.clone()))
-                .with_upgrades();
+            let http = http.clone();
+            let app = app.clone();
             let mut stop = stop.clone();
             tokio::spawn(async move {
+                let serving = http.serve_connection_with_upgrades(
+                    TokioIo::new(conn),
+                    TowerToHyperService::new(app),
+                );
                 let mut serving = std::pin::pin!(serving);
                 tokio::select! {
                     _ = serving.as_mut() => {}

@@ -36,6 +36,19 @@ pub(super) struct Call {
     pub(super) args: Vec<pb::ResolvedArg>,
     /// How its result travels.
     pub(super) route: ResultRoute,
+    /// Where its outcome goes instead of the head's stream: the stream of the driver that
+    /// called it directly.
+    pub(super) reply: Option<mpsc::UnboundedSender<pb::WorkerOp>>,
+}
+
+impl Call {
+    /// Where its outcome goes: the caller's direct stream, or else `head`.
+    fn sink<'a>(
+        reply: &'a Option<mpsc::UnboundedSender<pb::WorkerOp>>,
+        head: &'a mpsc::UnboundedSender<pb::WorkerOp>,
+    ) -> &'a mpsc::UnboundedSender<pb::WorkerOp> {
+        reply.as_ref().unwrap_or(head)
+    }
 }
 
 /// An actor on this worker: its instance, shared by its thread and the I/O thread, and the
@@ -43,6 +56,8 @@ pub(super) struct Call {
 pub(super) struct HostedActor {
     calls_tx: std::sync::mpsc::Sender<Call>,
     instance: Arc<Instance>,
+    /// Which life of the actor this is (its restarts before it).
+    pub(super) incarnation: u32,
 }
 
 #[derive(Default)]
@@ -132,7 +147,7 @@ impl HostedActor {
                     );
                     executor::report(
                         shared,
-                        ops_tx,
+                        Call::sink(&call.reply, ops_tx),
                         call.task,
                         call.attempt,
                         output,
@@ -170,6 +185,7 @@ pub(super) fn start(
     let handle = tokio::runtime::Handle::current();
     let spec = d.spec.unwrap_or_default();
     let id = ObjectId(spec.task);
+    let incarnation = d.restarts;
     let signature = spec.signature.clone();
     let (failure_shared, failure_ops, attempt) = (shared.clone(), ops_tx.clone(), d.attempt);
     let spawned = std::thread::Builder::new()
@@ -181,11 +197,12 @@ pub(super) fn start(
             let report = |task: ObjectId,
                           attempt: u32,
                           output: TaskOutput,
-                          (run, route): (Duration, ResultRoute)| {
+                          (run, route): (Duration, ResultRoute),
+                          sink: &mpsc::UnboundedSender<pb::WorkerOp>| {
                 let op = handle.block_on(executor::result_op(
                     &shared, task, attempt, output, run, route,
                 ));
-                let _ = ops_tx.send(op);
+                let _ = sink.send(op);
             };
             let created = construct(&class, &signature, d.args, &rt, &resolve);
             match created {
@@ -193,10 +210,22 @@ pub(super) fn start(
                     // Stored before the creation is reported, so no call can find it missing.
                     *instance.actor.lock().unwrap_or_else(|e| e.into_inner()) = Some(actor);
                     let unit = codec::encode(&()).map_err(TaskFailure::application);
-                    report(id, d.attempt, unit, (Duration::ZERO, ResultRoute::BySize));
+                    report(
+                        id,
+                        d.attempt,
+                        unit,
+                        (Duration::ZERO, ResultRoute::BySize),
+                        &ops_tx,
+                    );
                 }
                 Err(f) => {
-                    report(id, d.attempt, Err(f), (Duration::ZERO, ResultRoute::BySize));
+                    report(
+                        id,
+                        d.attempt,
+                        Err(f),
+                        (Duration::ZERO, ResultRoute::BySize),
+                        &ops_tx,
+                    );
                     return;
                 }
             }
@@ -211,6 +240,7 @@ pub(super) fn start(
                         call.attempt,
                         Err(failure),
                         (Duration::ZERO, call.route),
+                        Call::sink(&call.reply, &ops_tx),
                     );
                     instance.queued.fetch_sub(1, Ordering::AcqRel);
                     continue;
@@ -230,6 +260,7 @@ pub(super) fn start(
                     call.attempt,
                     output,
                     (started.elapsed(), call.route),
+                    Call::sink(&call.reply, &ops_tx),
                 );
                 instance.queued.fetch_sub(1, Ordering::AcqRel);
             }
@@ -242,7 +273,11 @@ pub(super) fn start(
         );
         let _ = failure_ops.send(executor::failure_op(&failure_shared, id, attempt, failure));
     }
-    HostedActor { calls_tx, instance }
+    HostedActor {
+        calls_tx,
+        instance,
+        incarnation,
+    }
 }
 
 /// Runs the constructor of `class` with the creation's arguments.

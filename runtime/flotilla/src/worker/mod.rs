@@ -4,9 +4,11 @@
 //! and hosted actors end with the connection.
 //!
 //! `session` is one connection to the head; `executor` runs functions; `actors` hosts
-//! actors; `http` serves the worker's one port: objects, metrics and health.
+//! actors; `direct` takes actor calls straight from drivers; `http` serves the worker's one
+//! port: objects, metrics and health, and (over HTTP/2) the `Worker` gRPC service.
 
 mod actors;
+mod direct;
 mod executor;
 mod http;
 mod session;
@@ -145,6 +147,25 @@ struct Shared {
     run_times: RunTimes,
     /// Where peers reach this worker.
     address: String,
+    /// The actors the current session with the head hosts, which direct calls reach too.
+    hosting: std::sync::Mutex<Hosting>,
+}
+
+/// What a session with the head hosts: its actors, with the runtime their calls use and its
+/// stream to the head.
+#[derive(Default)]
+struct Hosting {
+    actors: HashMap<flotilla_core::ObjectId, actors::HostedActor>,
+    session: Option<(
+        crate::driver::Runtime,
+        tokio::sync::mpsc::UnboundedSender<flotilla_proto::v1::WorkerOp>,
+    )>,
+}
+
+impl Shared {
+    fn hosting(&self) -> std::sync::MutexGuard<'_, Hosting> {
+        self.hosting.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Runs a worker until `shutdown` resolves: serves objects, metrics and health on `listener`,
@@ -181,11 +202,13 @@ pub async fn run(
         run_times: RunTimes::default(),
         address,
         config,
+        hosting: std::sync::Mutex::new(Hosting::default()),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = http::worker_router(shared.clone())
-        .merge(object_router(store, shared.config.token.as_deref()));
-    net::spawn_http(listener, "worker HTTP", app, stop_rx)?;
+        .merge(object_router(store, shared.config.token.as_deref()))
+        .merge(direct::router(shared.clone(), stop_rx.clone()));
+    net::spawn_http_and_grpc(listener, "worker HTTP", app, stop_rx)?;
     let work = {
         let shared = shared.clone();
         async move {
@@ -234,6 +257,8 @@ pub async fn run(
         _ = shutdown => Ok(()),
     };
     let _ = stop_tx.send(true);
+    // The actors and the tasks' session with the head end with the worker.
+    drop(std::mem::take(&mut *shared.hosting()));
     // Shared-memory segments outlive the process unless removed.
     shared.store.clear();
     result

@@ -12,10 +12,7 @@ use flotilla_proto::{
 use futures::StreamExt;
 use tokio::{sync::mpsc, task::AbortHandle};
 
-use super::{
-    actors::{self, HostedActor},
-    executor, Shared,
-};
+use super::{actors, executor, Shared};
 use crate::{
     driver::{host::TaskHost, Runtime},
     error::{ErrorKind, TaskFailure},
@@ -179,13 +176,13 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), SessionError> {
     .map_err(|e| SessionError::Lost(e.to_string()))?;
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<ObjectId>();
+    shared.hosting().session = Some((rt.clone(), ops_tx.clone()));
     let mut session = WorkerSession {
         shared: shared.clone(),
         rt,
         ops_tx,
         done_tx,
         tasks: HashMap::new(),
-        actors: HashMap::new(),
     };
     let mut stats_timer = tokio::time::interval(Duration::from_millis(500));
     let mut last_stats = pb::StoreStats::default();
@@ -223,9 +220,9 @@ struct WorkerSession {
     rt: Runtime,
     ops_tx: mpsc::UnboundedSender<pb::WorkerOp>,
     done_tx: mpsc::UnboundedSender<ObjectId>,
-    /// Running tasks and the attempt each runs.
+    /// Running tasks and the attempt each runs. (Hosted actors are in `Shared::hosting`,
+    /// where direct calls find them too.)
     tasks: HashMap<ObjectId, (AbortHandle, u32)>,
-    actors: HashMap<ObjectId, HostedActor>,
 }
 
 impl WorkerSession {
@@ -257,10 +254,16 @@ impl WorkerSession {
                     signature: spec.signature.clone(),
                     args: d.args,
                     route: executor::ResultRoute::of(d.keep_result),
+                    reply: None,
                 };
-                let delivered = self.actors.get(&actor).is_some_and(|hosted| {
-                    hosted.deliver(call, &self.shared, &self.rt, &self.ops_tx)
-                });
+                let delivered = self
+                    .shared
+                    .hosting()
+                    .actors
+                    .get(&actor)
+                    .is_some_and(|hosted| {
+                        hosted.deliver(call, &self.shared, &self.rt, &self.ops_tx)
+                    });
                 if !delivered {
                     let failure = TaskFailure::new(
                         ErrorKind::ActorDied,
@@ -279,7 +282,7 @@ impl WorkerSession {
                     d,
                     self.ops_tx.clone(),
                 );
-                self.actors.insert(task, hosted);
+                self.shared.hosting().actors.insert(task, hosted);
             }
             _ => {
                 let attempt = d.attempt;
@@ -327,7 +330,8 @@ impl WorkerSession {
     }
 
     fn kill_actor(&mut self, actor: ObjectId) {
-        if let Some(hosted) = self.actors.remove(&actor) {
+        let hosted = self.shared.hosting().actors.remove(&actor);
+        if let Some(hosted) = hosted {
             hosted.kill();
         }
     }
@@ -337,6 +341,9 @@ impl WorkerSession {
         for (h, _) in self.tasks.into_values() {
             h.abort();
         }
+        // The actors end with the session; direct calls find them gone.
+        let hosting = std::mem::take(&mut *self.shared.hosting());
+        drop(hosting);
         self.rt.shutdown().await;
     }
 }

@@ -220,7 +220,7 @@ pub struct DriverBatch {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DriverOp {
-    #[prost(oneof = "driver_op::Op", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "driver_op::Op", tags = "1, 2, 3, 4, 5, 6, 7, 10")]
     pub op: ::core::option::Option<driver_op::Op>,
 }
 /// Nested message and enum types in `DriverOp`.
@@ -243,6 +243,10 @@ pub mod driver_op {
         Cancel(u64),
         #[prost(message, tag = "7")]
         LookupActor(super::LookupActor),
+        /// An actor call the driver made straight to the actor's worker, and how it ended: the head
+        /// records the call and its result as if it had dispatched it (counts, the object).
+        #[prost(message, tag = "10")]
+        DirectDone(super::DirectCallDone),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -287,6 +291,19 @@ pub struct LookupActor {
     pub request: u64,
     #[prost(string, tag = "2")]
     pub name: ::prost::alloc::string::String,
+    /// Or, with `name` empty, an actor by id: where it lives now (`ActorFound.location`).
+    #[prost(uint64, tag = "3")]
+    pub actor: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DirectCallDone {
+    #[prost(message, optional, tag = "1")]
+    pub spec: ::core::option::Option<TaskSpec>,
+    /// The worker that ran it (ActorLocation.worker).
+    #[prost(uint32, tag = "2")]
+    pub worker: u32,
+    #[prost(message, optional, tag = "3")]
+    pub result: ::core::option::Option<TaskResult>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DriverEvents {
@@ -331,11 +348,67 @@ pub struct ActorFound {
     pub class: ::prost::alloc::string::String,
     #[prost(string, tag = "4")]
     pub error: ::prost::alloc::string::String,
+    /// Where the actor runs, when it is alive now; a driver calls it there directly.
+    #[prost(message, optional, tag = "5")]
+    pub location: ::core::option::Option<ActorLocation>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ActorLocation {
+    #[prost(uint32, tag = "1")]
+    pub worker: u32,
+    /// The worker's address: it serves the Worker service and its objects on it.
+    #[prost(string, tag = "2")]
+    pub address: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub node: ::prost::alloc::string::String,
+    /// Which life of the actor: its restarts so far. A worker answers a call meant for another
+    /// life as not hosted.
+    #[prost(uint32, tag = "4")]
+    pub incarnation: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WorkerBatch {
     #[prost(message, repeated, tag = "1")]
     pub ops: ::prost::alloc::vec::Vec<WorkerOp>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DirectCalls {
+    #[prost(message, repeated, tag = "1")]
+    pub calls: ::prost::alloc::vec::Vec<DirectCall>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DirectCall {
+    /// An actor call whose arguments are all inline values.
+    #[prost(message, optional, tag = "1")]
+    pub spec: ::core::option::Option<TaskSpec>,
+    /// The actor's life the caller means (ActorLocation.incarnation).
+    #[prost(uint32, tag = "2")]
+    pub incarnation: u32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DirectReplies {
+    #[prost(message, repeated, tag = "1")]
+    pub replies: ::prost::alloc::vec::Vec<DirectReply>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DirectReply {
+    #[prost(uint64, tag = "1")]
+    pub task: u64,
+    #[prost(oneof = "direct_reply::Outcome", tags = "2, 3")]
+    pub outcome: ::core::option::Option<direct_reply::Outcome>,
+}
+/// Nested message and enum types in `DirectReply`.
+pub mod direct_reply {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Outcome {
+        /// The call ran: its outcome (a large value stays in this worker's store).
+        #[prost(message, tag = "2")]
+        Result(super::TaskResult),
+        /// The call did not run: the actor (of that life) is not here; the caller goes through the
+        /// head.
+        #[prost(string, tag = "3")]
+        NotHosted(::prost::alloc::string::String),
+    }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WorkerOp {
@@ -1397,6 +1470,308 @@ pub mod head_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "flotilla.v1.Head";
     impl<T> tonic::server::NamedService for HeadServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+/// Generated client implementations.
+pub mod worker_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    #[derive(Debug, Clone)]
+    pub struct WorkerClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl WorkerClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> WorkerClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> WorkerClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            WorkerClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Calls to actors this worker hosts; each reply names its call, replies come in call order
+        /// per actor.
+        pub async fn call(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::DirectCalls>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::DirectReplies>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/flotilla.v1.Worker/Call");
+            let mut req = request.into_streaming_request();
+            req.extensions_mut().insert(GrpcMethod::new("flotilla.v1.Worker", "Call"));
+            self.inner.streaming(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod worker_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with WorkerServer.
+    #[async_trait]
+    pub trait Worker: std::marker::Send + std::marker::Sync + 'static {
+        /// Server streaming response type for the Call method.
+        type CallStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::DirectReplies, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Calls to actors this worker hosts; each reply names its call, replies come in call order
+        /// per actor.
+        async fn call(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::DirectCalls>>,
+        ) -> std::result::Result<tonic::Response<Self::CallStream>, tonic::Status>;
+    }
+    #[derive(Debug)]
+    pub struct WorkerServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> WorkerServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for WorkerServer<T>
+    where
+        T: Worker,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/flotilla.v1.Worker/Call" => {
+                    #[allow(non_camel_case_types)]
+                    struct CallSvc<T: Worker>(pub Arc<T>);
+                    impl<T: Worker> tonic::server::StreamingService<super::DirectCalls>
+                    for CallSvc<T> {
+                        type Response = super::DirectReplies;
+                        type ResponseStream = T::CallStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<super::DirectCalls>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Worker>::call(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CallSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for WorkerServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "flotilla.v1.Worker";
+    impl<T> tonic::server::NamedService for WorkerServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

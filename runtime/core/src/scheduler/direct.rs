@@ -1,0 +1,87 @@
+//! Actor calls a driver made straight to the actor's worker: the head learns of each once it
+//! ended, from the driver, and records it as if it had dispatched it.
+
+use flotilla_proto::v1 as pb;
+
+use super::{
+    failure::Failure,
+    objects::{inline_len, Location, Object, ObjectValue},
+    outcomes::{Completion, RunOutcome},
+    task_def::{TaskDef, TaskKind},
+    workers::WorkerState,
+    Scheduler,
+};
+use crate::{
+    ids::{SessionId, WorkerId},
+    ErrorKind,
+};
+
+impl Scheduler {
+    /// Records a direct call that ran on `worker`: its result object (owned by `session`, not
+    /// announced to it: it has the value), and its run and job counts.
+    pub(super) fn record_direct_call(
+        &mut self,
+        session: SessionId,
+        def: TaskDef,
+        worker: WorkerId,
+        result: pb::TaskResult,
+    ) -> Result<(), Failure> {
+        let id = def.id;
+        let name = def.display_name();
+        let invalid =
+            |message: &str| Failure::new(ErrorKind::Invalid, name.clone(), message.into());
+        if !matches!(def.kind, TaskKind::ActorCall { .. }) {
+            return Err(invalid("only actor calls are made straight to a worker"));
+        }
+        if id.session() != session
+            || !self.sessions.contains_key(&session)
+            || self.tasks.contains_key(&id)
+            || self.objects.contains_key(&id)
+        {
+            return Err(invalid(
+                "task id already in use, or minted by another session",
+            ));
+        }
+        if !def.deps().is_empty() {
+            return Err(invalid("a direct call carries its arguments inline"));
+        }
+        let done = Completion::from(result);
+        let value = match done.outcome {
+            RunOutcome::Inline(bytes) => ObjectValue::Inline(bytes),
+            RunOutcome::Stored { size } if self.workers.contains_key(&worker) => {
+                ObjectValue::Stored {
+                    size,
+                    locations: vec![Location::on(worker)],
+                }
+            }
+            RunOutcome::Stored { .. } => ObjectValue::Failed(Failure::new(
+                ErrorKind::ObjectLost,
+                name.clone(),
+                format!("worker {} that kept the result went away", worker.0),
+            )),
+            RunOutcome::Failed(mut failure) => {
+                if failure.task.is_empty() {
+                    failure.task = name.clone();
+                }
+                ObjectValue::Failed(failure)
+            }
+        };
+        let ok = !matches!(value, ObjectValue::Failed(_));
+        self.counters.record(Some(&name), ok);
+        self.count_job_submit(session);
+        self.count_job_outcome(session, ok);
+        *self.inline_bytes.entry(session).or_default() += inline_len(&value);
+        let mut object = Object::new(session, None);
+        object.value = value;
+        self.objects.insert(id, object);
+        let draining = matches!(
+            self.workers.get(&worker).map(|w| w.state),
+            Some(WorkerState::Draining { .. })
+        );
+        if ok && draining {
+            // A result kept on a draining worker needs a copy elsewhere like the rest.
+            self.copy_sole_objects(worker, Some(id));
+        }
+        Ok(())
+    }
+}

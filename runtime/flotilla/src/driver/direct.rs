@@ -1,0 +1,617 @@
+//! Direct actor calls: once a driver knows where an actor lives (its worker's address and the
+//! actor's incarnation, from the head), its calls go straight to that worker over one stream per
+//! worker and the outcomes come straight back: two hops for an awaited call instead of four. The
+//! head hears of each call once it ended (`DriverOp.direct_done`, batched with the session's other
+//! ops), and records it as if it had dispatched it.
+//!
+//! What keeps a call's meaning the same as through the head:
+//! - **Order per caller.** A call goes directly only while none of this session's calls to the
+//!   actor is on its way through the head, and a call that must go through the head (its
+//!   arguments are references, the actor's place is not known, or a direct call came back not
+//!   run) waits until the session's direct calls to that actor ended. Those held calls, and any
+//!   task taking the result of a call the head does not know yet, are sent in the order they
+//!   were made, right after the reports of the calls they waited for.
+//! - **At most once.** A call the worker did not run (the actor is not there, or not that life
+//!   of it) comes back as not hosted and goes through the head, which runs it on the actor where
+//!   it is now. A call whose worker connection breaks while it runs fails with `ActorDied`, as a
+//!   call does whose worker dies under the head; it is not run again.
+//! - **The head knows every object.** A direct call's result is reported before any op of the
+//!   session that could name it (a release, a task taking it).
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use flotilla_core::ObjectId;
+use flotilla_proto::{
+    auth::AddAuth,
+    v1::{
+        self as pb, direct_reply, driver_op, task_result, task_spec, worker_client::WorkerClient,
+    },
+};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{object_ref::RefInner, reconnect::Unfinished, ObjectCell, Session, State};
+use crate::{
+    error::ErrorKind,
+    net::{self, Batches, MAX_MESSAGE_BYTES},
+};
+
+/// How soon a driver asks the head again where an actor is, after it last asked.
+const RELOCATE_AFTER: Duration = Duration::from_millis(100);
+
+/// A stream of direct calls to one worker.
+#[derive(Clone)]
+struct Conn {
+    calls: mpsc::UnboundedSender<pb::DirectCall>,
+}
+
+/// Where an actor lives, as the head last said.
+#[derive(Clone)]
+struct Route {
+    location: pb::ActorLocation,
+    conn: Conn,
+}
+
+/// What this session knows of one actor it calls.
+#[derive(Default)]
+struct Lane {
+    route: Option<Route>,
+    /// A question to the head about where it is, not answered yet.
+    locating: bool,
+    asked: Option<Instant>,
+    /// Direct calls to it not yet answered.
+    inflight: usize,
+}
+
+/// A direct call not yet answered.
+struct Inflight {
+    spec: pb::TaskSpec,
+    actor: ObjectId,
+    location: pb::ActorLocation,
+    /// Every reference to its result was dropped: release it at the head after its report.
+    released: bool,
+    /// Cancelled by its caller: its result is reported as cancelled.
+    cancelled: bool,
+}
+
+/// A submission for the head that waits for direct calls to end.
+struct Held {
+    spec: pb::TaskSpec,
+    actor: Option<ObjectId>,
+    deps: Vec<ObjectId>,
+    /// Its argument references, released once it is sent.
+    keep: Vec<Arc<RefInner>>,
+    released: bool,
+}
+
+/// The session's direct calls: actors' places, streams to workers, calls in flight, held
+/// submissions.
+#[derive(Default)]
+pub(super) struct Direct {
+    lanes: HashMap<ObjectId, Lane>,
+    conns: HashMap<String, Conn>,
+    inflight: HashMap<ObjectId, Inflight>,
+    /// In the order they were made (ids grow with each submission).
+    held: BTreeMap<ObjectId, Held>,
+    /// Calls sent through the head and not known finished, by actor.
+    head_calls: HashMap<ObjectId, ObjectId>,
+    /// Calls sent directly so far.
+    sent: u64,
+}
+
+/// How a submission goes.
+pub(super) enum Way {
+    /// Straight to the actor's worker (already sent).
+    Direct,
+    /// Held until direct calls it must follow have ended.
+    Held,
+    /// Through the head, now.
+    Head,
+}
+
+fn spec_deps(spec: &pb::TaskSpec) -> Vec<ObjectId> {
+    spec.args
+        .iter()
+        .filter_map(|a| match a.kind {
+            Some(pb::arg::Kind::Object(o)) => Some(ObjectId(o)),
+            _ => None,
+        })
+        .chain(spec.nested.iter().map(|n| ObjectId(*n)))
+        .collect()
+}
+
+fn actor_of(spec: &pb::TaskSpec) -> Option<ObjectId> {
+    match &spec.kind {
+        Some(task_spec::Kind::ActorCall(c)) => Some(ObjectId(c.actor)),
+        _ => None,
+    }
+}
+
+impl Direct {
+    /// Whether a submission must wait: it calls an actor this session's direct calls (or held
+    /// calls) are still on their way to, or takes an object the head does not know yet.
+    fn must_wait(&self, actor: Option<ObjectId>, deps: &[ObjectId]) -> bool {
+        if self.inflight.is_empty() && self.held.is_empty() {
+            return false;
+        }
+        let busy_actor = actor.is_some_and(|a| {
+            self.lanes.get(&a).is_some_and(|l| l.inflight > 0)
+                || self.held.values().any(|h| h.actor == Some(a))
+        });
+        busy_actor
+            || deps
+                .iter()
+                .any(|d| self.inflight.contains_key(d) || self.held.contains_key(d))
+    }
+
+    /// The route for a call, when it may go directly now.
+    fn direct_route(&self, actor: ObjectId, spec: &pb::TaskSpec) -> Option<Route> {
+        let lane = self.lanes.get(&actor)?;
+        let route = lane.route.clone()?;
+        let inline = spec.nested.is_empty()
+            && spec
+                .args
+                .iter()
+                .all(|a| matches!(a.kind, Some(pb::arg::Kind::Value(_))));
+        let through_head = self.head_calls.values().any(|a| *a == actor)
+            || self.held.values().any(|h| h.actor == Some(actor));
+        (inline && !through_head).then_some(route)
+    }
+
+    /// Held submissions that may go now, in order; a held one keeps later ones of its actor, and
+    /// those taking its result, waiting.
+    fn release_held(&mut self) -> Vec<Held> {
+        let mut ready = Vec::new();
+        let mut still: HashSet<ObjectId> = HashSet::new();
+        let mut still_actors: HashSet<ObjectId> = HashSet::new();
+        let ids: Vec<ObjectId> = self.held.keys().copied().collect();
+        for id in ids {
+            let h = &self.held[&id];
+            let blocked = h.actor.is_some_and(|a| {
+                still_actors.contains(&a) || self.lanes.get(&a).is_some_and(|l| l.inflight > 0)
+            }) || h
+                .deps
+                .iter()
+                .any(|d| self.inflight.contains_key(d) || still.contains(d));
+            if blocked {
+                still.insert(id);
+                if let Some(a) = h.actor {
+                    still_actors.insert(a);
+                }
+            } else {
+                let h = self.held.remove(&id).expect("listed above");
+                if let Some(a) = h.actor {
+                    self.head_calls.insert(id, a);
+                }
+                ready.push(h);
+            }
+        }
+        ready
+    }
+}
+
+impl Session {
+    fn direct(&self) -> std::sync::MutexGuard<'_, Direct> {
+        self.direct.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a submission the way it may go: directly to an actor's worker, held behind direct
+    /// calls, or through the head. The caller holds the submission lock (`queueing`) and has
+    /// recorded the result's cell; `keep` is released once the submission is sent.
+    pub(super) fn route_submission(
+        self: &Arc<Self>,
+        unfinished: &mut BTreeMap<ObjectId, Unfinished>,
+        spec: pb::TaskSpec,
+        tracked: Option<Unfinished>,
+        keep: Vec<Arc<RefInner>>,
+    ) -> Way {
+        let id = ObjectId(spec.task);
+        let actor = actor_of(&spec);
+        let mut direct = self.direct();
+        // Drivers call directly; a worker's tasks go through the head.
+        if self.host.is_none() {
+            if let Some(actor) = actor {
+                if let Some(route) = direct.direct_route(actor, &spec) {
+                    let call = pb::DirectCall {
+                        spec: Some(spec.clone()),
+                        incarnation: route.location.incarnation,
+                    };
+                    if route.conn.calls.send(call).is_ok() {
+                        direct.inflight.insert(
+                            id,
+                            Inflight {
+                                spec,
+                                actor,
+                                location: route.location,
+                                released: false,
+                                cancelled: false,
+                            },
+                        );
+                        direct.lanes.entry(actor).or_default().inflight += 1;
+                        direct.sent += 1;
+                        if let Some(t) = tracked {
+                            unfinished.insert(id, t);
+                        }
+                        return Way::Direct;
+                    }
+                    // The stream is gone: forget the route and go through the head.
+                    self.drop_routes_to(&mut direct, &route.location.address);
+                }
+                self.locate(&mut direct, actor);
+            }
+        }
+        let deps = spec_deps(&spec);
+        if direct.must_wait(actor, &deps) {
+            direct.held.insert(
+                id,
+                Held {
+                    spec,
+                    actor,
+                    deps,
+                    keep,
+                    released: false,
+                },
+            );
+            return Way::Held;
+        }
+        if let Some(a) = actor {
+            direct.head_calls.insert(id, a);
+        }
+        if let Some(t) = tracked {
+            unfinished.insert(id, t);
+        }
+        self.send(driver_op::Op::Submit(spec));
+        drop(keep);
+        Way::Head
+    }
+
+    /// Asks the head where `actor` lives, unless a question is out or was asked just now; the
+    /// answer opens (or reuses) a stream to its worker.
+    fn locate(self: &Arc<Self>, direct: &mut Direct, actor: ObjectId) {
+        let lane = direct.lanes.entry(actor).or_default();
+        if lane.route.is_some()
+            || lane.locating
+            || lane.asked.is_some_and(|t| t.elapsed() < RELOCATE_AFTER)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        lane.locating = true;
+        lane.asked = Some(Instant::now());
+        let session = self.clone();
+        runtime.spawn(async move {
+            let found = super::Runtime::from_parts(session.clone(), None)
+                .lookup_actor(pb::LookupActor {
+                    request: 0,
+                    name: String::new(),
+                    actor: actor.0,
+                })
+                .await;
+            let location = found.ok().and_then(|f| f.location);
+            let conn = match &location {
+                Some(l) => session.conn_to(&l.address).await,
+                None => None,
+            };
+            let mut direct = session.direct();
+            let lane = direct.lanes.entry(actor).or_default();
+            lane.locating = false;
+            if let (Some(location), Some(conn)) = (location, conn) {
+                lane.route = Some(Route { location, conn });
+            }
+        });
+    }
+
+    /// The stream of direct calls to the worker at `address`, opened if need be.
+    async fn conn_to(self: &Arc<Self>, address: &str) -> Option<Conn> {
+        if let Some(conn) = self.direct().conns.get(address) {
+            return Some(conn.clone());
+        }
+        let channel = match net::connect(address).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(worker = address, "no direct calls to this worker: {e}");
+                return None;
+            }
+        };
+        let mut client =
+            WorkerClient::with_interceptor(channel, AddAuth::new(self.token.as_deref()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (calls_tx, calls_rx) = mpsc::unbounded_channel();
+        let outbound = Batches::new(calls_rx).map(|calls| pb::DirectCalls { calls });
+        let mut inbound = match client.call(outbound).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                tracing::debug!(
+                    worker = address,
+                    "no direct calls to this worker: {}",
+                    status.message()
+                );
+                return None;
+            }
+        };
+        let conn = Conn { calls: calls_tx };
+        {
+            let mut direct = self.direct();
+            if let Some(existing) = direct.conns.get(address) {
+                // Another lookup opened one meanwhile; this one closes when dropped.
+                return Some(existing.clone());
+            }
+            direct.conns.insert(address.to_string(), conn.clone());
+        }
+        let session = Arc::downgrade(self);
+        let address = address.to_string();
+        tokio::spawn(async move {
+            let why = loop {
+                match inbound.message().await {
+                    Ok(Some(batch)) => {
+                        let Some(session) = session.upgrade() else {
+                            return;
+                        };
+                        for reply in batch.replies {
+                            session.direct_reply(reply);
+                        }
+                    }
+                    Ok(None) => break "the worker closed the stream".to_string(),
+                    Err(status) => break status.message().to_string(),
+                }
+            };
+            if let Some(session) = session.upgrade() {
+                session.direct_conn_lost(&address, &why);
+            }
+        });
+        Some(conn)
+    }
+
+    /// Forgets the stream to `address` and every route through it.
+    fn drop_routes_to(&self, direct: &mut Direct, address: &str) {
+        direct.conns.remove(address);
+        for lane in direct.lanes.values_mut() {
+            if lane
+                .route
+                .as_ref()
+                .is_some_and(|r| r.location.address == address)
+            {
+                lane.route = None;
+            }
+        }
+    }
+
+    /// A worker answered a direct call.
+    fn direct_reply(self: &Arc<Self>, reply: pb::DirectReply) {
+        let id = ObjectId(reply.task);
+        match reply.outcome {
+            Some(direct_reply::Outcome::Result(result)) => self.direct_done(id, result),
+            Some(direct_reply::Outcome::NotHosted(why)) => self.direct_bounced(id, &why),
+            None => {}
+        }
+    }
+
+    /// A direct call ran: its caller learns the outcome, the head records it.
+    fn direct_done(self: &Arc<Self>, id: ObjectId, mut result: pb::TaskResult) {
+        let mut unfinished = self.queueing();
+        let mut direct = self.direct();
+        let Some(call) = direct.inflight.remove(&id) else {
+            return;
+        };
+        if let Some(lane) = direct.lanes.get_mut(&call.actor) {
+            lane.inflight = lane.inflight.saturating_sub(1);
+        }
+        if call.cancelled {
+            result.outcome = Some(task_result::Outcome::Error(pb::TaskError {
+                kind: ErrorKind::Cancelled.to_proto() as i32,
+                task: String::new(),
+                message: "cancelled by its caller".into(),
+            }));
+        }
+        let state = match &result.outcome {
+            Some(task_result::Outcome::InlineValue(b)) => State::InlineValue(b.clone()),
+            Some(task_result::Outcome::StoredSize(size)) => State::Stored(pb::StoredObject {
+                size: *size,
+                locations: vec![pb::ObjectLocation {
+                    worker: call.location.worker,
+                    address: call.location.address.clone(),
+                    node: call.location.node.clone(),
+                    shm_path: String::new(),
+                    http_address: call.location.address.clone(),
+                }],
+            }),
+            Some(task_result::Outcome::Error(e)) => State::Error(e.clone()),
+            None => return,
+        };
+        self.settle(id, state);
+        unfinished.remove(&id);
+        self.send(driver_op::Op::DirectDone(pb::DirectCallDone {
+            spec: Some(call.spec),
+            worker: call.location.worker,
+            result: Some(result),
+        }));
+        if call.released {
+            self.send(driver_op::Op::Release(id.0));
+        }
+        self.flush_held(&mut unfinished, &mut direct);
+    }
+
+    /// A direct call did not run (the actor is not where the route said): it goes through the
+    /// head, in its place among the calls held there.
+    fn direct_bounced(self: &Arc<Self>, id: ObjectId, why: &str) {
+        let mut unfinished = self.queueing();
+        let mut direct = self.direct();
+        let Some(call) = direct.inflight.remove(&id) else {
+            return;
+        };
+        tracing::debug!(call = %id, "a direct call was not run ({why}); it goes through the head");
+        unfinished.remove(&id);
+        if let Some(lane) = direct.lanes.get_mut(&call.actor) {
+            lane.inflight = lane.inflight.saturating_sub(1);
+            if lane
+                .route
+                .as_ref()
+                .is_some_and(|r| r.location == call.location)
+            {
+                lane.route = None;
+            }
+        }
+        direct.held.insert(
+            id,
+            Held {
+                spec: call.spec,
+                actor: Some(call.actor),
+                deps: Vec::new(),
+                keep: Vec::new(),
+                released: call.released,
+            },
+        );
+        if call.cancelled {
+            // Never sent to the head: cancelled before it ran.
+            let held = direct.held.remove(&id).expect("just inserted");
+            drop(held);
+            self.send_cancelled(id);
+        }
+        self.flush_held(&mut unfinished, &mut direct);
+    }
+
+    /// The stream to a worker broke: its calls in flight fail as calls do whose worker died
+    /// under them (they may have run; they are not run again), and routes through it are
+    /// forgotten.
+    fn direct_conn_lost(self: &Arc<Self>, address: &str, why: &str) {
+        let lost: Vec<ObjectId> = {
+            let mut direct = self.direct();
+            self.drop_routes_to(&mut direct, address);
+            direct
+                .inflight
+                .iter()
+                .filter(|(_, c)| c.location.address == address)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in lost {
+            let method = {
+                let direct = self.direct();
+                match direct.inflight.get(&id).map(|c| &c.spec.kind) {
+                    Some(Some(task_spec::Kind::ActorCall(c))) => c.method.clone(),
+                    _ => continue,
+                }
+            };
+            let failure = pb::TaskError {
+                kind: ErrorKind::ActorDied.to_proto() as i32,
+                task: method.clone(),
+                message: format!(
+                    "the actor's worker at {address} went away while running {method}: {why}"
+                ),
+            };
+            self.direct_done(
+                id,
+                pb::TaskResult {
+                    task: id.0,
+                    attempt: 0,
+                    outcome: Some(task_result::Outcome::Error(failure)),
+                    run_micros: 0,
+                },
+            );
+        }
+    }
+
+    /// Sends the held submissions that need not wait any more, in order.
+    fn flush_held(&self, unfinished: &mut BTreeMap<ObjectId, Unfinished>, direct: &mut Direct) {
+        for held in direct.release_held() {
+            let id = ObjectId(held.spec.task);
+            if self.host.is_none() {
+                let spec = matches!(held.spec.kind, Some(task_spec::Kind::Function(_)))
+                    .then(|| held.spec.clone());
+                unfinished.insert(
+                    id,
+                    Unfinished {
+                        spec,
+                        released: held.released,
+                    },
+                );
+            }
+            self.send(driver_op::Op::Submit(held.spec));
+            if held.released {
+                self.send(driver_op::Op::Subscribe(id.0));
+                self.send(driver_op::Op::Release(id.0));
+            }
+            drop(held.keep);
+        }
+    }
+
+    /// Sets a pending cell's state (a cell already settled, say cancelled, keeps its state).
+    fn settle(&self, id: ObjectId, state: State) {
+        let mut objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cell @ ObjectCell::Pending(_)) = objects.get_mut(&id) {
+            if let ObjectCell::Pending(waiters) =
+                std::mem::replace(cell, ObjectCell::Ready(state.clone()))
+            {
+                for w in waiters {
+                    let _ = w.send(state.clone());
+                }
+            }
+        }
+    }
+
+    fn send_cancelled(&self, id: ObjectId) {
+        self.settle(
+            id,
+            State::Error(pb::TaskError {
+                kind: ErrorKind::Cancelled.to_proto() as i32,
+                task: String::new(),
+                message: "cancelled by its caller".into(),
+            }),
+        );
+    }
+
+    /// The session dropped its last reference to `id`: true when the head must not hear of it
+    /// yet (a direct call not answered, or a held submission), which then releases it later.
+    pub(super) fn release_direct(&self, id: ObjectId) -> bool {
+        let mut direct = self.direct();
+        if let Some(call) = direct.inflight.get_mut(&id) {
+            call.released = true;
+            return true;
+        }
+        if let Some(held) = direct.held.get_mut(&id) {
+            held.released = true;
+            return true;
+        }
+        false
+    }
+
+    /// The caller cancels `id`: true when it is a direct or held call (the head does not know
+    /// it); it fails as cancelled at once.
+    pub(super) fn cancel_direct(&self, id: ObjectId) -> bool {
+        let held = {
+            let mut direct = self.direct();
+            if let Some(call) = direct.inflight.get_mut(&id) {
+                call.cancelled = true;
+                None
+            } else if let Some(held) = direct.held.remove(&id) {
+                Some(held)
+            } else {
+                return false;
+            }
+        };
+        drop(held);
+        self.send_cancelled(id);
+        true
+    }
+
+    /// A call that went through the head has its outcome (or never will, the head having
+    /// restarted): later calls to its actor may go directly again.
+    pub(super) fn head_call_ended(&self, id: ObjectId) {
+        let mut direct = self.direct();
+        if !direct.head_calls.is_empty() {
+            direct.head_calls.remove(&id);
+        }
+    }
+
+    /// Actor calls this session made straight to workers so far.
+    pub(super) fn direct_calls(&self) -> u64 {
+        self.direct().sent
+    }
+}
