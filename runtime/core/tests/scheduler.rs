@@ -1034,7 +1034,7 @@ fn named_actors_are_found_and_names_are_unique() {
     let (mut s, sess, _) = setup(2, &[("w1", 2)]);
     let other = s.open_session(None);
     let actor = oid(sess, 1);
-    create_actor(&mut s, sess, actor, 0, "counter");
+    let w = create_actor(&mut s, sess, actor, 0, "counter");
     s.lookup_actor(other, 11, "counter");
     assert_eq!(
         s.drain_effects(),
@@ -1044,7 +1044,13 @@ fn named_actors_are_found_and_names_are_unique() {
                 request: 11,
                 actor: actor.0,
                 class: "Counter".into(),
-                error: String::new()
+                error: String::new(),
+                location: Some(pb::ActorLocation {
+                    worker: w.0,
+                    address: "http://w1:7100".into(),
+                    node: "node-w1".into(),
+                    incarnation: 0,
+                }),
             }
         )]
     );
@@ -1959,5 +1965,114 @@ fn undrain_takes_a_drained_worker_back_and_refuses_unknown_names() {
     assert!(
         s.drain_effects().is_empty(),
         "a refused undrain changes nothing"
+    );
+}
+
+/// Where an actor lives, asked by id: its worker and its life, which moves on with a restart.
+#[test]
+fn an_actor_is_located_by_id_with_its_incarnation() {
+    let (mut s, sess, ws) = setup(2, &[("w1", 2), ("w2", 2)]);
+    let actor = oid(sess, 1);
+    let first = create_actor(&mut s, sess, actor, 1, "");
+    let locate = |s: &mut Scheduler, request: u64| {
+        s.locate_actor(
+            sess,
+            &pb::LookupActor {
+                request,
+                name: String::new(),
+                actor: actor.0,
+            },
+        );
+        match s.drain_effects().as_slice() {
+            [Effect::ActorFound(to, found)] => {
+                assert_eq!((*to, found.request, found.actor), (sess, request, actor.0));
+                found.location.clone()
+            }
+            fx => panic!("unexpected {fx:?}"),
+        }
+    };
+    let at = locate(&mut s, 1).expect("alive: it has a place");
+    assert_eq!((at.worker, at.incarnation), (first.0, 0));
+
+    // Its worker dies: while it restarts it has no place; then its new one, next life.
+    s.worker_lost(first);
+    let placed = runs(&s.drain_effects());
+    assert_eq!(locate(&mut s, 2), None);
+    let other = *ws.iter().find(|w| **w != first).unwrap();
+    assert_eq!(placed[0].0, other);
+    s.task_finished(other, inline(actor, placed[0].1.attempt, b""));
+    s.drain_effects();
+    let at = locate(&mut s, 3).expect("restarted");
+    assert_eq!((at.worker, at.incarnation), (other.0, 1));
+}
+
+/// A call a driver made straight to the actor's worker is recorded once it ended: counted, its
+/// result an object of the session (stored ones on that worker), the session not told again.
+#[test]
+fn a_direct_call_is_recorded_when_it_ended() {
+    let (mut s, sess, _) = setup(2, &[("w1", 2)]);
+    let actor = oid(sess, 1);
+    let w = create_actor(&mut s, sess, actor, 0, "");
+    let finished = s.snapshot().tasks_finished;
+    let (c1, c2, c3) = (oid(sess, 2), oid(sess, 3), oid(sess, 4));
+    let done = |id: ObjectId, result: pb::TaskResult| pb::DirectCallDone {
+        spec: Some(call(id, actor, "incr", vec![val(b"1")])),
+        worker: w.0,
+        result: Some(result),
+    };
+    s.direct_call_done(sess, done(c1, inline(c1, 0, b"v1")));
+    s.direct_call_done(sess, done(c2, stored(c2, 0, 1 << 20)));
+    s.direct_call_done(sess, done(c3, failed(c3, 0, Kind::Application, "no")));
+    assert!(s.drain_effects().is_empty(), "the session has the results");
+    let snap = s.snapshot();
+    assert_eq!(snap.tasks_finished, finished + 2);
+    assert_eq!(snap.tasks_failed, 1);
+
+    // The results are objects like any: a task takes one, a subscriber learns it.
+    s.subscribe(sess, c1);
+    assert_eq!(
+        value_of(&s.drain_effects(), sess, c1),
+        Bytes::from_static(b"v1")
+    );
+    let t = oid(sess, 5);
+    s.submit(sess, task(t, "f", vec![obj(c2)]));
+    let placed = runs(&s.drain_effects());
+    assert_eq!(placed.len(), 1);
+    match &placed[0].1.args[0].kind {
+        Some(resolved_arg::Kind::Stored(r)) => {
+            assert_eq!(r.r#where.as_ref().unwrap().locations[0].worker, w.0)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    s.task_finished(w, inline(t, 0, b"ok"));
+    s.drain_effects();
+    // Released (with the task's output, whose lineage holds it), a stored result is freed on
+    // its worker.
+    s.release(sess, t);
+    s.release(sess, c2);
+    assert!(commands(&s.drain_effects()).contains(&free(w, c2)));
+
+    // A report for another session's id, or one that takes references, is refused.
+    let other = s.open_session(None);
+    s.direct_call_done(other, done(oid(sess, 6), inline(oid(sess, 6), 0, b"x")));
+    assert_error(
+        &s.drain_effects(),
+        other,
+        oid(sess, 6),
+        Kind::Invalid,
+        &["another session"],
+    );
+    let by_ref = pb::DirectCallDone {
+        spec: Some(call(oid(sess, 7), actor, "incr", vec![obj(c1)])),
+        worker: w.0,
+        result: Some(inline(oid(sess, 7), 0, b"x")),
+    };
+    s.direct_call_done(sess, by_ref);
+    assert_error(
+        &s.drain_effects(),
+        sess,
+        oid(sess, 7),
+        Kind::Invalid,
+        &["inline"],
     );
 }

@@ -347,6 +347,163 @@ async fn actor_restarts_then_dies() {
     rt.shutdown().await;
 }
 
+/// Calls `counter.increment()` one at a time until one went straight to the actor's worker (the
+/// driver learns where the actor lives while its first calls go through the head); returns the
+/// last value.
+async fn until_direct(rt: &Runtime, counter: &flotilla::builtins::CounterHandle) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = bounded(
+            "an increment",
+            Duration::from_secs(30),
+            rt.get(&counter.increment()),
+        )
+        .await
+        .expect("the actor answers");
+        if rt.direct_calls() > 0 {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no call went straight to the worker"
+        );
+    }
+}
+
+/// A worker killed while a direct call runs on its actor: the call fails with `ActorDied` (it
+/// may have run, so it is not run again), the head counts it, and the next calls reach the
+/// restarted actor, through the head and then directly at its new place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_during_a_direct_call() {
+    let mut c = TestCluster::start("dkill", 1, 2).await;
+    let rt = c.connect().await;
+    let counter = bounded(
+        "Counter creation",
+        Duration::from_secs(30),
+        Counter::remote_with(&rt, &ActorOptions::default().max_restarts(1), 0),
+    )
+    .await
+    .expect("the actor starts");
+    let reached = until_direct(&rt, &counter).await;
+    let second = c.worker("dkill-1", 2, &[]);
+    c.workers.push(second);
+    c.wait_registered(&["dkill-0".to_string(), "dkill-1".to_string()])
+        .await;
+
+    let sent = rt.direct_calls();
+    let slow = counter.slow_add(1, 20_000u64);
+    assert_eq!(rt.direct_calls(), sent + 1, "the slow call went directly");
+    c.workers[0].kill();
+    let err = bounded(
+        "the interrupted call",
+        Duration::from_secs(30),
+        rt.get(&slow),
+    )
+    .await
+    .expect_err("its worker died under it");
+    assert_eq!(err.kind(), Some(ErrorKind::ActorDied), "{err}");
+    assert!(err.to_string().contains("went away"), "{err}");
+    c.wait_registered(&["dkill-1".to_string()]).await;
+
+    // The restarted actor starts from its constructor; later calls go to it directly again.
+    assert_eq!(
+        bounded(
+            "after the restart",
+            Duration::from_secs(30),
+            rt.get(&counter.increment())
+        )
+        .await
+        .expect("the restarted actor answers"),
+        1
+    );
+    let direct_before = rt.direct_calls();
+    let mut last = 1;
+    while rt.direct_calls() == direct_before {
+        last = bounded(
+            "an increment",
+            Duration::from_secs(30),
+            rt.get(&counter.increment()),
+        )
+        .await
+        .expect("the restarted actor answers");
+        assert!(last < 1000, "no call reached the restarted actor directly");
+    }
+    // The head counted the calls, the failed direct one among them.
+    c.wait_status("the head counted the calls", Duration::from_secs(30), |s| {
+        s.tasks_failed >= 1 && s.tasks_finished >= reached as u64 + last as u64
+    })
+    .await;
+    rt.shutdown().await;
+}
+
+/// An actor that restarts elsewhere (its worker drained) while the caller holds its old address:
+/// the old worker answers the caller's direct calls as not hosted without running them, and they
+/// run on the restarted actor through the head, in call order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_restarted_while_the_caller_holds_its_address() {
+    let mut c = TestCluster::start("dmove", 1, 2).await;
+    let rt = c.connect().await;
+    let counter = bounded(
+        "Counter creation",
+        Duration::from_secs(30),
+        Counter::remote_with(&rt, &ActorOptions::default().max_restarts(1), 0),
+    )
+    .await
+    .expect("the actor starts");
+    until_direct(&rt, &counter).await;
+    let second = c.worker("dmove-1", 2, &[]);
+    c.workers.push(second);
+    c.wait_registered(&["dmove-0".to_string(), "dmove-1".to_string()])
+        .await;
+
+    let reply = bounded(
+        "the drain",
+        Duration::from_secs(30),
+        admin::drain(
+            &c.address,
+            Some(&c.token),
+            "dmove-0",
+            Duration::from_secs(20),
+        ),
+    )
+    .await
+    .expect("the head answers the drain");
+    assert_eq!(reply.outcome(), pb::DrainOutcome::Drained, "{reply:?}");
+    c.wait_status("the actor alive on dmove-1", Duration::from_secs(30), |s| {
+        s.actors_alive == 1
+            && s.workers
+                .iter()
+                .any(|w| w.name == "dmove-1" && w.state() == pb::WorkerState::Busy)
+    })
+    .await;
+
+    // The caller still holds dmove-0's address: these go there first, come back not run, and
+    // run on the restarted actor (fresh state) in the order they were made.
+    let sent = rt.direct_calls();
+    let calls: Vec<_> = (0..5).map(|_| counter.increment()).collect();
+    assert!(
+        rt.direct_calls() > sent,
+        "the calls went to the old address"
+    );
+    let values = bounded("the calls", Duration::from_secs(30), rt.get_all(&calls))
+        .await
+        .expect("the restarted actor answers");
+    assert_eq!(values, vec![1, 2, 3, 4, 5]);
+    // And the driver finds the actor's new place.
+    let sent = rt.direct_calls();
+    while rt.direct_calls() == sent {
+        let value = bounded(
+            "an increment",
+            Duration::from_secs(30),
+            rt.get(&counter.increment()),
+        )
+        .await
+        .expect("the restarted actor answers");
+        assert!(value < 1000, "no call reached the restarted actor directly");
+    }
+    rt.shutdown().await;
+}
+
 /// The driver process of `driver_that_goes_away`: submits long tasks, puts objects, says so
 /// and waits to be killed.
 async fn child_driver(spec: &str) {
