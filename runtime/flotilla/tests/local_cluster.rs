@@ -1278,7 +1278,8 @@ async fn actor_calls_go_straight_to_the_worker_and_the_head_counts_them() {
         drop(counter.increment());
     }
     let five = rt.put(&5i64).await.unwrap();
-    let by_ref = counter.slow_add(&five, 0u64);
+    // (The reference is moved in: the held call holds the last one until it is sent.)
+    let by_ref = counter.slow_add(five, 0u64);
     let after = counter.increment();
     assert_eq!(bounded("by reference", by_ref).await.unwrap(), 75);
     assert_eq!(bounded("after it", after).await.unwrap(), 76);

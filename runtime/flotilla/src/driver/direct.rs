@@ -103,16 +103,6 @@ pub(super) struct Direct {
     sent: u64,
 }
 
-/// How a submission goes.
-pub(super) enum Way {
-    /// Straight to the actor's worker (already sent).
-    Direct,
-    /// Held until direct calls it must follow have ended.
-    Held,
-    /// Through the head, now.
-    Head,
-}
-
 fn spec_deps(spec: &pb::TaskSpec) -> Vec<ObjectId> {
     spec.args
         .iter()
@@ -201,14 +191,17 @@ impl Session {
 
     /// Sends a submission the way it may go: directly to an actor's worker, held behind direct
     /// calls, or through the head. The caller holds the submission lock (`queueing`) and has
-    /// recorded the result's cell; `keep` is released once the submission is sent.
+    /// recorded the result's cell; `keep` is kept until the submission is sent. Returns the
+    /// references the caller drops once it let go of its locks (dropping the last reference to
+    /// an object releases it, which takes them).
+    #[must_use]
     pub(super) fn route_submission(
         self: &Arc<Self>,
         unfinished: &mut BTreeMap<ObjectId, Unfinished>,
         spec: pb::TaskSpec,
         tracked: Option<Unfinished>,
         keep: Vec<Arc<RefInner>>,
-    ) -> Way {
+    ) -> Vec<Arc<RefInner>> {
         let id = ObjectId(spec.task);
         let actor = actor_of(&spec);
         let mut direct = self.direct();
@@ -236,7 +229,7 @@ impl Session {
                         if let Some(t) = tracked {
                             unfinished.insert(id, t);
                         }
-                        return Way::Direct;
+                        return keep;
                     }
                     // The stream is gone: forget the route and go through the head.
                     self.drop_routes_to(&mut direct, &route.location.address);
@@ -256,7 +249,7 @@ impl Session {
                     released: false,
                 },
             );
-            return Way::Held;
+            return Vec::new();
         }
         if let Some(a) = actor {
             direct.head_calls.insert(id, a);
@@ -265,8 +258,7 @@ impl Session {
             unfinished.insert(id, t);
         }
         self.send(driver_op::Op::Submit(spec));
-        drop(keep);
-        Way::Head
+        keep
     }
 
     /// Asks the head where `actor` lives, unless a question is out or was asked just now; the
@@ -427,15 +419,17 @@ impl Session {
         };
         self.settle(id, state);
         unfinished.remove(&id);
-        self.send(driver_op::Op::DirectDone(pb::DirectCallDone {
+        self.send_lazy(driver_op::Op::DirectDone(pb::DirectCallDone {
             spec: Some(call.spec),
             worker: call.location.worker,
             result: Some(result),
         }));
         if call.released {
-            self.send(driver_op::Op::Release(id.0));
+            self.send_lazy(driver_op::Op::Release(id.0));
         }
-        self.flush_held(&mut unfinished, &mut direct);
+        let keep = self.flush_held(&mut unfinished, &mut direct);
+        drop((direct, unfinished));
+        drop(keep);
     }
 
     /// A direct call did not run (the actor is not where the route said): it goes through the
@@ -469,12 +463,12 @@ impl Session {
             },
         );
         if call.cancelled {
-            // Never sent to the head: cancelled before it ran.
-            let held = direct.held.remove(&id).expect("just inserted");
-            drop(held);
-            self.send_cancelled(id);
+            // Never sent to the head: cancelled before it ran (its cell says so already).
+            direct.held.remove(&id);
         }
-        self.flush_held(&mut unfinished, &mut direct);
+        let keep = self.flush_held(&mut unfinished, &mut direct);
+        drop((direct, unfinished));
+        drop(keep);
     }
 
     /// The stream to a worker broke: its calls in flight fail as calls do whose worker died
@@ -518,8 +512,15 @@ impl Session {
         }
     }
 
-    /// Sends the held submissions that need not wait any more, in order.
-    fn flush_held(&self, unfinished: &mut BTreeMap<ObjectId, Unfinished>, direct: &mut Direct) {
+    /// Sends the held submissions that need not wait any more, in order; returns their argument
+    /// references, for the caller to drop once it let go of its locks.
+    #[must_use]
+    fn flush_held(
+        &self,
+        unfinished: &mut BTreeMap<ObjectId, Unfinished>,
+        direct: &mut Direct,
+    ) -> Vec<Arc<RefInner>> {
+        let mut keep = Vec::new();
         for held in direct.release_held() {
             let id = ObjectId(held.spec.task);
             if self.host.is_none() {
@@ -538,8 +539,9 @@ impl Session {
                 self.send(driver_op::Op::Subscribe(id.0));
                 self.send(driver_op::Op::Release(id.0));
             }
-            drop(held.keep);
+            keep.extend(held.keep);
         }
+        keep
     }
 
     /// Sets a pending cell's state (a cell already settled, say cancelled, keeps its state).

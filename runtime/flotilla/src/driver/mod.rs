@@ -50,6 +50,25 @@ use crate::{
 
 type State = object_state::State;
 
+/// Longest a lazy op (a release, a direct call's report) waits for company before it is sent.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// Sends a session's lazy ops [`LINGER`] after the first of them, while the session lives.
+fn spawn_lazy_flusher(session: &Arc<Session>) {
+    let weak = Arc::downgrade(session);
+    let due = session.lazy_due.clone();
+    tokio::spawn(async move {
+        loop {
+            due.notified().await;
+            tokio::time::sleep(LINGER).await;
+            let Some(session) = weak.upgrade() else {
+                return;
+            };
+            session.flush_lazy();
+        }
+    });
+}
+
 /// How long a driver waits for an object before it asks the head why and says so.
 const SILENT_WAIT: Duration = Duration::from_secs(5);
 /// How long that question may take.
@@ -73,6 +92,10 @@ pub(crate) struct Session {
     id: SessionId,
     seq: AtomicU64,
     ops_tx: mpsc::UnboundedSender<pb::DriverOp>,
+    /// Ops that wait for the next op or for [`LINGER`] ([`Session::send_lazy`]).
+    lazy: Mutex<Vec<pb::DriverOp>>,
+    /// Told when `lazy` stops being empty.
+    lazy_due: Arc<tokio::sync::Notify>,
     /// Where `ops_tx` leads; the current connection's stream takes from it.
     queue: Arc<Mutex<OpsQueue>>,
     /// A driver's tasks whose results it has not learned, in submission order, to submit again
@@ -103,8 +126,32 @@ impl Session {
         self.unfinished.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Queues an op for the head, after the ops waiting in `lazy`.
     fn send(&self, op: driver_op::Op) {
+        let mut lazy = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
+        for waiting in lazy.drain(..) {
+            let _ = self.ops_tx.send(waiting);
+        }
         let _ = self.ops_tx.send(pb::DriverOp { op: Some(op) });
+    }
+
+    /// Queues an op nothing waits for (a release, a direct call's report): it goes with the next
+    /// op, or after [`LINGER`], so a driver making calls one at a time wakes the head once per
+    /// batch of them rather than once per call.
+    fn send_lazy(&self, op: driver_op::Op) {
+        let mut lazy = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
+        lazy.push(pb::DriverOp { op: Some(op) });
+        if lazy.len() == 1 {
+            self.lazy_due.notify_one();
+        }
+    }
+
+    /// Sends the lazy ops now.
+    fn flush_lazy(&self) {
+        let mut lazy = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
+        for waiting in lazy.drain(..) {
+            let _ = self.ops_tx.send(waiting);
+        }
     }
 
     pub(crate) fn release(&self, id: ObjectId, owned: bool) {
@@ -124,7 +171,7 @@ impl Session {
                 task.released = true;
                 self.send(driver_op::Op::Subscribe(id.0));
             }
-            self.send(driver_op::Op::Release(id.0));
+            self.send_lazy(driver_op::Op::Release(id.0));
         }
     }
 
@@ -198,6 +245,13 @@ impl Session {
     }
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Ends the lazy ops' flusher.
+        self.lazy_due.notify_one();
+    }
+}
+
 /// A session with a Flotilla cluster: submit tasks, create actors, put and get objects.
 ///
 /// Cheap to clone. Inside a task, the runtime a function receives is bound to that task, so a
@@ -261,6 +315,8 @@ impl Runtime {
             id: SessionId(conn.info.session),
             seq: AtomicU64::new(0),
             ops_tx,
+            lazy: Mutex::new(Vec::new()),
+            lazy_due: Arc::new(tokio::sync::Notify::new()),
             queue,
             unfinished: Mutex::new(BTreeMap::new()),
             objects: Mutex::new(HashMap::new()),
@@ -279,6 +335,7 @@ impl Runtime {
             stop_tx: Mutex::new(Some(conn.stop_tx)),
         });
         reconnect::spawn_events(&session, conn.inbound);
+        spawn_lazy_flusher(&session);
         Ok(Runtime {
             session,
             binding: None,
@@ -387,10 +444,12 @@ impl Runtime {
         let mut unfinished = self.session.queueing();
         let r = self.new_ref(id, ObjectCell::Pending(Vec::new()));
         // Argument references may be released only after the submission is queued (or sent
-        // directly): the routing keeps them until then.
-        self.session
+        // directly): the routing keeps them until then, and hands back those to drop now.
+        let keep = self
+            .session
             .route_submission(&mut unfinished, spec, tracked, args.keep);
         drop(unfinished);
+        drop(keep);
         r
     }
 
@@ -700,6 +759,8 @@ impl Runtime {
     /// Ends the session (the head cancels what is left of its work and frees its objects) and
     /// stops the local cluster, if this runtime started one.
     pub async fn shutdown(&self) {
+        // What waited for company goes first: the head counts every direct call.
+        self.session.flush_lazy();
         // Closed first, so the end of the stream is not taken for a lost head.
         self.session.close("the runtime was shut down".into());
         if let Some(stop) = self
