@@ -965,6 +965,44 @@ async fn token_is_required_when_set() {
             .unwrap(),
         (100_000, 100_000)
     );
+    // Actor calls go straight to the worker with the token too; without it the worker's
+    // gRPC service refuses the stream before any call is read.
+    let counter = bounded("create", Counter::remote(&rt, 0)).await.unwrap();
+    let mut value = 0;
+    while rt.direct_calls() == 0 {
+        value = bounded("increment", counter.increment()).await.unwrap();
+        assert!(value < 1000, "no call went straight to the worker");
+    }
+    let worker_address = rt.status().await.unwrap().workers[0].address.clone();
+    for token in [None, Some("wrong")] {
+        let channel = flotilla::net::connect(&worker_address).await.unwrap();
+        let mut client = pb::worker_client::WorkerClient::with_interceptor(
+            channel,
+            flotilla_proto::auth::AddAuth::new(token),
+        );
+        let call = pb::DirectCalls {
+            calls: vec![pb::DirectCall {
+                spec: Some(pb::TaskSpec {
+                    task: 1,
+                    kind: Some(pb::task_spec::Kind::ActorCall(pb::ActorCall {
+                        actor: counter.actor().id().0,
+                        method: "increment".into(),
+                    })),
+                    ..pb::TaskSpec::default()
+                }),
+                incarnation: 0,
+            }],
+        };
+        let e = bounded(
+            "a direct call without the token",
+            client.call(futures::stream::iter([call])),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    }
+    // The refused calls did not run.
+    assert_eq!(bounded("value", counter.value()).await.unwrap(), value);
     rt.shutdown().await;
     c.stop().await;
 }
