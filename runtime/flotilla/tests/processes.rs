@@ -18,7 +18,7 @@ use std::{
 use flotilla::Blob;
 use flotilla::{
     admin,
-    builtins::{add, byte_sum, make_bytes, sleep_then, Counter},
+    builtins::{add, byte_sum, make_bytes, sleep_then, Counter, CounterHandle},
     ActorOptions, ErrorKind, Runtime, TaskOptions,
 };
 use flotilla_proto::v1::{self as pb, head_client::HeadClient};
@@ -347,11 +347,10 @@ async fn actor_restarts_then_dies() {
     rt.shutdown().await;
 }
 
-/// Calls `counter.increment()` one at a time until one went straight to the actor's worker (the
-/// driver learns where the actor lives while its first calls go through the head); returns the
-/// last value.
-async fn until_direct(rt: &Runtime, counter: &flotilla::builtins::CounterHandle) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Calls `counter.increment()` one at a time until one more than `since` went straight to the
+/// actor's worker (a driver learns where an actor lives while its first calls go through the
+/// head); returns the last value.
+async fn until_direct(rt: &Runtime, counter: &CounterHandle, since: u64) -> i64 {
     loop {
         let value = bounded(
             "an increment",
@@ -360,22 +359,17 @@ async fn until_direct(rt: &Runtime, counter: &flotilla::builtins::CounterHandle)
         )
         .await
         .expect("the actor answers");
-        if rt.direct_calls() > 0 {
+        if rt.direct_calls() > since {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no call went straight to the worker"
-        );
+        assert!(value < 1000, "no call went straight to the actor's worker");
     }
 }
 
-/// A worker killed while a direct call runs on its actor: the call fails with `ActorDied` (it
-/// may have run, so it is not run again), the head counts it, and the next calls reach the
-/// restarted actor, through the head and then directly at its new place.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_killed_during_a_direct_call() {
-    let mut c = TestCluster::start("dkill", 1, 2).await;
+/// Worker `{prefix}-0` with a Counter (max_restarts 1) the driver calls directly, then a second
+/// worker `{prefix}-1` for it to restart on; also returns the counter's value.
+async fn direct_counter_and_a_spare(prefix: &str) -> (TestCluster, Runtime, CounterHandle, i64) {
+    let mut c = TestCluster::start(prefix, 1, 2).await;
     let rt = c.connect().await;
     let counter = bounded(
         "Counter creation",
@@ -384,12 +378,20 @@ async fn worker_killed_during_a_direct_call() {
     )
     .await
     .expect("the actor starts");
-    let reached = until_direct(&rt, &counter).await;
-    let second = c.worker("dkill-1", 2, &[]);
-    c.workers.push(second);
-    c.wait_registered(&["dkill-0".to_string(), "dkill-1".to_string()])
+    let value = until_direct(&rt, &counter, 0).await;
+    let spare = c.worker(&format!("{prefix}-1"), 2, &[]);
+    c.workers.push(spare);
+    c.wait_registered(&[format!("{prefix}-0"), format!("{prefix}-1")])
         .await;
+    (c, rt, counter, value)
+}
 
+/// A worker killed while a direct call runs on its actor: the call fails with `ActorDied` (it
+/// may have run, so it is not run again), the head counts it, and the next calls reach the
+/// restarted actor, through the head and then directly at its new place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_during_a_direct_call() {
+    let (mut c, rt, counter, reached) = direct_counter_and_a_spare("dkill").await;
     let sent = rt.direct_calls();
     let slow = counter.slow_add(1, 20_000u64);
     assert_eq!(rt.direct_calls(), sent + 1, "the slow call went directly");
@@ -406,28 +408,15 @@ async fn worker_killed_during_a_direct_call() {
     c.wait_registered(&["dkill-1".to_string()]).await;
 
     // The restarted actor starts from its constructor; later calls go to it directly again.
-    assert_eq!(
-        bounded(
-            "after the restart",
-            Duration::from_secs(30),
-            rt.get(&counter.increment())
-        )
-        .await
-        .expect("the restarted actor answers"),
-        1
-    );
-    let direct_before = rt.direct_calls();
-    let mut last = 1;
-    while rt.direct_calls() == direct_before {
-        last = bounded(
-            "an increment",
-            Duration::from_secs(30),
-            rt.get(&counter.increment()),
-        )
-        .await
-        .expect("the restarted actor answers");
-        assert!(last < 1000, "no call reached the restarted actor directly");
-    }
+    let first = bounded(
+        "after the restart",
+        Duration::from_secs(30),
+        rt.get(&counter.increment()),
+    )
+    .await
+    .expect("the restarted actor answers");
+    assert_eq!(first, 1);
+    let last = until_direct(&rt, &counter, rt.direct_calls()).await;
     // The head counted the calls, the failed direct one among them.
     c.wait_status("the head counted the calls", Duration::from_secs(30), |s| {
         s.tasks_failed >= 1 && s.tasks_finished >= reached as u64 + last as u64
@@ -441,21 +430,7 @@ async fn worker_killed_during_a_direct_call() {
 /// run on the restarted actor through the head, in call order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actor_restarted_while_the_caller_holds_its_address() {
-    let mut c = TestCluster::start("dmove", 1, 2).await;
-    let rt = c.connect().await;
-    let counter = bounded(
-        "Counter creation",
-        Duration::from_secs(30),
-        Counter::remote_with(&rt, &ActorOptions::default().max_restarts(1), 0),
-    )
-    .await
-    .expect("the actor starts");
-    until_direct(&rt, &counter).await;
-    let second = c.worker("dmove-1", 2, &[]);
-    c.workers.push(second);
-    c.wait_registered(&["dmove-0".to_string(), "dmove-1".to_string()])
-        .await;
-
+    let (c, rt, counter, _) = direct_counter_and_a_spare("dmove").await;
     let reply = bounded(
         "the drain",
         Duration::from_secs(30),
@@ -490,17 +465,7 @@ async fn actor_restarted_while_the_caller_holds_its_address() {
         .expect("the restarted actor answers");
     assert_eq!(values, vec![1, 2, 3, 4, 5]);
     // And the driver finds the actor's new place.
-    let sent = rt.direct_calls();
-    while rt.direct_calls() == sent {
-        let value = bounded(
-            "an increment",
-            Duration::from_secs(30),
-            rt.get(&counter.increment()),
-        )
-        .await
-        .expect("the restarted actor answers");
-        assert!(value < 1000, "no call reached the restarted actor directly");
-    }
+    until_direct(&rt, &counter, rt.direct_calls()).await;
     rt.shutdown().await;
 }
 
