@@ -239,13 +239,16 @@ async fn collections(rt: &Runtime, want: &(dyn Fn(&str) -> bool + Sync)) -> Resu
                         columns,
                         delimiter: b',',
                     };
-                    let batch = csv::read(&range, Some(&["col2".to_string()]))?;
+                    let batch = csv::read_arrow(&range, Some(&["col2".to_string()]))?;
                     let m = flotilla::collections::dataframe::Moments::of(batch.column(0), false)?;
                     Ok(m.sum / m.count as f64)
                 },
             )
             .await?;
         }
+    }
+    if want("csv_mean_polars") {
+        polars_csv_mean(&large_csv()?)?;
     }
     if want("delayed_overhead") {
         // 1000 independent calls and one more over two of them, as one graph: seconds per node.
@@ -262,6 +265,46 @@ async fn collections(rt: &Runtime, want: &(dyn Fn(&str) -> bool + Sync)) -> Resu
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Polars (Python's, when this machine has it) on the same file and query, in a process of its
+/// own: `scan_csv(file).select(mean(col2))`, timed inside Python, [`REPEATS`] times.
+fn polars_csv_mean(path: &std::path::Path) -> Result<()> {
+    let script = format!(
+        "import time, polars as pl\n\
+         for _ in range({REPEATS}):\n\
+         \x20   t = time.perf_counter()\n\
+         \x20   m = pl.scan_csv({path:?}).select(pl.col('col2').mean()).collect().item()\n\
+         \x20   assert m == 9999999.0, m\n\
+         \x20   print(time.perf_counter() - t)\n",
+        path = path.to_string_lossy()
+    );
+    let out = match std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+    {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            say!(
+                "csv_mean_polars: skipped (Polars did not run: {})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            say!("csv_mean_polars: skipped (no python3: {e})");
+            return Ok(());
+        }
+    };
+    let samples = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .collect::<Vec<_>>();
+    if samples.is_empty() {
+        bail!("csv_mean_polars printed no times");
+    }
+    report("csv_mean_polars", samples, untargeted("s"));
     Ok(())
 }
 
