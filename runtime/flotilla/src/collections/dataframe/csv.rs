@@ -8,7 +8,7 @@
 
 use std::{fs::File, io::Cursor, os::unix::fs::FileExt, path::Path, sync::Arc};
 
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow_csv::reader::{Format, ReaderBuilder};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
@@ -328,7 +328,12 @@ pub fn read(range: &CsvRange, projection: Option<&[String]>) -> Result<RecordBat
             _ => all_scannable = false,
         }
     }
-    if all_scannable && scan::scan(bytes, range.delimiter, &mut sinks) {
+    let scanned = if all_scannable {
+        scan::scan(bytes, range.delimiter, &mut sinks)
+    } else {
+        None
+    };
+    if let Some(records) = scanned {
         let mut arrays: Vec<Option<ArrayRef>> = sinks
             .into_iter()
             .map(|s| s.and_then(Sink::finish_array))
@@ -337,7 +342,10 @@ pub fn read(range: &CsvRange, projection: Option<&[String]>) -> Result<RecordBat
             .iter()
             .map(|&i| arrays[i].take().expect("a sink per column asked for"))
             .collect();
-        return RecordBatch::try_new(projected, columns).map_err(super::expr::arrow_error);
+        // No column asked for (a row count) still has its rows.
+        let options = RecordBatchOptions::new().with_row_count(Some(records));
+        return RecordBatch::try_new_with_options(projected, columns, &options)
+            .map_err(super::expr::arrow_error);
     }
     read_with_arrow(range, &file, bytes, &schema, &indices, projected)
 }
@@ -360,7 +368,7 @@ pub(crate) fn reduce(range: &CsvRange, columns: &[String]) -> Result<Option<Vec<
     if bytes.is_empty() {
         return Ok(Some(vec![Moments::default(); indices.len()]));
     }
-    if !scan::scan(bytes, range.delimiter, &mut sinks) {
+    if scan::scan(bytes, range.delimiter, &mut sinks).is_none() {
         return Ok(None);
     }
     Ok(Some(
