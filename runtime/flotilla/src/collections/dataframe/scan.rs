@@ -417,4 +417,35 @@ mod tests {
             assert_eq!(int(&v.to_string()), Some(v));
         }
     }
+
+    /// Sums of two integer columns, or `None` where the scanner leaves the bytes to arrow-csv.
+    fn sums(text: &str) -> Option<(usize, f64, f64)> {
+        let mut sinks = vec![Sink::moments(ColType::Int), Sink::moments(ColType::Int)];
+        let records = scan(text.as_bytes(), b',', &mut sinks)?;
+        let m: Vec<Moments> = sinks
+            .iter()
+            .map(|s| s.as_ref().unwrap().finish_moments().unwrap())
+            .collect();
+        Some((records, m[0].sum, m[1].sum))
+    }
+
+    #[test]
+    fn the_scanner_reads_plain_records_and_leaves_the_rest() {
+        assert_eq!(sums("1,2\n3,4\n"), Some((2, 4.0, 6.0)));
+        assert_eq!(sums("1,2\r\n3,4"), Some((2, 4.0, 6.0)));
+        assert_eq!(sums("1,\n,4\n"), Some((2, 1.0, 4.0)));
+        // Long enough for the 64-byte masks, with the last record unterminated.
+        let long: String = (0..100).map(|i| format!("{i},{}\n", 2 * i)).collect();
+        assert_eq!(sums(long.trim_end()), Some((100, 4950.0, 9900.0)));
+        for other in [
+            "1,\"2\"\n",
+            "1,2\n\n3,4\n",
+            "1,2\r3,4\n",
+            "1\n",
+            "1,2,3\n",
+            "1,x\n",
+        ] {
+            assert_eq!(sums(other), None, "{other:?}");
+        }
+    }
 }
