@@ -266,10 +266,10 @@ pub(crate) fn scan(bytes: &[u8], delimiter: u8, sinks: &mut [Option<Sink>]) -> O
         base += 64;
     }
     for (i, &b) in chunks.remainder().iter().enumerate() {
-        if matches!(b, b'\n' | b'"' | b'\r') || b == delimiter {
-            if !at.separator(bytes, sinks, base + i, delimiter) {
-                return None;
-            }
+        if (matches!(b, b'\n' | b'"' | b'\r') || b == delimiter)
+            && !at.separator(bytes, sinks, base + i, delimiter)
+        {
+            return None;
         }
     }
     // The last record when no newline ends it.
