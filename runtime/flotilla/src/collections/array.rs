@@ -272,9 +272,8 @@ const STREAMS: usize = 8;
 /// The generator of [`Array::random`]: eight xoshiro256+ streams, seeded from the block's seed
 /// by SplitMix64 (as their authors advise); value `i` of a block, in row-major order, comes
 /// from stream `i % 8`, as `(x >> 12) · 2⁻⁵²`, a multiple of 2⁻⁵² in [0, 1). Eight streams side
-/// by side are one or two vector registers a step (the sum below is compiled for AVX2 and
-/// AVX-512 too, and picks what the processor has); the same seed gives the same block on any
-/// machine.
+/// by side are two AVX2 registers a step (the sum below uses them when the processor has AVX2);
+/// the same seed gives the same block on any machine.
 struct Uniform {
     /// `s[word][stream]`: the streams' states, word by word.
     s: [[u64; STREAMS]; 4],
@@ -338,36 +337,29 @@ impl Uniform {
     /// values are summed as integers, exactly (so the sum is the exact sum, rounded once).
     #[allow(unsafe_code)]
     fn sum(&mut self, n: usize) -> Moments {
+        let whole = n / STREAMS;
         #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f,avx512vl")]
-            fn wide(u: &mut Uniform, n: usize) -> Moments {
-                u.sum_lanes(n)
-            }
-            #[target_feature(enable = "avx2")]
-            fn narrow(u: &mut Uniform, n: usize) -> Moments {
-                u.sum_lanes(n)
-            }
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-            {
-                // SAFETY: the processor has the features the function is compiled for.
-                return unsafe { wide(self, n) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: as above.
-                return unsafe { narrow(self, n) };
-            }
+        let total = if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the processor has AVX2, which the function is compiled for.
+            unsafe { self.sum_avx2(whole) }
+        } else {
+            self.sum_scalar(whole)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let total = self.sum_scalar(whole);
+        let r = self.next_all();
+        let total = total + r[..n % STREAMS].iter().map(|&x| x as u128).sum::<u128>();
+        Moments {
+            count: n as u64,
+            sum: total as f64 / (1u64 << 52) as f64,
+            ..Moments::default()
         }
-        self.sum_lanes(n)
     }
 
-    #[inline(always)]
-    fn sum_lanes(&mut self, n: usize) -> Moments {
-        // 2¹¹ values of 52 bits cannot overflow a u64 lane.
-        const FLUSH: usize = 1 << 11;
+    /// The sum of the next `steps` values of every stream, as 52-bit integers.
+    fn sum_scalar(&mut self, steps: usize) -> u128 {
         let mut total: u128 = 0;
-        let mut left = n / STREAMS;
+        let mut left = steps;
         while left > 0 {
             let step = left.min(FLUSH);
             let mut lanes = [0u64; STREAMS];
@@ -380,15 +372,63 @@ impl Uniform {
             total += lanes.iter().map(|&x| x as u128).sum::<u128>();
             left -= step;
         }
-        let r = self.next_all();
-        total += r[..n % STREAMS].iter().map(|&x| x as u128).sum::<u128>();
-        Moments {
-            count: n as u64,
-            sum: total as f64 / (1u64 << 52) as f64,
-            ..Moments::default()
+        total
+    }
+
+    /// [`Uniform::sum_scalar`] with the eight streams in two AVX2 registers a word: the same
+    /// operations, four streams at a time.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(unsafe_code)]
+    fn sum_avx2(&mut self, steps: usize) -> u128 {
+        use std::arch::x86_64::{
+            __m256i, _mm256_add_epi64, _mm256_or_si256, _mm256_setzero_si256, _mm256_slli_epi64,
+            _mm256_srli_epi64, _mm256_xor_si256,
+        };
+        // SAFETY (both): four u64 and an __m256i are 32 bytes, and every bit pattern is valid
+        // for each.
+        let get = |w: &[u64; STREAMS], half: usize| -> __m256i {
+            let lanes: [u64; 4] = w[4 * half..4 * half + 4].try_into().expect("4 lanes");
+            unsafe { std::mem::transmute::<[u64; 4], __m256i>(lanes) }
+        };
+        let put =
+            |v: __m256i| -> [u64; 4] { unsafe { std::mem::transmute::<__m256i, [u64; 4]>(v) } };
+        let mut total: u128 = 0;
+        for half in 0..2 {
+            let (mut s0, mut s1, mut s2, mut s3) = (
+                get(&self.s[0], half),
+                get(&self.s[1], half),
+                get(&self.s[2], half),
+                get(&self.s[3], half),
+            );
+            let mut left = steps;
+            while left > 0 {
+                let step = left.min(FLUSH);
+                let mut acc = _mm256_setzero_si256();
+                for _ in 0..step {
+                    acc = _mm256_add_epi64(acc, _mm256_srli_epi64::<12>(_mm256_add_epi64(s0, s3)));
+                    let t = _mm256_slli_epi64::<17>(s1);
+                    s2 = _mm256_xor_si256(s2, s0);
+                    s3 = _mm256_xor_si256(s3, s1);
+                    s1 = _mm256_xor_si256(s1, s2);
+                    s0 = _mm256_xor_si256(s0, s3);
+                    s2 = _mm256_xor_si256(s2, t);
+                    s3 = _mm256_or_si256(_mm256_slli_epi64::<45>(s3), _mm256_srli_epi64::<19>(s3));
+                }
+                total += put(acc).iter().map(|&x| x as u128).sum::<u128>();
+                left -= step;
+            }
+            for (word, v) in self.s.iter_mut().zip([s0, s1, s2, s3]) {
+                word[4 * half..4 * half + 4].copy_from_slice(&put(v));
+            }
         }
+        total
     }
 }
+
+/// Values [`Uniform`] adds in a u64 lane before carrying them into a u128: 2¹¹ values of 52
+/// bits cannot overflow it.
+const FLUSH: usize = 1 << 11;
 
 /// The moments `agg` needs of contiguous values: sums in four lanes, extremes only for min
 /// and max, squared deviations only for std.
@@ -1002,5 +1042,32 @@ impl Array {
         let n = (self.shape.0 * self.shape.1) as f64;
         let sample = self.reduce_all(Agg::Std).await?;
         Ok(sample * ((n - 1.0) / n).sqrt())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fused_sum_adds_exactly_the_values_a_block_holds() {
+        for n in [0, 1, 7, 8, 9, 1000, 100_003] {
+            let mut values = vec![0.0; n];
+            Uniform::new(5).fill(&mut values);
+            // Multiples of 2⁻⁵²: as integers, their sum is exact.
+            let exact: u128 = values
+                .iter()
+                .map(|&x| (x * (1u64 << 52) as f64) as u128)
+                .sum();
+            let want = exact as f64 / (1u64 << 52) as f64;
+            assert_eq!(Uniform::new(5).sum(n).sum, want, "{n} values");
+            let mut scalar = Uniform::new(5);
+            let whole = scalar.sum_scalar(n / STREAMS);
+            let tail: u128 = scalar.next_all()[..n % STREAMS]
+                .iter()
+                .map(|&x| x as u128)
+                .sum();
+            assert_eq!((whole + tail) as f64 / (1u64 << 52) as f64, want);
+        }
     }
 }
