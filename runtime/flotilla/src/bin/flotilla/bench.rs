@@ -247,7 +247,7 @@ async fn collections(rt: &Runtime, want: &(dyn Fn(&str) -> bool + Sync)) -> Resu
             .await?;
         }
     }
-    if want("csv_mean_polars") {
+    if want("polars_csv_mean") {
         polars_csv_mean(&large_csv()?)?;
     }
     if want("delayed_overhead") {
@@ -269,42 +269,24 @@ async fn collections(rt: &Runtime, want: &(dyn Fn(&str) -> bool + Sync)) -> Resu
 }
 
 /// Polars (Python's, when this machine has it) on the same file and query, in a process of its
-/// own: `scan_csv(file).select(mean(col2))`, timed inside Python, [`REPEATS`] times.
+/// own: `scripts/polars_csv_mean.py`, which prints its own line of figures.
 fn polars_csv_mean(path: &std::path::Path) -> Result<()> {
-    let script = format!(
-        "import time, polars as pl\n\
-         for _ in range({REPEATS}):\n\
-         \x20   t = time.perf_counter()\n\
-         \x20   m = pl.scan_csv({path:?}).select(pl.col('col2').mean()).collect().item()\n\
-         \x20   assert m == 9999999.0, m\n\
-         \x20   print(time.perf_counter() - t)\n",
-        path = path.to_string_lossy()
-    );
-    let out = match std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-    {
-        Ok(out) if out.status.success() => out,
-        Ok(out) => {
-            say!(
-                "csv_mean_polars: skipped (Polars did not run: {})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return Ok(());
+    const SCRIPT: &str = include_str!("../../../../../scripts/polars_csv_mean.py");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(path)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            say!("{}", String::from_utf8_lossy(&out.stdout).trim());
         }
-        Err(e) => {
-            say!("csv_mean_polars: skipped (no python3: {e})");
-            return Ok(());
-        }
-    };
-    let samples = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse::<f64>().ok())
-        .collect::<Vec<_>>();
-    if samples.is_empty() {
-        bail!("csv_mean_polars printed no times");
+        Ok(out) => say!(
+            "polars_csv_mean: skipped (Polars did not run: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => say!("polars_csv_mean: skipped (no python3: {e})"),
     }
-    report("csv_mean_polars", samples, untargeted("s"));
     Ok(())
 }
 
