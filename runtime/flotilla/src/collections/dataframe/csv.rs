@@ -1,10 +1,12 @@
-//! CSV files as partitions: the driver cuts each file into byte ranges of about a block (64 MiB
+//! CSV files as partitions: the driver cuts each file into byte ranges of about a block (16 MiB
 //! by default) at record starts, outside quoted fields, and infers the schema from the first
-//! block; a worker reads its range with `arrow-csv`, decoding only the columns the query uses.
+//! block; a worker maps its range and reads only the columns the query uses, with the projected
+//! scanner of [`super::scan`] where it applies and with `arrow-csv` otherwise.
 //!
-//! What `arrow-csv` lacks, written here: cutting a file into ranges that start at a record (a
-//! newline counts only outside quotes, so the driver tracks quote parity over the file), and
-//! naming the file and line of a malformed record (the reader counts records of its range).
+//! What `arrow-csv` lacks, written here: that scanner, cutting a file into ranges that start at
+//! a record (a newline counts only outside quotes, so the driver tracks quote parity over the
+//! file), and naming the file and line of a malformed record (the reader counts records of its
+//! range).
 
 use std::{fs::File, io::Cursor, os::unix::fs::FileExt, path::Path, sync::Arc};
 
