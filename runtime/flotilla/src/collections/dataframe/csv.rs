@@ -1,7 +1,7 @@
 //! CSV files as partitions: the driver cuts each file into byte ranges of about a block (16 MiB
 //! by default) at record starts, outside quoted fields, and infers the schema from the first
 //! block; a worker maps its range and reads only the columns the query uses, with the projected
-//! scanner of [`super::scan`] where it applies and with `arrow-csv` otherwise.
+//! scanner (`scan.rs`) where it applies and with `arrow-csv` otherwise.
 //!
 //! What `arrow-csv` lacks, written here: that scanner, cutting a file into ranges that start at
 //! a record (a newline counts only outside quotes, so the driver tracks quote parity over the
