@@ -793,3 +793,189 @@ async fn a_worker_killed_mid_query_still_gives_the_right_answer() {
     assert_close!(mean, (rows - 1) as f64);
     rt.shutdown().await;
 }
+
+/// Each range of `path` read by `csv::read` (the projected scanner where it applies) and by
+/// arrow-csv alone gives the same batch, or both fail, for every projection of one or two
+/// columns, all columns, and none (a row count); in blocks of several sizes.
+fn scanner_agrees_with_arrow(path: &str, header: bool) {
+    // A malformed file has no inferred schema: integers named by its header.
+    let columns = csv::infer(path, 1 << 20, header, b',').unwrap_or_else(|_| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let first = text.lines().next().unwrap_or_default();
+        first
+            .split(',')
+            .map(|n| (n.to_string(), csv::ColType::Int))
+            .collect()
+    });
+    let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
+    let mut projections: Vec<Option<Vec<String>>> = vec![None, Some(Vec::new())];
+    for a in &names {
+        projections.push(Some(vec![a.clone()]));
+        for b in &names {
+            if a != b {
+                projections.push(Some(vec![b.clone(), a.clone()]));
+            }
+        }
+    }
+    for block in [1, 7, 64, 1 << 30] {
+        for (start, end) in csv::split(path, block, header).unwrap() {
+            let range = csv::CsvRange {
+                path: path.into(),
+                start,
+                end,
+                columns: columns.clone(),
+                delimiter: b',',
+            };
+            for p in &projections {
+                let ours = csv::read(&range, p.as_deref());
+                let arrow = csv::read_arrow(&range, p.as_deref());
+                match (ours, arrow) {
+                    (Ok(a), Ok(b)) => assert_eq!(
+                        a, b,
+                        "{path} bytes {start}..{end}, columns {p:?}: the scanner and arrow-csv differ"
+                    ),
+                    (Err(_), Err(_)) => {}
+                    (a, b) => panic!(
+                        "{path} bytes {start}..{end}, columns {p:?}: scanner {a:?}, arrow-csv {b:?}"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_projected_scanner_reads_as_arrow_csv_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases = [
+        // The common case, with nulls, signs, and floats of every form lexical reads.
+        (
+            "plain.csv",
+            "a,b,c\n1,2.5,x\n-3,,y\n+4,1e3,z\n,-0.25,w\n5,NaN,v\n6,inf,u\n",
+        ),
+        // Quoted newlines and quotes: left to arrow-csv.
+        (
+            "quoted.csv",
+            "id,text,v\r\n1,\"a\nb\",1.5\r\n2,\"say \"\"hi\"\"\n,x\",2.5\r\n3,plain,3.5",
+        ),
+        // CRLF line ends, and no newline at the end.
+        ("crlf.csv", "a,b\r\n1,2\r\n3,4\r\n5,6"),
+        ("last.csv", "a,b\n1,2\n3,4"),
+        // A header only; a file smaller than any block.
+        ("header.csv", "a,b\n"),
+        ("small.csv", "a,b\n1,2\n"),
+        // Malformed: too few and too many fields, a blank line, a lone carriage return,
+        // text in a number column, an integer that overflows, spaces.
+        ("few.csv", "a,b\n1,2\n3\n5,6\n"),
+        ("many.csv", "a,b\n1,2\n3,4,5\n5,6\n"),
+        ("blank.csv", "a,b\n1,2\n\n5,6\n"),
+        ("cr.csv", "a,b\n1,2\r3,4\n5,6\n"),
+        ("text.csv", "a,b\n1,2\n3,4\n5,x\n"),
+        ("overflow.csv", "a,b\n1,2\n99999999999999999999,4\n"),
+        ("spaces.csv", "a,b\n1, 2\n3,4\n"),
+        // Long integers (more than 8 digits) and a file of one short line.
+        ("long.csv", "a,b\n123456789012,-987654321098\n1,2\n"),
+        ("one.csv", "a\n7"),
+    ];
+    for (name, text) in cases {
+        let path = write(d, name, text);
+        scanner_agrees_with_arrow(&path, true);
+    }
+    // Many files (one glob): each file's ranges agree.
+    for f in 0..4 {
+        let mut text = String::from("x,y,z\n");
+        for i in 0..300 {
+            text.push_str(&format!("{i},{},{}.5\n", i * f, -i));
+        }
+        let path = write(d, &format!("many-{f}.csv"), &text);
+        scanner_agrees_with_arrow(&path, true);
+    }
+    let bare = write(d, "bare.csv", "1,2\n3,4\n5,6\n");
+    scanner_agrees_with_arrow(&bare, false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fused_and_unfused_results_are_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Integers and floats that add up exactly in any order (multiples of 1/4), nulls too.
+    let mut text = String::from("i,f,s\n");
+    for k in 0..5000i64 {
+        let f = if k % 7 == 0 {
+            String::new()
+        } else {
+            format!("{}", (k - 2500) as f64 / 4.0)
+        };
+        text.push_str(&format!("{},{f},w{}\n", k * 3 - 7000, k % 5));
+    }
+    let path = write(d, "mixed.csv", &text);
+    let (cluster, rt) = local(2, 1 << 30).await;
+    let options = CsvOptions {
+        block: 4096,
+        ..CsvOptions::default()
+    };
+    let df = DataFrame::read_csv_with(&rt, &path, &options).unwrap();
+    assert!(df.npartitions() > 4, "{} partitions", df.npartitions());
+    // A select step keeps the partition from being reduced while it is scanned.
+    let unfused = df.select(&["i", "f", "s"]).unwrap();
+    let aggs = [
+        (col("i"), Agg::Sum),
+        (col("i"), Agg::Mean),
+        (col("i"), Agg::Min),
+        (col("i"), Agg::Max),
+        (col("i"), Agg::Count),
+        (col("f"), Agg::Sum),
+        (col("f"), Agg::Min),
+        (col("f"), Agg::Max),
+        (col("f"), Agg::Count),
+    ];
+    for (e, a) in aggs {
+        let fused = bounded("fused", df.agg(&[(e.clone(), a)])).await.unwrap();
+        let plain = bounded("unfused", unfused.agg(&[(e.clone(), a)]))
+            .await
+            .unwrap();
+        assert_eq!(fused, plain, "{a:?} of {e:?}");
+    }
+    assert_eq!(bounded("len", df.len()).await.unwrap(), 5000);
+    // And both against the whole file read in one piece by arrow-csv.
+    let whole = csv::read_arrow(
+        &csv::CsvRange {
+            path: path.clone(),
+            start: 6,
+            end: text.len() as u64,
+            columns: csv::infer(&path, 1 << 20, true, b',').unwrap(),
+            delimiter: b',',
+        },
+        None,
+    )
+    .unwrap();
+    let f = whole
+        .column(1)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    let want: f64 = f.iter().flatten().sum();
+    assert_eq!(bounded("sum", df.sum("f")).await.unwrap(), want);
+
+    // Arrays: a random array's mean drawn and summed in one pass equals the mean of its
+    // materialized blocks (to rounding: the fused sum is exact), and the blocks are the same
+    // on every run of the same seed.
+    let r = Array::random(&rt, (300, 200), (70, 60), 11).unwrap();
+    let fused = bounded("random mean", r.mean()).await.unwrap();
+    let values = bounded("random compute", r.compute()).await.unwrap();
+    assert_close!(fused, values.mean().unwrap());
+    assert!(values.iter().all(|&x| (0.0..1.0).contains(&x)));
+    let again = Array::random(&rt, (300, 200), (70, 60), 11).unwrap();
+    assert_eq!(bounded("again", again.compute()).await.unwrap(), values);
+    // A driver's array put as raw values: read back exactly, and reduced in place.
+    let src = Array2::from_shape_fn((257, 130), |(i, j)| (i * 1000 + j) as f64 / 8.0);
+    let x = bounded("from_ndarray", Array::from_ndarray(&rt, &src, (64, 50)))
+        .await
+        .unwrap();
+    assert_eq!(bounded("compute", x.compute()).await.unwrap(), src);
+    assert_eq!(bounded("sum", x.sum()).await.unwrap(), src.sum());
+    assert_close!(bounded("max", x.max()).await.unwrap(), 256_129.0 / 8.0);
+    rt.shutdown().await;
+    cluster.stop().await;
+}

@@ -41,6 +41,30 @@ impl Runtime {
         self.put_large(size, fill, || codec::encode(value)).await
     }
 
+    /// Stores a [`Blob`](crate::Blob) of `size` bytes that `fill` writes: from a driver on a
+    /// worker's host, straight into the shared memory the worker maps (one pass over the bytes,
+    /// no buffer in between); otherwise through a buffer, as [`Runtime::put`].
+    pub async fn put_blob_with(
+        &self,
+        size: usize,
+        fill: impl Fn(&mut [u8]),
+    ) -> Result<ObjectRef<codec::Blob>> {
+        let buffered = || {
+            let mut v = vec![0; size];
+            fill(&mut v);
+            Bytes::from(v)
+        };
+        if size <= INLINE_MAX_BYTES || self.session.host.is_some() {
+            return self.put_bytes(buffered()).await;
+        }
+        let write = |segment: &mut shm::Writer| {
+            segment
+                .fill_with(&fill)
+                .map_err(|e| Error::io(format!("mapping a segment of {size} bytes"), e))
+        };
+        self.put_large(size, write, || Ok(buffered())).await
+    }
+
     pub(crate) async fn put_bytes<T>(&self, bytes: Bytes) -> Result<ObjectRef<T>> {
         if bytes.len() <= INLINE_MAX_BYTES {
             let id = self.mint();

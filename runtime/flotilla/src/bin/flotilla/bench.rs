@@ -239,13 +239,16 @@ async fn collections(rt: &Runtime, want: &(dyn Fn(&str) -> bool + Sync)) -> Resu
                         columns,
                         delimiter: b',',
                     };
-                    let batch = csv::read(&range, Some(&["col2".to_string()]))?;
+                    let batch = csv::read_arrow(&range, Some(&["col2".to_string()]))?;
                     let m = flotilla::collections::dataframe::Moments::of(batch.column(0), false)?;
                     Ok(m.sum / m.count as f64)
                 },
             )
             .await?;
         }
+    }
+    if want("polars_csv_mean") {
+        polars_csv_mean(&large_csv()?)?;
     }
     if want("delayed_overhead") {
         // 1000 independent calls and one more over two of them, as one graph: seconds per node.
@@ -261,6 +264,28 @@ async fn collections(rt: &Runtime, want: &(dyn Fn(&str) -> bool + Sync)) -> Resu
             },
         )
         .await?;
+    }
+    Ok(())
+}
+
+/// Polars (Python's, when this machine has it) on the same file and query, in a process of its
+/// own: `scripts/polars_csv_mean.py`, which prints its own line of figures.
+fn polars_csv_mean(path: &std::path::Path) -> Result<()> {
+    const SCRIPT: &str = include_str!("../../../../../scripts/polars_csv_mean.py");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(path)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            say!("{}", String::from_utf8_lossy(&out.stdout).trim());
+        }
+        Ok(out) => say!(
+            "polars_csv_mean: skipped (Polars did not run: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => say!("polars_csv_mean: skipped (no python3: {e})"),
     }
     Ok(())
 }

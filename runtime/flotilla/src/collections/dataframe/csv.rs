@@ -1,22 +1,30 @@
-//! CSV files as partitions: the driver cuts each file into byte ranges of about a block (64 MiB
+//! CSV files as partitions: the driver cuts each file into byte ranges of about a block (16 MiB
 //! by default) at record starts, outside quoted fields, and infers the schema from the first
-//! block; a worker reads its range with `arrow-csv`, decoding only the columns the query uses.
+//! block; a worker maps its range and reads only the columns the query uses, with the projected
+//! scanner (`scan.rs`) where it applies and with `arrow-csv` otherwise.
 //!
-//! What `arrow-csv` lacks, written here: cutting a file into ranges that start at a record (a
-//! newline counts only outside quotes, so the driver tracks quote parity over the file), and
-//! naming the file and line of a malformed record (the reader counts records of its range).
+//! What `arrow-csv` lacks, written here: that scanner, cutting a file into ranges that start at
+//! a record (a newline counts only outside quotes, so the driver tracks quote parity over the
+//! file), and naming the file and line of a malformed record (the reader counts records of its
+//! range).
 
 use std::{fs::File, io::Cursor, os::unix::fs::FileExt, path::Path, sync::Arc};
 
-use arrow_array::RecordBatch;
+use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow_csv::reader::{Format, ReaderBuilder};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
+use super::{
+    scan::{self, Sink},
+    Moments,
+};
 use crate::{collections::invalid, error::Result};
 
-/// The default block: 64 MiB.
-pub const DEFAULT_BLOCK: u64 = 64 << 20;
+/// The default block: 16 MiB. Dask's 64 MB gives a 163 MB file three ranges, which leaves
+/// slots of even a two-worker cluster idle; 16 MiB gives it ten, and a task per range costs
+/// about a millisecond.
+pub const DEFAULT_BLOCK: u64 = 16 << 20;
 
 /// Options of [`super::DataFrame::read_csv_with`].
 #[derive(Clone, Debug)]
@@ -143,12 +151,17 @@ pub fn split_records(
     if len == 0 {
         return Ok(Vec::new());
     }
-    // Mapping a file another process truncates meanwhile could fault; this reads with pread in
-    // pieces instead, which costs one copy through a small buffer.
+    // Mapped, not copied through a buffer: this reads every byte once, for quotes.
+    let map = map_file(p, &file)?;
+    let mut scanner = Scanner {
+        bytes: &map,
+        pos: 0,
+        in_quotes: false,
+        quotes,
+    };
     let mut cuts = Vec::new();
-    let mut scanner = Scanner::new(&file, len, quotes);
     let data_start = if header {
-        scanner.next_record_start(0).map_err(|e| io_error(p, e))?
+        scanner.next_record_start(0) as u64
     } else {
         0
     };
@@ -159,9 +172,7 @@ pub fn split_records(
         let end = if want >= len {
             len
         } else {
-            scanner
-                .next_record_start(want)
-                .map_err(|e| io_error(p, e))?
+            scanner.next_record_start(usize::try_from(want).unwrap_or(usize::MAX)) as u64
         };
         cuts.push((at, end));
         at = end;
@@ -169,62 +180,50 @@ pub fn split_records(
     Ok(cuts)
 }
 
+/// A whole file, mapped read-only (see [`map_range`] on files changed meanwhile).
+#[allow(unsafe_code)]
+fn map_file(p: &Path, file: &File) -> Result<memmap2::Mmap> {
+    // SAFETY: read-only and private to the caller, as in `map_range`.
+    unsafe { memmap2::Mmap::map(file) }.map_err(|e| io_error(p, e))
+}
+
 /// Finds record starts: keeps the quote parity from the file's start up to where it last
 /// looked, so a newline inside a quoted field is never taken for a record's end.
 struct Scanner<'a> {
-    file: &'a File,
-    len: u64,
-    pos: u64,
+    bytes: &'a [u8],
+    pos: usize,
     in_quotes: bool,
     quotes: bool,
-    buffer: Vec<u8>,
 }
 
-impl<'a> Scanner<'a> {
-    fn new(file: &'a File, len: u64, quotes: bool) -> Self {
-        Scanner {
-            file,
-            len,
-            pos: 0,
-            in_quotes: false,
-            quotes,
-            buffer: vec![0; 1 << 20],
-        }
-    }
-
+impl Scanner<'_> {
     /// The first record start at or after `from` (the byte after a newline outside quotes),
     /// or the file's length.
-    fn next_record_start(&mut self, from: u64) -> std::io::Result<u64> {
+    fn next_record_start(&mut self, from: usize) -> usize {
+        let len = self.bytes.len();
+        let from = from.min(len);
         if !self.quotes {
             self.pos = from;
+            return memchr::memchr(b'\n', &self.bytes[from..]).map_or(len, |i| from + i + 1);
         }
         // Quote parity up to `from`.
-        while self.pos < from {
-            let n = self.read_at(self.pos, (from - self.pos) as usize)?;
-            let quotes = memchr::memchr_iter(b'"', &self.buffer[..n]).count();
+        if self.pos < from {
+            let quotes = memchr::memchr_iter(b'"', &self.bytes[self.pos..from]).count();
             self.in_quotes ^= quotes % 2 == 1;
-            self.pos += n as u64;
+            self.pos = from;
         }
         // Then the first newline outside quotes.
-        while self.pos < self.len {
-            let n = self.read_at(self.pos, self.buffer.len())?;
-            for (i, &b) in self.buffer[..n].iter().enumerate() {
-                if b == b'"' && self.quotes {
-                    self.in_quotes = !self.in_quotes;
-                } else if b == b'\n' && !self.in_quotes {
-                    self.pos += i as u64 + 1;
-                    return Ok(self.pos);
-                }
+        for i in memchr::memchr2_iter(b'"', b'\n', &self.bytes[self.pos..]) {
+            let at = self.pos + i;
+            if self.bytes[at] == b'"' {
+                self.in_quotes = !self.in_quotes;
+            } else if !self.in_quotes {
+                self.pos = at + 1;
+                return self.pos;
             }
-            self.pos += n as u64;
         }
-        Ok(self.len)
-    }
-
-    fn read_at(&mut self, at: u64, max: usize) -> std::io::Result<usize> {
-        let n = max.min(self.buffer.len()).min((self.len - at) as usize);
-        self.file.read_exact_at(&mut self.buffer[..n], at)?;
-        Ok(n)
+        self.pos = len;
+        len
     }
 }
 
@@ -265,39 +264,165 @@ pub fn infer(
         .collect())
 }
 
-/// Reads a range, decoding only the columns `projection` names (all when `None`), into one
-/// batch.
-pub fn read(range: &CsvRange, projection: Option<&[String]>) -> Result<RecordBatch> {
+/// The bytes of a range, mapped from the file (no copy through a buffer; the pages are those
+/// of the page cache). A file truncated by another process while mapped would fault the reader,
+/// as it would any reader that maps its input (Arrow's, Polars').
+#[allow(unsafe_code)]
+fn map_range(range: &CsvRange) -> Result<(File, Option<memmap2::Mmap>)> {
     let p = Path::new(&range.path);
     let file = File::open(p).map_err(|e| io_error(p, e))?;
-    let mut bytes = vec![0; (range.end - range.start) as usize];
-    file.read_exact_at(&mut bytes, range.start)
-        .map_err(|e| io_error(p, e))?;
-    let schema = schema_of(&range.columns);
-    let indices: Vec<usize> = match projection {
+    if range.end <= range.start {
+        return Ok((file, None));
+    }
+    let len = file.metadata().map_err(|e| io_error(p, e))?.len();
+    if range.end > len {
+        return Err(invalid(format!(
+            "{} is shorter ({len} bytes) than when it was split: it changed while being read",
+            range.path
+        )));
+    }
+    // SAFETY: the mapping is read-only and private to this call; see above for a file
+    // truncated meanwhile.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(range.start)
+            .len((range.end - range.start) as usize)
+            .populate()
+            .map(&file)
+    }
+    .map_err(|e| io_error(p, e))?;
+    Ok((file, Some(map)))
+}
+
+/// The indices of the columns `projection` names (all when `None`).
+fn projected(schema: &Schema, projection: Option<&[String]>) -> Result<Vec<usize>> {
+    match projection {
         Some(names) => names
             .iter()
             .map(|n| {
                 schema
                     .index_of(n)
-                    .map_err(|_| invalid(super::expr::no_such_column(n, &schema)))
+                    .map_err(|_| invalid(super::expr::no_such_column(n, schema)))
             })
-            .collect::<Result<_>>()?,
-        None => (0..schema.fields().len()).collect(),
+            .collect(),
+        None => Ok((0..schema.fields().len()).collect()),
+    }
+}
+
+/// Reads a range, decoding only the columns `projection` names (all when `None`), into one
+/// batch: with the projected scanner when it can, else with `arrow-csv`.
+pub fn read(range: &CsvRange, projection: Option<&[String]>) -> Result<RecordBatch> {
+    let (file, map) = map_range(range)?;
+    let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+    let schema = schema_of(&range.columns);
+    let indices = projected(&schema, projection)?;
+    let projected = Arc::new(schema.project(&indices).map_err(super::expr::arrow_error)?);
+    if bytes.is_empty() {
+        return Ok(RecordBatch::new_empty(projected));
+    }
+    let rows = records_in(bytes);
+    let mut sinks: Vec<Option<Sink>> = range.columns.iter().map(|_| None).collect();
+    let mut all_scannable = true;
+    for &i in &indices {
+        match Sink::values(range.columns[i].1, rows) {
+            // A column asked for twice is read by arrow-csv.
+            Some(sink) if sinks[i].is_none() => sinks[i] = Some(sink),
+            _ => all_scannable = false,
+        }
+    }
+    let scanned = if all_scannable {
+        scan::scan(bytes, range.delimiter, &mut sinks)
+    } else {
+        None
     };
+    if let Some(records) = scanned {
+        let mut arrays: Vec<Option<ArrayRef>> = sinks
+            .into_iter()
+            .map(|s| s.and_then(Sink::finish_array))
+            .collect();
+        let columns: Vec<ArrayRef> = indices
+            .iter()
+            .map(|&i| arrays[i].take().expect("a sink per column asked for"))
+            .collect();
+        // No column asked for (a row count) still has its rows.
+        let options = RecordBatchOptions::new().with_row_count(Some(records));
+        return RecordBatch::try_new_with_options(projected, columns, &options)
+            .map_err(super::expr::arrow_error);
+    }
+    read_with_arrow(range, &file, bytes, &schema, &indices, projected)
+}
+
+/// Partial count, sum, min and max of each of `columns` in a range, reduced as the range is
+/// scanned (no batch is built). `None` when the projected scanner cannot read the range (the
+/// caller reads a batch instead).
+pub(crate) fn reduce(range: &CsvRange, columns: &[String]) -> Result<Option<Vec<Moments>>> {
+    let schema = schema_of(&range.columns);
+    let indices = projected(&schema, Some(columns))?;
+    let (_file, map) = map_range(range)?;
+    let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+    let mut sinks: Vec<Option<Sink>> = range.columns.iter().map(|_| None).collect();
+    for &i in &indices {
+        match Sink::moments(range.columns[i].1) {
+            Some(sink) if sinks[i].is_none() => sinks[i] = Some(sink),
+            _ => return Ok(None),
+        }
+    }
+    if bytes.is_empty() {
+        return Ok(Some(vec![Moments::default(); indices.len()]));
+    }
+    if scan::scan(bytes, range.delimiter, &mut sinks).is_none() {
+        return Ok(None);
+    }
+    Ok(Some(
+        indices
+            .iter()
+            .map(|&i| {
+                sinks[i]
+                    .as_ref()
+                    .and_then(Sink::finish_moments)
+                    .expect("a reducing sink per column asked for")
+            })
+            .collect(),
+    ))
+}
+
+/// Reads a range with `arrow-csv` only (what [`read`] falls back to), for comparison.
+pub fn read_arrow(range: &CsvRange, projection: Option<&[String]>) -> Result<RecordBatch> {
+    let (file, map) = map_range(range)?;
+    let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+    let schema = schema_of(&range.columns);
+    let indices = projected(&schema, projection)?;
+    let projected = Arc::new(schema.project(&indices).map_err(super::expr::arrow_error)?);
+    read_with_arrow(range, &file, bytes, &schema, &indices, projected)
+}
+
+/// How many records `bytes` holds at most (its lines), to size the columns once.
+fn records_in(bytes: &[u8]) -> usize {
+    memchr::memchr_iter(b'\n', bytes).count() + 1
+}
+
+/// Reads a range's bytes with `arrow-csv`: quoted fields, text and booleans, and the errors
+/// of malformed records.
+fn read_with_arrow(
+    range: &CsvRange,
+    file: &File,
+    bytes: &[u8],
+    schema: &SchemaRef,
+    indices: &[usize],
+    projected: SchemaRef,
+) -> Result<RecordBatch> {
     let rows_guess = bytes.len() / 8 + 1;
     let reader = ReaderBuilder::new(schema.clone())
         .with_header(false)
         .with_delimiter(range.delimiter)
-        .with_projection(indices.clone())
+        .with_projection(indices.to_vec())
         .with_batch_size(rows_guess.min(1 << 22))
-        .build_buffered(Cursor::new(&bytes[..]))
+        .build_buffered(Cursor::new(bytes))
         .map_err(|e| invalid(e.to_string()))?;
     let mut batches = Vec::new();
     for batch in reader {
-        batches.push(batch.map_err(|e| located(range, &file, &e.to_string()))?);
+        batches.push(batch.map_err(|e| located(range, file, &e.to_string()))?);
     }
-    let projected = Arc::new(schema.project(&indices).map_err(super::expr::arrow_error)?);
     match batches.len() {
         0 => Ok(RecordBatch::new_empty(projected)),
         1 => Ok(batches.pop().expect("one batch")),

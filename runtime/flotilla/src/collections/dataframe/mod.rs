@@ -6,6 +6,7 @@
 
 pub mod csv;
 pub mod expr;
+mod scan;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -247,6 +248,9 @@ fn invoke_query(args: Vec<Bytes>, _ctx: TaskContext) -> Invocation {
 /// Runs one partition's plan (on a worker).
 fn run_query(args: &[Bytes]) -> Result<Bytes> {
     let query: Query = plan(args)?;
+    if let Some(partials) = fused_aggregate(&query)? {
+        return codec::encode(&partials);
+    }
     let mut batch = match &query.scan {
         Scan::Csv(range) => csv::read(range, query.needed.as_deref())?,
         Scan::Batch => {
@@ -277,6 +281,25 @@ fn run_query(args: &[Bytes]) -> Result<Bytes> {
         }
         Action::GroupBy { keys, values } => codec::encode(&group(&batch, &keys, &values)?),
     }
+}
+
+/// A CSV range only reduced (no steps, plain columns, no spread): the partial aggregates
+/// computed as the range is scanned, so no batch is ever built. `None` when the query is not
+/// of that shape or the projected scanner cannot read the range.
+fn fused_aggregate(query: &Query) -> Result<Option<Vec<Moments>>> {
+    let (Scan::Csv(range), true, Action::Aggregate(values)) =
+        (&query.scan, query.steps.is_empty(), &query.action)
+    else {
+        return Ok(None);
+    };
+    let mut columns = Vec::with_capacity(values.len());
+    for value in values {
+        match value {
+            (Some(Expr::Col(c)), false) if !columns.contains(c) => columns.push(c.clone()),
+            _ => return Ok(None),
+        }
+    }
+    csv::reduce(range, &columns)
 }
 
 fn apply(batch: RecordBatch, step: &Step) -> Result<RecordBatch> {
