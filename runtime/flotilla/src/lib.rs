@@ -102,7 +102,7 @@ pub mod __private {
         codec::{decode_arg, encode},
         driver::{
             actor::ActorHandle,
-            object_ref::{ArgList, IntoArg},
+            object_ref::{encode_result, ArgList, IntoArg},
             Runtime,
         },
         error::TaskFailure,

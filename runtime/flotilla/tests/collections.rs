@@ -110,6 +110,36 @@ fn sum_refs(rt: &Runtime, refs: Vec<ObjectRef<u64>>) -> Result<u64, String> {
     Ok(values.iter().sum())
 }
 
+/// Makes `n` objects from inside a task (puts, a large stored one among them, and a child
+/// task's result) and returns only references to them.
+#[flotilla::remote]
+async fn make_refs(rt: &Runtime, n: u64) -> Result<Vec<ObjectRef<Vec<u8>>>, String> {
+    let mut refs = Vec::new();
+    for i in 0..n {
+        // Every other one too large to travel inline: it stays in this worker's store.
+        let len = if i % 2 == 0 { 8 } else { 100 << 10 };
+        refs.push(
+            rt.put(&vec![i as u8; len])
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    refs.push(filled.remote(rt, n, 3));
+    Ok(refs)
+}
+
+/// `len` bytes of `byte`.
+#[flotilla::remote]
+fn filled(byte: u64, len: u64) -> Vec<u8> {
+    vec![byte as u8; len as usize]
+}
+
+/// Hands back the references it was given, inside its result.
+#[flotilla::remote]
+fn pass_refs(refs: Vec<ObjectRef<u64>>) -> Vec<ObjectRef<u64>> {
+    refs
+}
+
 // ------------------------------------------------------------------------ the checks
 
 const ROWS: i64 = 10_000;
@@ -533,29 +563,78 @@ async fn references_inside_values_are_dependencies_and_held() {
     );
     // Nothing leaks once the results go: the nested objects were held, not kept.
     drop((total, sums));
+    objects_settle_at(&rt, before).await;
+    rt.shutdown().await;
+    cluster.stop().await;
+}
+
+/// Waits until the head holds `want` objects.
+async fn objects_settle_at(rt: &Runtime, want: u64) {
     let deadline = Instant::now() + BOUND;
     loop {
         let objects = rt.status().await.unwrap().objects;
-        if objects == before {
-            break;
+        if objects == want {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "{objects} objects left, {before} before"
+            "{objects} objects at the head, expected {want}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A reference inside a value the driver reads back is refused (its object is not held for
-    // the driver): the error names the type.
-    let e = rt
-        .get(&rt.put(&vec![rt.put(&1u64).await.unwrap()]).await.unwrap())
+}
+
+/// Reads every object a value refers to.
+async fn values_behind<T: serde::de::DeserializeOwned + Send + 'static>(
+    rt: &Runtime,
+    refs: &[ObjectRef<T>],
+) -> Vec<T> {
+    bounded("the contained values", rt.get_all(refs))
         .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("cannot decode a") && e.contains("ObjectRef<u64>"),
-        "{e}"
-    );
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn references_inside_results_and_puts_live_as_long_as_the_value() {
+    let (cluster, rt) = local(2, 1 << 30).await;
+    let before = rt.status().await.unwrap().objects;
+
+    // A task returns references to objects it made; the worker dropped its own handles, and
+    // the driver holds only the outer value.
+    let outer = make_refs.remote(&rt, 4);
+    let inner = bounded("make_refs", outer.clone()).await.unwrap();
+    assert_eq!(inner.len(), 5);
+    drop(inner);
+    objects_settle_at(&rt, before + 6).await;
+    let inner = bounded("make_refs again", outer.clone()).await.unwrap();
+    let values = values_behind(&rt, &inner).await;
+    for (i, v) in values[..4].iter().enumerate() {
+        let len = if i % 2 == 0 { 8 } else { 100 << 10 };
+        assert_eq!(v, &vec![i as u8; len]);
+    }
+    assert_eq!(values[4], vec![4u8; 3]);
+    // A reference read out of the value keeps it readable after the outer handle goes.
+    drop(outer);
+    assert_eq!(values_behind(&rt, &inner[1..2]).await[0].len(), 100 << 10);
+    drop(inner);
+    objects_settle_at(&rt, before).await;
+
+    // A value the driver puts holds the references inside it.
+    let x = rt.put(&41u64).await.unwrap();
+    let y = rt.put(&vec![x.clone(), x.clone()]).await.unwrap();
+    drop(x);
+    // A task hands references back inside its result; the driver keeps only that result.
+    let z = rt.put(&1u64).await.unwrap();
+    let passed = pass_refs.remote(&rt, vec![z]);
+    let refs = bounded("pass_refs", passed.clone()).await.unwrap();
+    drop(refs);
+    objects_settle_at(&rt, before + 4).await;
+    let xs = bounded("y", y.clone()).await.unwrap();
+    assert_eq!(values_behind(&rt, &xs).await, vec![41, 41]);
+    let zs = bounded("passed", passed.clone()).await.unwrap();
+    assert_eq!(values_behind(&rt, &zs).await, vec![1]);
+    drop((xs, zs, y, passed));
+    objects_settle_at(&rt, before).await;
     rt.shutdown().await;
     cluster.stop().await;
 }

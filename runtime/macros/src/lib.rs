@@ -178,19 +178,20 @@ fn normalize(s: String) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Code that turns the function's return value into the task outcome.
-fn encode_output(is_result: bool) -> TokenStream2 {
+/// Code that turns the function's return value into the task outcome; `rt` is the runtime the
+/// task ran with, to which the references inside the value are reported.
+fn encode_output(is_result: bool, rt: TokenStream2) -> TokenStream2 {
     if is_result {
         quote! {
             match __out {
-                ::core::result::Result::Ok(v) => ::flotilla::__private::encode(&v)
+                ::core::result::Result::Ok(v) => ::flotilla::__private::encode_result(#rt, &v)
                     .map_err(|e| ::flotilla::__private::TaskFailure::application(e)),
                 ::core::result::Result::Err(e) => ::core::result::Result::Err(::flotilla::__private::TaskFailure::application(e)),
             }
         }
     } else {
         quote! {
-            ::flotilla::__private::encode(&__out).map_err(|e| ::flotilla::__private::TaskFailure::application(e))
+            ::flotilla::__private::encode_result(#rt, &__out).map_err(|e| ::flotilla::__private::TaskFailure::application(e))
         }
     }
 }
@@ -258,7 +259,7 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
     let arg_tys: Vec<_> = params.iter().map(|p| &p.ty).collect();
     let rt_arg = if takes_rt { quote!(&__rt,) } else { quote!() };
     let decode = decode_params(&params, quote!(#name::NAME));
-    let encode = encode_output(is_result);
+    let encode = encode_output(is_result, quote!(&__rt));
     let call = if is_async {
         quote! {
             ::flotilla::__private::Invocation::Async(::std::boxed::Box::pin(async move {
@@ -526,7 +527,7 @@ fn expand_actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         let names: Vec<_> = m.params.iter().map(|p| &p.name).collect();
         let decode = decode_params(&m.params, quote!(#name_str));
         let rt_arg = if m.takes_rt { quote!(&__ctx.rt,) } else { quote!() };
-        let encode = encode_output(m.is_result);
+        let encode = encode_output(m.is_result, quote!(&__ctx.rt));
         quote! {
             #name_str => {
                 if !__signature.is_empty() && __signature != #sig {
