@@ -140,6 +140,12 @@ fn pass_refs(refs: Vec<ObjectRef<u64>>) -> Vec<ObjectRef<u64>> {
     refs
 }
 
+/// Joins two strings: associative, not commutative, so a fold of it shows the order kept.
+#[flotilla::remote]
+fn join(a: String, b: String) -> String {
+    a + &b
+}
+
 // ------------------------------------------------------------------------ the checks
 
 const ROWS: i64 = 10_000;
@@ -635,6 +641,187 @@ async fn references_inside_results_and_puts_live_as_long_as_the_value() {
     assert_eq!(values_behind(&rt, &zs).await, vec![1]);
     drop((xs, zs, y, passed));
     objects_settle_at(&rt, before).await;
+    rt.shutdown().await;
+    cluster.stop().await;
+}
+
+/// Runs `reduce` and checks, by the head's count of finished tasks, that it ran `tasks`.
+async fn ran<T>(rt: &Runtime, tasks: u64, what: &str, reduce: impl IntoFuture<Output = T>) -> T {
+    let before = rt.status().await.unwrap().tasks_finished;
+    let out = bounded(what, reduce).await;
+    let after = rt.status().await.unwrap().tasks_finished;
+    assert_eq!(after - before, tasks, "{what}: tasks run");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_partials_combine_in_a_tree_to_the_plain_answer() {
+    let (cluster, rt) = local(2, 1 << 30).await;
+    // 50 partitions, merged 8 at a time: 7 combine tasks, then 1.
+    let tree = 50 + 7 + 1;
+
+    // Dataframe reductions and groupby.
+    let n = 5000i64;
+    let xs: Vec<f64> = (0..n)
+        .map(|i| ((i * 37) % 1001) as f64 * 0.25 - 40.0)
+        .collect();
+    let keys: Vec<i64> = (0..n).map(|i| (i * 7) % 13).collect();
+    let df = DataFrame::from_columns(
+        &rt,
+        vec![
+            ("x", Arc::new(Float64Array::from(xs.clone())) as ArrayRef),
+            ("k", Arc::new(Int64Array::from(keys.clone())) as ArrayRef),
+        ],
+        50,
+    )
+    .await
+    .unwrap();
+    assert_eq!(df.npartitions(), 50);
+    let aggs = [
+        Agg::Sum,
+        Agg::Mean,
+        Agg::Min,
+        Agg::Max,
+        Agg::Count,
+        Agg::Std,
+    ];
+    let got = ran(
+        &rt,
+        tree,
+        "dataframe.agg",
+        df.agg(&aggs.map(|a| (col("x"), a))),
+    )
+    .await;
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64;
+    let want = [
+        xs.iter().sum::<f64>(),
+        mean,
+        xs.iter().copied().fold(f64::INFINITY, f64::min),
+        xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        n as f64,
+        var.sqrt(),
+    ];
+    for (g, w) in got.unwrap().into_iter().zip(want) {
+        assert_close!(g, w);
+    }
+    let groups = ran(
+        &rt,
+        tree,
+        "groupby",
+        df.groupby(&["k"])
+            .unwrap()
+            .agg(&[(col("x"), Agg::Sum), (col("x"), Agg::Count)]),
+    )
+    .await
+    .unwrap();
+    let mut plain: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
+    for (k, x) in keys.iter().zip(&xs) {
+        let e = plain.entry(*k).or_default();
+        e.0 += x;
+        e.1 += 1.0;
+    }
+    let k = groups
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    let sums = groups
+        .column(1)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    let counts = groups
+        .column(2)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    assert_eq!(
+        k.values().to_vec(),
+        plain.keys().copied().collect::<Vec<_>>()
+    );
+    for (i, (s, c)) in plain.values().enumerate() {
+        assert_close!(sums.value(i), *s);
+        assert_close!(counts.value(i), *c);
+    }
+
+    // Array reductions over everything and along each axis: a 10 × 5 grid of blocks.
+    let a = Array2::from_shape_fn((100, 60), |(i, j)| ((i * 31 + j * 17) % 101) as f64 / 7.0);
+    let arr = Array::from_ndarray(&rt, &a, (10, 12)).await.unwrap();
+    assert_eq!(arr.nblocks(), 50);
+    assert_close!(
+        ran(&rt, tree, "array.sum", arr.sum()).await.unwrap(),
+        a.sum()
+    );
+    assert_close!(
+        ran(&rt, tree, "array.mean", arr.mean()).await.unwrap(),
+        a.mean().unwrap()
+    );
+    assert_close!(
+        arr.min().await.unwrap(),
+        a.iter().copied().fold(f64::INFINITY, f64::min)
+    );
+    assert_close!(
+        arr.max().await.unwrap(),
+        a.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    );
+    assert_close!(arr.std().await.unwrap(), a.std(0.0));
+    for axis in 0..2 {
+        let got = ran(
+            &rt,
+            tree,
+            "array.reduce_axis",
+            arr.reduce_axis(Agg::Sum, axis),
+        )
+        .await;
+        let want = a.sum_axis(Axis(axis));
+        let got = got.unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want.iter()) {
+            assert_close!(*g, *w);
+        }
+        let got = arr.reduce_axis(Agg::Max, axis).await.unwrap();
+        let want = a.fold_axis(Axis(axis), f64::NEG_INFINITY, |m, x| m.max(*x));
+        assert_eq!(got, want);
+    }
+
+    // Bag folds, counts, frequencies and distinct items.
+    let items: Vec<i64> = (0..2000).map(|i| (i * 13) % 97).collect();
+    let bag = Bag::from_iter(&rt, items.clone(), 50).await.unwrap();
+    assert_eq!(
+        ran(&rt, tree, "bag.count", bag.count()).await.unwrap(),
+        2000
+    );
+    assert_eq!(
+        ran(&rt, tree, "bag.sum", bag.sum()).await.unwrap(),
+        items.iter().sum::<i64>()
+    );
+    let mut plain: BTreeMap<i64, u64> = BTreeMap::new();
+    for x in &items {
+        *plain.entry(*x).or_default() += 1;
+    }
+    let mut freq = ran(&rt, tree, "frequencies", bag.frequencies())
+        .await
+        .unwrap();
+    assert!(
+        freq.windows(2).all(|w| w[0].1 >= w[1].1),
+        "most frequent first"
+    );
+    freq.sort();
+    assert_eq!(freq, plain.clone().into_iter().collect::<Vec<_>>());
+    let mut distinct = bag.distinct().await.unwrap();
+    distinct.sort();
+    assert_eq!(distinct, plain.keys().copied().collect::<Vec<_>>());
+    // Order kept through the tree: a fold of a non-commutative function.
+    let pieces: Vec<String> = (0..300).map(|i| format!("{i},")).collect();
+    let text = Bag::from_iter(&rt, pieces.clone(), 50).await.unwrap();
+    assert_eq!(
+        ran(&rt, tree, "fold", text.fold(join)).await.unwrap(),
+        Some(pieces.concat())
+    );
+    // Fewer partials than the fan-in: merged in the driver, no combine task.
+    let few = Bag::from_iter(&rt, items.clone(), 8).await.unwrap();
+    assert_eq!(ran(&rt, 8, "few", few.count()).await.unwrap(), 2000);
     rt.shutdown().await;
     cluster.stop().await;
 }

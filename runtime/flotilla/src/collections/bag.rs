@@ -3,17 +3,18 @@
 //! registry), and reduced per partition before the driver combines the partials.
 
 use std::{
-    collections::{BTreeMap, HashSet},
-    fs::File,
-    marker::PhantomData,
-    os::unix::fs::FileExt,
-    path::Path,
+    collections::BTreeMap, fs::File, marker::PhantomData, os::unix::fs::FileExt, path::Path,
 };
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::{blocking, call, dataframe::csv, invalid, plan, progress};
+use super::{
+    blocking, call,
+    combine::{self, Combine, Combining},
+    dataframe::csv,
+    invalid, plan, progress,
+};
 use crate::{
     codec::{self, Blob},
     driver::{object_ref::ObjectRef, Runtime},
@@ -405,6 +406,14 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
         self.rt.get_all(&refs).await
     }
 
+    /// Runs `action` on every partition and merges the partials with `how`, in a tree.
+    async fn reduce<C: Combine>(&self, action: Action, how: C) -> Result<C::Total> {
+        let refs = self.run::<C::Partial>(action)?;
+        let tree: Combining<C> = combine::tree(&self.rt, "bag.combine", how, &refs)?;
+        progress::watch(&self.rt, "bag", &refs).await?;
+        tree.total(&self.rt).await
+    }
+
     /// Every item, in the driver.
     pub async fn collect(&self) -> Result<Vec<T>> {
         let parts: Vec<Vec<Blob>> = self.gather(Action::Collect).await?;
@@ -417,7 +426,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
 
     /// How many items.
     pub async fn count(&self) -> Result<u64> {
-        Ok(self.gather::<u64>(Action::Count).await?.into_iter().sum())
+        self.reduce(Action::Count, SumCounts).await
     }
 
     /// The first `n` items (partitions in order).
@@ -434,46 +443,126 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
     /// Each distinct item (equal encodings are equal items) and how often it occurs, most
     /// frequent first.
     pub async fn frequencies(&self) -> Result<Vec<(T, u64)>> {
-        let parts: Vec<Vec<(Blob, u64)>> = self.gather(Action::Frequencies).await?;
-        let mut total: BTreeMap<Bytes, u64> = BTreeMap::new();
-        for (k, n) in parts.into_iter().flatten() {
-            *total.entry(k.0).or_default() += n;
-        }
-        let mut out: Vec<(Bytes, u64)> = total.into_iter().collect();
+        let total = self.reduce(Action::Frequencies, MergeFrequencies).await?;
+        let mut out: Vec<(Vec<u8>, u64)> = total.into_iter().collect();
         out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         out.into_iter()
-            .map(|(k, n)| Ok((codec::decode(&k)?, n)))
+            .map(|(k, n)| Ok((codec::decode(&Bytes::from(k))?, n)))
             .collect()
     }
 
-    /// The distinct items.
+    /// The distinct items (in the order of their encodings).
     pub async fn distinct(&self) -> Result<Vec<T>> {
-        let parts: Vec<Vec<(Blob, u64)>> = self.gather(Action::Frequencies).await?;
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for (k, _) in parts.into_iter().flatten() {
-            if seen.insert(k.0.clone()) {
-                out.push(codec::decode(&k.0)?);
-            }
-        }
-        Ok(out)
+        let total = self.reduce(Action::Frequencies, MergeFrequencies).await?;
+        total
+            .into_keys()
+            .map(|k| codec::decode(&Bytes::from(k)))
+            .collect()
     }
 
     /// The items folded with a remote function `fn(T, T) -> T` (associative): per partition
-    /// on the workers, then the partials in the driver. `None` for an empty bag.
+    /// on the workers, then the partials in a tree of tasks (or in the driver, when there are
+    /// few). `None` for an empty bag.
     pub async fn fold<F>(&self, _f: F) -> Result<Option<T>>
     where
         F: Remote<Args = (T, T), Output = T>,
     {
-        let parts: Vec<Option<Blob>> = self.gather(Action::Fold(F::NAME.to_string())).await?;
-        let mut acc: Option<Bytes> = None;
-        for p in parts.into_iter().flatten() {
-            acc = Some(match acc {
-                None => p.0,
-                Some(a) => invoke_here(&self.rt, F::NAME, vec![a, p.0])?,
-            });
+        let name = F::NAME.to_string();
+        let total = self
+            .reduce(Action::Fold(name.clone()), FoldWith(name))
+            .await?;
+        total.map(|b| codec::decode(&b.0)).transpose()
+    }
+}
+
+/// Counts of partitions, summed.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct SumCounts;
+
+inventory::submit! { combine::function::<SumCounts>() }
+
+impl Combine for SumCounts {
+    type Partial = u64;
+    type Total = u64;
+    const NAME: &'static str = "flotilla::collections::bag::sum_counts";
+
+    fn add_partial(&self, _: &Runtime, total: &mut u64, _: usize, part: u64) -> Result<()> {
+        *total += part;
+        Ok(())
+    }
+
+    fn add_total(&self, _: &Runtime, total: &mut u64, other: u64) -> Result<()> {
+        *total += other;
+        Ok(())
+    }
+}
+
+/// How often each item occurs (by its encoding), partitions' counts summed.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct MergeFrequencies;
+
+inventory::submit! { combine::function::<MergeFrequencies>() }
+
+impl Combine for MergeFrequencies {
+    type Partial = Vec<(Blob, u64)>;
+    type Total = BTreeMap<Vec<u8>, u64>;
+    const NAME: &'static str = "flotilla::collections::bag::merge_frequencies";
+
+    fn add_partial(
+        &self,
+        _: &Runtime,
+        total: &mut Self::Total,
+        _: usize,
+        part: Vec<(Blob, u64)>,
+    ) -> Result<()> {
+        for (k, n) in part {
+            *total.entry(k.0.to_vec()).or_default() += n;
         }
-        acc.map(|b| codec::decode(&b)).transpose()
+        Ok(())
+    }
+
+    fn add_total(&self, _: &Runtime, total: &mut Self::Total, other: Self::Total) -> Result<()> {
+        for (k, n) in other {
+            *total.entry(k).or_default() += n;
+        }
+        Ok(())
+    }
+}
+
+/// Partitions' folds folded with the same function, in partition order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct FoldWith(String);
+
+inventory::submit! { combine::function::<FoldWith>() }
+
+impl FoldWith {
+    fn fold(&self, rt: &Runtime, total: &mut Option<Blob>, next: Option<Blob>) -> Result<()> {
+        let Some(next) = next else { return Ok(()) };
+        *total = Some(match total.take() {
+            None => next,
+            Some(acc) => Blob(invoke_here(rt, &self.0, vec![acc.0, next.0])?),
+        });
+        Ok(())
+    }
+}
+
+impl Combine for FoldWith {
+    type Partial = Option<Blob>;
+    type Total = Option<Blob>;
+    const NAME: &'static str = "flotilla::collections::bag::fold";
+
+    fn add_partial(
+        &self,
+        rt: &Runtime,
+        total: &mut Option<Blob>,
+        _: usize,
+        part: Option<Blob>,
+    ) -> Result<()> {
+        self.fold(rt, total, part)
+    }
+
+    fn add_total(&self, rt: &Runtime, total: &mut Option<Blob>, other: Option<Blob>) -> Result<()> {
+        self.fold(rt, total, other)
     }
 }
 

@@ -92,6 +92,12 @@ impl<T> ObjectRef<T> {
         self.inner.id
     }
 
+    /// The same reference, read as another type (a collection task's result seen as the
+    /// bytes its next task takes).
+    pub(crate) fn retyped<U>(&self) -> ObjectRef<U> {
+        ObjectRef::new(self.inner.clone(), self.binding.clone())
+    }
+
     fn runtime(&self) -> Runtime {
         Runtime::from_parts(self.inner.session.clone(), self.binding.clone())
     }
