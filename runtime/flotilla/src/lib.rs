@@ -100,6 +100,7 @@ pub mod __private {
 
     pub use crate::{
         codec::{decode_arg, encode},
+        collections::bag::{CannotSplit, FlatItems, ItemsOf, SplitItems},
         driver::{
             actor::ActorHandle,
             object_ref::{encode_result, ArgList, IntoArg},

@@ -73,6 +73,28 @@ fn words(line: String) -> Vec<String> {
     line.split_whitespace().map(str::to_string).collect()
 }
 
+/// The letters of a word, each a string.
+#[flotilla::remote]
+fn chars(word: String) -> Vec<String> {
+    word.chars().map(String::from).collect()
+}
+
+/// A `Vec` of borrowed items: a remote function may still return one.
+#[flotilla::remote]
+fn names(n: i64) -> Vec<&'static str> {
+    vec!["name"; n.max(0) as usize]
+}
+
+/// A value that serializes but cannot be decoded.
+#[derive(serde::Serialize)]
+struct Opaque(u8);
+
+/// A `Vec` of items that cannot be decoded: a remote function may still return one.
+#[flotilla::remote]
+fn opaque(n: i64) -> Vec<Opaque> {
+    (0..n.max(0)).map(|i| Opaque(i as u8)).collect()
+}
+
 /// Doubles every value of a block.
 #[flotilla::remote]
 fn double_block(b: Blob) -> Blob {
@@ -530,6 +552,44 @@ async fn bag_flat_map_on_an_in_process_cluster() {
         .flat_map(|l| l.split_whitespace().map(str::to_string))
         .collect();
     assert_eq!(bag.flat_map(words).collect().await.unwrap(), want);
+
+    // A flat-mapped bag is a bag: every operation after it, against iterators.
+    let flat = Bag::from_iter(&rt, items.clone(), 6)
+        .await
+        .unwrap()
+        .flat_map(copies);
+    let plain = copies_of(&items);
+    let squared: Vec<i64> = plain.iter().map(|x| x * x).collect();
+    assert_eq!(flat.map(square).collect().await.unwrap(), squared);
+    let kept: Vec<i64> = plain.iter().copied().filter(|x| x % 2 == 0).collect();
+    assert_eq!(flat.filter(even).collect().await.unwrap(), kept);
+    assert_eq!(flat.sum().await.unwrap(), plain.iter().sum::<i64>());
+    assert_eq!(
+        flat.map(square).fold(add).await.unwrap(),
+        Some(squared.iter().sum())
+    );
+    let mut counts: BTreeMap<i64, u64> = BTreeMap::new();
+    for x in &plain {
+        *counts.entry(*x).or_default() += 1;
+    }
+    let mut freq = flat.frequencies().await.unwrap();
+    freq.sort();
+    assert_eq!(freq, counts.clone().into_iter().collect::<Vec<_>>());
+    let mut distinct = flat.distinct().await.unwrap();
+    distinct.sort();
+    assert_eq!(distinct, counts.keys().copied().collect::<Vec<_>>());
+    // Flat-mapped twice, then mapped: the words of lines, each word's letters.
+    let letters: Vec<String> = want
+        .iter()
+        .flat_map(|w| w.chars().map(String::from))
+        .collect();
+    let flat = bag.flat_map(words).flat_map(chars);
+    assert_eq!(flat.count().await.unwrap(), letters.len() as u64);
+    assert_eq!(flat.take(7).await.unwrap(), letters[..7].to_vec());
+    assert_eq!(flat.collect().await.unwrap(), letters);
+    // Functions returning a Vec of items a bag cannot hold still compile.
+    assert_eq!(names.call(2), vec!["name"; 2]);
+    assert_eq!(opaque.call(3).len(), 3);
     rt.shutdown().await;
     cluster.stop().await;
 }

@@ -1,9 +1,14 @@
 //! Bags: unordered collections of any serde values in partitions, transformed by
 //! `#[flotilla::remote]` functions applied item by item on the workers (by name, through the
-//! registry), and reduced per partition before the driver combines the partials.
+//! registry), and reduced per partition before a tree of tasks combines the partials.
 
 use std::{
-    collections::BTreeMap, fs::File, marker::PhantomData, os::unix::fs::FileExt, path::Path,
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    marker::PhantomData,
+    os::unix::fs::FileExt,
+    path::Path,
+    sync::OnceLock,
 };
 
 use bytes::Bytes;
@@ -36,6 +41,8 @@ enum Part {
 enum Step {
     Map(String),
     Filter(String),
+    /// A function `fn(T) -> Vec<U>`, its outputs split into items (see [`FlatItems`]).
+    FlatMap(String),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,9 +63,6 @@ enum Action {
 struct BagTask {
     part: Part,
     steps: Vec<Step>,
-    /// A remote function `fn(T) -> Vec<U>` applied after the steps, whose outputs are joined
-    /// into one encoded `Vec<U>` per partition (see [`concat_vecs`]).
-    flat: Option<String>,
     action: Action,
 }
 
@@ -124,10 +128,20 @@ fn run_bag(args: &[Bytes], rt: &Runtime) -> Result<Bytes> {
                 }
                 kept
             }
+            Step::FlatMap(f) => {
+                let split = splitter(f)?;
+                let mut out = Vec::new();
+                for x in items {
+                    out.extend(split(&invoke_here(rt, f, vec![x])?).ok_or_else(|| {
+                        invalid(format!(
+                            "{f} cannot be flat-mapped: the items of its output do not \
+                             implement Deserialize"
+                        ))
+                    })??);
+                }
+                out
+            }
         };
-    }
-    if let Some(f) = &task.flat {
-        return flat_action(rt, f, items, &task.action);
     }
     let blobs = |v: Vec<Bytes>| v.into_iter().map(Blob).collect::<Vec<_>>();
     match task.action {
@@ -159,64 +173,82 @@ fn run_bag(args: &[Bytes], rt: &Runtime) -> Result<Bytes> {
     }
 }
 
-/// The items through a flat-map function `f`, each output an encoded `Vec<U>` the worker
-/// cannot split into items (it does not know `U`), then the action on all of them: the joined
-/// `Vec<U>` for `Collect` and `Take` (whole outputs until there are `n` items; the driver cuts),
-/// or the sum of the lengths for `Count`.
-fn flat_action(rt: &Runtime, f: &str, items: Vec<Bytes>, action: &Action) -> Result<Bytes> {
-    let limit = match action {
-        Action::Collect | Action::Count => u64::MAX,
-        Action::Take(n) => *n as u64,
-        Action::Frequencies | Action::Fold(_) => {
-            return Err(invalid(
-                "a flat-mapped bag can only be collected, counted or taken",
+/// How the output of a remote function declared to return a `Vec<U>` splits into the
+/// encodings of its items: `#[flotilla::remote]` registers one for each such function, since a
+/// worker cannot split an encoded `Vec<U>` without knowing `U`. `split` gives `None` when `U`
+/// cannot be decoded (it is not `Deserialize`).
+#[doc(hidden)]
+pub struct FlatItems {
+    /// The function's registered name.
+    pub function: &'static str,
+    /// Splits an encoded output.
+    pub split: Splitter,
+}
+
+inventory::collect!(FlatItems);
+
+/// Splits an encoded `Vec<U>` into its items' encodings (`None`: `U` cannot be decoded).
+type Splitter = fn(&Bytes) -> Option<Result<Vec<Bytes>>>;
+
+/// The splitter registered for `function`.
+fn splitter(function: &str) -> Result<Splitter> {
+    static SPLITTERS: OnceLock<HashMap<&'static str, Splitter>> = OnceLock::new();
+    SPLITTERS
+        .get_or_init(|| {
+            inventory::iter::<FlatItems>
+                .into_iter()
+                .map(|f| (f.function, f.split))
+                .collect()
+        })
+        .get(function)
+        .copied()
+        .ok_or_else(|| {
+            invalid(format!(
+                "{function} cannot be flat-mapped: it is not a remote function of this program \
+                 declared to return a Vec<…>"
             ))
-        }
-    };
-    let mut outputs = Vec::new();
-    let mut total = 0u64;
-    for x in items {
-        if total >= limit {
-            break;
-        }
-        let out = invoke_here(rt, f, vec![x])?;
-        total += vec_len(&out)?.0;
-        outputs.push(out);
-    }
-    match action {
-        Action::Count => codec::encode(&total),
-        _ => Ok(Bytes::from(concat_vecs(&outputs)?)),
+        })
+}
+
+/// The items of a `Vec<U>`: the generated code calls `split_items` on a `&ItemsOf<U>`, which
+/// is [`SplitItems`]' when `U` can be decoded and [`CannotSplit`]'s otherwise.
+#[doc(hidden)]
+pub struct ItemsOf<U>(PhantomData<fn() -> U>);
+
+impl<U> Default for ItemsOf<U> {
+    fn default() -> Self {
+        ItemsOf(PhantomData)
     }
 }
 
-/// The length of an encoded `Vec` and the bytes of its items: postcard writes a sequence as
-/// its length, a LEB128 varint (seven bits a byte, low bits first, the top bit set on every
-/// byte but the last), followed by the items back to back.
-fn vec_len(encoded: &[u8]) -> Result<(u64, &[u8])> {
-    let (n, body) = postcard::take_from_bytes::<u64>(encoded)
-        .map_err(|e| invalid(format!("not an encoded Vec: {e}")))?;
-    Ok((n, body))
+/// Splits an encoded `Vec<U>` into its items' encodings.
+#[doc(hidden)]
+pub trait SplitItems {
+    /// The items, encoded one by one.
+    fn split_items(&self, bytes: &Bytes) -> Option<Result<Vec<Bytes>>>;
 }
 
-/// Joins encoded `Vec<U>`s into the encoded `Vec<U>` of all their items, in order, without
-/// knowing `U`: the lengths are summed into one varint prefix and the item bytes appended.
-fn concat_vecs(vecs: &[Bytes]) -> Result<Vec<u8>> {
-    let mut total = 0usize;
-    let mut bodies = Vec::with_capacity(vecs.len());
-    for v in vecs {
-        let (n, body) = vec_len(v)?;
-        total += usize::try_from(n).map_err(|_| invalid("a Vec too long for this machine"))?;
-        bodies.push(body);
+impl<U: Serialize + DeserializeOwned + 'static> SplitItems for ItemsOf<U> {
+    fn split_items(&self, bytes: &Bytes) -> Option<Result<Vec<Bytes>>> {
+        Some(
+            codec::decode::<Vec<U>>(bytes)
+                .and_then(|items| items.iter().map(codec::encode).collect()),
+        )
     }
-    // Postcard writes a `u64` as the same varint as a sequence length (its varint helpers are
-    // private).
-    let prefix = codec::encode(&(total as u64))?;
-    let mut out = Vec::with_capacity(prefix.len() + bodies.iter().map(|b| b.len()).sum::<usize>());
-    out.extend_from_slice(&prefix);
-    for b in bodies {
-        out.extend_from_slice(b);
+}
+
+/// The fallback, one reference further, when `U` is not `Deserialize`: functions returning
+/// such `Vec`s still compile, and flat-mapping them is an error that says why.
+#[doc(hidden)]
+pub trait CannotSplit {
+    /// Always `None`.
+    fn split_items(&self, bytes: &Bytes) -> Option<Result<Vec<Bytes>>>;
+}
+
+impl<U> CannotSplit for &ItemsOf<U> {
+    fn split_items(&self, _: &Bytes) -> Option<Result<Vec<Bytes>>> {
+        None
     }
-    Ok(out)
 }
 
 /// The lines of a byte range (which starts at a line), without their line endings.
@@ -245,7 +277,6 @@ pub struct Bag<T> {
     rt: Runtime,
     parts: Vec<Source>,
     steps: Vec<Step>,
-    flat: Option<String>,
     _item: PhantomData<fn() -> T>,
 }
 
@@ -255,7 +286,6 @@ impl<T> Clone for Bag<T> {
             rt: self.rt.clone(),
             parts: self.parts.clone(),
             steps: self.steps.clone(),
-            flat: self.flat.clone(),
             _item: PhantomData,
         }
     }
@@ -278,7 +308,6 @@ impl Bag<String> {
             rt: rt.clone(),
             parts,
             steps: Vec::new(),
-            flat: None,
             _item: PhantomData,
         })
     }
@@ -320,7 +349,6 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
             rt: rt.clone(),
             parts,
             steps: Vec::new(),
-            flat: None,
             _item: PhantomData,
         })
     }
@@ -332,7 +360,6 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
             rt: self.rt.clone(),
             parts: self.parts.clone(),
             steps,
-            flat: None,
             _item: PhantomData,
         }
     }
@@ -354,19 +381,13 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
     }
 
     /// Each item through a remote function `fn(T) -> Vec<U>`, the outputs joined: the items of
-    /// all the outputs, in order. The workers join the encoded outputs without knowing `U`,
-    /// so they cannot tell its items apart: a flat-mapped bag is collected, counted or taken.
-    pub fn flat_map<F, U>(&self, _f: F) -> FlatBag<U>
+    /// all the outputs, in order, as a bag like any other. The function must be declared to
+    /// return a `Vec<…>` (its registration then says how the workers split its outputs).
+    pub fn flat_map<F, U>(&self, _f: F) -> Bag<U>
     where
         F: Remote<Args = (T,), Output = Vec<U>>,
     {
-        FlatBag(Bag {
-            rt: self.rt.clone(),
-            parts: self.parts.clone(),
-            steps: self.steps.clone(),
-            flat: Some(F::NAME.to_string()),
-            _item: PhantomData,
-        })
+        self.then(Step::FlatMap(F::NAME.to_string()))
     }
 
     fn run<R>(&self, action: Action) -> Result<Vec<ObjectRef<R>>> {
@@ -391,7 +412,6 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
                     &BagTask {
                         part,
                         steps: self.steps.clone(),
-                        flat: self.flat.clone(),
                         action: action.clone(),
                     },
                     &inputs,
@@ -566,43 +586,6 @@ impl Combine for FoldWith {
     }
 }
 
-/// A bag after [`Bag::flat_map`]: the items of a function's outputs, joined on the workers.
-pub struct FlatBag<U>(Bag<U>);
-
-impl<U> Clone for FlatBag<U> {
-    fn clone(&self) -> Self {
-        FlatBag(self.0.clone())
-    }
-}
-
-impl<U: Serialize + DeserializeOwned + 'static> FlatBag<U> {
-    async fn joined(&self, action: Action) -> Result<Vec<U>> {
-        let parts: Vec<Blob> = self.0.gather(action).await?;
-        let mut out = Vec::new();
-        for p in parts {
-            out.extend(codec::decode::<Vec<U>>(&p.0)?);
-        }
-        Ok(out)
-    }
-
-    /// Every item, in the driver.
-    pub async fn collect(&self) -> Result<Vec<U>> {
-        self.joined(Action::Collect).await
-    }
-
-    /// How many items.
-    pub async fn count(&self) -> Result<u64> {
-        Ok(self.0.gather::<u64>(Action::Count).await?.into_iter().sum())
-    }
-
-    /// The first `n` items (partitions in order).
-    pub async fn take(&self, n: usize) -> Result<Vec<U>> {
-        let mut items = self.joined(Action::Take(n)).await?;
-        items.truncate(n);
-        Ok(items)
-    }
-}
-
 /// Adds two integers: [`Bag::sum`] of `i64`s folds with it.
 #[crate::remote]
 pub fn add_i64(a: i64, b: i64) -> i64 {
@@ -626,52 +609,5 @@ impl Bag<f64> {
     /// The sum (0 for an empty bag).
     pub async fn sum(&self) -> Result<f64> {
         Ok(self.fold(add_f64).await?.unwrap_or(0.0))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn enc<T: Serialize + 'static>(v: &T) -> Bytes {
-        codec::encode(v).unwrap()
-    }
-
-    #[test]
-    fn joined_vecs_decode_as_the_concatenation() {
-        // Lengths across the one-byte varint boundary (127/128) and strings of unequal size.
-        let a: Vec<String> = (0..100).map(|i| "x".repeat(i)).collect();
-        let b: Vec<String> = Vec::new();
-        let c: Vec<String> = (0..60).map(|i| i.to_string()).collect();
-        let joined = concat_vecs(&[enc(&a), enc(&b), enc(&c)]).unwrap();
-        let want: Vec<String> = a.iter().chain(&c).cloned().collect();
-        assert_eq!(
-            codec::decode::<Vec<String>>(&joined.clone().into()).unwrap(),
-            want
-        );
-        assert_eq!(vec_len(&joined).unwrap().0, 160);
-
-        let big: Vec<u64> = (0..20_000).map(|i| i * 1_000_003).collect();
-        let joined = concat_vecs(&[enc(&big), enc(&big[..1].to_vec())]).unwrap();
-        let want: Vec<u64> = big.iter().chain(&big[..1]).copied().collect();
-        assert_eq!(codec::decode::<Vec<u64>>(&joined.into()).unwrap(), want);
-    }
-
-    #[test]
-    fn no_vecs_join_to_the_empty_vec() {
-        let joined = concat_vecs(&[]).unwrap();
-        assert_eq!(
-            codec::decode::<Vec<i64>>(&joined.clone().into()).unwrap(),
-            Vec::<i64>::new()
-        );
-        let joined = concat_vecs(&[enc(&Vec::<i64>::new())]).unwrap();
-        assert_eq!(joined, vec![0]);
-    }
-
-    #[test]
-    fn a_truncated_length_is_an_error() {
-        // A varint whose every byte says another follows.
-        assert!(concat_vecs(&[Bytes::from_static(&[0x80, 0x80])]).is_err());
-        assert!(concat_vecs(&[Bytes::new()]).is_err());
     }
 }

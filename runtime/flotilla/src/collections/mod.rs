@@ -24,7 +24,7 @@ use bytes::Bytes;
 
 pub use self::{
     array::Array,
-    bag::{Bag, FlatBag},
+    bag::Bag,
     dataframe::{col, lit, Agg, DataFrame, Expr},
     delayed::{compute_all, Delayed, IntoDelayed},
 };
