@@ -15,7 +15,7 @@ use std::{
 
 use arrow_array::{Array as _, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use flotilla::{
-    builtins::{add, sleep_then},
+    builtins::{add, byte_sum, make_buffers, sleep_then},
     collections::{
         array::{decode_block, encode_block, Op},
         col, compute_all,
@@ -884,6 +884,35 @@ async fn many_partials_combine_in_a_tree_to_the_plain_answer() {
     assert_eq!(ran(&rt, 8, "few", few.count()).await.unwrap(), 2000);
     rt.shutdown().await;
     cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn references_inside_results_live_as_long_as_the_value_across_processes() {
+    let cluster = ProcessCluster::start(Path::new(env!("CARGO_BIN_EXE_flotilla")), 2, 2)
+        .await
+        .unwrap();
+    let rt = cluster.connect().await.unwrap();
+    let before = rt.status().await.unwrap().objects;
+    // Small and large buffers (inline at the head, and in a worker's store), put by a task on
+    // a worker process and made by its child tasks; the driver holds only the result.
+    for len in [16u64, 200 << 10] {
+        let outer = make_buffers.remote(&rt, len, vec![1, 2, 3]);
+        drop(bounded("make_buffers", outer.clone()).await.unwrap());
+        objects_settle_at(&rt, before + 7).await;
+        let inner = bounded("make_buffers again", outer.clone()).await.unwrap();
+        drop(outer);
+        let sums = bounded("byte sums", async {
+            let refs: Vec<_> = inner.iter().map(|r| byte_sum.remote(&rt, r)).collect();
+            rt.get_all(&refs).await
+        })
+        .await
+        .unwrap();
+        let want: Vec<(u64, u64)> = [1, 1, 2, 2, 3, 3].iter().map(|f| (len, f * len)).collect();
+        assert_eq!(sums, want);
+        drop(inner);
+        objects_settle_at(&rt, before).await;
+    }
+    rt.shutdown().await;
 }
 
 // ------------------------------------------------------------------------ CSV
