@@ -168,6 +168,27 @@ fn join(a: String, b: String) -> String {
     a + &b
 }
 
+/// An actor whose method tries to return references (which an actor's result may not hold).
+#[flotilla::actor]
+pub struct Keeper {
+    kept: u64,
+}
+
+#[flotilla::actor]
+impl Keeper {
+    /// Keeps nothing yet.
+    pub fn new() -> Self {
+        Keeper { kept: 0 }
+    }
+    /// Puts `x` and returns a reference to it.
+    pub fn keep(&mut self, rt: &Runtime, x: u64) -> Result<Vec<ObjectRef<u64>>, String> {
+        self.kept += 1;
+        Ok(vec![
+            flotilla::block_on(rt.put(&x)).map_err(|e| e.to_string())?
+        ])
+    }
+}
+
 // ------------------------------------------------------------------------ the checks
 
 const ROWS: i64 = 10_000;
@@ -700,6 +721,16 @@ async fn references_inside_results_and_puts_live_as_long_as_the_value() {
     let zs = bounded("passed", passed.clone()).await.unwrap();
     assert_eq!(values_behind(&rt, &zs).await, vec![1]);
     drop((xs, zs, y, passed));
+    objects_settle_at(&rt, before).await;
+
+    // An actor method's result may not hold references: a clear error, and nothing leaks.
+    let keeper = bounded("Keeper::new", Keeper::remote(&rt)).await.unwrap();
+    let e = bounded("keep", keeper.keep(5))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not of an actor method"), "{e}");
+    drop(keeper);
     objects_settle_at(&rt, before).await;
     rt.shutdown().await;
     cluster.stop().await;

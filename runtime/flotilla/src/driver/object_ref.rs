@@ -203,14 +203,13 @@ pub fn encode_result<T: Serialize + 'static>(rt: &Runtime, value: &T) -> Result<
     }
     let Some(binding) = &rt.binding else {
         return Err(Error::Codec(format!(
-            "a {} holding object references cannot be an actor method's result: return the \
-             values, or put them and return from a remote function",
+            "a {} holding object references can only be the result of a remote function run \
+             as a task, not of an actor method: return the values, or return the references \
+             from a remote function",
             std::any::type_name::<T>()
         )));
     };
-    let ids = rt
-        .session
-        .report_contained(ObjectId(binding.task.0), &found);
+    let ids = rt.session.report_contained(binding.task, &found);
     binding
         .contained
         .lock()
