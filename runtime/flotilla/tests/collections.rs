@@ -176,9 +176,9 @@ pub struct Keeper {
 
 #[flotilla::actor]
 impl Keeper {
-    /// Keeps nothing yet.
-    pub fn new() -> Self {
-        Keeper { kept: 0 }
+    /// Has kept `kept` values so far.
+    pub fn new(kept: u64) -> Self {
+        Keeper { kept }
     }
     /// Puts `x` and returns a reference to it.
     pub fn keep(&mut self, rt: &Runtime, x: u64) -> Result<Vec<ObjectRef<u64>>, String> {
@@ -724,7 +724,7 @@ async fn references_inside_results_and_puts_live_as_long_as_the_value() {
     objects_settle_at(&rt, before).await;
 
     // An actor method's result may not hold references: a clear error, and nothing leaks.
-    let keeper = bounded("Keeper::new", Keeper::remote(&rt)).await.unwrap();
+    let keeper = bounded("Keeper::new", Keeper::remote(&rt, 0)).await.unwrap();
     let e = bounded("keep", keeper.keep(5))
         .await
         .unwrap_err()
