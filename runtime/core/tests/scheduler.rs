@@ -138,6 +138,7 @@ fn inline(id: ObjectId, attempt: u32, v: &[u8]) -> pb::TaskResult {
         attempt,
         outcome: Some(task_result::Outcome::InlineValue(Bytes::copy_from_slice(v))),
         run_micros: LONG_RUN_MICROS,
+        contained: Vec::new(),
     }
 }
 
@@ -147,6 +148,7 @@ fn stored(id: ObjectId, attempt: u32, size: u64) -> pb::TaskResult {
         attempt,
         outcome: Some(task_result::Outcome::StoredSize(size)),
         run_micros: LONG_RUN_MICROS,
+        contained: Vec::new(),
     }
 }
 
@@ -160,6 +162,7 @@ fn failed(id: ObjectId, attempt: u32, kind: Kind, message: &str) -> pb::TaskResu
             message: message.into(),
         })),
         run_micros: LONG_RUN_MICROS,
+        contained: Vec::new(),
     }
 }
 
@@ -795,6 +798,70 @@ fn objects_referenced_inside_values_are_waited_for_and_held() {
     s.release(sess, producer);
     s.drain_effects();
     assert_eq!(s.snapshot().objects, 0, "nothing leaks");
+}
+
+#[test]
+fn objects_referenced_inside_a_result_live_as_long_as_the_result() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let before = s.snapshot().objects;
+    let t = oid(sess, 1);
+    s.submit(sess, task(t, "f", vec![]));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], t)]);
+    // The task puts two objects through its worker's session and returns refs to both: the
+    // worker reports them as contained in t's result, then drops its own handles.
+    let wsess = s.open_session(Some("w1".into()));
+    let (a, b) = (oid(wsess, 1), oid(wsess, 2));
+    s.put(wsess, a, put_stored(100, &[ws[0]]));
+    s.put(
+        wsess,
+        b,
+        pb::put_object::Value::InlineValue(Bytes::from_static(b"b")),
+    );
+    s.contained(t, [a, b, a]);
+    s.release(wsess, a);
+    s.release(wsess, b);
+    assert!(commands(&s.drain_effects()).is_empty(), "t holds a and b");
+    s.task_finished(ws[0], inline(t, 0, b"[a, b]"));
+    s.drain_effects();
+    // Reported again (the task ran again after a retry): still one hold each.
+    s.contained(t, [a, b]);
+
+    // The driver, holding only t, reads a and b through it.
+    s.subscribe(sess, a);
+    s.subscribe(sess, b);
+    let fx = s.drain_effects();
+    assert_eq!(stored_at(&fx, sess, a), vec![ws[0].0]);
+    assert_eq!(value_of(&fx, sess, b), Bytes::from_static(b"b"));
+    assert_eq!(s.snapshot().objects, before + 3);
+
+    // Dropping t releases what it contained, and nothing leaks.
+    s.release(sess, t);
+    assert_eq!(commands(&s.drain_effects()), vec![free(ws[0], a)]);
+    assert_eq!(s.snapshot().objects, before, "nothing leaks");
+}
+
+#[test]
+fn objects_referenced_inside_a_put_value_live_as_long_as_it() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let (x, y, gone) = (oid(sess, 1), oid(sess, 2), oid(sess, 3));
+    s.put(sess, x, put_stored(100, &[ws[0]]));
+    s.put(
+        sess,
+        y,
+        pb::put_object::Value::InlineValue(Bytes::from_static(b"[x]")),
+    );
+    // A reference to an object freed already is skipped; y itself is never its own holder.
+    s.contained(y, [x, gone, y]);
+    s.release(sess, x);
+    assert!(commands(&s.drain_effects()).is_empty(), "y holds x");
+    s.subscribe(sess, x);
+    assert_eq!(stored_at(&s.drain_effects(), sess, x), vec![ws[0].0]);
+    s.release(sess, y);
+    assert_eq!(commands(&s.drain_effects()), vec![free(ws[0], x)]);
+    assert_eq!(s.snapshot().objects, 0, "nothing leaks");
+    // A report about an object freed already changes nothing.
+    s.contained(y, [x]);
+    assert_eq!(s.snapshot().objects, 0);
 }
 
 // ---------------------------------------------------------------------------------- sessions

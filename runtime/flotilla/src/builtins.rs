@@ -80,6 +80,22 @@ pub async fn nested_sum(rt: &crate::Runtime, n: i64) -> crate::Result<i64> {
     Ok(rt.get_all(refs).await?.into_iter().sum())
 }
 
+/// Buffers of `len` bytes, one per `fills` byte, each put from inside the task and computed by
+/// a child task: only references to them come back, held by the result.
+#[crate::remote]
+pub async fn make_buffers(
+    rt: &crate::Runtime,
+    len: u64,
+    fills: Vec<u8>,
+) -> crate::Result<Vec<crate::ObjectRef<Blob>>> {
+    let mut refs = Vec::with_capacity(fills.len());
+    for &fill in &fills {
+        refs.push(rt.put(&Blob::from(vec![fill; len as usize])).await?);
+        refs.push(make_bytes.remote(rt, len, fill));
+    }
+    Ok(refs)
+}
+
 /// A counter actor.
 #[crate::actor]
 pub struct Counter {

@@ -100,9 +100,10 @@ pub mod __private {
 
     pub use crate::{
         codec::{decode_arg, encode},
+        collections::bag::{CannotSplit, FlatItems, ItemsOf, SplitItems},
         driver::{
             actor::ActorHandle,
-            object_ref::{ArgList, IntoArg},
+            object_ref::{encode_result, ArgList, IntoArg},
             Runtime,
         },
         error::TaskFailure,

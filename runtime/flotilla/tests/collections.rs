@@ -15,7 +15,7 @@ use std::{
 
 use arrow_array::{Array as _, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use flotilla::{
-    builtins::{add, sleep_then},
+    builtins::{add, byte_sum, make_buffers, sleep_then},
     collections::{
         array::{decode_block, encode_block, Op},
         col, compute_all,
@@ -73,6 +73,28 @@ fn words(line: String) -> Vec<String> {
     line.split_whitespace().map(str::to_string).collect()
 }
 
+/// The letters of a word, each a string.
+#[flotilla::remote]
+fn chars(word: String) -> Vec<String> {
+    word.chars().map(String::from).collect()
+}
+
+/// A `Vec` of borrowed items: a remote function may still return one.
+#[flotilla::remote]
+fn names(n: i64) -> Vec<&'static str> {
+    vec!["name"; n.max(0) as usize]
+}
+
+/// A value that serializes but cannot be decoded.
+#[derive(serde::Serialize)]
+struct Opaque(u8);
+
+/// A `Vec` of items that cannot be decoded: a remote function may still return one.
+#[flotilla::remote]
+fn opaque(n: i64) -> Vec<Opaque> {
+    (0..n.max(0)).map(|i| Opaque(i as u8)).collect()
+}
+
 /// Doubles every value of a block.
 #[flotilla::remote]
 fn double_block(b: Blob) -> Blob {
@@ -108,6 +130,63 @@ fn add_w(b: Blob) -> Blob {
 fn sum_refs(rt: &Runtime, refs: Vec<ObjectRef<u64>>) -> Result<u64, String> {
     let values = flotilla::block_on(rt.get_all(&refs)).map_err(|e| e.to_string())?;
     Ok(values.iter().sum())
+}
+
+/// Makes `n` objects from inside a task (puts, a large stored one among them, and a child
+/// task's result) and returns only references to them.
+#[flotilla::remote]
+async fn make_refs(rt: &Runtime, n: u64) -> Result<Vec<ObjectRef<Vec<u8>>>, String> {
+    let mut refs = Vec::new();
+    for i in 0..n {
+        // Every other one too large to travel inline: it stays in this worker's store.
+        let len = if i % 2 == 0 { 8 } else { 100 << 10 };
+        refs.push(
+            rt.put(&vec![i as u8; len])
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    refs.push(filled.remote(rt, n, 3));
+    Ok(refs)
+}
+
+/// `len` bytes of `byte`.
+#[flotilla::remote]
+fn filled(byte: u64, len: u64) -> Vec<u8> {
+    vec![byte as u8; len as usize]
+}
+
+/// Hands back the references it was given, inside its result.
+#[flotilla::remote]
+fn pass_refs(refs: Vec<ObjectRef<u64>>) -> Vec<ObjectRef<u64>> {
+    refs
+}
+
+/// Joins two strings: associative, not commutative, so a fold of it shows the order kept.
+#[flotilla::remote]
+fn join(a: String, b: String) -> String {
+    a + &b
+}
+
+/// An actor whose method tries to return references (which an actor's result may not hold).
+#[flotilla::actor]
+pub struct Keeper {
+    kept: u64,
+}
+
+#[flotilla::actor]
+impl Keeper {
+    /// Has kept `kept` values so far.
+    pub fn new(kept: u64) -> Self {
+        Keeper { kept }
+    }
+    /// Puts `x` and returns a reference to it.
+    pub fn keep(&mut self, rt: &Runtime, x: u64) -> Result<Vec<ObjectRef<u64>>, String> {
+        self.kept += 1;
+        Ok(vec![
+            flotilla::block_on(rt.put(&x)).map_err(|e| e.to_string())?
+        ])
+    }
 }
 
 // ------------------------------------------------------------------------ the checks
@@ -494,6 +573,44 @@ async fn bag_flat_map_on_an_in_process_cluster() {
         .flat_map(|l| l.split_whitespace().map(str::to_string))
         .collect();
     assert_eq!(bag.flat_map(words).collect().await.unwrap(), want);
+
+    // A flat-mapped bag is a bag: every operation after it, against iterators.
+    let flat = Bag::from_iter(&rt, items.clone(), 6)
+        .await
+        .unwrap()
+        .flat_map(copies);
+    let plain = copies_of(&items);
+    let squared: Vec<i64> = plain.iter().map(|x| x * x).collect();
+    assert_eq!(flat.map(square).collect().await.unwrap(), squared);
+    let kept: Vec<i64> = plain.iter().copied().filter(|x| x % 2 == 0).collect();
+    assert_eq!(flat.filter(even).collect().await.unwrap(), kept);
+    assert_eq!(flat.sum().await.unwrap(), plain.iter().sum::<i64>());
+    assert_eq!(
+        flat.map(square).fold(add).await.unwrap(),
+        Some(squared.iter().sum())
+    );
+    let mut counts: BTreeMap<i64, u64> = BTreeMap::new();
+    for x in &plain {
+        *counts.entry(*x).or_default() += 1;
+    }
+    let mut freq = flat.frequencies().await.unwrap();
+    freq.sort();
+    assert_eq!(freq, counts.clone().into_iter().collect::<Vec<_>>());
+    let mut distinct = flat.distinct().await.unwrap();
+    distinct.sort();
+    assert_eq!(distinct, counts.keys().copied().collect::<Vec<_>>());
+    // Flat-mapped twice, then mapped: the words of lines, each word's letters.
+    let letters: Vec<String> = want
+        .iter()
+        .flat_map(|w| w.chars().map(String::from))
+        .collect();
+    let flat = bag.flat_map(words).flat_map(chars);
+    assert_eq!(flat.count().await.unwrap(), letters.len() as u64);
+    assert_eq!(flat.take(7).await.unwrap(), letters[..7].to_vec());
+    assert_eq!(flat.collect().await.unwrap(), letters);
+    // Functions returning a Vec of items a bag cannot hold still compile.
+    assert_eq!(names.call(2), vec!["name"; 2]);
+    assert_eq!(opaque.call(3).len(), 3);
     rt.shutdown().await;
     cluster.stop().await;
 }
@@ -533,31 +650,302 @@ async fn references_inside_values_are_dependencies_and_held() {
     );
     // Nothing leaks once the results go: the nested objects were held, not kept.
     drop((total, sums));
+    objects_settle_at(&rt, before).await;
+    rt.shutdown().await;
+    cluster.stop().await;
+}
+
+/// Waits until the head holds `want` objects.
+async fn objects_settle_at(rt: &Runtime, want: u64) {
     let deadline = Instant::now() + BOUND;
     loop {
         let objects = rt.status().await.unwrap().objects;
-        if objects == before {
-            break;
+        if objects == want {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "{objects} objects left, {before} before"
+            "{objects} objects at the head, expected {want}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A reference inside a value the driver reads back is refused (its object is not held for
-    // the driver): the error names the type.
-    let e = rt
-        .get(&rt.put(&vec![rt.put(&1u64).await.unwrap()]).await.unwrap())
+}
+
+/// Reads every object a value refers to.
+async fn values_behind<T: serde::de::DeserializeOwned + Send + 'static>(
+    rt: &Runtime,
+    refs: &[ObjectRef<T>],
+) -> Vec<T> {
+    bounded("the contained values", rt.get_all(refs))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn references_inside_results_and_puts_live_as_long_as_the_value() {
+    let (cluster, rt) = local(2, 1 << 30).await;
+    let before = rt.status().await.unwrap().objects;
+
+    // A task returns references to objects it made; the worker dropped its own handles, and
+    // the driver holds only the outer value.
+    let outer = make_refs.remote(&rt, 4);
+    let inner = bounded("make_refs", outer.clone()).await.unwrap();
+    assert_eq!(inner.len(), 5);
+    drop(inner);
+    objects_settle_at(&rt, before + 6).await;
+    let inner = bounded("make_refs again", outer.clone()).await.unwrap();
+    let values = values_behind(&rt, &inner).await;
+    for (i, v) in values[..4].iter().enumerate() {
+        let len = if i % 2 == 0 { 8 } else { 100 << 10 };
+        assert_eq!(v, &vec![i as u8; len]);
+    }
+    assert_eq!(values[4], vec![4u8; 3]);
+    // A reference read out of the value keeps it readable after the outer handle goes.
+    drop(outer);
+    assert_eq!(values_behind(&rt, &inner[1..2]).await[0].len(), 100 << 10);
+    drop(inner);
+    objects_settle_at(&rt, before).await;
+
+    // A value the driver puts holds the references inside it.
+    let x = rt.put(&41u64).await.unwrap();
+    let y = rt.put(&vec![x.clone(), x.clone()]).await.unwrap();
+    drop(x);
+    // A task hands references back inside its result; the driver keeps only that result.
+    let z = rt.put(&1u64).await.unwrap();
+    let passed = pass_refs.remote(&rt, vec![z]);
+    let refs = bounded("pass_refs", passed.clone()).await.unwrap();
+    drop(refs);
+    objects_settle_at(&rt, before + 4).await;
+    let xs = bounded("y", y.clone()).await.unwrap();
+    assert_eq!(values_behind(&rt, &xs).await, vec![41, 41]);
+    let zs = bounded("passed", passed.clone()).await.unwrap();
+    assert_eq!(values_behind(&rt, &zs).await, vec![1]);
+    drop((xs, zs, y, passed));
+    objects_settle_at(&rt, before).await;
+
+    // An actor method's result may not hold references: a clear error, and nothing leaks.
+    let keeper = bounded("Keeper::new", Keeper::remote(&rt, 0))
+        .await
+        .unwrap();
+    let e = bounded("keep", keeper.keep(5))
         .await
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("cannot decode a") && e.contains("ObjectRef<u64>"),
-        "{e}"
-    );
+    assert!(e.contains("not of an actor method"), "{e}");
+    drop(keeper);
+    objects_settle_at(&rt, before).await;
     rt.shutdown().await;
     cluster.stop().await;
+}
+
+/// Runs `reduce` and checks, by the head's count of finished tasks, that it ran `tasks`.
+async fn ran<T>(rt: &Runtime, tasks: u64, what: &str, reduce: impl IntoFuture<Output = T>) -> T {
+    let before = rt.status().await.unwrap().tasks_finished;
+    let out = bounded(what, reduce).await;
+    let after = rt.status().await.unwrap().tasks_finished;
+    assert_eq!(after - before, tasks, "{what}: tasks run");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_partials_combine_in_a_tree_to_the_plain_answer() {
+    let (cluster, rt) = local(2, 1 << 30).await;
+    // 50 partitions, merged 8 at a time: 7 combine tasks, then 1.
+    let tree = 50 + 7 + 1;
+
+    // Dataframe reductions and groupby.
+    let n = 5000i64;
+    let xs: Vec<f64> = (0..n)
+        .map(|i| ((i * 37) % 1001) as f64 * 0.25 - 40.0)
+        .collect();
+    let keys: Vec<i64> = (0..n).map(|i| (i * 7) % 13).collect();
+    let df = DataFrame::from_columns(
+        &rt,
+        vec![
+            ("x", Arc::new(Float64Array::from(xs.clone())) as ArrayRef),
+            ("k", Arc::new(Int64Array::from(keys.clone())) as ArrayRef),
+        ],
+        50,
+    )
+    .await
+    .unwrap();
+    assert_eq!(df.npartitions(), 50);
+    let aggs = [
+        Agg::Sum,
+        Agg::Mean,
+        Agg::Min,
+        Agg::Max,
+        Agg::Count,
+        Agg::Std,
+    ];
+    let got = ran(
+        &rt,
+        tree,
+        "dataframe.agg",
+        df.agg(&aggs.map(|a| (col("x"), a))),
+    )
+    .await;
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64;
+    let want = [
+        xs.iter().sum::<f64>(),
+        mean,
+        xs.iter().copied().fold(f64::INFINITY, f64::min),
+        xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        n as f64,
+        var.sqrt(),
+    ];
+    for (g, w) in got.unwrap().into_iter().zip(want) {
+        assert_close!(g, w);
+    }
+    let groups = ran(
+        &rt,
+        tree,
+        "groupby",
+        df.groupby(&["k"])
+            .unwrap()
+            .agg(&[(col("x"), Agg::Sum), (col("x"), Agg::Count)]),
+    )
+    .await
+    .unwrap();
+    let mut plain: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
+    for (k, x) in keys.iter().zip(&xs) {
+        let e = plain.entry(*k).or_default();
+        e.0 += x;
+        e.1 += 1.0;
+    }
+    let k = groups
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    let sums = groups
+        .column(1)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    let counts = groups
+        .column(2)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    assert_eq!(
+        k.values().to_vec(),
+        plain.keys().copied().collect::<Vec<_>>()
+    );
+    for (i, (s, c)) in plain.values().enumerate() {
+        assert_close!(sums.value(i), *s);
+        assert_close!(counts.value(i), *c);
+    }
+
+    // Array reductions over everything and along each axis: a 10 × 5 grid of blocks.
+    let a = Array2::from_shape_fn((100, 60), |(i, j)| ((i * 31 + j * 17) % 101) as f64 / 7.0);
+    let arr = Array::from_ndarray(&rt, &a, (10, 12)).await.unwrap();
+    assert_eq!(arr.nblocks(), 50);
+    assert_close!(
+        ran(&rt, tree, "array.sum", arr.sum()).await.unwrap(),
+        a.sum()
+    );
+    assert_close!(
+        ran(&rt, tree, "array.mean", arr.mean()).await.unwrap(),
+        a.mean().unwrap()
+    );
+    assert_close!(
+        arr.min().await.unwrap(),
+        a.iter().copied().fold(f64::INFINITY, f64::min)
+    );
+    assert_close!(
+        arr.max().await.unwrap(),
+        a.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    );
+    assert_close!(arr.std().await.unwrap(), a.std(0.0));
+    for axis in 0..2 {
+        let got = ran(
+            &rt,
+            tree,
+            "array.reduce_axis",
+            arr.reduce_axis(Agg::Sum, axis),
+        )
+        .await;
+        let want = a.sum_axis(Axis(axis));
+        let got = got.unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want.iter()) {
+            assert_close!(*g, *w);
+        }
+        let got = arr.reduce_axis(Agg::Max, axis).await.unwrap();
+        let want = a.fold_axis(Axis(axis), f64::NEG_INFINITY, |m, x| m.max(*x));
+        assert_eq!(got, want);
+    }
+
+    // Bag folds, counts, frequencies and distinct items.
+    let items: Vec<i64> = (0..2000).map(|i| (i * 13) % 97).collect();
+    let bag = Bag::from_iter(&rt, items.clone(), 50).await.unwrap();
+    assert_eq!(
+        ran(&rt, tree, "bag.count", bag.count()).await.unwrap(),
+        2000
+    );
+    assert_eq!(
+        ran(&rt, tree, "bag.sum", bag.sum()).await.unwrap(),
+        items.iter().sum::<i64>()
+    );
+    let mut plain: BTreeMap<i64, u64> = BTreeMap::new();
+    for x in &items {
+        *plain.entry(*x).or_default() += 1;
+    }
+    let mut freq = ran(&rt, tree, "frequencies", bag.frequencies())
+        .await
+        .unwrap();
+    assert!(
+        freq.windows(2).all(|w| w[0].1 >= w[1].1),
+        "most frequent first"
+    );
+    freq.sort();
+    assert_eq!(freq, plain.clone().into_iter().collect::<Vec<_>>());
+    let mut distinct = bag.distinct().await.unwrap();
+    distinct.sort();
+    assert_eq!(distinct, plain.keys().copied().collect::<Vec<_>>());
+    // Order kept through the tree: a fold of a non-commutative function.
+    let pieces: Vec<String> = (0..300).map(|i| format!("{i},")).collect();
+    let text = Bag::from_iter(&rt, pieces.clone(), 50).await.unwrap();
+    assert_eq!(
+        ran(&rt, tree, "fold", text.fold(join)).await.unwrap(),
+        Some(pieces.concat())
+    );
+    // Fewer partials than the fan-in: merged in the driver, no combine task.
+    let few = Bag::from_iter(&rt, items.clone(), 8).await.unwrap();
+    assert_eq!(ran(&rt, 8, "few", few.count()).await.unwrap(), 2000);
+    rt.shutdown().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn references_inside_results_live_as_long_as_the_value_across_processes() {
+    let cluster = ProcessCluster::start(Path::new(env!("CARGO_BIN_EXE_flotilla")), 2, 2)
+        .await
+        .unwrap();
+    let rt = cluster.connect().await.unwrap();
+    let before = rt.status().await.unwrap().objects;
+    // Small and large buffers (inline at the head, and in a worker's store), put by a task on
+    // a worker process and made by its child tasks; the driver holds only the result.
+    for len in [16u64, 200 << 10] {
+        let outer = make_buffers.remote(&rt, len, vec![1, 2, 3]);
+        drop(bounded("make_buffers", outer.clone()).await.unwrap());
+        objects_settle_at(&rt, before + 7).await;
+        let inner = bounded("make_buffers again", outer.clone()).await.unwrap();
+        drop(outer);
+        let sums = bounded("byte sums", async {
+            let refs: Vec<_> = inner.iter().map(|r| byte_sum.remote(&rt, r)).collect();
+            rt.get_all(&refs).await
+        })
+        .await
+        .unwrap();
+        let want: Vec<(u64, u64)> = [1, 1, 2, 2, 3, 3].iter().map(|f| (len, f * len)).collect();
+        assert_eq!(sums, want);
+        drop(inner);
+        objects_settle_at(&rt, before).await;
+    }
+    rt.shutdown().await;
 }
 
 // ------------------------------------------------------------------------ CSV
@@ -807,11 +1195,11 @@ fn scanner_agrees_with_arrow(path: &str, header: bool) {
             .map(|n| (n.to_string(), csv::ColType::Int))
             .collect()
     });
-    let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
+    let column_names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
     let mut projections: Vec<Option<Vec<String>>> = vec![None, Some(Vec::new())];
-    for a in &names {
+    for a in &column_names {
         projections.push(Some(vec![a.clone()]));
-        for b in &names {
+        for b in &column_names {
             if a != b {
                 projections.push(Some(vec![b.clone(), a.clone()]));
             }

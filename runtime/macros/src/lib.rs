@@ -161,6 +161,56 @@ fn output_type(ret: &ReturnType) -> (Type, bool) {
     }
 }
 
+/// The item type of a `Vec<U>` (as written: `Vec<U>`, `std::vec::Vec<U>`), if `ty` is one.
+fn vec_item(ty: &Type) -> Option<&Type> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != "Vec" {
+        return None;
+    }
+    match &last.arguments {
+        PathArguments::AngleBracketed(args) if args.args.len() == 1 => match &args.args[0] {
+            GenericArgument::Type(item) => Some(item),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// For a function returning a `Vec<U>`: how its outputs split into items, so a bag can
+/// flat-map it (a worker cannot split an encoded `Vec<U>` without knowing `U`).
+fn flat_items(name: &syn::Ident, out_ty: &Type) -> TokenStream2 {
+    let Some(item) = vec_item(out_ty) else {
+        return quote!();
+    };
+    // Borrowed items can never be decoded as owned values, and the choice below cannot see
+    // lifetimes: nothing to register.
+    if quote!(#item).to_string().contains('\'') {
+        return quote!();
+    }
+    let split_name = format_ident!("__flotilla_split_{}", name);
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_snake_case)]
+        fn #split_name(
+            __bytes: &::flotilla::__private::Bytes,
+        ) -> ::core::option::Option<::flotilla::Result<::std::vec::Vec<::flotilla::__private::Bytes>>> {
+            #[allow(unused_imports)]
+            use ::flotilla::__private::{CannotSplit as _, SplitItems as _};
+            // `SplitItems` when the items can be decoded, else `CannotSplit` (one `&` further).
+            (&<::flotilla::__private::ItemsOf<#item> as ::core::default::Default>::default())
+                .split_items(__bytes)
+        }
+
+        ::flotilla::__private::inventory::submit! {
+            ::flotilla::__private::FlatItems {
+                function: #name::NAME,
+                split: #split_name,
+            }
+        }
+    }
+}
+
 fn signature_string(params: &[Param], ret: &ReturnType) -> String {
     let tys: Vec<String> = params.iter().map(|p| type_str(&p.ty)).collect();
     let ret = match ret {
@@ -178,19 +228,20 @@ fn normalize(s: String) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Code that turns the function's return value into the task outcome.
-fn encode_output(is_result: bool) -> TokenStream2 {
+/// Code that turns the function's return value into the task outcome; `rt` is the runtime the
+/// task ran with, to which the references inside the value are reported.
+fn encode_output(is_result: bool, rt: TokenStream2) -> TokenStream2 {
     if is_result {
         quote! {
             match __out {
-                ::core::result::Result::Ok(v) => ::flotilla::__private::encode(&v)
+                ::core::result::Result::Ok(v) => ::flotilla::__private::encode_result(#rt, &v)
                     .map_err(|e| ::flotilla::__private::TaskFailure::application(e)),
                 ::core::result::Result::Err(e) => ::core::result::Result::Err(::flotilla::__private::TaskFailure::application(e)),
             }
         }
     } else {
         quote! {
-            ::flotilla::__private::encode(&__out).map_err(|e| ::flotilla::__private::TaskFailure::application(e))
+            ::flotilla::__private::encode_result(#rt, &__out).map_err(|e| ::flotilla::__private::TaskFailure::application(e))
         }
     }
 }
@@ -258,7 +309,8 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
     let arg_tys: Vec<_> = params.iter().map(|p| &p.ty).collect();
     let rt_arg = if takes_rt { quote!(&__rt,) } else { quote!() };
     let decode = decode_params(&params, quote!(#name::NAME));
-    let encode = encode_output(is_result);
+    let encode = encode_output(is_result, quote!(&__rt));
+    let flat = flat_items(name, &out_ty);
     let call = if is_async {
         quote! {
             ::flotilla::__private::Invocation::Async(::std::boxed::Box::pin(async move {
@@ -385,6 +437,8 @@ fn expand_remote(func: ItemFn) -> syn::Result<TokenStream2> {
                 takes_runtime: #takes_rt,
             }
         }
+
+        #flat
     })
 }
 
@@ -526,7 +580,7 @@ fn expand_actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         let names: Vec<_> = m.params.iter().map(|p| &p.name).collect();
         let decode = decode_params(&m.params, quote!(#name_str));
         let rt_arg = if m.takes_rt { quote!(&__ctx.rt,) } else { quote!() };
-        let encode = encode_output(m.is_result);
+        let encode = encode_output(m.is_result, quote!(&__ctx.rt));
         quote! {
             #name_str => {
                 if !__signature.is_empty() && __signature != #sig {

@@ -339,6 +339,12 @@ impl Scheduler {
         self.release_by_owner(session, id);
     }
 
+    /// An object's value references `inner` objects (it holds `ObjectRef`s): they are held until
+    /// it is freed. A session sends this before it releases its own handles to them.
+    pub fn contained(&mut self, outer: ObjectId, inner: impl IntoIterator<Item = ObjectId>) {
+        self.add_contained(outer, inner.into_iter().collect());
+    }
+
     /// Tell `session` when the object is ready (at once if it is).
     pub fn subscribe(&mut self, session: SessionId, id: ObjectId) {
         self.add_subscriber(session, id);
@@ -365,7 +371,13 @@ impl Scheduler {
     }
 
     /// A worker reports a task's outcome.
-    pub fn task_finished(&mut self, worker: WorkerId, result: pb::TaskResult) {
+    pub fn task_finished(&mut self, worker: WorkerId, mut result: pb::TaskResult) {
+        // Held before the task's own holds on its arguments go, which may be all that keeps a
+        // reference it returns alive.
+        let contained = std::mem::take(&mut result.contained);
+        if !contained.is_empty() {
+            self.contained(ObjectId(result.task), contained.into_iter().map(ObjectId));
+        }
         self.finish_task(worker, result.into());
     }
 

@@ -67,6 +67,8 @@ pub(super) struct Object {
     pub(super) dependents: Vec<ObjectId>,
     /// The task that produced it, to rebuild it when lost.
     pub(super) lineage: Option<TaskDef>,
+    /// Objects referenced inside its value, each held (one reference) until this one is freed.
+    pub(super) contains: Vec<ObjectId>,
 }
 
 impl Object {
@@ -80,6 +82,7 @@ impl Object {
             subscribers: Vec::new(),
             dependents: Vec::new(),
             lineage,
+            contains: Vec::new(),
         }
     }
 
@@ -177,6 +180,29 @@ impl Scheduler {
         }
         obj.owner_holds = false;
         self.decref(id);
+    }
+
+    /// `outer`'s value references `inner` objects: each is held until `outer` is freed, as Ray
+    /// holds the references contained in an object. Objects already freed are skipped (the
+    /// value's copy of them can no longer be read), and each is held once however often it is
+    /// reported (a task run again reports its result's references again).
+    pub(super) fn add_contained(&mut self, outer: ObjectId, inner: Vec<ObjectId>) {
+        if !self.objects.contains_key(&outer) {
+            return;
+        }
+        for id in inner {
+            let known = self.objects[&outer].contains.contains(&id);
+            if id == outer || known {
+                continue;
+            }
+            let Some(obj) = self.objects.get_mut(&id) else {
+                continue;
+            };
+            obj.refs += 1;
+            if let Some(o) = self.objects.get_mut(&outer) {
+                o.contains.push(id);
+            }
+        }
     }
 
     /// Tells `session` the object's value once it has one (at once if it has).
@@ -303,6 +329,9 @@ impl Scheduler {
                 self.decref(dep);
             }
         }
+        for inner in obj.contains {
+            self.decref(inner);
+        }
         self.check_drains();
     }
 
@@ -352,8 +381,10 @@ impl Scheduler {
                 ),
             );
             self.set_object(id, ObjectValue::Failed(failure));
-        } else {
-            self.objects.remove(&id);
+        } else if let Some(obj) = self.objects.remove(&id) {
+            for inner in obj.contains {
+                self.decref(inner);
+            }
         }
     }
 }

@@ -3,14 +3,19 @@
 //! cluster, then elementwise operations and slices). A result runs one task per block that
 //! evaluates its whole expression, then materializes the block or reduces it to partials.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use arrow_buffer::{Buffer, ScalarBuffer};
 use bytes::Bytes;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
-use super::{blocking, call, dataframe::Moments, invalid, plan, progress, Agg};
+use super::{
+    blocking, call,
+    combine::{self, Combine},
+    dataframe::{merge_moments, MergeMoments, Moments},
+    invalid, plan, progress, Agg,
+};
 use crate::{
     codec::{self, Blob},
     driver::{object_ref::ObjectRef, Runtime},
@@ -980,12 +985,10 @@ impl Array {
 
     async fn reduce_all(&self, agg: Agg) -> Result<f64> {
         let refs = self.run::<Vec<Moments>>(Action::Reduce { axis: None, agg })?;
+        let tree = combine::tree(&self.rt, "array.combine", MergeMoments, &refs)?;
         progress::watch(&self.rt, "reduce", &refs).await?;
-        let mut total = Moments::default();
-        for m in self.rt.get_all(&refs).await? {
-            total = total.merge(m[0]);
-        }
-        Ok(total.value(agg))
+        let total = tree.total(&self.rt).await?;
+        Ok(total.first().copied().unwrap_or_default().value(agg))
     }
 
     /// An aggregate along `axis` (0: one value per column, 1: one per row).
@@ -999,6 +1002,13 @@ impl Array {
             axis: Some(axis),
             agg,
         })?;
+        let how = MergeAxis {
+            axis,
+            ncols: self.col_cuts.len() - 1,
+            row_cuts: self.row_cuts.to_vec(),
+            col_cuts: self.col_cuts.to_vec(),
+        };
+        let tree = combine::tree(&self.rt, "array.combine", how, &refs)?;
         progress::watch(&self.rt, "reduce", &refs).await?;
         let len = if axis == 0 {
             self.shape.1
@@ -1006,16 +1016,9 @@ impl Array {
             self.shape.0
         };
         let mut total = vec![Moments::default(); len];
-        let ncols = self.col_cuts.len() - 1;
-        for (k, part) in self.rt.get_all(&refs).await?.into_iter().enumerate() {
-            let (i, j) = (k / ncols, k % ncols);
-            let offset = if axis == 0 {
-                self.col_cuts[j]
-            } else {
-                self.row_cuts[i]
-            };
-            for (n, m) in part.into_iter().enumerate() {
-                total[offset + n] = total[offset + n].merge(m);
+        for (offset, part) in tree.total(&self.rt).await? {
+            for (t, m) in total.iter_mut().skip(offset).zip(part) {
+                *t = m;
             }
         }
         Ok(total.iter().map(|m| m.value(agg)).collect())
@@ -1042,6 +1045,52 @@ impl Array {
         let n = (self.shape.0 * self.shape.1) as f64;
         let sample = self.reduce_all(Agg::Std).await?;
         Ok(sample * ((n - 1.0) / n).sqrt())
+    }
+}
+
+/// Partials of a reduction along one axis: each block's `Vec<Moments>` covers its stripe of
+/// the axis (its columns for axis 0, its rows for axis 1), so partials merge by where their
+/// stripe starts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct MergeAxis {
+    axis: usize,
+    /// Blocks in a row of the grid (partials come row by row).
+    ncols: usize,
+    row_cuts: Vec<usize>,
+    col_cuts: Vec<usize>,
+}
+
+inventory::submit! { combine::function::<MergeAxis>() }
+
+impl Combine for MergeAxis {
+    type Partial = Vec<Moments>;
+    /// Merged partials by the offset their stripe starts at.
+    type Total = BTreeMap<usize, Vec<Moments>>;
+    const NAME: &'static str = "flotilla::collections::array::merge_axis";
+
+    fn add_partial(
+        &self,
+        _: &Runtime,
+        total: &mut Self::Total,
+        index: usize,
+        part: Vec<Moments>,
+    ) -> Result<()> {
+        let (i, j) = (index / self.ncols, index % self.ncols);
+        let offset = if self.axis == 0 {
+            self.col_cuts.get(j)
+        } else {
+            self.row_cuts.get(i)
+        };
+        let offset = offset.ok_or_else(|| invalid(format!("no block {index} in the grid")))?;
+        merge_moments(total.entry(*offset).or_default(), part);
+        Ok(())
+    }
+
+    fn add_total(&self, _: &Runtime, total: &mut Self::Total, other: Self::Total) -> Result<()> {
+        for (offset, part) in other {
+            merge_moments(total.entry(offset).or_default(), part);
+        }
+        Ok(())
     }
 }
 

@@ -1,19 +1,25 @@
 //! Bags: unordered collections of any serde values in partitions, transformed by
 //! `#[flotilla::remote]` functions applied item by item on the workers (by name, through the
-//! registry), and reduced per partition before the driver combines the partials.
+//! registry), and reduced per partition before a tree of tasks combines the partials.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap},
     fs::File,
     marker::PhantomData,
     os::unix::fs::FileExt,
     path::Path,
+    sync::OnceLock,
 };
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::{blocking, call, dataframe::csv, invalid, plan, progress};
+use super::{
+    blocking, call,
+    combine::{self, Combine, Combining},
+    dataframe::csv,
+    invalid, plan, progress,
+};
 use crate::{
     codec::{self, Blob},
     driver::{object_ref::ObjectRef, Runtime},
@@ -35,6 +41,8 @@ enum Part {
 enum Step {
     Map(String),
     Filter(String),
+    /// A function `fn(T) -> Vec<U>`, its outputs split into items (see [`FlatItems`]).
+    FlatMap(String),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -55,9 +63,6 @@ enum Action {
 struct BagTask {
     part: Part,
     steps: Vec<Step>,
-    /// A remote function `fn(T) -> Vec<U>` applied after the steps, whose outputs are joined
-    /// into one encoded `Vec<U>` per partition (see [`concat_vecs`]).
-    flat: Option<String>,
     action: Action,
 }
 
@@ -123,10 +128,20 @@ fn run_bag(args: &[Bytes], rt: &Runtime) -> Result<Bytes> {
                 }
                 kept
             }
+            Step::FlatMap(f) => {
+                let split = splitter(f)?;
+                let mut out = Vec::new();
+                for x in items {
+                    out.extend(split(&invoke_here(rt, f, vec![x])?).ok_or_else(|| {
+                        invalid(format!(
+                            "{f} cannot be flat-mapped: the items of its output do not \
+                             implement Deserialize"
+                        ))
+                    })??);
+                }
+                out
+            }
         };
-    }
-    if let Some(f) = &task.flat {
-        return flat_action(rt, f, items, &task.action);
     }
     let blobs = |v: Vec<Bytes>| v.into_iter().map(Blob).collect::<Vec<_>>();
     match task.action {
@@ -158,64 +173,82 @@ fn run_bag(args: &[Bytes], rt: &Runtime) -> Result<Bytes> {
     }
 }
 
-/// The items through a flat-map function `f`, each output an encoded `Vec<U>` the worker
-/// cannot split into items (it does not know `U`), then the action on all of them: the joined
-/// `Vec<U>` for `Collect` and `Take` (whole outputs until there are `n` items; the driver cuts),
-/// or the sum of the lengths for `Count`.
-fn flat_action(rt: &Runtime, f: &str, items: Vec<Bytes>, action: &Action) -> Result<Bytes> {
-    let limit = match action {
-        Action::Collect | Action::Count => u64::MAX,
-        Action::Take(n) => *n as u64,
-        Action::Frequencies | Action::Fold(_) => {
-            return Err(invalid(
-                "a flat-mapped bag can only be collected, counted or taken",
+/// How the output of a remote function declared to return a `Vec<U>` splits into the
+/// encodings of its items: `#[flotilla::remote]` registers one for each such function, since a
+/// worker cannot split an encoded `Vec<U>` without knowing `U`. `split` gives `None` when `U`
+/// cannot be decoded (it is not `Deserialize`).
+#[doc(hidden)]
+pub struct FlatItems {
+    /// The function's registered name.
+    pub function: &'static str,
+    /// Splits an encoded output.
+    pub split: Splitter,
+}
+
+inventory::collect!(FlatItems);
+
+/// Splits an encoded `Vec<U>` into its items' encodings (`None`: `U` cannot be decoded).
+type Splitter = fn(&Bytes) -> Option<Result<Vec<Bytes>>>;
+
+/// The splitter registered for `function`.
+fn splitter(function: &str) -> Result<Splitter> {
+    static SPLITTERS: OnceLock<HashMap<&'static str, Splitter>> = OnceLock::new();
+    SPLITTERS
+        .get_or_init(|| {
+            inventory::iter::<FlatItems>
+                .into_iter()
+                .map(|f| (f.function, f.split))
+                .collect()
+        })
+        .get(function)
+        .copied()
+        .ok_or_else(|| {
+            invalid(format!(
+                "{function} cannot be flat-mapped: it is not a remote function of this program \
+                 declared to return a Vec<…>"
             ))
-        }
-    };
-    let mut outputs = Vec::new();
-    let mut total = 0u64;
-    for x in items {
-        if total >= limit {
-            break;
-        }
-        let out = invoke_here(rt, f, vec![x])?;
-        total += vec_len(&out)?.0;
-        outputs.push(out);
-    }
-    match action {
-        Action::Count => codec::encode(&total),
-        _ => Ok(Bytes::from(concat_vecs(&outputs)?)),
+        })
+}
+
+/// The items of a `Vec<U>`: the generated code calls `split_items` on a `&ItemsOf<U>`, which
+/// is [`SplitItems`]' when `U` can be decoded and [`CannotSplit`]'s otherwise.
+#[doc(hidden)]
+pub struct ItemsOf<U>(PhantomData<fn() -> U>);
+
+impl<U> Default for ItemsOf<U> {
+    fn default() -> Self {
+        ItemsOf(PhantomData)
     }
 }
 
-/// The length of an encoded `Vec` and the bytes of its items: postcard writes a sequence as
-/// its length, a LEB128 varint (seven bits a byte, low bits first, the top bit set on every
-/// byte but the last), followed by the items back to back.
-fn vec_len(encoded: &[u8]) -> Result<(u64, &[u8])> {
-    let (n, body) = postcard::take_from_bytes::<u64>(encoded)
-        .map_err(|e| invalid(format!("not an encoded Vec: {e}")))?;
-    Ok((n, body))
+/// Splits an encoded `Vec<U>` into its items' encodings.
+#[doc(hidden)]
+pub trait SplitItems {
+    /// The items, encoded one by one.
+    fn split_items(&self, bytes: &Bytes) -> Option<Result<Vec<Bytes>>>;
 }
 
-/// Joins encoded `Vec<U>`s into the encoded `Vec<U>` of all their items, in order, without
-/// knowing `U`: the lengths are summed into one varint prefix and the item bytes appended.
-fn concat_vecs(vecs: &[Bytes]) -> Result<Vec<u8>> {
-    let mut total = 0usize;
-    let mut bodies = Vec::with_capacity(vecs.len());
-    for v in vecs {
-        let (n, body) = vec_len(v)?;
-        total += usize::try_from(n).map_err(|_| invalid("a Vec too long for this machine"))?;
-        bodies.push(body);
+impl<U: Serialize + DeserializeOwned + 'static> SplitItems for ItemsOf<U> {
+    fn split_items(&self, bytes: &Bytes) -> Option<Result<Vec<Bytes>>> {
+        Some(
+            codec::decode::<Vec<U>>(bytes)
+                .and_then(|items| items.iter().map(codec::encode).collect()),
+        )
     }
-    // Postcard writes a `u64` as the same varint as a sequence length (its varint helpers are
-    // private).
-    let prefix = codec::encode(&(total as u64))?;
-    let mut out = Vec::with_capacity(prefix.len() + bodies.iter().map(|b| b.len()).sum::<usize>());
-    out.extend_from_slice(&prefix);
-    for b in bodies {
-        out.extend_from_slice(b);
+}
+
+/// The fallback, one reference further, when `U` is not `Deserialize`: functions returning
+/// such `Vec`s still compile, and flat-mapping them is an error that says why.
+#[doc(hidden)]
+pub trait CannotSplit {
+    /// Always `None`.
+    fn split_items(&self, bytes: &Bytes) -> Option<Result<Vec<Bytes>>>;
+}
+
+impl<U> CannotSplit for &ItemsOf<U> {
+    fn split_items(&self, _: &Bytes) -> Option<Result<Vec<Bytes>>> {
+        None
     }
-    Ok(out)
 }
 
 /// The lines of a byte range (which starts at a line), without their line endings.
@@ -244,7 +277,6 @@ pub struct Bag<T> {
     rt: Runtime,
     parts: Vec<Source>,
     steps: Vec<Step>,
-    flat: Option<String>,
     _item: PhantomData<fn() -> T>,
 }
 
@@ -254,7 +286,6 @@ impl<T> Clone for Bag<T> {
             rt: self.rt.clone(),
             parts: self.parts.clone(),
             steps: self.steps.clone(),
-            flat: self.flat.clone(),
             _item: PhantomData,
         }
     }
@@ -277,7 +308,6 @@ impl Bag<String> {
             rt: rt.clone(),
             parts,
             steps: Vec::new(),
-            flat: None,
             _item: PhantomData,
         })
     }
@@ -319,7 +349,6 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
             rt: rt.clone(),
             parts,
             steps: Vec::new(),
-            flat: None,
             _item: PhantomData,
         })
     }
@@ -331,7 +360,6 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
             rt: self.rt.clone(),
             parts: self.parts.clone(),
             steps,
-            flat: None,
             _item: PhantomData,
         }
     }
@@ -353,19 +381,13 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
     }
 
     /// Each item through a remote function `fn(T) -> Vec<U>`, the outputs joined: the items of
-    /// all the outputs, in order. The workers join the encoded outputs without knowing `U`,
-    /// so they cannot tell its items apart: a flat-mapped bag is collected, counted or taken.
-    pub fn flat_map<F, U>(&self, _f: F) -> FlatBag<U>
+    /// all the outputs, in order, as a bag like any other. The function must be declared to
+    /// return a `Vec<…>` (its registration then says how the workers split its outputs).
+    pub fn flat_map<F, U>(&self, _f: F) -> Bag<U>
     where
         F: Remote<Args = (T,), Output = Vec<U>>,
     {
-        FlatBag(Bag {
-            rt: self.rt.clone(),
-            parts: self.parts.clone(),
-            steps: self.steps.clone(),
-            flat: Some(F::NAME.to_string()),
-            _item: PhantomData,
-        })
+        self.then(Step::FlatMap(F::NAME.to_string()))
     }
 
     fn run<R>(&self, action: Action) -> Result<Vec<ObjectRef<R>>> {
@@ -390,7 +412,6 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
                     &BagTask {
                         part,
                         steps: self.steps.clone(),
-                        flat: self.flat.clone(),
                         action: action.clone(),
                     },
                     &inputs,
@@ -405,6 +426,14 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
         self.rt.get_all(&refs).await
     }
 
+    /// Runs `action` on every partition and merges the partials with `how`, in a tree.
+    async fn reduce<C: Combine>(&self, action: Action, how: C) -> Result<C::Total> {
+        let refs = self.run::<C::Partial>(action)?;
+        let tree: Combining<C> = combine::tree(&self.rt, "bag.combine", how, &refs)?;
+        progress::watch(&self.rt, "bag", &refs).await?;
+        tree.total(&self.rt).await
+    }
+
     /// Every item, in the driver.
     pub async fn collect(&self) -> Result<Vec<T>> {
         let parts: Vec<Vec<Blob>> = self.gather(Action::Collect).await?;
@@ -417,7 +446,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
 
     /// How many items.
     pub async fn count(&self) -> Result<u64> {
-        Ok(self.gather::<u64>(Action::Count).await?.into_iter().sum())
+        self.reduce(Action::Count, SumCounts).await
     }
 
     /// The first `n` items (partitions in order).
@@ -434,83 +463,126 @@ impl<T: Serialize + DeserializeOwned + 'static> Bag<T> {
     /// Each distinct item (equal encodings are equal items) and how often it occurs, most
     /// frequent first.
     pub async fn frequencies(&self) -> Result<Vec<(T, u64)>> {
-        let parts: Vec<Vec<(Blob, u64)>> = self.gather(Action::Frequencies).await?;
-        let mut total: BTreeMap<Bytes, u64> = BTreeMap::new();
-        for (k, n) in parts.into_iter().flatten() {
-            *total.entry(k.0).or_default() += n;
-        }
-        let mut out: Vec<(Bytes, u64)> = total.into_iter().collect();
+        let total = self.reduce(Action::Frequencies, MergeFrequencies).await?;
+        let mut out: Vec<(Vec<u8>, u64)> = total.into_iter().collect();
         out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         out.into_iter()
-            .map(|(k, n)| Ok((codec::decode(&k)?, n)))
+            .map(|(k, n)| Ok((codec::decode(&Bytes::from(k))?, n)))
             .collect()
     }
 
-    /// The distinct items.
+    /// The distinct items (in the order of their encodings).
     pub async fn distinct(&self) -> Result<Vec<T>> {
-        let parts: Vec<Vec<(Blob, u64)>> = self.gather(Action::Frequencies).await?;
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for (k, _) in parts.into_iter().flatten() {
-            if seen.insert(k.0.clone()) {
-                out.push(codec::decode(&k.0)?);
-            }
-        }
-        Ok(out)
+        let total = self.reduce(Action::Frequencies, MergeFrequencies).await?;
+        total
+            .into_keys()
+            .map(|k| codec::decode(&Bytes::from(k)))
+            .collect()
     }
 
     /// The items folded with a remote function `fn(T, T) -> T` (associative): per partition
-    /// on the workers, then the partials in the driver. `None` for an empty bag.
+    /// on the workers, then the partials in a tree of tasks (or in the driver, when there are
+    /// few). `None` for an empty bag.
     pub async fn fold<F>(&self, _f: F) -> Result<Option<T>>
     where
         F: Remote<Args = (T, T), Output = T>,
     {
-        let parts: Vec<Option<Blob>> = self.gather(Action::Fold(F::NAME.to_string())).await?;
-        let mut acc: Option<Bytes> = None;
-        for p in parts.into_iter().flatten() {
-            acc = Some(match acc {
-                None => p.0,
-                Some(a) => invoke_here(&self.rt, F::NAME, vec![a, p.0])?,
-            });
-        }
-        acc.map(|b| codec::decode(&b)).transpose()
+        let name = F::NAME.to_string();
+        let total = self
+            .reduce(Action::Fold(name.clone()), FoldWith(name))
+            .await?;
+        total.map(|b| codec::decode(&b.0)).transpose()
     }
 }
 
-/// A bag after [`Bag::flat_map`]: the items of a function's outputs, joined on the workers.
-pub struct FlatBag<U>(Bag<U>);
+/// Counts of partitions, summed.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct SumCounts;
 
-impl<U> Clone for FlatBag<U> {
-    fn clone(&self) -> Self {
-        FlatBag(self.0.clone())
+inventory::submit! { combine::function::<SumCounts>() }
+
+impl Combine for SumCounts {
+    type Partial = u64;
+    type Total = u64;
+    const NAME: &'static str = "flotilla::collections::bag::sum_counts";
+
+    fn add_partial(&self, _: &Runtime, total: &mut u64, _: usize, part: u64) -> Result<()> {
+        *total += part;
+        Ok(())
+    }
+
+    fn add_total(&self, _: &Runtime, total: &mut u64, other: u64) -> Result<()> {
+        *total += other;
+        Ok(())
     }
 }
 
-impl<U: Serialize + DeserializeOwned + 'static> FlatBag<U> {
-    async fn joined(&self, action: Action) -> Result<Vec<U>> {
-        let parts: Vec<Blob> = self.0.gather(action).await?;
-        let mut out = Vec::new();
-        for p in parts {
-            out.extend(codec::decode::<Vec<U>>(&p.0)?);
+/// How often each item occurs (by its encoding), partitions' counts summed.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct MergeFrequencies;
+
+inventory::submit! { combine::function::<MergeFrequencies>() }
+
+impl Combine for MergeFrequencies {
+    type Partial = Vec<(Blob, u64)>;
+    type Total = BTreeMap<Vec<u8>, u64>;
+    const NAME: &'static str = "flotilla::collections::bag::merge_frequencies";
+
+    fn add_partial(
+        &self,
+        _: &Runtime,
+        total: &mut Self::Total,
+        _: usize,
+        part: Vec<(Blob, u64)>,
+    ) -> Result<()> {
+        for (k, n) in part {
+            *total.entry(k.0.to_vec()).or_default() += n;
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Every item, in the driver.
-    pub async fn collect(&self) -> Result<Vec<U>> {
-        self.joined(Action::Collect).await
+    fn add_total(&self, _: &Runtime, total: &mut Self::Total, other: Self::Total) -> Result<()> {
+        for (k, n) in other {
+            *total.entry(k).or_default() += n;
+        }
+        Ok(())
+    }
+}
+
+/// Partitions' folds folded with the same function, in partition order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct FoldWith(String);
+
+inventory::submit! { combine::function::<FoldWith>() }
+
+impl FoldWith {
+    fn fold(&self, rt: &Runtime, total: &mut Option<Blob>, next: Option<Blob>) -> Result<()> {
+        let Some(next) = next else { return Ok(()) };
+        *total = Some(match total.take() {
+            None => next,
+            Some(acc) => Blob(invoke_here(rt, &self.0, vec![acc.0, next.0])?),
+        });
+        Ok(())
+    }
+}
+
+impl Combine for FoldWith {
+    type Partial = Option<Blob>;
+    type Total = Option<Blob>;
+    const NAME: &'static str = "flotilla::collections::bag::fold";
+
+    fn add_partial(
+        &self,
+        rt: &Runtime,
+        total: &mut Option<Blob>,
+        _: usize,
+        part: Option<Blob>,
+    ) -> Result<()> {
+        self.fold(rt, total, part)
     }
 
-    /// How many items.
-    pub async fn count(&self) -> Result<u64> {
-        Ok(self.0.gather::<u64>(Action::Count).await?.into_iter().sum())
-    }
-
-    /// The first `n` items (partitions in order).
-    pub async fn take(&self, n: usize) -> Result<Vec<U>> {
-        let mut items = self.joined(Action::Take(n)).await?;
-        items.truncate(n);
-        Ok(items)
+    fn add_total(&self, rt: &Runtime, total: &mut Option<Blob>, other: Option<Blob>) -> Result<()> {
+        self.fold(rt, total, other)
     }
 }
 
@@ -537,52 +609,5 @@ impl Bag<f64> {
     /// The sum (0 for an empty bag).
     pub async fn sum(&self) -> Result<f64> {
         Ok(self.fold(add_f64).await?.unwrap_or(0.0))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn enc<T: Serialize + 'static>(v: &T) -> Bytes {
-        codec::encode(v).unwrap()
-    }
-
-    #[test]
-    fn joined_vecs_decode_as_the_concatenation() {
-        // Lengths across the one-byte varint boundary (127/128) and strings of unequal size.
-        let a: Vec<String> = (0..100).map(|i| "x".repeat(i)).collect();
-        let b: Vec<String> = Vec::new();
-        let c: Vec<String> = (0..60).map(|i| i.to_string()).collect();
-        let joined = concat_vecs(&[enc(&a), enc(&b), enc(&c)]).unwrap();
-        let want: Vec<String> = a.iter().chain(&c).cloned().collect();
-        assert_eq!(
-            codec::decode::<Vec<String>>(&joined.clone().into()).unwrap(),
-            want
-        );
-        assert_eq!(vec_len(&joined).unwrap().0, 160);
-
-        let big: Vec<u64> = (0..20_000).map(|i| i * 1_000_003).collect();
-        let joined = concat_vecs(&[enc(&big), enc(&big[..1].to_vec())]).unwrap();
-        let want: Vec<u64> = big.iter().chain(&big[..1]).copied().collect();
-        assert_eq!(codec::decode::<Vec<u64>>(&joined.into()).unwrap(), want);
-    }
-
-    #[test]
-    fn no_vecs_join_to_the_empty_vec() {
-        let joined = concat_vecs(&[]).unwrap();
-        assert_eq!(
-            codec::decode::<Vec<i64>>(&joined.clone().into()).unwrap(),
-            Vec::<i64>::new()
-        );
-        let joined = concat_vecs(&[enc(&Vec::<i64>::new())]).unwrap();
-        assert_eq!(joined, vec![0]);
-    }
-
-    #[test]
-    fn a_truncated_length_is_an_error() {
-        // A varint whose every byte says another follows.
-        assert!(concat_vecs(&[Bytes::from_static(&[0x80, 0x80])]).is_err());
-        assert!(concat_vecs(&[Bytes::new()]).is_err());
     }
 }

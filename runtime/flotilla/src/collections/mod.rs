@@ -5,8 +5,8 @@
 //! Each collection is a description of work, built in the driver and checked there (columns,
 //! types, chunk shapes); nothing runs until a result is asked for. Then one task per partition
 //! (or block) does all the per-partition work at once, on whichever worker the head picks, and
-//! the driver combines the small partial results. Partitions stay in the cluster as objects;
-//! [`DataFrame::partitions`] hands their references to plain tasks.
+//! a tree of tasks combines the small partial results ([`combine`]). Partitions stay in the
+//! cluster as objects; [`DataFrame::partitions`] hands their references to plain tasks.
 //!
 //! The tasks are functions every Flotilla program carries (registered at link time like
 //! `#[flotilla::remote]` ones), so a stock `flotilla` cluster runs them, and so does a worker of a
@@ -15,6 +15,7 @@
 
 pub mod array;
 pub mod bag;
+pub mod combine;
 pub mod dataframe;
 pub mod delayed;
 pub mod progress;
@@ -23,7 +24,7 @@ use bytes::Bytes;
 
 pub use self::{
     array::Array,
-    bag::{Bag, FlatBag},
+    bag::Bag,
     dataframe::{col, lit, Agg, DataFrame, Expr},
     delayed::{compute_all, Delayed, IntoDelayed},
 };

@@ -78,7 +78,7 @@ impl ActorHandle {
             id,
             class: class.into(),
             rt: rt.clone(),
-            _keep: rt.borrowed_ref(id),
+            _keep: rt.borrowed_ref(id, None),
         })
     }
 

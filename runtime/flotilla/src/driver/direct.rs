@@ -507,6 +507,7 @@ impl Session {
                     attempt: 0,
                     outcome: Some(task_result::Outcome::Error(failure)),
                     run_micros: 0,
+                    contained: Vec::new(),
                 },
             );
         }

@@ -2,7 +2,7 @@
 //! gets, where that store is, and the worker's own stream to the head, on which a task waiting in
 //! `get` or `wait` lends its slots back.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use flotilla_core::ObjectId;
 use flotilla_proto::v1::{self as pb, worker_op};
@@ -32,6 +32,8 @@ pub(crate) struct TaskBinding {
     pub(crate) task: ObjectId,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) permits: u32,
+    /// The objects referenced inside the task's result, which the result reports to the head.
+    pub(crate) contained: Arc<Mutex<Vec<u64>>>,
 }
 
 /// Slots a blocked task lent back to its worker; taken back when the wait ends, also when the

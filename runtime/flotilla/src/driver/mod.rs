@@ -175,6 +175,19 @@ impl Session {
         }
     }
 
+    /// Tells the head that `outer`'s value holds `refs`, before any of them can be released
+    /// (releases go on this same stream, after). Returns the distinct ids.
+    pub(crate) fn report_contained(&self, outer: ObjectId, refs: &[Arc<RefInner>]) -> Vec<u64> {
+        let mut ids: Vec<u64> = refs.iter().map(|r| r.id.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.send(driver_op::Op::Contained(pb::ContainedRefs {
+            object: outer.0,
+            refs: ids.clone(),
+        }));
+        ids
+    }
+
     fn resolve_event(&self, state: pb::ObjectState) {
         let Some(value) = state.state else { return };
         let id = ObjectId(state.object);
@@ -396,6 +409,7 @@ impl Runtime {
                 id,
                 owned: true,
                 session: self.session.clone(),
+                _parent: None,
             }),
             self.binding.clone(),
         )
@@ -413,7 +427,7 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, ObjectCell::Ready(State::Error(err)));
-        self.borrowed_ref(id)
+        self.borrowed_ref(id, None)
     }
 
     /// Submits a task of any kind; used by the generated code.
@@ -597,9 +611,12 @@ impl Runtime {
     }
 
     /// Waits for the value of an object.
+    ///
+    /// References inside the value decode as handles that keep `r`'s object alive (which holds
+    /// what they point to) while they live.
     pub async fn get<T: DeserializeOwned + 'static>(&self, r: &ObjectRef<T>) -> Result<T> {
         let bytes = self.value_bytes(r.id()).await?;
-        codec::decode(&bytes)
+        object_ref::decoding_within(self, Some(r.inner.clone()), || codec::decode(&bytes))
     }
 
     /// Waits at most `timeout` for the value of an object; [`Error::Timeout`] after that (the
@@ -745,12 +762,17 @@ impl Runtime {
         rx.await.map_err(|_| self.session.shutdown_error())
     }
 
-    pub(crate) fn borrowed_ref<T>(&self, id: ObjectId) -> ObjectRef<T> {
+    pub(crate) fn borrowed_ref<T>(
+        &self,
+        id: ObjectId,
+        parent: Option<Arc<RefInner>>,
+    ) -> ObjectRef<T> {
         ObjectRef::new(
             Arc::new(RefInner {
                 id,
                 owned: false,
                 session: self.session.clone(),
+                _parent: parent,
             }),
             self.binding.clone(),
         )

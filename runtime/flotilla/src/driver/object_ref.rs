@@ -5,6 +5,11 @@
 //! one): it encodes as its id, the encoder notes it, and the call lists it as a nested
 //! dependency, which the task waits for and holds until it ends, as Ray's borrowed references.
 //! The task decodes it as a reference it may read but does not own.
+//!
+//! A reference inside a value that is put, or that a task returns, is held by that value: the
+//! session reports it to the head as contained in the value's object ([`encode_result`], `put`),
+//! and the head keeps it until that object is freed. A `get` decodes such references as
+//! borrowed ones that keep the value's object alive while they live.
 
 use std::{
     cell::RefCell,
@@ -15,6 +20,7 @@ use std::{
     sync::{Arc, Mutex, Weak},
 };
 
+use bytes::Bytes;
 use flotilla_core::ObjectId;
 use flotilla_proto::v1::{arg, Arg};
 use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
@@ -30,6 +36,9 @@ pub(crate) struct RefInner {
     pub(crate) id: ObjectId,
     pub(crate) owned: bool,
     pub(crate) session: Arc<Session>,
+    /// For a reference decoded from a value: the value's object, which holds this one at the
+    /// head, kept alive as long as this reference is.
+    pub(crate) _parent: Option<Arc<RefInner>>,
 }
 
 impl Drop for RefInner {
@@ -83,6 +92,12 @@ impl<T> ObjectRef<T> {
         self.inner.id
     }
 
+    /// The same reference, read as another type (a collection task's result seen as the
+    /// bytes its next task takes).
+    pub(crate) fn retyped<U>(&self) -> ObjectRef<U> {
+        ObjectRef::new(self.inner.clone(), self.binding.clone())
+    }
+
     fn runtime(&self) -> Runtime {
         Runtime::from_parts(self.inner.session.clone(), self.binding.clone())
     }
@@ -100,12 +115,13 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for ObjectRef<T> {
 thread_local! {
     /// The references met while encoding an argument, when a call is collecting them.
     static NESTED: RefCell<Option<Vec<Arc<RefInner>>>> = const { RefCell::new(None) };
-    /// The runtime that decodes references inside a task's arguments.
-    static DECODING: RefCell<Option<Runtime>> = const { RefCell::new(None) };
+    /// The runtime that decodes references inside a value, with the object the value is (none
+    /// for a task's arguments, which the task holds).
+    static DECODING: RefCell<Option<(Runtime, Option<Arc<RefInner>>)>> = const { RefCell::new(None) };
 }
 
 /// Runs `encode`, returning also the references it serialized.
-fn collecting_nested<R>(encode: impl FnOnce() -> R) -> (R, Vec<Arc<RefInner>>) {
+pub(crate) fn collecting_nested<R>(encode: impl FnOnce() -> R) -> (R, Vec<Arc<RefInner>>) {
     let outer = NESTED.with(|n| n.borrow_mut().replace(Vec::new()));
     let out = encode();
     let found = NESTED.with(|n| std::mem::replace(&mut *n.borrow_mut(), outer));
@@ -114,7 +130,17 @@ fn collecting_nested<R>(encode: impl FnOnce() -> R) -> (R, Vec<Arc<RefInner>>) {
 
 /// Runs `decode` with `rt` decoding the references inside values (as borrowed references).
 pub(crate) fn decoding_with<R>(rt: &Runtime, decode: impl FnOnce() -> R) -> R {
-    let outer = DECODING.with(|d| d.borrow_mut().replace(rt.clone()));
+    decoding_within(rt, None, decode)
+}
+
+/// Runs `decode` with `rt` decoding the references inside the value of `parent`: each keeps
+/// `parent` alive, since the head holds them for as long as it lives.
+pub(crate) fn decoding_within<R>(
+    rt: &Runtime,
+    parent: Option<Arc<RefInner>>,
+    decode: impl FnOnce() -> R,
+) -> R {
+    let outer = DECODING.with(|d| d.borrow_mut().replace((rt.clone(), parent)));
     let out = decode();
     DECODING.with(|d| *d.borrow_mut() = outer);
     out
@@ -126,14 +152,14 @@ pub(crate) fn decoding_with<R>(rt: &Runtime, decode: impl FnOnce() -> R) -> R {
 type Borrowed = HashMap<(usize, ObjectId), Weak<RefInner>>;
 static BORROWED: Mutex<Option<Borrowed>> = Mutex::new(None);
 
-fn borrowed<T>(rt: &Runtime, id: ObjectId) -> ObjectRef<T> {
+fn borrowed<T>(rt: &Runtime, id: ObjectId, parent: &Option<Arc<RefInner>>) -> ObjectRef<T> {
     let session = Arc::as_ptr(&rt.session) as usize;
     let mut map = BORROWED.lock().unwrap_or_else(|e| e.into_inner());
     let map = map.get_or_insert_with(HashMap::new);
     if let Some(inner) = map.get(&(session, id)).and_then(Weak::upgrade) {
         return ObjectRef::new(inner, rt.binding.clone());
     }
-    let r: ObjectRef<T> = rt.borrowed_ref(id);
+    let r: ObjectRef<T> = rt.borrowed_ref(id, parent.clone());
     if map.len() >= 1024 {
         map.retain(|_, w| w.strong_count() > 0);
     }
@@ -156,13 +182,40 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let id = ObjectId(u64::deserialize(d)?);
         DECODING.with(|rt| match rt.borrow().as_ref() {
-            Some(rt) => Ok(borrowed(rt, id)),
+            Some((rt, parent)) => Ok(borrowed(rt, id, parent)),
             None => Err(serde::de::Error::custom(format!(
-                "object reference {id} inside a value: only a task's arguments may hold \
-                 references (pass them as arguments, or nested in argument values)"
+                "object reference {id} inside a value decoded outside a runtime: decode it \
+                 with Runtime::get, or as a task's argument"
             ))),
         })
     }
+}
+
+/// Encodes a task's result. The references inside it are noted on the task's binding, and
+/// the result reports them to the head, which holds them as long as the result lives; the
+/// handles this session has to them are released only after the head was told, on the same
+/// stream. Used by the generated code.
+pub fn encode_result<T: Serialize + 'static>(rt: &Runtime, value: &T) -> Result<Bytes> {
+    let (encoded, found) = collecting_nested(|| codec::encode(value));
+    let encoded = encoded?;
+    if found.is_empty() {
+        return Ok(encoded);
+    }
+    let Some(binding) = &rt.binding else {
+        return Err(Error::Codec(format!(
+            "a {} holding object references can only be the result of a remote function run \
+             as a task, not of an actor method: return the values, or return the references \
+             from a remote function",
+            std::any::type_name::<T>()
+        )));
+    };
+    let ids = rt.session.report_contained(binding.task, &found);
+    binding
+        .contained
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(ids);
+    Ok(encoded)
 }
 
 /// Arguments of one call, with the references they keep alive until the call is submitted.

@@ -6,7 +6,10 @@ use flotilla_core::ObjectId;
 use flotilla_proto::v1::{self as pb, driver_op, put_object};
 use serde::Serialize;
 
-use super::{object_ref::ObjectRef, ObjectCell, Runtime, State};
+use super::{
+    object_ref::{collecting_nested, ObjectRef},
+    ObjectCell, Runtime, State,
+};
 use crate::{
     codec,
     error::{Error, Result},
@@ -18,8 +21,25 @@ impl Runtime {
     /// Stores a value in the cluster and returns a reference to it. Small values travel inline;
     /// large ones go to a worker's store (this worker's, inside a task); from a driver on the
     /// store's host, a large value is encoded straight into the shared memory the store maps.
+    ///
+    /// References inside the value are held by it: what they point to lives as long as the
+    /// returned reference's object does.
     pub async fn put<T: Serialize + 'static>(&self, value: &T) -> Result<ObjectRef<T>> {
-        let size = codec::encoded_len(value)?;
+        // The sizing pass meets every reference the value holds.
+        let (size, contained) = collecting_nested(|| codec::encoded_len(value));
+        let r = self.put_value(value, size?).await?;
+        if !contained.is_empty() {
+            // After the put, before `contained` can be released: all on the session's stream.
+            self.session.report_contained(r.id(), &contained);
+        }
+        Ok(r)
+    }
+
+    async fn put_value<T: Serialize + 'static>(
+        &self,
+        value: &T,
+        size: usize,
+    ) -> Result<ObjectRef<T>> {
         if size <= INLINE_MAX_BYTES || self.session.host.is_some() {
             return self.put_bytes(codec::encode(value)?).await;
         }

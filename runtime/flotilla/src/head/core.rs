@@ -201,6 +201,9 @@ impl Core {
                             }
                         }
                         Some(driver_op::Op::Release(o)) => s.release(session, ObjectId(o)),
+                        Some(driver_op::Op::Contained(c)) => {
+                            s.contained(ObjectId(c.object), c.refs.into_iter().map(ObjectId))
+                        }
                         Some(driver_op::Op::Subscribe(o)) => s.subscribe(session, ObjectId(o)),
                         Some(driver_op::Op::Cancel(o)) => s.cancel(session, ObjectId(o)),
                         Some(driver_op::Op::LookupActor(l)) => s.locate_actor(session, &l),

@@ -87,6 +87,7 @@ fn result(
             attempt,
             outcome: Some(outcome),
             run_micros: run.as_micros() as u64,
+            contained: Vec::new(),
         })),
     }
 }
@@ -266,6 +267,7 @@ pub(super) async fn run_task(
     };
     let running = RunningGuard::new(&shared.metrics.running);
     let started = Instant::now();
+    let contained: Arc<std::sync::Mutex<Vec<u64>>> = Arc::default();
     let output = match resolve_args(&shared, d.args, &ops_tx).await {
         Err(f) => Err(f),
         Ok(args) => {
@@ -273,6 +275,7 @@ pub(super) async fn run_task(
                 task,
                 slots: shared.slots.clone(),
                 permits,
+                contained: contained.clone(),
             };
             let ctx = TaskContext {
                 rt: rt.bound_to(binding),
@@ -287,7 +290,10 @@ pub(super) async fn run_task(
     drop(permit);
     drop(running);
     let route = ResultRoute::of(d.keep_result);
-    let op = result_op(&shared, task, d.attempt, output, started.elapsed(), route).await;
+    let mut op = result_op(&shared, task, d.attempt, output, started.elapsed(), route).await;
+    if let Some(worker_op::Op::Result(r)) = &mut op.op {
+        r.contained = std::mem::take(&mut *contained.lock().unwrap_or_else(|e| e.into_inner()));
+    }
     let _ = ops_tx.send(op);
     let _ = done_tx.send(task);
 }

@@ -220,7 +220,7 @@ pub struct DriverBatch {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DriverOp {
-    #[prost(oneof = "driver_op::Op", tags = "1, 2, 3, 4, 5, 6, 7, 10")]
+    #[prost(oneof = "driver_op::Op", tags = "1, 2, 3, 4, 5, 6, 7, 10, 16")]
     pub op: ::core::option::Option<driver_op::Op>,
 }
 /// Nested message and enum types in `DriverOp`.
@@ -247,6 +247,8 @@ pub mod driver_op {
         /// records the call and its result as if it had dispatched it (counts, the object).
         #[prost(message, tag = "10")]
         DirectDone(super::DirectCallDone),
+        #[prost(message, tag = "16")]
+        Contained(super::ContainedRefs),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -284,6 +286,16 @@ pub mod put_object {
         #[prost(message, tag = "3")]
         Stored(super::StoredObject),
     }
+}
+/// The objects referenced inside an object's value (a put value, or a task's result holding
+/// ObjectRefs): the head holds each of them until that object is freed. Sent on the session
+/// stream before the session releases its own handles to them, so they are never freed between.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ContainedRefs {
+    #[prost(uint64, tag = "1")]
+    pub object: u64,
+    #[prost(uint64, repeated, tag = "2")]
+    pub refs: ::prost::alloc::vec::Vec<u64>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct LookupActor {
@@ -503,6 +515,9 @@ pub struct TaskResult {
     /// How long the task ran on the worker, for the scheduler's estimate of task lengths.
     #[prost(uint64, tag = "6")]
     pub run_micros: u64,
+    /// Objects referenced inside the value (ObjectRefs it holds): held until it is freed.
+    #[prost(uint64, repeated, tag = "16")]
+    pub contained: ::prost::alloc::vec::Vec<u64>,
     #[prost(oneof = "task_result::Outcome", tags = "3, 4, 5")]
     pub outcome: ::core::option::Option<task_result::Outcome>,
 }

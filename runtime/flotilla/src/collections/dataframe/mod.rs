@@ -2,10 +2,11 @@
 //! stream format (a reader on the same host maps them without copying again: Arrow's `Buffer`
 //! wraps the object's `Bytes`). Operations are recorded as a plan; asking for a result runs one
 //! fused task per partition (scan with projection, the plan's steps, a partial aggregate) and
-//! combines the small partials in the driver.
+//! combines the small partials in a tree of tasks (`merge`).
 
 pub mod csv;
 pub mod expr;
+mod merge;
 mod scan;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -21,11 +22,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use self::expr::{arrow_error, no_such_column};
+use self::merge::MergeGroups;
+pub(crate) use self::merge::{merge_moments, MergeMoments};
 pub use self::{
     csv::{CsvOptions, CsvRange},
     expr::{col, lit, BinOp, Expr, Lit},
 };
-use super::{blocking, call, invalid, plan, progress};
+use super::{blocking, call, combine, invalid, plan, progress};
 use crate::{
     codec::{self, Blob},
     driver::{object_ref::ObjectRef, Runtime},
@@ -751,13 +754,10 @@ impl DataFrame {
     async fn partials(&self, values: Vec<(Option<Expr>, bool)>) -> Result<Vec<Moments>> {
         let n = values.len();
         let refs = self.run::<Vec<Moments>>(Action::Aggregate(values))?;
+        let tree = combine::tree(&self.rt, "dataframe.combine", MergeMoments, &refs)?;
         progress::watch(&self.rt, "aggregate", &refs).await?;
-        let mut total = vec![Moments::default(); n];
-        for part in self.rt.get_all(&refs).await? {
-            for (t, p) in total.iter_mut().zip(part) {
-                *t = t.merge(p);
-            }
-        }
+        let mut total = tree.total(&self.rt).await?;
+        total.resize(n, Moments::default());
         Ok(total)
     }
 
@@ -969,7 +969,7 @@ pub struct GroupBy {
 impl GroupBy {
     /// Aggregates per group: one row per group (in key order), the key columns, then a
     /// Float64 column `agg(expr)` per aggregate. Partials of each partition are combined in
-    /// the driver.
+    /// a tree of tasks.
     pub async fn agg(&self, aggs: &[(Expr, Agg)]) -> Result<RecordBatch> {
         for (e, a) in aggs {
             self.df.check_numeric(e, *a)?;
@@ -982,17 +982,11 @@ impl GroupBy {
             keys: self.keys.clone(),
             values,
         })?;
+        let tree = combine::tree(&self.df.rt, "dataframe.combine", MergeGroups, &refs)?;
         progress::watch(&self.df.rt, "groupby", &refs).await?;
-        let mut total: BTreeMap<Vec<Key>, Vec<Moments>> = BTreeMap::new();
-        for part in self.df.rt.get_all(&refs).await? {
-            for (key, moments) in part {
-                let slot = total
-                    .entry(key)
-                    .or_insert_with(|| vec![Moments::default(); aggs.len()]);
-                for (t, m) in slot.iter_mut().zip(moments) {
-                    *t = t.merge(m);
-                }
-            }
+        let mut total = tree.total(&self.df.rt).await?;
+        for moments in total.values_mut() {
+            moments.resize(aggs.len(), Moments::default());
         }
         let mut columns: Vec<(String, ArrayRef)> = Vec::new();
         for (i, k) in self.keys.iter().enumerate() {
