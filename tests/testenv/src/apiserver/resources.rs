@@ -208,10 +208,20 @@ const BUILTINS: &[Builtin] = &[
         ..Builtin::new("apps", "deployments", "Deployment", &["deploy"])
     },
     Builtin::new("rbac.authorization.k8s.io", "roles", "Role", &[]),
-    Builtin::new("rbac.authorization.k8s.io", "rolebindings", "RoleBinding", &[]),
+    Builtin::new(
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        "RoleBinding",
+        &[],
+    ),
     Builtin {
         namespaced: false,
-        ..Builtin::new("rbac.authorization.k8s.io", "clusterroles", "ClusterRole", &[])
+        ..Builtin::new(
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "ClusterRole",
+            &[],
+        )
     },
     Builtin {
         namespaced: false,
