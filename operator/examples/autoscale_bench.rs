@@ -7,7 +7,8 @@
 //! - `cpu_100_clusters` and `rss_100_clusters`: the operator's CPU (share of one core) and memory
 //!   with 100 autoscaled clusters polling Prometheus every 5 s (target ≤ 5 %, ≤ 100 MiB).
 //!
-//! Run with `scripts/bench-autoscaler.sh` (it builds the release binaries next to this program).
+//! Run with `scripts/bench-autoscaler.sh [latency|cost]` (it builds the release binaries next to
+//! this program; an argument runs one part only).
 
 mod common;
 
@@ -170,7 +171,11 @@ fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(rss_kib(pid, "VmRSS:")? as f64 / 1024.0)
 }
 
+/// The directory of the release binaries: next to this program, or `FLOTILLA_BENCH_BIN_DIR`.
 fn release_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("FLOTILLA_BENCH_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()
@@ -366,10 +371,16 @@ async fn cost(bin_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `autoscale_bench [latency|cost]`: both parts, or one.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let bin_dir = release_dir()?;
-    latency(&bin_dir).await?;
-    cost(&bin_dir).await?;
+    let part = std::env::args().nth(1);
+    if part.as_deref() != Some("cost") {
+        latency(&bin_dir).await?;
+    }
+    if part.as_deref() != Some("latency") {
+        cost(&bin_dir).await?;
+    }
     Ok(())
 }

@@ -3,8 +3,8 @@
 //! puts on children.
 
 pub use flotilla_proto::contract::{
-    ENV_BIND, ENV_CLUSTER, ENV_GROUP, ENV_HEAD, ENV_JOB, ENV_NAMESPACE, ENV_ROLE, ENV_SLOTS,
-    ENV_TOKEN, ENV_WORKER_NAME, READINESS_PATH,
+    format_resources, parse_resources, ENV_BIND, ENV_CLUSTER, ENV_GROUP, ENV_HEAD, ENV_JOB,
+    ENV_NAMESPACE, ENV_RESOURCES, ENV_ROLE, ENV_SLOTS, ENV_TOKEN, ENV_WORKER_NAME, READINESS_PATH,
 };
 
 /// Variables only the operator sets; a pod template may not override them.
@@ -17,6 +17,7 @@ pub const RESERVED_ENV: &[&str] = &[
     ENV_GROUP,
     ENV_WORKER_NAME,
     ENV_SLOTS,
+    ENV_RESOURCES,
     ENV_BIND,
     ENV_JOB,
 ];

@@ -65,8 +65,12 @@ use crate::{
 const KIND: &str = "ComputeCluster";
 /// Re-reconcile a settled cluster this often, as a safety net behind the watches.
 const RESYNC: Duration = Duration::from_secs(300);
-/// Re-reconcile a cluster that is still moving this often.
+/// Re-reconcile a cluster that is still moving this often (drains run through the head, which
+/// no watch reports on).
 const SETTLING: Duration = Duration::from_secs(2);
+/// Re-reconcile a cluster whose pods are only starting this often: their changes come through
+/// the pod watch, so this is a safety net, not the way progress is seen.
+const STARTING: Duration = Duration::from_secs(30);
 /// Retry a failed reconcile this soon the first time; each failure in a row doubles it.
 const RETRY: Duration = Duration::from_secs(5);
 /// The longest wait before retrying a cluster that keeps failing.
@@ -262,13 +266,18 @@ async fn reconcile_cluster(cluster: &ComputeCluster, ctx: &Arc<Context>) -> Resu
     if cluster.status.as_ref() != Some(&new) {
         write_status(&clusters, cluster, &new).await?;
     }
-    let moving = Progress::of(&valid, &observed, &applied).is_moving();
+    let progress = Progress::of(&valid, &observed, &applied);
+    let again = match progress {
+        Progress::Starting => STARTING,
+        _ if progress.is_moving() => SETTLING,
+        _ => RESYNC,
+    };
     if let Some(refusal) = applied.refusal {
         // Shown in the status; the error counts it and retries soon.
         return Err(refusal.into());
     }
     // A settled cluster changes through the watches; one still moving is looked at again soon.
-    Ok(Action::requeue(if moving { SETTLING } else { RESYNC }))
+    Ok(Action::requeue(again))
 }
 
 async fn write_status(

@@ -274,6 +274,12 @@ pub struct WorkerGroupSpec {
     #[schemars(range(min = 1, max = 4096))]
     pub slots: Option<i32>,
 
+    /// Named custom resources each worker offers, by amount (e.g. `gpu: 1`); a task that asks for
+    /// one runs only on workers offering enough of it, and the autoscaler grows the first group
+    /// offering what such tasks ask. Names may not hold `,` or `=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_resources: Option<BTreeMap<String, i64>>,
+
     /// CPU and memory requests and limits of each worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -302,7 +308,7 @@ pub struct PodTemplateOverrides {
     pub annotations: Option<BTreeMap<String, String>>,
 
     /// Extra environment variables of the container. The `FLOTILLA_*` variables the operator sets
-    /// (role, head, token, cluster, namespace, group, worker name, slots, bind) cannot be
+    /// (role, head, token, cluster, namespace, group, worker name, slots, resources, bind) cannot be
     /// overridden.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<EnvVar>>,

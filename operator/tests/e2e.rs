@@ -19,7 +19,7 @@ use std::{
 mod common;
 
 use common::{bin_dir, eventually, repo};
-use flotilla::builtins::sleep_then;
+use flotilla::{builtins::sleep_then, TaskOptions};
 use flotilla_operator::{
     crd::{ClusterPhase, ComputeCluster},
     head::{Head, HeadView},
@@ -1099,20 +1099,23 @@ async fn the_autoscaler_follows_the_queue_through_a_real_prometheus() {
     let clusters: Api<ComputeCluster> = Api::default_namespaced(client.clone());
     let events: Api<Event> = Api::default_namespaced(client.clone());
 
-    // `elastic` grows from 1 to 4 one-slot workers; `scratch` may shrink to zero. Short
-    // windows keep the test quick.
-    let manifest = |name: &str, replicas: i32, min: i32, max: i32| {
+    // `elastic` grows from 1 to 4 one-slot workers; `scratch` may shrink to zero, and has a
+    // group offering a gpu that starts at zero. Short windows keep the test quick.
+    let manifest = |name: &str, replicas: i32, min: i32, max: i32, extra: &str| {
         format!(
             "apiVersion: flotilla.dev/v1alpha1\nkind: ComputeCluster\nmetadata: {{name: {name}}}\n\
              spec:\n  image: flotilla:latest\n  workerGroups:\n\
              \x20 - {{name: default, replicas: {replicas}, minReplicas: {min}, maxReplicas: {max}, slots: 1}}\n\
+             {extra}\
              \x20 autoscaling:\n    pollIntervalSeconds: 1\n\
              \x20   scaleDown: {{stabilizationWindowSeconds: 4, maxStepPercent: 100, drainTimeoutSeconds: 30}}\n\
              \x20   fallback: {{failureThreshold: 2, behavior: hold}}\n"
         )
     };
-    kube.apply_manifest(&manifest("elastic", 1, 1, 4));
-    kube.apply_manifest(&manifest("scratch", 1, 0, 2));
+    kube.apply_manifest(&manifest("elastic", 1, 1, 4, ""));
+    let gpu = "\x20 - {name: gpu, replicas: 0, minReplicas: 0, maxReplicas: 1, slots: 2, \
+               customResources: {gpu: 1}}\n";
+    kube.apply_manifest(&manifest("scratch", 1, 0, 2, gpu));
     let heads = eventually("both heads have addresses", LONG, || async {
         let elastic = head_of(&client, "elastic").await?;
         let scratch = head_of(&client, "scratch").await?;
@@ -1238,6 +1241,42 @@ async fn the_autoscaler_follows_the_queue_through_a_real_prometheus() {
     assert_eq!(driver.get(&task).await.expect("the task runs"), 7);
     let back = events_of(&events, "scratch", "ScaledUp").await;
     assert!(back.iter().any(|n| n.contains("0 → 1")), "{back:?}");
+
+    // A task asking for a gpu brings the gpu group, which has no worker the head knows, from
+    // zero; tasks no group could run even at its maximum are reported and not chased.
+    let needs =
+        |options: TaskOptions, value: u64| sleep_then.remote_with(&driver, &options, 10, value);
+    let on_gpu = needs(TaskOptions::default().resource("gpu", 1).slots(2), 8);
+    let too_big = needs(TaskOptions::default().slots(4), 9);
+    let no_tpu = needs(TaskOptions::default().resource("tpu", 1), 10);
+    assert_eq!(driver.get(&on_gpu).await.expect("the gpu task runs"), 8);
+    let back = events_of(&events, "scratch", "ScaledUp").await;
+    assert!(
+        back.iter().any(|n| n.contains("group gpu: 0 → 1")),
+        "{back:?}"
+    );
+    let infeasible = condition_of(&clusters, "scratch", |c| {
+        c.type_ == "DemandFeasible"
+            && c.status == "False"
+            && c.message.contains("slots, more than one worker")
+            && c.message.contains("tpu (1 slots")
+    })
+    .await;
+    assert_eq!(infeasible.reason, "NoGroupOffers");
+    let status = cluster(&clusters, "scratch").await.and_then(|c| c.status);
+    let sizes: Vec<i32> = status
+        .map(|s| s.worker_groups.iter().map(|g| g.desired_replicas).collect())
+        .unwrap_or_default();
+    assert!(
+        sizes.iter().all(|&n| n <= 1),
+        "infeasible work is not chased: {sizes:?}"
+    );
+    driver.cancel(&too_big);
+    driver.cancel(&no_tpu);
+    condition_of(&clusters, "scratch", |c| {
+        c.type_ == "DemandFeasible" && c.status == "True"
+    })
+    .await;
 
     // The operator's own series say what it read and decided.
     let metrics = http_get(&http, "/metrics").await.expect("operator metrics");

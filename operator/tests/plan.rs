@@ -115,6 +115,7 @@ fn observed(pods: &[Pod], head_workers: Option<&HashMap<String, HeadView>>) -> O
     Observed {
         secret: TokenSecret::Token("t0ken".into()),
         service_exists: true,
+        service: None,
         pods: pods.to_vec(),
         head_ip: None,
         head_workers: head_workers.cloned(),
@@ -736,9 +737,28 @@ fn a_missing_secret_and_service_are_created_and_marked_drains_run() {
         }]
     );
 
-    let whole = observed(&pods, Some(&HashMap::new()));
+    let mut whole = observed(&pods, Some(&HashMap::new()));
     let step = flotilla_operator::cluster::plan::plan(&Desired::of(&c), &whole, counter());
     assert!(!step.create_secret && !step.create_service, "{step:?}");
+    assert!(step.apply_service, "a Service not seen is applied");
+
+    // A Service holding every field the operator sets, plus what the API server adds, is left
+    // alone; one someone changed is put back.
+    let mut service = Desired::of(&c).service;
+    let spec = service.spec.as_mut().expect("a spec");
+    spec.cluster_ip = Some("10.0.0.7".into());
+    whole.service = Some(service.clone());
+    let step = flotilla_operator::cluster::plan::plan(&Desired::of(&c), &whole, counter());
+    assert!(!step.apply_service, "{step:?}");
+    let ports = service
+        .spec
+        .as_mut()
+        .and_then(|s| s.ports.as_mut())
+        .expect("ports");
+    ports[0].port += 1;
+    whole.service = Some(service);
+    let step = flotilla_operator::cluster::plan::plan(&Desired::of(&c), &whole, counter());
+    assert!(step.apply_service, "{step:?}");
 }
 
 #[test]

@@ -14,6 +14,7 @@
 //! fallback applies (`hold`, `minReplicas`, `maxReplicas`), `AutoscalerReady` turns `False` with
 //! the words of the failure, and a Warning Event is recorded; the next good read recovers.
 
+pub mod demand;
 pub mod policy;
 pub mod source;
 pub mod steer;
@@ -37,6 +38,7 @@ use prometheus::{
 use tokio::sync::watch;
 
 use self::{
+    demand::{Group, Offer},
     policy::{GroupPolicy, Held, Limits},
     source::{ReadError, Reader, Reading, Source},
 };
@@ -67,6 +69,8 @@ pub struct Plan {
     pub poll: Duration,
     /// The groups in spec order, with their limits.
     pub groups: Vec<(String, Limits)>,
+    /// What one worker of each group offers.
+    pub offers: BTreeMap<String, Offer>,
     /// Failed reads in a row before the fallback applies.
     pub failure_threshold: u32,
     /// What to do without metrics.
@@ -84,7 +88,7 @@ pub struct Decision {
     pub status: AutoscalerStatus,
     /// Whether the metrics are read: `(holds, reason, message)`.
     pub ready: (bool, String, String),
-    /// Slots of tasks no group can run, by resource.
+    /// Slots of pending tasks no group can run, by what no group offers ([`demand::split`]).
     pub infeasible: BTreeMap<String, f64>,
 }
 
@@ -461,7 +465,8 @@ impl Loop {
             Ok(reading) => {
                 self.failures = 0;
                 self.warned = false;
-                let demand = split(&plan, &reading);
+                let split = split(&plan, &reading);
+                let demand = split.by_group;
                 let elapsed = self.started.elapsed();
                 for (name, policy) in &mut self.policies {
                     let busy = reading.busy.get(name).copied().unwrap_or(0);
@@ -477,7 +482,7 @@ impl Loop {
                     .set(reading.total());
                 status.last_metric_value = Some(reading.total());
                 status.consecutive_failures = 0;
-                infeasible = reading.infeasible;
+                infeasible = split.infeasible;
                 (
                     true,
                     "MetricsRead".to_owned(),
@@ -646,77 +651,17 @@ fn describe(source: Option<&Source>) -> String {
     source.map_or_else(|| "nowhere".to_owned(), Source::describe)
 }
 
-/// Demand by group: each group's own, and the demand any group can run spread over the groups
-/// in spec order, each taking what its `maxReplicas` workers can run before the next.
-fn split(plan: &Plan, reading: &Reading) -> BTreeMap<String, f64> {
-    let mut demand: BTreeMap<String, f64> = BTreeMap::new();
-    let mut plain = 0.0;
-    for (group, slots) in &reading.demand {
-        if plan.groups.iter().any(|(g, _)| g == group) {
-            *demand.entry(group.clone()).or_default() += slots;
-        } else {
-            // Work tagged for no group of the spec (or for any group).
-            plain += slots;
-        }
-    }
-    for (i, (group, limits)) in plan.groups.iter().enumerate() {
-        let own = demand.entry(group.clone()).or_default();
-        let capacity = f64::from(limits.max)
-            * f64::from(limits.slots_per_worker.max(1))
-            * limits.target_utilization;
-        let last = i + 1 == plan.groups.len();
-        let take = if last {
-            plain
-        } else {
-            plain.min((capacity - *own).max(0.0))
-        };
-        *own += take;
-        plain -= take;
-    }
-    demand
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(max: u32) -> Limits {
-        Limits {
-            min: 0,
-            max,
-            slots_per_worker: 2,
-            target_utilization: 1.0,
-            up_window: Duration::ZERO,
-            down_window: Duration::ZERO,
-            max_step_up: None,
-            max_step_down_percent: 100,
-        }
-    }
-
-    #[test]
-    fn plain_demand_fills_groups_in_spec_order() {
-        let plan = Plan {
-            namespace: "default".into(),
-            name: "demo".into(),
-            reference: ObjectReference::default(),
-            source: None,
-            poll: Duration::from_secs(1),
-            groups: vec![("small".into(), limits(2)), ("big".into(), limits(10))],
-            failure_threshold: 3,
-            fallback: FallbackBehavior::Hold,
-        };
-        let reading = Reading {
-            demand: [
-                ("".to_owned(), 7.0),
-                ("big".to_owned(), 2.0),
-                ("gone".to_owned(), 1.0),
-            ]
-            .into(),
-            ..Reading::default()
-        };
-        let demand = split(&plan, &reading);
-        // small takes 4 slots (2 workers × 2), big gets the other 4 on top of its own 2.
-        assert_eq!(demand["small"], 4.0);
-        assert_eq!(demand["big"], 6.0);
-    }
+/// The demand of `reading` over the groups of `plan`.
+fn split(plan: &Plan, reading: &Reading) -> demand::Split {
+    let none = Offer::default();
+    let groups: Vec<Group<'_>> = plan
+        .groups
+        .iter()
+        .map(|(name, limits)| Group {
+            name,
+            limits,
+            offer: plan.offers.get(name).unwrap_or(&none),
+        })
+        .collect();
+    demand::split(&groups, reading)
 }

@@ -4,9 +4,11 @@
 //! connection error), for the `AutoscalerReady` condition and the Warning Event.
 //!
 //! The head exports, per cluster (labels `cluster` and `namespace`):
-//! - `flotilla_demand_slots{group}`: slots that pending and running tasks and live actors need;
-//!   `group=""` is work any group can run, spread over the groups in spec order;
-//! - `flotilla_demand_infeasible_slots{resource}`: slots of tasks no group can run;
+//! - `flotilla_demand_slots{group}`: slots that running tasks and live actors take, by the group
+//!   they run on;
+//! - `flotilla_demand_pending_slots{slots,resources}`: slots of pending tasks by what one task
+//!   asks (its slots, and its custom resources as `NAME=AMOUNT,...`), for [`super::demand`] to
+//!   assign to the groups of the spec;
 //! - `flotilla_group_busy_workers{group}`: workers running something.
 //!
 //! The default query reads all three at once. A user's query gives plain demand: the sum of its
@@ -22,12 +24,13 @@ use hyper_util::{
 };
 use serde::Deserialize;
 
-use crate::contract::HEAD_HTTP_PORT;
+use super::demand::Shape;
+use crate::contract::{parse_resources, HEAD_HTTP_PORT};
 
 /// Demand in task slots by worker group.
 pub const DEMAND_SERIES: &str = "flotilla_demand_slots";
-/// Slots of tasks no group can run, by the resource they ask for.
-pub const INFEASIBLE_SERIES: &str = "flotilla_demand_infeasible_slots";
+/// Slots of pending tasks, by what one task asks.
+pub const PENDING_SERIES: &str = "flotilla_demand_pending_slots";
 /// Busy workers by group.
 pub const BUSY_SERIES: &str = "flotilla_group_busy_workers";
 
@@ -61,32 +64,47 @@ impl Source {
 /// One reading of a cluster's demand.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Reading {
-    /// Slots needed, by group; `""` is work any group can run.
+    /// Slots of running work by group; `""` is work of any group (a user's query).
     pub demand: BTreeMap<String, f64>,
+    /// Slots of pending tasks by what one task asks.
+    pub pending: BTreeMap<Shape, f64>,
     /// Busy workers by group.
     pub busy: BTreeMap<String, u32>,
-    /// Slots of tasks no group can run, by resource asked for.
-    pub infeasible: BTreeMap<String, f64>,
 }
 
 impl Reading {
     /// All demand, in slots.
     pub fn total(&self) -> f64 {
-        self.demand.values().sum()
+        self.demand.values().sum::<f64>() + self.pending.values().sum::<f64>()
     }
 
-    fn add(&mut self, name: &str, labels: &BTreeMap<String, String>, value: f64) {
+    /// Adds one sample of series `name`; `Err` says what is wrong with its labels.
+    fn add(
+        &mut self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        value: f64,
+    ) -> Result<(), String> {
         let label = |key: &str| labels.get(key).cloned().unwrap_or_default();
         match name {
             DEMAND_SERIES => *self.demand.entry(label("group")).or_default() += value,
-            INFEASIBLE_SERIES if value > 0.0 => {
-                *self.infeasible.entry(label("resource")).or_default() += value;
+            PENDING_SERIES if value > 0.0 => {
+                let slots = label("slots");
+                let shape = Shape {
+                    slots: slots.parse().map_err(|_| {
+                        format!("{PENDING_SERIES} has slots={slots:?}, not a whole number")
+                    })?,
+                    resources: parse_resources(&label("resources"))
+                        .map_err(|e| format!("{PENDING_SERIES} has resources {e}"))?,
+                };
+                *self.pending.entry(shape).or_default() += value;
             }
             BUSY_SERIES => {
                 *self.busy.entry(label("group")).or_default() += value.max(0.0).round() as u32;
             }
             _ => {}
         }
+        Ok(())
     }
 }
 
@@ -164,10 +182,10 @@ impl ReadError {
 }
 
 /// The default query: the three demand series of `cluster` in `namespace`, summed by name, group
-/// and resource.
+/// and shape.
 pub fn default_query(cluster: &str, namespace: &str) -> String {
     format!(
-        "sum by (__name__, group, resource) ({{__name__=~\"{DEMAND_SERIES}|{INFEASIBLE_SERIES}|{BUSY_SERIES}\",\
+        "sum by (__name__, group, slots, resources) ({{__name__=~\"{DEMAND_SERIES}|{PENDING_SERIES}|{BUSY_SERIES}\",\
          cluster=\"{}\",namespace=\"{}\"}})",
         escape(cluster),
         escape(namespace)
@@ -389,7 +407,12 @@ fn parse_query_answer(
             *reading.demand.entry(String::new()).or_default() += value;
         } else {
             let name = sample.metric.get("__name__").cloned().unwrap_or_default();
-            reading.add(&name, &sample.metric, value);
+            reading
+                .add(&name, &sample.metric, value)
+                .map_err(|message| ReadError::BadAnswer {
+                    from: "Prometheus".into(),
+                    message,
+                })?;
         }
     }
     if !custom && reading.demand.is_empty() {
@@ -419,7 +442,7 @@ fn parse_exposition(text: &str) -> Result<Reading, ReadError> {
     let mut reading = Reading::default();
     let mut seen = false;
     for line in text.lines() {
-        let Some(name) = [DEMAND_SERIES, INFEASIBLE_SERIES, BUSY_SERIES]
+        let Some(name) = [DEMAND_SERIES, PENDING_SERIES, BUSY_SERIES]
             .into_iter()
             .find(|n| line.starts_with(n) && line[n.len()..].starts_with(['{', ' ']))
         else {
@@ -436,7 +459,7 @@ fn parse_exposition(text: &str) -> Result<Reading, ReadError> {
             None => (BTreeMap::new(), rest),
         };
         let value = value.split_whitespace().next().unwrap_or_default();
-        reading.add(name, &labels, number(value)?);
+        reading.add(name, &labels, number(value)?).map_err(bad)?;
         seen |= name == DEMAND_SERIES;
     }
     if !seen {
@@ -484,8 +507,8 @@ mod tests {
     fn the_default_query_names_the_cluster() {
         assert_eq!(
             default_query("demo", "te\"am"),
-            "sum by (__name__, group, resource) ({__name__=~\"flotilla_demand_slots|\
-             flotilla_demand_infeasible_slots|flotilla_group_busy_workers\",cluster=\"demo\",\
+            "sum by (__name__, group, slots, resources) ({__name__=~\"flotilla_demand_slots|\
+             flotilla_demand_pending_slots|flotilla_group_busy_workers\",cluster=\"demo\",\
              namespace=\"te\\\"am\"})"
         );
     }
@@ -497,13 +520,22 @@ mod tests {
             {"metric":{"__name__":"flotilla_demand_slots","group":""},"value":[1.5,"12"]},
             {"metric":{"__name__":"flotilla_demand_slots","group":"gpu"},"value":[1.5,"2"]},
             {"metric":{"__name__":"flotilla_group_busy_workers","group":"cpu"},"value":[1.5,"3"]},
-            {"metric":{"__name__":"flotilla_demand_infeasible_slots","resource":"tpu"},"value":[1.5,"1"]}
+            {"metric":{"__name__":"flotilla_demand_pending_slots","slots":"2","resources":"gpu=1,tpu=2"},"value":[1.5,"4"]},
+            {"metric":{"__name__":"flotilla_demand_pending_slots","slots":"1","resources":""},"value":[1.5,"0"]}
         ]}}"#;
         let reading = parse_query_answer(ok, text, "q", false).unwrap();
-        assert_eq!(reading.total(), 14.0);
+        assert_eq!(reading.total(), 18.0);
         assert_eq!(reading.demand[""], 12.0);
         assert_eq!(reading.busy["cpu"], 3);
-        assert_eq!(reading.infeasible["tpu"], 1.0);
+        let shape = Shape {
+            slots: 2,
+            resources: [("gpu".into(), 1), ("tpu".into(), 2)].into(),
+        };
+        assert_eq!(reading.pending[&shape], 4.0);
+        assert_eq!(reading.pending.len(), 1, "shapes at 0 are no demand");
+        let bad_shape = text.replace("\"slots\":\"2\"", "\"slots\":\"two\"");
+        let error = parse_query_answer(ok, &bad_shape, "q", false).unwrap_err();
+        assert!(error.to_string().contains("\"two\""), "{error}");
 
         let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"7.5"]}}"#;
         let custom = parse_query_answer(ok, scalar, "q", true).unwrap();
@@ -552,13 +584,17 @@ mod tests {
                     flotilla_demand_slots{cluster=\"demo\",group=\"cpu\",namespace=\"default\"} 4\n\
                     flotilla_demand_slots_other{group=\"x\"} 100\n\
                     flotilla_group_busy_workers{cluster=\"demo\",group=\"cpu\",namespace=\"default\"} 1\n\
-                    flotilla_demand_infeasible_slots{cluster=\"demo\",namespace=\"default\",resource=\"a\\\"b\"} 2\n";
+                    flotilla_demand_pending_slots{cluster=\"demo\",namespace=\"default\",resources=\"a=1\",slots=\"3\"} 6\n";
         let reading = parse_exposition(text).unwrap();
         assert_eq!(reading.demand[""], 9.0);
         assert_eq!(reading.demand["cpu"], 4.0);
-        assert_eq!(reading.total(), 13.0);
+        assert_eq!(reading.total(), 19.0);
         assert_eq!(reading.busy["cpu"], 1);
-        assert_eq!(reading.infeasible["a\"b"], 2.0);
+        let shape = Shape {
+            slots: 3,
+            resources: [("a".into(), 1)].into(),
+        };
+        assert_eq!(reading.pending[&shape], 6.0);
         assert_eq!(
             parse_exposition("up 1\n").unwrap_err().reason(),
             "BadAnswer"

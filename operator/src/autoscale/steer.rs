@@ -3,7 +3,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{policy::Limits, source::Source, Decision, Plan, AUTOSCALER_READY};
+use super::{
+    demand::{Offer, SLOTS},
+    policy::Limits,
+    source::Source,
+    Decision, Plan, AUTOSCALER_READY,
+};
 use crate::{
     cluster::validate::ValidatedCluster,
     context::Context,
@@ -70,6 +75,17 @@ pub fn steer(
                         .unwrap_or(100),
                 };
                 (g.name.clone(), limits)
+            })
+            .collect(),
+        offers: valid
+            .groups
+            .iter()
+            .map(|g| {
+                let offer = Offer {
+                    slots: g.slots,
+                    custom: g.custom.clone(),
+                };
+                (g.name.clone(), offer)
             })
             .collect(),
         failure_threshold: u32::try_from(autoscaling.fallback.failure_threshold).unwrap_or(1),
@@ -142,26 +158,26 @@ pub fn fill_status(
         (
             true,
             "Feasible",
-            "every task asks for resources some group offers".to_owned(),
+            "every pending task fits one worker of some group".to_owned(),
         )
     } else {
         let asked: Vec<String> = decision
             .infeasible
             .iter()
             .map(|(resource, slots)| {
-                let resource = if resource.is_empty() {
-                    "slots"
+                if resource == SLOTS {
+                    format!("slots, more than one worker of any group has ({slots} slots of tasks)")
                 } else {
-                    resource
-                };
-                format!("{resource} ({slots} slots of tasks)")
+                    format!("{resource} ({slots} slots of tasks)")
+                }
             })
             .collect();
         (
             false,
             "NoGroupOffers",
             format!(
-                "tasks ask for what no worker group offers, so the autoscaler does not chase them: {}",
+                "pending tasks ask for what no worker group offers even at maxReplicas, so the \
+                 autoscaler does not chase them: {}",
                 asked.join(", ")
             ),
         )

@@ -141,8 +141,10 @@ impl Writer<'_> {
         if step.create_secret {
             *token = Some(self.create_secret().await?);
         }
-        self.apply_service(&desired.service, step.create_service)
-            .await?;
+        if step.apply_service {
+            self.apply_service(&desired.service, step.create_service)
+                .await?;
+        }
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.cluster.namespace);
         for pod in &step.create {
             if self.create_pod(&pods, pod).await? {

@@ -22,10 +22,10 @@ use k8s_openapi::{
 use super::validate::{ValidatedCluster, ValidatedGroup};
 use crate::{
     contract::{
-        Role, ENV_BIND, ENV_CLUSTER, ENV_GROUP, ENV_HEAD, ENV_NAMESPACE, ENV_ROLE, ENV_SLOTS,
-        ENV_TOKEN, ENV_WORKER_NAME, HEAD_GRPC_PORT, HEAD_HTTP_PORT, LABEL_APP_COMPONENT,
-        LABEL_GROUP, LABEL_ROLE, LABEL_TEMPLATE_HASH, READINESS_PATH, TOKEN_SECRET_KEY,
-        WORKER_HTTP_PORT,
+        format_resources, Role, ENV_BIND, ENV_CLUSTER, ENV_GROUP, ENV_HEAD, ENV_NAMESPACE,
+        ENV_RESOURCES, ENV_ROLE, ENV_SLOTS, ENV_TOKEN, ENV_WORKER_NAME, HEAD_GRPC_PORT,
+        HEAD_HTTP_PORT, LABEL_APP_COMPONENT, LABEL_GROUP, LABEL_ROLE, LABEL_TEMPLATE_HASH,
+        READINESS_PATH, TOKEN_SECRET_KEY, WORKER_HTTP_PORT,
     },
     crd::PodTemplateOverrides,
     names::{
@@ -123,6 +123,10 @@ impl WorkerTemplate {
         ];
         if let Some(slots) = group.slots {
             env.push(literal_env(ENV_SLOTS, &slots.to_string()));
+        }
+        if !group.custom.is_empty() {
+            let resources = format_resources(group.custom.iter().map(|(k, v)| (k.as_str(), *v)));
+            env.push(literal_env(ENV_RESOURCES, &resources));
         }
         env.push(field_env(ENV_BIND, "status.podIP"));
         let mut labels = cluster_labels(&cluster.name);
@@ -707,6 +711,20 @@ ports:
             "a worker serves on HTTP only"
         );
         assert_eq!(container(&pod).args, Some(vec!["worker".to_owned()]));
+    }
+
+    #[test]
+    fn a_group_offering_custom_resources_tells_its_workers() {
+        let mut cluster = fixture();
+        let plain = WorkerTemplate::new(&cluster, &cluster.groups[0]);
+        assert_eq!(literal(&plain.pod("a"), "FLOTILLA_RESOURCES"), None);
+        cluster.groups[0].custom = [("tpu".to_owned(), 4), ("gpu".to_owned(), 1)].into();
+        let offering = WorkerTemplate::new(&cluster, &cluster.groups[0]);
+        assert_eq!(
+            literal(&offering.pod("a"), "FLOTILLA_RESOURCES"),
+            Some("gpu=1,tpu=4")
+        );
+        assert_ne!(plain.hash, offering.hash, "workers without them are stale");
     }
 
     #[test]

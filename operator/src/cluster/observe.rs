@@ -36,6 +36,8 @@ pub struct Observed {
     pub secret: TokenSecret,
     /// Whether the head Service exists.
     pub service_exists: bool,
+    /// The head Service as it is.
+    pub service: Option<Service>,
     /// The pods the cluster owns.
     pub pods: Vec<Pod>,
     /// The IP of a head pod that runs (ready or not: a head failing its probe may still
@@ -83,7 +85,8 @@ pub async fn observe(client: &Client, cluster: &ComputeCluster) -> Result<Observ
     };
 
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    let service_exists = services.get_opt(&head_service_name(&name)).await?.is_some();
+    let service = services.get_opt(&head_service_name(&name)).await?;
+    let service_exists = service.is_some();
 
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let pods: Vec<Pod> = pod_api
@@ -112,6 +115,7 @@ pub async fn observe(client: &Client, cluster: &ComputeCluster) -> Result<Observ
     Ok(Observed {
         secret,
         service_exists,
+        service,
         pods,
         head_ip,
         head_workers,

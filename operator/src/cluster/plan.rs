@@ -79,9 +79,12 @@ pub struct MarkedDrain {
 pub struct Plan {
     /// Create the token Secret, with a fresh token (there is none).
     pub create_secret: bool,
-    /// The head Service does not exist yet. It is applied on every pass (server-side apply puts
-    /// back what someone changed); this only says it is new.
+    /// The head Service does not exist yet.
     pub create_service: bool,
+    /// Apply the head Service: it is missing, or lacks or differs in a field the operator sets
+    /// (server-side apply puts back what someone changed). A Service that already holds every
+    /// field is left alone, so a settled cluster's pass writes nothing.
+    pub apply_service: bool,
     /// Pods to create.
     pub create: Vec<Pod>,
     /// Pods to delete now, with the reason.
@@ -110,6 +113,27 @@ impl Plan {
     }
 }
 
+/// Whether `current` holds every field `wanted` sets, with the same value (lists item by item;
+/// fields the API server adds, such as defaults, do not matter).
+pub fn holds<T: serde::Serialize>(current: &T, wanted: &T) -> bool {
+    fn covers(current: &serde_json::Value, wanted: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match (current, wanted) {
+            (Value::Object(c), Value::Object(w)) => w
+                .iter()
+                .all(|(k, v)| c.get(k).is_some_and(|have| covers(have, v))),
+            (Value::Array(c), Value::Array(w)) => {
+                c.len() == w.len() && c.iter().zip(w).all(|(have, v)| covers(have, v))
+            }
+            (c, w) => c == w,
+        }
+    }
+    match (serde_json::to_value(current), serde_json::to_value(wanted)) {
+        (Ok(current), Ok(wanted)) => covers(&current, &wanted),
+        _ => false,
+    }
+}
+
 /// Decides the next step from what exists towards what is desired. `suffix` makes a fresh worker
 /// name suffix each time it is called.
 pub fn plan(desired: &Desired, observed: &Observed, mut suffix: impl FnMut() -> String) -> Plan {
@@ -118,6 +142,10 @@ pub fn plan(desired: &Desired, observed: &Observed, mut suffix: impl FnMut() -> 
     let mut plan = Plan {
         create_secret: observed.secret == TokenSecret::Missing,
         create_service: !observed.service_exists,
+        apply_service: !observed
+            .service
+            .as_ref()
+            .is_some_and(|current| holds(current, &desired.service)),
         run_drains: observed
             .pods
             .iter()

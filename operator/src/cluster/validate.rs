@@ -4,7 +4,7 @@
 //!
 //! The builders ([`super::desired`]) take only a [`ValidatedCluster`], so they never fail.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::{
     api::core::v1::{ObjectReference, PodSecurityContext, ResourceRequirements},
@@ -90,6 +90,8 @@ pub struct ValidatedGroup {
     /// Task slots per worker: from the spec, else from the CPU resources; `None` lets the worker
     /// count its CPUs.
     pub slots: Option<u32>,
+    /// Named custom resources each worker offers.
+    pub custom: BTreeMap<String, u64>,
     /// Container resources.
     pub resources: Option<ResourceRequirements>,
     /// Pod overrides (empty when the spec has none).
@@ -242,6 +244,16 @@ pub enum SpecProblem {
         /// The URL as written.
         url: String,
     },
+    /// A custom resource name cannot be passed to the worker.
+    #[error(
+        "{field} has a resource named {name:?}; a name must be non-empty and hold no ',', '=' or blanks"
+    )]
+    InvalidResourceName {
+        /// Path of the field.
+        field: String,
+        /// The name.
+        name: String,
+    },
 }
 
 impl SpecProblem {
@@ -265,6 +277,7 @@ impl SpecProblem {
             Self::RunsAsRoot { .. } => "RunsAsRoot",
             Self::InvalidServiceAccountName { .. } => "InvalidServiceAccountName",
             Self::InvalidPrometheusUrl { .. } => "InvalidPrometheusUrl",
+            Self::InvalidResourceName { .. } => "InvalidResourceName",
         }
     }
 }
@@ -505,6 +518,25 @@ fn validate_group(
         None => slots_from_cpu(group.resources.as_ref(), &field("resources"), problems),
     };
 
+    let mut custom = BTreeMap::new();
+    for (name, amount) in group.custom_resources.iter().flatten() {
+        let path = field("customResources");
+        if name.is_empty() || name.contains([',', '=']) || name.contains(char::is_whitespace) {
+            problems.push(SpecProblem::InvalidResourceName {
+                field: path.clone(),
+                name: name.clone(),
+            });
+        }
+        check_range(
+            &format!("{path}.{name}"),
+            *amount,
+            0,
+            i64::from(i32::MAX),
+            problems,
+        );
+        custom.insert(name.clone(), amount.max(&0).unsigned_abs());
+    }
+
     let template = group.pod_template.clone().unwrap_or_default();
     check_template(&template, &field("podTemplate"), problems);
 
@@ -518,6 +550,7 @@ fn validate_group(
         min_replicas: group.min_replicas.unsigned_abs(),
         max_replicas: max_replicas.unsigned_abs(),
         slots,
+        custom,
         resources: group.resources.clone(),
         template,
     })
@@ -980,6 +1013,28 @@ spec:
         assert_eq!(
             problems(&cluster),
             vec![SpecProblem::DuplicateGroup { name: "cpu".into() }]
+        );
+    }
+
+    #[test]
+    fn custom_resources_are_checked() {
+        let cluster = validate(&with_groups(
+            "[{name: gpu, customResources: {gpu: 2, mem: 0}}]",
+        ))
+        .expect("valid");
+        assert_eq!(
+            cluster.groups[0].custom,
+            [("gpu".to_owned(), 2), ("mem".to_owned(), 0)].into()
+        );
+        let cluster = with_groups("[{name: gpu, customResources: {\"a,b\": 1, gpu: -1}}]");
+        let found = problems(&cluster);
+        assert!(
+            matches!(&found[..], [
+                SpecProblem::InvalidResourceName { field, name },
+                SpecProblem::OutOfRange { field: range, .. },
+            ] if field == "spec.workerGroups[gpu].customResources" && name == "a,b"
+                && range == "spec.workerGroups[gpu].customResources.gpu"),
+            "{found:?}"
         );
     }
 

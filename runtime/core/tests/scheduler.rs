@@ -1883,12 +1883,43 @@ fn demand_is_split_by_the_group_that_can_serve_it() {
     );
     assert_eq!(
         snap.demand_by_group.get("gpu").copied().unwrap_or(0),
-        (2 - on_cpu) + 2,
+        2 - on_cpu,
         "{snap:?}"
     );
-    assert_eq!(snap.demand_by_group[""], 3);
-    assert_eq!(snap.infeasible_by_resource["tpu"], 1);
+    assert_eq!(snap.demand_by_group[""], 0);
+    // Pending tasks go by what they ask, whoever offers it now: which group serves them (or
+    // that none can) is the operator's call.
+    let shape = |slots: u32, resources: &str| {
+        snap.pending_by_shape
+            .get(&(slots, resources.to_owned()))
+            .copied()
+    };
+    assert_eq!(shape(1, ""), Some(3), "{snap:?}");
+    assert_eq!(shape(1, "gpu=1"), Some(2));
+    assert_eq!(shape(1, "tpu=1"), Some(1));
+    assert_eq!(snap.pending_by_shape.len(), 3);
     assert_eq!(snap.busy_by_group.values().sum::<u64>(), 2);
+
+    // Past the bound, the shapes with the least demand are counted as plain one-slot work.
+    let extra = flotilla_core::scheduler::MAX_DEMAND_SHAPES as u64 + 6;
+    for n in 0..extra {
+        let mut spec = with_custom(task(oid(sess, 100 + n), "f", vec![]), "tpu");
+        if let Some(r) = spec.options.as_mut().and_then(|o| o.resources.as_mut()) {
+            r.custom.insert("tpu".into(), 2 + n);
+        }
+        s.submit(sess, spec);
+    }
+    let snap = s.snapshot();
+    assert_eq!(
+        snap.pending_by_shape.len(),
+        flotilla_core::scheduler::MAX_DEMAND_SHAPES
+    );
+    assert_eq!(
+        snap.pending_by_shape.values().sum::<u64>(),
+        3 + 2 + 1 + extra,
+        "no demand is lost"
+    );
+    assert_eq!(snap.pending_by_shape[&(1, String::new())], 3 + 9);
 }
 
 // ---------------------------------------------------------------------------------- jobs

@@ -864,7 +864,7 @@ async fn head_metrics_and_health() {
         format!(r#"flotilla_object_store_bytes{{{l},location="memory"}}"#),
         format!(r#"flotilla_object_store_bytes{{{l},location="spilled"}}"#),
         format!("flotilla_desired_workers{{{l}}}"),
-        // The autoscaler's signal: work any group can run is always shown, even none.
+        // The autoscaler's signal: `group=""` is always shown, even at zero.
         r#"flotilla_demand_slots{cluster="demo",group="",namespace="lab"}"#.to_owned(),
         format!(r#"flotilla_task_runs_total{{{l},task="nightly-sum",outcome="finished"}}"#),
     ] {

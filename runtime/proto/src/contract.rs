@@ -17,6 +17,9 @@ pub const ENV_GROUP: &str = "FLOTILLA_GROUP";
 pub const ENV_WORKER_NAME: &str = "FLOTILLA_WORKER_NAME";
 /// Task slots of a worker (default: the CPUs available).
 pub const ENV_SLOTS: &str = "FLOTILLA_SLOTS";
+/// Named custom resources a worker offers, `NAME=AMOUNT` pairs joined by commas (`gpu=1,tpu=4`);
+/// the format of [`format_resources`].
+pub const ENV_RESOURCES: &str = "FLOTILLA_RESOURCES";
 /// Address to listen on (the pod IP, or 0.0.0.0).
 pub const ENV_BIND: &str = "FLOTILLA_BIND";
 /// Object store memory cap of a worker, in bytes.
@@ -49,6 +52,36 @@ pub const WORKER_HTTP_PORT: u16 = 7403;
 /// Path answering 200 once a process can take work.
 pub const READINESS_PATH: &str = "/readyz";
 
+/// Custom resources as `NAME=AMOUNT` pairs joined by commas, in name order: the value of
+/// [`ENV_RESOURCES`] and of the `resources` label of the head's pending-demand series.
+pub fn format_resources<'a>(resources: impl IntoIterator<Item = (&'a str, u64)>) -> String {
+    let mut pairs: Vec<(&str, u64)> = resources.into_iter().collect();
+    pairs.sort_unstable();
+    let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
+}
+
+/// Reads what [`format_resources`] writes (blanks around names and amounts are allowed; an empty
+/// text is no resources). A resource named twice adds up.
+pub fn parse_resources(text: &str) -> Result<std::collections::BTreeMap<String, u64>, String> {
+    let mut resources = std::collections::BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, amount) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?}: expected NAME=AMOUNT"))?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!("{pair:?}: the resource has no name"));
+        }
+        let amount: u64 = amount
+            .trim()
+            .parse()
+            .map_err(|_| format!("{pair:?}: {:?} is not a whole number", amount.trim()))?;
+        *resources.entry(name.to_owned()).or_default() += amount;
+    }
+    Ok(resources)
+}
+
 /// Reads `FLOTILLA_TOKEN`; empty counts as unset.
 pub fn token_from_env() -> Option<String> {
     std::env::var(ENV_TOKEN).ok().filter(|t| !t.is_empty())
@@ -64,5 +97,25 @@ impl crate::v1::WorkerState {
             Self::Draining => "draining",
             Self::Drained => "drained",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_read_back_what_is_written() {
+        let text = format_resources([("tpu", 4), ("gpu", 1)]);
+        assert_eq!(text, "gpu=1,tpu=4");
+        let read = parse_resources(&text).unwrap();
+        assert_eq!(read, [("gpu".into(), 1), ("tpu".into(), 4)].into());
+        assert_eq!(parse_resources(" gpu = 2 , gpu=1,").unwrap()["gpu"], 3);
+        assert!(parse_resources("").unwrap().is_empty());
+        assert!(parse_resources("gpu").unwrap_err().contains("NAME=AMOUNT"));
+        assert!(parse_resources("gpu=lots")
+            .unwrap_err()
+            .contains("\"lots\""));
+        assert!(parse_resources("=1").unwrap_err().contains("no name"));
     }
 }

@@ -64,7 +64,7 @@ pub use convert::spec_name;
 pub use drain::UndrainError;
 pub use jobs::{JobCancelled, JobView, MAX_JOBS};
 pub use resume::RESUME_GRACE;
-pub use view::{Snapshot, WorkerView, MAX_RUN_NAMES, OTHER_RUNS, UNREGISTERED};
+pub use view::{Snapshot, WorkerView, MAX_DEMAND_SHAPES, MAX_RUN_NAMES, OTHER_RUNS, UNREGISTERED};
 pub use workers::{RegisterError, WorkerInfo};
 
 use actors::Actor;

@@ -49,13 +49,15 @@ pub struct Snapshot {
     pub desired_workers: u64,
     /// Driver sessions connected (not counting the sessions workers keep for nested tasks).
     pub sessions: u64,
-    /// Task slots that pending and running tasks and live actors need, by worker group: a
-    /// running task or live actor counts toward its worker's group, a pending task that asks
-    /// for a custom resource toward the first group (by name) whose workers offer it, and a
-    /// plain pending task toward `""` (any group). `""` is always there.
+    /// Task slots that running tasks and live actors take, by their worker's group (`""` for a
+    /// worker that is gone). `""` is always there.
     pub demand_by_group: BTreeMap<String, u64>,
-    /// Slots of pending tasks that ask for a custom resource no worker offers, by resource.
-    pub infeasible_by_resource: BTreeMap<String, u64>,
+    /// Task slots of pending tasks by what one task asks: `(slots, resources)`, the resources as
+    /// [`flotilla_proto::contract::format_resources`] writes them (`""` for none). Which group
+    /// serves them, or that none can, is the operator's to say: it knows the groups, including
+    /// those with no worker now. At most [`MAX_DEMAND_SHAPES`] shapes; past that the smallest
+    /// are counted as one-slot tasks asking for nothing.
+    pub pending_by_shape: BTreeMap<(u32, String), u64>,
     /// Workers running something, by group.
     pub busy_by_group: BTreeMap<String, u64>,
     /// Task counts of the jobs the head knows, by id.
@@ -193,7 +195,10 @@ pub(super) fn snapshot(s: &Scheduler) -> Snapshot {
     snap
 }
 
-/// Fills the per-group demand, the infeasible demand and the busy workers of `snap`.
+/// Most pending-demand shapes a [`Snapshot`] keeps apart.
+pub const MAX_DEMAND_SHAPES: usize = 64;
+
+/// Fills the per-group demand, the pending demand by shape and the busy workers of `snap`.
 fn demand_by_group(s: &Scheduler, snap: &mut Snapshot) {
     let group_of = |worker: &WorkerId| s.workers.get(worker).map(|w| w.info.group.clone());
     snap.demand_by_group.insert(String::new(), 0);
@@ -202,40 +207,39 @@ fn demand_by_group(s: &Scheduler, snap: &mut Snapshot) {
             *snap.busy_by_group.entry(w.info.group.clone()).or_default() += 1;
         }
     }
+    let mut shapes: BTreeMap<(u32, String), u64> = BTreeMap::new();
     for t in s.tasks.values() {
         let slots = u64::from(t.slots());
-        let group = match &t.state {
-            TaskState::Waiting { .. } => continue,
+        match &t.state {
+            TaskState::Waiting { .. } => {}
             TaskState::Running { worker } | TaskState::Cancelled { worker } => {
-                group_of(worker).unwrap_or_default()
+                *snap
+                    .demand_by_group
+                    .entry(group_of(worker).unwrap_or_default())
+                    .or_default() += slots;
             }
-            TaskState::Pending if t.custom().is_empty() => String::new(),
             TaskState::Pending => {
-                let offers = |w: &super::workers::Worker| {
-                    t.custom()
-                        .iter()
-                        .all(|(k, v)| w.info.custom.get(k).copied().unwrap_or(0) >= *v)
-                };
-                match s
-                    .workers
-                    .values()
-                    .filter(|w| offers(w))
-                    .map(|w| &w.info.group)
-                    .min()
-                {
-                    Some(group) => group.clone(),
-                    None => {
-                        let mut asked: Vec<&String> = t.custom().keys().collect();
-                        asked.sort();
-                        let resource = asked.into_iter().next().cloned().unwrap_or_default();
-                        *snap.infeasible_by_resource.entry(resource).or_default() += slots;
-                        continue;
-                    }
-                }
+                let resources = flotilla_proto::contract::format_resources(
+                    t.custom().iter().map(|(k, v)| (k.as_str(), *v)),
+                );
+                *shapes.entry((t.slots(), resources)).or_default() += slots;
             }
-        };
-        *snap.demand_by_group.entry(group).or_default() += slots;
+        }
     }
+    if shapes.len() > MAX_DEMAND_SHAPES {
+        // Task options are the programs' to choose: past the bound the least demand is folded.
+        let plain = (1, String::new());
+        let mut folded = shapes.remove(&plain).unwrap_or(0);
+        let mut by_demand: Vec<((u32, String), u64)> = shapes.into_iter().collect();
+        by_demand.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        folded += by_demand
+            .drain(MAX_DEMAND_SHAPES - 1..)
+            .map(|(_, slots)| slots)
+            .sum::<u64>();
+        shapes = by_demand.into_iter().collect();
+        shapes.insert(plain, folded);
+    }
+    snap.pending_by_shape = shapes;
     for a in s.actors.values() {
         if let ActorState::Alive { worker } = &a.state {
             let slots = u64::from(a.create.options.slots);

@@ -2,7 +2,10 @@
 //! from the scheduler at each scrape, runs by task name, and a histogram of task run times
 //! observed as results arrive. Every series carries the `cluster` and `namespace` labels.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+};
 
 use flotilla_core::{Snapshot, WorkerView};
 use prometheus::{
@@ -12,6 +15,10 @@ use prometheus::{
 
 use super::core::RunsByName;
 use crate::metrics::register;
+
+/// Series of the autoscaler's signal kept at 0 after their work is gone, per metric, before the
+/// ones at 0 are dropped.
+const KEPT_SERIES: usize = 2 * flotilla_core::scheduler::MAX_DEMAND_SHAPES;
 
 /// The head's registry and the series in it.
 pub struct HeadMetrics {
@@ -34,7 +41,7 @@ pub struct HeadMetrics {
     group_workers: IntGaugeVec,
     group_slots: IntGaugeVec,
     demand_slots: IntGaugeVec,
-    infeasible_slots: IntGaugeVec,
+    pending_slots: IntGaugeVec,
     group_busy: IntGaugeVec,
     task_runs: IntCounterVec,
     task_seconds: Histogram,
@@ -109,14 +116,20 @@ impl HeadMetrics {
             group_slots: gauges("flotilla_group_slots", "Task slots per group.", "group"),
             demand_slots: gauges(
                 "flotilla_demand_slots",
-                "Task slots that pending and running tasks and live actors need, by the worker \
-                 group that can serve them (\"\" for any group).",
+                "Task slots that running tasks and live actors take, by their worker's group.",
                 "group",
             ),
-            infeasible_slots: gauges(
-                "flotilla_demand_infeasible_slots",
-                "Task slots of pending tasks asking for a resource no worker offers.",
-                "resource",
+            pending_slots: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "flotilla_demand_pending_slots",
+                        "Task slots of pending tasks, by what one task asks: its slots and its \
+                         custom resources (NAME=AMOUNT,...; \"\" for none).",
+                    ),
+                    &["slots", "resources"],
+                )
+                .expect("a valid metric name"),
             ),
             group_busy: gauges(
                 "flotilla_group_busy_workers",
@@ -225,29 +238,58 @@ impl HeadMetrics {
                 .with_label_values(&[w.group.as_str()])
                 .add(i64::from(w.slots));
         }
-        // The autoscaler's signal. A group or resource once shown stays, at 0 when it has no
-        // work: a series that vanished while Prometheus was down would otherwise keep its last
-        // value there for the whole lookback window.
+        // The autoscaler's signal. A series once shown stays, at 0 when it has no work: a
+        // series that vanished while Prometheus was down would otherwise keep its last value
+        // there for the whole lookback window. Past a bound the ones at 0 go.
+        type Labels = BTreeMap<&'static str, String>;
+        let shapes: BTreeMap<Labels, u64> = snap
+            .pending_by_shape
+            .iter()
+            .map(|((slots, resources), v)| {
+                let labels = [
+                    ("slots", slots.to_string()),
+                    ("resources", resources.clone()),
+                ];
+                (labels.into(), *v)
+            })
+            .collect();
+        let by_group = |values: &BTreeMap<String, u64>| -> BTreeMap<Labels, u64> {
+            values
+                .iter()
+                .map(|(g, v)| ([("group", g.clone())].into(), *v))
+                .collect()
+        };
         for (vec, values) in [
-            (&self.demand_slots, &snap.demand_by_group),
-            (&self.infeasible_slots, &snap.infeasible_by_resource),
-            (&self.group_busy, &snap.busy_by_group),
+            (&self.demand_slots, by_group(&snap.demand_by_group)),
+            (&self.pending_slots, shapes),
+            (&self.group_busy, by_group(&snap.busy_by_group)),
         ] {
+            let mut shown: Vec<Labels> = Vec::new();
             for family in vec.collect() {
                 for metric in family.get_metric() {
-                    let label = metric
-                        .get_label()
-                        .iter()
-                        .find(|l| !["cluster", "namespace"].contains(&l.name()));
-                    if let Some(label) = label {
-                        if !values.contains_key(label.value()) {
-                            vec.with_label_values(&[label.value()]).set(0);
-                        }
-                    }
+                    let labels = metric.get_label().iter().filter_map(|l| {
+                        let name = ["group", "slots", "resources"]
+                            .into_iter()
+                            .find(|n| *n == l.name())?;
+                        Some((name, l.value().to_owned()))
+                    });
+                    shown.push(labels.collect());
                 }
             }
-            for (label, value) in values {
-                set(&vec.with_label_values(&[label.as_str()]), *value);
+            let with = |labels: &Labels| {
+                let labels: HashMap<&str, &str> =
+                    labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                vec.with(&labels)
+            };
+            if shown.len() > KEPT_SERIES {
+                vec.reset();
+            } else {
+                for labels in shown.iter().filter(|l| !values.contains_key(*l)) {
+                    with(labels).set(0);
+                }
+            }
+            for (labels, value) in &values {
+                set(&with(labels), *value);
             }
         }
         // Jobs the head forgot are gone from the series too, so the label set stays bounded.
@@ -325,5 +367,26 @@ mod tests {
         let text = metrics.render(&snap, &[], &Vec::new());
         assert!(!text.contains("ns/a-1"), "{text}");
         assert!(text.contains("ns/b-2"));
+    }
+
+    #[test]
+    fn pending_demand_shows_by_shape_and_stays_at_zero_when_gone() {
+        let metrics = HeadMetrics::new("c", "ns");
+        let line = |text: &str, series: &str, value: u64| {
+            text.lines().any(|l| {
+                l.starts_with(series)
+                    && l.contains(r#"slots="2""#)
+                    && l.contains(r#"resources="gpu=1""#)
+                    && l.ends_with(&format!("}} {value}"))
+            })
+        };
+        let snap = Snapshot {
+            pending_by_shape: [((2, "gpu=1".to_owned()), 6)].into(),
+            ..Snapshot::default()
+        };
+        let text = metrics.render(&snap, &[], &Vec::new());
+        assert!(line(&text, "flotilla_demand_pending_slots{", 6), "{text}");
+        let text = metrics.render(&Snapshot::default(), &[], &Vec::new());
+        assert!(line(&text, "flotilla_demand_pending_slots{", 0), "{text}");
     }
 }

@@ -22,8 +22,8 @@ use std::{
 };
 
 use flotilla_proto::contract::{
-    token_from_env, ENV_GROUP, ENV_HEAD, ENV_OBJECT_STORE_BYTES, ENV_SLOTS, ENV_SPILL_DIR,
-    ENV_WORKER_NAME,
+    token_from_env, ENV_GROUP, ENV_HEAD, ENV_OBJECT_STORE_BYTES, ENV_RESOURCES, ENV_SLOTS,
+    ENV_SPILL_DIR, ENV_WORKER_NAME,
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
@@ -83,7 +83,8 @@ impl WorkerConfig {
     }
 
     /// From the environment: `FLOTILLA_HEAD`, `FLOTILLA_WORKER_NAME`, `FLOTILLA_SLOTS`,
-    /// `FLOTILLA_OBJECT_STORE_BYTES`, `FLOTILLA_TOKEN`, `FLOTILLA_GROUP`, `FLOTILLA_SPILL_DIR`.
+    /// `FLOTILLA_OBJECT_STORE_BYTES`, `FLOTILLA_TOKEN`, `FLOTILLA_GROUP`, `FLOTILLA_SPILL_DIR`,
+    /// `FLOTILLA_RESOURCES`.
     pub fn from_env() -> Result<Self> {
         let head = std::env::var(ENV_HEAD)
             .ok()
@@ -118,6 +119,11 @@ impl WorkerConfig {
             if !g.is_empty() {
                 c.group = g;
             }
+        }
+        if let Ok(text) = std::env::var(ENV_RESOURCES) {
+            let resources = flotilla_proto::contract::parse_resources(&text)
+                .map_err(|e| Error::Config(format!("{ENV_RESOURCES}={text:?}: {e}")))?;
+            c.custom.extend(resources);
         }
         Ok(c)
     }

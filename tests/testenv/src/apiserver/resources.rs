@@ -201,6 +201,37 @@ const BUILTINS: &[Builtin] = &[
     },
     Builtin::new("events.k8s.io", "events", "Event", &["ev"]),
     Builtin::new("coordination.k8s.io", "leases", "Lease", &[]),
+    // What the operator's Helm chart installs, so the chart can be installed here too.
+    Builtin {
+        categories: &["all"],
+        status: true,
+        ..Builtin::new("apps", "deployments", "Deployment", &["deploy"])
+    },
+    Builtin::new("rbac.authorization.k8s.io", "roles", "Role", &[]),
+    Builtin::new(
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        "RoleBinding",
+        &[],
+    ),
+    Builtin {
+        namespaced: false,
+        ..Builtin::new(
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "ClusterRole",
+            &[],
+        )
+    },
+    Builtin {
+        namespaced: false,
+        ..Builtin::new(
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            &[],
+        )
+    },
     Builtin {
         namespaced: false,
         categories: &["api-extensions"],
