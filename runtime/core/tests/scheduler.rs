@@ -616,6 +616,50 @@ fn lost_tasks_are_retried_until_retries_run_out() {
     );
 }
 
+/// A worker that exits to stop a cancelled task (it says so first): its other running tasks are
+/// retried without using up their retries, even a task that has none.
+#[test]
+fn a_worker_exiting_for_a_forced_cancel_spares_its_other_tasks_retries() {
+    let (mut s, sess, mut ws) = setup(0, &[("w1", 2)]);
+    let stuck = oid(sess, 1);
+    let bystander = oid(sess, 2);
+    s.submit(sess, task(stuck, "f", vec![]));
+    s.submit(sess, with_retries(task(bystander, "g", vec![]), 0));
+    let placed = run_ids(&s.drain_effects());
+    assert!(
+        placed.contains(&(ws[0], stuck)) && placed.contains(&(ws[0], bystander)),
+        "{placed:?}"
+    );
+
+    ws.push(s.add_worker(worker("w2", 1)).unwrap());
+    s.cancel(sess, stuck);
+    s.drain_effects();
+    s.worker_exiting(ws[0]);
+    s.worker_lost(ws[0]);
+    let fx = s.drain_effects();
+    let placed = runs(&fx);
+    assert_eq!(placed.len(), 1, "only the bystander runs again: {fx:?}");
+    assert_eq!(
+        (
+            placed[0].0,
+            ObjectId(placed[0].1.spec.as_ref().unwrap().task),
+            placed[0].1.attempt
+        ),
+        (ws[1], bystander, 1)
+    );
+    assert!(states(&fx, sess).is_empty(), "nothing failed: {fx:?}");
+
+    // A worker that just dies uses them up: the bystander has none left.
+    s.worker_lost(ws[1]);
+    assert_error(
+        &s.drain_effects(),
+        sess,
+        bystander,
+        Kind::WorkerDied,
+        &["no retries were left"],
+    );
+}
+
 #[test]
 fn stale_results_from_an_earlier_attempt_are_ignored() {
     let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);

@@ -73,6 +73,7 @@ pub use driver::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use flotilla_macros::{actor, main, remote};
+pub use worker::cancelled;
 
 /// Blocks the current thread on a future; for synchronous remote functions that call into the
 /// runtime (`flotilla::block_on(rt.get(r))`).

@@ -241,6 +241,14 @@ impl Scheduler {
         self.remove_worker(worker);
     }
 
+    /// A worker said it exits to stop a cancelled task that did not stop on its thread: when it
+    /// is lost, its other running tasks are retried without using up their retries.
+    pub fn worker_exiting(&mut self, worker: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.exiting = true;
+        }
+    }
+
     // ------------------------------------------------------------------ sessions
 
     /// Opens a driver session and returns its id (the high bits of the ids it mints).

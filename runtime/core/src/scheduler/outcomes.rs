@@ -212,7 +212,10 @@ impl Scheduler {
     }
 
     /// A task's worker died while running it: retry it, or fail it when no retries are left.
-    pub(super) fn task_lost(&mut self, task_id: ObjectId, worker_name: &str) {
+    ///
+    /// `spared`: the worker went to stop another task (a forced cancel), so the retry does not
+    /// use up the task's own retries.
+    pub(super) fn task_lost(&mut self, task_id: ObjectId, worker_name: &str, spared: bool) {
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
@@ -232,8 +235,10 @@ impl Scheduler {
             );
             return;
         }
-        if task.retries_left > 0 {
-            task.retries_left -= 1;
+        if spared || task.retries_left > 0 {
+            if !spared {
+                task.retries_left -= 1;
+            }
             task.attempt += 1;
             self.counters.retried += 1;
             self.requeue(task_id);

@@ -339,7 +339,7 @@ pub struct WorkerBatch {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WorkerOp {
-    #[prost(oneof = "worker_op::Op", tags = "1, 2, 3, 5, 6, 7, 8")]
+    #[prost(oneof = "worker_op::Op", tags = "1, 2, 3, 5, 6, 7, 8, 20")]
     pub op: ::core::option::Option<worker_op::Op>,
 }
 /// Nested message and enum types in `WorkerOp`.
@@ -364,6 +364,11 @@ pub mod worker_op {
         /// last registered, so its object directory knows them again.
         #[prost(message, tag = "8")]
         Held(super::HeldObjects),
+        /// A cancelled task (this id) ran on a thread and did not stop within the grace: the worker
+        /// exits to stop it, right after this. Its other running tasks are lost through no fault of
+        /// their own, so they are retried without using up their retries.
+        #[prost(uint64, tag = "20")]
+        Exiting(u64),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
