@@ -61,7 +61,7 @@ pub fn sleep_then(millis: u64, value: u64) -> u64 {
 pub fn work_until_cancelled(millis: u64) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(millis);
     while std::time::Instant::now() < deadline {
-        if crate::cancelled() {
+        if crate::driver::host::cancelled() {
             return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));

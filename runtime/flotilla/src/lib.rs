@@ -67,13 +67,13 @@ pub use codec::Blob;
 pub use collections::{Array, Bag, DataFrame, Delayed};
 pub use driver::{
     actor::ActorHandle,
+    host::cancelled,
     object_ref::{IntoArg, ObjectRef},
     options::{ActorOptions, TaskOptions},
     Runtime,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use flotilla_macros::{actor, main, remote};
-pub use worker::cancelled;
 
 /// Blocks the current thread on a future; for synchronous remote functions that call into the
 /// runtime (`flotilla::block_on(rt.get(r))`).

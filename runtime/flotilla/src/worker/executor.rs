@@ -21,7 +21,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::Shared;
 use crate::{
-    driver::{host::TaskBinding, object_ref::decoding_with, Runtime},
+    driver::{
+        host::{self, TaskBinding},
+        object_ref::decoding_with,
+        Runtime,
+    },
     error::{ErrorKind, TaskFailure},
     net::INLINE_MAX_BYTES,
     registry::{registry, Invocation, TaskContext, TaskOutput},
@@ -81,38 +85,19 @@ impl Stop {
     }
 }
 
-thread_local! {
-    /// The cancel flag of the task this thread runs, if it runs one.
-    static CANCELLED: std::cell::RefCell<Option<Arc<AtomicBool>>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Whether the task running on this thread was cancelled: a long synchronous task may poll it
-/// and return early (cheap: a thread-local read). A task that does not return within
-/// [`CANCEL_GRACE_MILLIS`] of its cancel is stopped by its worker process exiting.
-/// Always `false` outside a worker's task threads.
-///
-/// [`CANCEL_GRACE_MILLIS`]: flotilla_proto::contract::CANCEL_GRACE_MILLIS
-pub fn cancelled() -> bool {
-    CANCELLED.with(|c| {
-        c.borrow()
-            .as_ref()
-            .is_some_and(|flag| flag.load(Ordering::Relaxed))
-    })
-}
-
 /// While alive, this thread runs the task of `stop`.
 struct OnThread<'a>(&'a Stop);
 
 impl<'a> OnThread<'a> {
     fn enter(stop: &'a Stop) -> Self {
-        CANCELLED.with(|c| *c.borrow_mut() = Some(stop.cancelled.clone()));
+        host::set_cancel_flag(Some(stop.cancelled.clone()));
         OnThread(stop)
     }
 }
 
 impl Drop for OnThread<'_> {
     fn drop(&mut self) {
-        CANCELLED.with(|c| *c.borrow_mut() = None);
+        host::set_cancel_flag(None);
         self.0.on_thread.send_replace(false);
     }
 }

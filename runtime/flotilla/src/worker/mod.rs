@@ -11,8 +11,6 @@ mod executor;
 mod http;
 mod session;
 
-pub use executor::cancelled;
-
 use std::{
     collections::HashMap,
     future::Future,
