@@ -18,7 +18,7 @@ use std::{
 use flotilla::Blob;
 use flotilla::{
     admin,
-    builtins::{add, byte_sum, make_bytes, sleep_then, work_until_cancelled, Counter},
+    builtins::{add, byte_sum, make_bytes, nested_sum, sleep_then, work_until_cancelled, Counter},
     local::processes::ProcessCluster,
     ActorOptions, ErrorKind, Runtime, TaskOptions,
 };
@@ -594,6 +594,7 @@ async fn bad_input_on_the_head_port() {
                 protocol_version: 99,
                 ..Default::default()
             })),
+            parent: 0,
         }],
     };
     let refused = bounded("a hello of protocol 99", Duration::from_secs(10), async {
@@ -1452,4 +1453,40 @@ async fn cancelled_job_leaves_nothing_running_on_workers() {
     for rt in [polite, stuck, other] {
         rt.shutdown().await;
     }
+}
+
+/// Tasks a job's task submits through its worker count for the job at the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_submitted_by_a_jobs_tasks_count_for_the_job() {
+    let cluster = ProcessCluster::start(Path::new(EXE), 2, 2)
+        .await
+        .expect("the cluster starts");
+    let (address, token) = (cluster.address.clone(), cluster.token.clone());
+    let rt = Runtime::connect_for_job(&address, Some(&token), "nest")
+        .await
+        .unwrap();
+    let sum = bounded(
+        "nested_sum",
+        Duration::from_secs(30),
+        rt.get(&nested_sum.remote(&rt, 5)),
+    )
+    .await
+    .expect("nested_sum runs");
+    assert_eq!(sum, 10);
+    let st = wait_head(&address, &token, "the job's counts", |st| {
+        job(st, "nest").is_some_and(|j| j.tasks_finished == 6)
+    })
+    .await;
+    let j = job(&st, "nest").unwrap();
+    assert_eq!(
+        (
+            j.tasks_submitted,
+            j.tasks_finished,
+            j.tasks_failed,
+            j.tasks_live
+        ),
+        (6, 6, 0, 0),
+        "nested_sum and the 5 adds it submitted: {j:?}"
+    );
+    rt.shutdown().await;
 }

@@ -101,7 +101,10 @@ impl Session {
     }
 
     fn send(&self, op: driver_op::Op) {
-        let _ = self.ops_tx.send(pb::DriverOp { op: Some(op) });
+        let _ = self.ops_tx.send(pb::DriverOp {
+            op: Some(op),
+            parent: 0,
+        });
     }
 
     pub(crate) fn release(&self, id: ObjectId, owned: bool) {
@@ -374,7 +377,12 @@ impl Runtime {
         if let Some(tracked) = tracked {
             unfinished.insert(id, tracked);
         }
-        self.session.send(driver_op::Op::Submit(spec));
+        // A task submitting through its worker: the new task counts for this one's job.
+        let parent = self.binding.as_ref().map_or(0, |b| b.task.0);
+        let _ = self.session.ops_tx.send(pb::DriverOp {
+            op: Some(driver_op::Op::Submit(spec)),
+            parent,
+        });
         drop(unfinished);
         // Argument references may be released only after the submission is queued.
         drop(args.keep);

@@ -197,8 +197,9 @@ impl Core {
             }
             HeadEvent::DriverOps(session, ops) => {
                 for op in ops {
+                    let parent = (op.parent != 0).then_some(ObjectId(op.parent));
                     match op.op {
-                        Some(driver_op::Op::Submit(spec)) => s.submit(session, spec),
+                        Some(driver_op::Op::Submit(spec)) => s.submit_for(session, spec, parent),
                         Some(driver_op::Op::Put(p)) => {
                             if let Some(v) = p.value {
                                 s.put(session, ObjectId(p.object), v)

@@ -220,6 +220,11 @@ pub struct DriverBatch {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DriverOp {
+    /// With `submit` from the runtime of a task inside a worker: the running task that submits it
+    /// (0 for a driver's task). The new task counts for that task's job, and cancelling the job
+    /// cancels it too.
+    #[prost(uint64, tag = "10")]
+    pub parent: u64,
     #[prost(oneof = "driver_op::Op", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub op: ::core::option::Option<driver_op::Op>,
 }
