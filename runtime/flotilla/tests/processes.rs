@@ -368,14 +368,14 @@ async fn child_driver(spec: &str) {
 }
 
 /// A driver killed with SIGKILL: the head cancels its tasks and frees its objects long before
-/// the tasks would have finished.
+/// the tasks would have finished, and the worker running them exits to stop them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn driver_that_goes_away() {
     if let Ok(spec) = std::env::var(CHILD_DRIVER_ENV) {
         child_driver(&spec).await;
         return;
     }
-    let c = TestCluster::start("orphan", 1, 2).await;
+    let mut c = TestCluster::start("orphan", 1, 2).await;
     let mut driver = Proc::spawn(
         "the child driver",
         Command::new(std::env::current_exe().unwrap())
@@ -445,7 +445,25 @@ async fn driver_that_goes_away() {
         "no task of the dead driver ran to the end: {s:?}"
     );
 
-    // The cluster still works: the freed slots take new work.
+    // Its tasks slept on worker threads, which nothing stops but the worker's exit: the worker
+    // exits with EXIT_CANCEL_FORCED. Start it again, as the kubelet would.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = c.workers[0].child().try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(i32::from(flotilla_proto::contract::EXIT_CANCEL_FORCED))
+    );
+    let again = c.worker("orphan-0", 2, &[]);
+    c.workers[0] = again;
+    c.wait_registered(&["orphan-0".to_string()]).await;
+
+    // The cluster still works: the new worker takes new work.
     let rt = c.connect().await;
     still_works(&rt).await;
     rt.shutdown().await;
