@@ -1,18 +1,86 @@
 //! What every reconcile shares: the Kubernetes client, the Event recorder, the operator's
-//! metrics, the drains in flight, and the failures in a row of each object.
+//! metrics, the drains in flight, and the failures in a row of each object; and what every
+//! controller's setup shares: one controller per watched namespace, each kind's API in it.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use futures::{future::join_all, Stream, StreamExt};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
+    api::{Patch, PatchParams},
     runtime::events::{Event, EventType, Recorder, Reporter},
-    Client,
+    Api, Client, Resource, ResourceExt,
 };
 
 use crate::{autoscale::Autoscalers, contract::MANAGER_NAME, metrics::Metrics};
+
+/// Runs one controller, made by `controller`, for each of `namespaces`, or one over all of them
+/// when none is given; returns when all have ended.
+pub async fn per_namespace<F, Fut>(namespaces: &[String], controller: F)
+where
+    F: FnMut(Option<&str>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    join_all(scopes.into_iter().map(controller)).await;
+}
+
+/// The API of kind `K` in `namespace`, or across all namespaces.
+pub fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs a controller's results to their end; a failed reconcile is already logged by the
+/// reconcile itself, so here it is only a debug line saying which controller.
+pub async fn drain_results<T, E: std::fmt::Display>(
+    results: impl Stream<Item = Result<T, E>>,
+    controller: &'static str,
+) {
+    results
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, controller, "reconcile failed");
+            }
+        })
+        .await
+}
+
+/// Writes `status` as the whole status of `object` with server-side apply: fields the operator no
+/// longer sends are removed.
+pub async fn apply_status<K>(
+    api: &Api<K>,
+    object: &K,
+    status: &impl serde::Serialize,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(MANAGER_NAME).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
 
 /// The longest Event note, in bytes, the API server accepts.
 pub const MAX_EVENT_NOTE: usize = 1024;

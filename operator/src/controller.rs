@@ -24,14 +24,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{future::join_all, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::{
     api::core::v1::{Pod, Secret, Service},
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
-    api::{Patch, PatchParams},
     core::{error_boundary::InvalidObject, DeserializeGuard},
     runtime::{
         controller::{Action, Controller},
@@ -40,7 +39,7 @@ use kube::{
         reflector::ObjectRef,
         watcher, WatchStreamExt,
     },
-    Api, Client, Resource, ResourceExt,
+    Api, Resource, ResourceExt,
 };
 use tracing::Instrument;
 
@@ -54,7 +53,7 @@ use crate::{
         status::{self, Progress, Stamp},
         validate::validate,
     },
-    context::{Context, MAX_EVENT_NOTE},
+    context::{apply_status, drain_results, per_namespace, scoped_api, Context, MAX_EVENT_NOTE},
     contract::{LABEL_MANAGED_BY, MANAGER_NAME},
     crd::{ComputeCluster, ComputeClusterStatus},
     names::random_worker_suffix,
@@ -86,19 +85,14 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let client = ctx.client.clone();
-    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
-        vec![None]
-    } else {
-        namespaces.iter().map(|n| Some(n.as_str())).collect()
-    };
-    let controllers = scopes.into_iter().map(|namespace| {
+    per_namespace(namespaces, |namespace| {
         let children =
             watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER_NAME}"));
         let (reader, writer) = reflector::store();
         // Only spec changes: the operator's status writes come back through this watch, and a
         // reconcile for each would undo the retry delay of a failing cluster.
         let clusters = watcher(
-            api::<Watched>(&client, namespace),
+            scoped_api::<Watched>(&client, namespace),
             watcher::Config::default(),
         )
         .default_backoff()
@@ -112,30 +106,16 @@ pub async fn run(
             .subscribe()
             .filter(move |(ns, _)| std::future::ready(scope.as_ref().is_none_or(|s| s == ns)))
             .map(|(ns, name)| ObjectRef::<Watched>::new(&name).within(&ns));
-        Controller::for_stream(clusters, reader)
+        let results = Controller::for_stream(clusters, reader)
             .reconcile_on(decided)
-            .owns(api::<Pod>(&client, namespace), children.clone())
-            .owns(api::<Service>(&client, namespace), children.clone())
-            .owns(api::<Secret>(&client, namespace), children)
+            .owns(scoped_api::<Pod>(&client, namespace), children.clone())
+            .owns(scoped_api::<Service>(&client, namespace), children.clone())
+            .owns(scoped_api::<Secret>(&client, namespace), children)
             .graceful_shutdown_on(shutdown.clone())
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "reconcile failed");
-                }
-            })
-    });
-    join_all(controllers).await;
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
+            .run(reconcile, error_policy, ctx.clone());
+        drain_results(results, KIND)
+    })
+    .await;
 }
 
 /// Retry failed reconciles, later with each failure in a row; an object that cannot be read or
@@ -285,19 +265,7 @@ async fn write_status(
     cluster: &ComputeCluster,
     status: &ComputeClusterStatus,
 ) -> Result<(), Error> {
-    // Server-side apply: fields the operator no longer sends (a head that went away) are removed.
-    let patch = serde_json::json!({
-        "apiVersion": ComputeCluster::api_version(&()),
-        "kind": ComputeCluster::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &cluster.name_any(),
-        &PatchParams::apply(MANAGER_NAME).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    Ok(apply_status(api, cluster, status).await?)
 }
 
 #[cfg(test)]

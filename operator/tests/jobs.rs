@@ -2,144 +2,63 @@
 //! `kubectl`, the operator binary out of process, and the process kubelet running the real
 //! `flotilla` binary as head, workers and drivers.
 //!
+//! With `USE_EXISTING_CLUSTER=true` and `KUBECONFIG` the same tests run against that cluster, as
+//! `e2e.rs` does: each in a namespace of its own, deleted when the test ends, with the process
+//! kubelet only where the cluster has no nodes of its own.
+//!
 //! One test shares one cluster between many jobs at once (each job is its own scenario); the
 //! other runs a job with a cluster of its own. The runtime binary must be built next to the
 //! operator's (`cargo test --workspace` does that; alone: `cargo build -p flotilla --bin
 //! flotilla`).
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{bin_dir, eventually, repo};
+use common::{
+    eventually,
+    kube::{head_of, Kube, Process},
+    repo,
+};
 use flotilla_operator::{
     crd::{ComputeCluster, ComputeJob, ComputeJobStatus, JobPhase},
     head::Head,
 };
-use flotilla_testenv::{
-    apiserver::FakeApiServer,
-    kubelet::{ImageMapping, KubeletConfig, ProcessKubelet},
-};
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::{api::ListParams, Api, Client};
+use flotilla_proto::contract::EXIT_CANCEL_FORCED;
+use flotilla_testenv::kubelet::ProcessKubelet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{api::ListParams, Api};
 
-const NS: &str = "default";
 /// Generous: debug builds on a busy 2-core machine.
 const LONG: Duration = Duration::from_secs(120);
 
-/// A process killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The local Kubernetes with the operator and a kubelet.
-struct Kube {
-    api: FakeApiServer,
-    kubeconfig: PathBuf,
-    dir: tempfile::TempDir,
-    _operator: Option<Process>,
+/// The Kubernetes of `common::kube` (the fake API server, or an existing cluster) with the
+/// operator and, where the cluster has no nodes of its own, the process kubelet.
+struct Env {
+    // Stopped first (fields drop in order), while the Kubernetes and its directory are still there.
+    _operator: Process,
     _kubelet: Option<ProcessKubelet>,
+    kube: Kube,
 }
 
-impl Kube {
+impl std::ops::Deref for Env {
+    type Target = Kube;
+
+    fn deref(&self) -> &Kube {
+        &self.kube
+    }
+}
+
+impl Env {
     async fn start() -> Self {
-        let api = FakeApiServer::start().await.expect("fake API server");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let kubeconfig = dir.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-        let mut kube = Kube {
-            api,
-            kubeconfig,
-            dir,
-            _operator: None,
-            _kubelet: None,
-        };
-        kube.kubectl_ok(&["apply", "-f", &repo().join("crds").display().to_string()]);
-        let config = KubeletConfig {
-            node_name: "local".into(),
-            images: vec![ImageMapping {
-                image: "flotilla".into(),
-                bin_dir: bin_dir(),
-                entrypoint: Some(bin_dir().join("flotilla")),
-            }],
-            log_dir: kube.dir.path().join("pods"),
-            restart_backoff: (Duration::from_millis(100), Duration::from_secs(2)),
-            schedule: true,
-        };
-        kube._kubelet = Some(
-            ProcessKubelet::start(kube.client().await, config)
-                .await
-                .expect("kubelet"),
-        );
-        let log = std::fs::File::create(kube.dir.path().join("operator.log")).expect("log");
-        let http = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
-        let child = Command::new(env!("CARGO_BIN_EXE_flotilla-operator"))
-            .args(["run", "--http-bind", &http.to_string()])
-            .env("KUBECONFIG", &kube.kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("operator starts");
-        kube._operator = Some(Process(child));
-        kube
-    }
-
-    async fn client(&self) -> Client {
-        self.api.client().await.expect("kube client")
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .output()
-            .expect("kubectl runs")
-    }
-
-    fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}{}\noperator log:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.operator_log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `kubectl apply -f -` of `yaml`; the output and whether it succeeded.
-    fn apply(&self, yaml: &str) -> (bool, String) {
-        let mut apply = Command::new("kubectl")
-            .args(["apply", "-f", "-"])
-            .env("KUBECONFIG", &self.kubeconfig)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl runs");
-        std::io::Write::write_all(&mut apply.stdin.take().expect("stdin"), yaml.as_bytes())
-            .expect("manifest written");
-        let out = apply.wait_with_output().expect("kubectl ends");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        let kube = Kube::start().await;
+        let kubelet = kube.kubelet().await;
+        let (operator, _) = kube.operator("operator", &[]);
+        Env {
+            _operator: operator,
+            _kubelet: kubelet,
+            kube,
+        }
     }
 
     fn apply_ok(&self, yaml: &str) {
@@ -147,12 +66,12 @@ impl Kube {
         assert!(ok, "kubectl apply of {yaml}: {text}");
     }
 
-    fn operator_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("operator.log")).unwrap_or_default()
+    fn log(&self) -> String {
+        self.operator_log("operator")
     }
 
     async fn status(&self, job: &str) -> Option<ComputeJobStatus> {
-        let jobs: Api<ComputeJob> = Api::namespaced(self.client().await, NS);
+        let jobs: Api<ComputeJob> = Api::default_namespaced(self.client().await);
         jobs.get_opt(job).await.ok().flatten()?.status
     }
 
@@ -168,7 +87,7 @@ impl Kube {
             assert!(
                 start.elapsed() < LONG,
                 "timed out waiting for {what}; status: {status:#?}\noperator log:\n{}",
-                self.operator_log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -176,17 +95,7 @@ impl Kube {
 
     /// The head of `cluster`, asked through its own API.
     async fn head(&self, cluster: &str) -> Option<Head> {
-        let client = self.client().await;
-        let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-        let ip = pods
-            .get_opt(&format!("{cluster}-head"))
-            .await
-            .ok()??
-            .status?
-            .pod_ip?;
-        let secrets: Api<Secret> = Api::namespaced(client, NS);
-        let secret = secrets.get_opt(&format!("{cluster}-token")).await.ok()??;
-        let token = String::from_utf8(secret.data?.get("token")?.0.clone()).ok()?;
+        let (ip, token) = head_of(&self.client().await, cluster).await?;
         Head::connect(&ip, &token).await.ok()
     }
 
@@ -197,7 +106,7 @@ impl Kube {
     }
 
     async fn pod_exists(&self, name: &str) -> bool {
-        let pods: Api<Pod> = Api::namespaced(self.client().await, NS);
+        let pods: Api<Pod> = Api::default_namespaced(self.client().await);
         pods.get_opt(name).await.ok().flatten().is_some()
     }
 }
@@ -213,7 +122,7 @@ fn job(name: &str, args: &[&str], extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_on_an_existing_cluster() {
-    let kube = Kube::start().await;
+    let kube = Env::start().await;
 
     // Bad input first: refused by the API server, or said in the status.
     let both = "apiVersion: flotilla.dev/v1alpha1\nkind: ComputeJob\nmetadata: {name: both}\nspec:\n  clusterRef: {name: minimal}\n  cluster: {image: flotilla, workerGroups: [{name: w, replicas: 1}]}\n";
@@ -268,11 +177,6 @@ async fn jobs_on_an_existing_cluster() {
         "brief",
         &["example", "square"],
         "  ttlSecondsAfterFinished: 1\n",
-    ));
-    kube.apply_ok(&job(
-        "deleted",
-        &["example", "sleep", "--tasks", "2", "--millis", "30000"],
-        "",
     ));
     let mut missing = job("missing", &[], "  backoffLimit: 0\n");
     missing.push_str("  entrypoint: [no-such-program]\n");
@@ -382,6 +286,31 @@ async fn jobs_on_an_existing_cluster() {
         || async { (kube.live_tasks("minimal", &id).await? == 0).then_some(()) },
     )
     .await;
+    // Its tasks slept on worker threads, which only the worker's exit stops: a worker exited with
+    // EXIT_CANCEL_FORCED and its pod's container was started again.
+    eventually("a worker restarted after a forced cancel", LONG, || async {
+        let pods: Api<Pod> = Api::default_namespaced(kube.client().await);
+        let selector = "flotilla.dev/cluster=minimal,flotilla.dev/role=worker";
+        let listed = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .ok()?;
+        listed
+            .items
+            .iter()
+            .flat_map(|p| p.status.as_ref()?.container_statuses.clone())
+            .flatten()
+            .any(|c| {
+                let forced = c
+                    .last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .is_some_and(|t| t.exit_code == i32::from(EXIT_CANCEL_FORCED));
+                forced && c.restart_count >= 1 && c.ready
+            })
+            .then_some(())
+    })
+    .await;
     eventually("the overdue job's driver gone", LONG, || async {
         (!kube
             .pod_exists(overdue.driver_pod.as_deref().unwrap())
@@ -426,12 +355,18 @@ async fn jobs_on_an_existing_cluster() {
 
     // A finished job is removed after its TTL.
     eventually("the brief job removed after its TTL", LONG, || async {
-        let jobs: Api<ComputeJob> = Api::namespaced(kube.client().await, NS);
+        let jobs: Api<ComputeJob> = Api::default_namespaced(kube.client().await);
         jobs.get_opt("brief").await.ok()?.is_none().then_some(())
     })
     .await;
 
     // Deleting a running job cancels its work at the head, then its driver goes.
+    // (Started only now: its tasks would hold slots the jobs above need.)
+    kube.apply_ok(&job(
+        "deleted",
+        &["example", "sleep", "--tasks", "2", "--millis", "600000"],
+        "",
+    ));
     let deleted = kube.wait_phase("deleted", JobPhase::Running).await;
     let id = deleted.job_id.clone().expect("job id");
     eventually("the deleted job's tasks running", LONG, || async {
@@ -444,20 +379,20 @@ async fn jobs_on_an_existing_cluster() {
     })
     .await;
     eventually("the deleted job and its driver gone", LONG, || async {
-        let jobs: Api<ComputeJob> = Api::namespaced(kube.client().await, NS);
+        let jobs: Api<ComputeJob> = Api::default_namespaced(kube.client().await);
         let gone = jobs.get_opt("deleted").await.ok()?.is_none()
             && !kube.pod_exists("deleted-driver-1").await;
         gone.then_some(())
     })
     .await;
     // The shared cluster is untouched by all of it.
-    let clusters: Api<ComputeCluster> = Api::namespaced(kube.client().await, NS);
+    let clusters: Api<ComputeCluster> = Api::default_namespaced(kube.client().await);
     assert!(clusters.get_opt("minimal").await.unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_with_its_own_cluster() {
-    let kube = Kube::start().await;
+    let kube = Env::start().await;
     kube.kubectl_ok(&[
         "apply",
         "-f",
@@ -474,8 +409,8 @@ async fn a_job_with_its_own_cluster() {
     assert_eq!((progress.tasks_submitted, progress.tasks_finished), (4, 4));
     // The cluster goes with the job's end; the job stays.
     eventually("the job's own cluster gone", LONG, || async {
-        let clusters: Api<ComputeCluster> = Api::namespaced(kube.client().await, NS);
-        let pods: Api<Pod> = Api::namespaced(kube.client().await, NS);
+        let clusters: Api<ComputeCluster> = Api::default_namespaced(kube.client().await);
+        let pods: Api<Pod> = Api::default_namespaced(kube.client().await);
         let left = pods
             .list(&ListParams::default().labels("flotilla.dev/cluster=pi-cluster"))
             .await

@@ -12,7 +12,6 @@ pub mod machine;
 
 use std::{sync::Arc, time::Instant};
 
-use futures::{future::join_all, StreamExt};
 use k8s_openapi::{
     api::core::v1::{Pod, Secret},
     jiff::Timestamp,
@@ -34,7 +33,7 @@ use self::{
     machine::{decide, ClusterState, Driver, Observed, Step},
 };
 use crate::{
-    context::Context,
+    context::{apply_status, drain_results, per_namespace, scoped_api, Context},
     contract::{LABEL_MANAGED_BY, MANAGER_NAME, TOKEN_SECRET_KEY},
     crd::{ClusterPhase, ComputeCluster, ComputeJob, ComputeJobStatus, JobPhase, JobProgress},
     head::Head,
@@ -58,21 +57,19 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let client = ctx.client.clone();
-    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
-        vec![None]
-    } else {
-        namespaces.iter().map(|n| Some(n.as_str())).collect()
-    };
-    let controllers = scopes.into_iter().map(|namespace| {
+    per_namespace(namespaces, |namespace| {
         let drivers = watcher::Config::default()
             .labels(&format!("{LABEL_MANAGED_BY}={MANAGER_NAME},{LABEL_JOB}"));
-        let controller = Controller::new(api::<ComputeJob>(&client, namespace), Default::default());
+        let controller = Controller::new(
+            scoped_api::<ComputeJob>(&client, namespace),
+            Default::default(),
+        );
         let jobs = controller.store();
-        controller
-            .owns(api::<Pod>(&client, namespace), drivers)
+        let results = controller
+            .owns(scoped_api::<Pod>(&client, namespace), drivers)
             // Any cluster: a job may name one it does not own and wait for it to run.
             .watches(
-                api::<ComputeCluster>(&client, namespace),
+                scoped_api::<ComputeCluster>(&client, namespace),
                 watcher::Config::default(),
                 move |cluster: ComputeCluster| {
                     let namespace = cluster.namespace();
@@ -85,24 +82,10 @@ pub async fn run(
                 },
             )
             .graceful_shutdown_on(shutdown.clone())
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "job reconcile failed");
-                }
-            })
-    });
-    join_all(controllers).await;
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
+            .run(reconcile, error_policy, ctx.clone());
+        drain_results(results, KIND)
+    })
+    .await;
 }
 
 fn error_policy(_job: Arc<ComputeJob>, _error: &Error, _ctx: Arc<Context>) -> Action {
@@ -470,16 +453,5 @@ async fn write_status(
     job: &ComputeJob,
     status: &ComputeJobStatus,
 ) -> Result<(), Error> {
-    let patch = serde_json::json!({
-        "apiVersion": ComputeJob::api_version(&()),
-        "kind": ComputeJob::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &job.name_any(),
-        &PatchParams::apply(MANAGER_NAME).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    Ok(apply_status(api, job, status).await?)
 }

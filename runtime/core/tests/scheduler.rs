@@ -619,6 +619,50 @@ fn lost_tasks_are_retried_until_retries_run_out() {
     );
 }
 
+/// A worker that exits to stop a cancelled task (it says so first): its other running tasks are
+/// retried without using up their retries, even a task that has none.
+#[test]
+fn a_worker_exiting_for_a_forced_cancel_spares_its_other_tasks_retries() {
+    let (mut s, sess, mut ws) = setup(0, &[("w1", 2)]);
+    let stuck = oid(sess, 1);
+    let bystander = oid(sess, 2);
+    s.submit(sess, task(stuck, "f", vec![]));
+    s.submit(sess, with_retries(task(bystander, "g", vec![]), 0));
+    let placed = run_ids(&s.drain_effects());
+    assert!(
+        placed.contains(&(ws[0], stuck)) && placed.contains(&(ws[0], bystander)),
+        "{placed:?}"
+    );
+
+    ws.push(s.add_worker(worker("w2", 1)).unwrap());
+    s.cancel(sess, stuck);
+    s.drain_effects();
+    s.worker_exiting(ws[0]);
+    s.worker_lost(ws[0]);
+    let fx = s.drain_effects();
+    let placed = runs(&fx);
+    assert_eq!(placed.len(), 1, "only the bystander runs again: {fx:?}");
+    assert_eq!(
+        (
+            placed[0].0,
+            ObjectId(placed[0].1.spec.as_ref().unwrap().task),
+            placed[0].1.attempt
+        ),
+        (ws[1], bystander, 1)
+    );
+    assert!(states(&fx, sess).is_empty(), "nothing failed: {fx:?}");
+
+    // A worker that just dies uses them up: the bystander has none left.
+    s.worker_lost(ws[1]);
+    assert_error(
+        &s.drain_effects(),
+        sess,
+        bystander,
+        Kind::WorkerDied,
+        &["no retries were left"],
+    );
+}
+
 #[test]
 fn stale_results_from_an_earlier_attempt_are_ignored() {
     let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 1)]);
@@ -1979,6 +2023,85 @@ fn jobs_count_their_tasks_and_cancelling_one_stops_only_its_work() {
     assert_eq!(run_ids(&s.drain_effects()), [(ws[0], oid(again, 1))]);
     let view = &s.jobs()[0];
     assert_eq!((view.tasks_submitted, view.tasks_failed), (4, 1));
+}
+
+/// A task submitted by a running task through its worker's session counts for the running
+/// task's job, and cancelling the job cancels it too; once the parent is cancelled, what it still
+/// submits is refused.
+#[test]
+fn tasks_submitted_by_a_jobs_tasks_count_for_the_job_and_are_cancelled_with_it() {
+    let (mut s, other, ws) = setup(0, &[("w1", 4)]);
+    let job = s.open_job_session(None, Some("job-a".into()));
+    let from_worker = s.open_session(Some("w1".into()));
+    let parent = oid(job, 1);
+    s.submit(job, task(parent, "f", vec![]));
+    assert_eq!(run_ids(&s.drain_effects()), [(ws[0], parent)]);
+    let child = |n: u64| task(oid(from_worker, n), "g", vec![]);
+    let (done_child, live_child) = (oid(from_worker, 1), oid(from_worker, 2));
+    s.submit_for(from_worker, child(1), Some(parent));
+    s.submit_for(from_worker, child(2), Some(parent));
+    // A task of another session (no job) that names the job's task as parent from a driver's
+    // session does not count for the job.
+    s.submit_for(other, task(oid(other, 1), "g", vec![]), Some(parent));
+    s.drain_effects();
+    s.task_finished(ws[0], inline(done_child, 0, b"ok"));
+    s.drain_effects();
+    let view = &s.jobs()[0];
+    assert_eq!(
+        (
+            view.tasks_submitted,
+            view.tasks_finished,
+            view.tasks_failed,
+            view.tasks_live
+        ),
+        (3, 1, 0, 2),
+        "the parent and its two children: {view:?}"
+    );
+
+    let done = s.cancel_job("job-a");
+    assert_eq!(done.tasks, 2, "the parent and its running child: {done:?}");
+    let effects = s.drain_effects();
+    let stopped = commands(&effects);
+    assert!(
+        stopped.contains(&(ws[0], Command::Cancel(parent.0))),
+        "{stopped:?}"
+    );
+    assert!(
+        stopped.contains(&(ws[0], Command::Cancel(live_child.0))),
+        "{stopped:?}"
+    );
+    assert!(!stopped.contains(&(ws[0], Command::Cancel(oid(other, 1).0))));
+    assert_error(
+        &effects,
+        from_worker,
+        live_child,
+        Kind::Cancelled,
+        &["job-a"],
+    );
+
+    // The parent's thread runs on until it returns or its worker exits: what it submits now is
+    // refused.
+    let late = oid(from_worker, 3);
+    s.submit_for(from_worker, child(3), Some(parent));
+    assert_error(
+        &s.drain_effects(),
+        from_worker,
+        late,
+        Kind::Cancelled,
+        &["was cancelled"],
+    );
+    // Live until the worker reports the cancelled runs stopped.
+    assert_eq!(s.jobs()[0].tasks_live, 2);
+    for t in [parent, live_child] {
+        s.task_finished(ws[0], failed(t, 0, Kind::Cancelled, "cancelled"));
+    }
+    s.drain_effects();
+    let view = &s.jobs()[0];
+    assert_eq!(
+        (view.tasks_submitted, view.tasks_failed, view.tasks_live),
+        (3, 2, 0),
+        "{view:?}"
+    );
 }
 
 #[test]

@@ -55,6 +55,20 @@ pub fn sleep_then(millis: u64, value: u64) -> u64 {
     value
 }
 
+/// Works in 1 ms steps for up to `millis`, returning early (with `true`) once cancelled: a long
+/// task that stops when asked.
+#[crate::remote]
+pub fn work_until_cancelled(millis: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(millis);
+    while std::time::Instant::now() < deadline {
+        if crate::driver::host::cancelled() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    false
+}
+
 /// Fails with an error message.
 #[crate::remote]
 pub fn fail_with(message: String) -> Result<u64, String> {

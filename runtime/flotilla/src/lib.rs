@@ -67,6 +67,7 @@ pub use codec::Blob;
 pub use collections::{Array, Bag, DataFrame, Delayed};
 pub use driver::{
     actor::ActorHandle,
+    host::cancelled,
     object_ref::{IntoArg, ObjectRef},
     options::{ActorOptions, TaskOptions},
     Runtime,

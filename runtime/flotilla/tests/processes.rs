@@ -18,7 +18,11 @@ use std::{
 use flotilla::Blob;
 use flotilla::{
     admin,
-    builtins::{add, byte_sum, make_bytes, sleep_then, Counter, CounterHandle},
+    builtins::{
+        add, byte_sum, make_bytes, nested_sum, sleep_then, work_until_cancelled, Counter,
+        CounterHandle,
+    },
+    local::processes::ProcessCluster,
     ActorOptions, ErrorKind, Runtime, TaskOptions,
 };
 use flotilla_proto::v1::{self as pb, head_client::HeadClient};
@@ -489,14 +493,14 @@ async fn child_driver(spec: &str) {
 }
 
 /// A driver killed with SIGKILL: the head cancels its tasks and frees its objects long before
-/// the tasks would have finished.
+/// the tasks would have finished, and the worker running them exits to stop them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn driver_that_goes_away() {
     if let Ok(spec) = std::env::var(CHILD_DRIVER_ENV) {
         child_driver(&spec).await;
         return;
     }
-    let c = TestCluster::start("orphan", 1, 2).await;
+    let mut c = TestCluster::start("orphan", 1, 2).await;
     let mut driver = Proc::spawn(
         "the child driver",
         Command::new(std::env::current_exe().unwrap())
@@ -566,7 +570,25 @@ async fn driver_that_goes_away() {
         "no task of the dead driver ran to the end: {s:?}"
     );
 
-    // The cluster still works: the freed slots take new work.
+    // Its tasks slept on worker threads, which nothing stops but the worker's exit: the worker
+    // exits with EXIT_CANCEL_FORCED. Start it again, as the kubelet would.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = c.workers[0].child().try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(i32::from(flotilla_proto::contract::EXIT_CANCEL_FORCED))
+    );
+    let again = c.worker("orphan-0", 2, &[]);
+    c.workers[0] = again;
+    c.wait_registered(&["orphan-0".to_string()]).await;
+
+    // The cluster still works: the new worker takes new work.
     let rt = c.connect().await;
     still_works(&rt).await;
     rt.shutdown().await;
@@ -715,6 +737,7 @@ async fn bad_input_on_the_head_port() {
                 protocol_version: 99,
                 ..Default::default()
             })),
+            parent: 0,
         }],
     };
     let refused = bounded("a hello of protocol 99", Duration::from_secs(10), async {
@@ -1433,4 +1456,180 @@ async fn a_head_that_stops_answering_is_named() {
         message.contains(&c.address) && message.contains("did not answer within 30s"),
         "{message}"
     );
+}
+
+/// Polls the head's status until `ok` holds for it (bounded).
+async fn wait_head(
+    address: &str,
+    token: &str,
+    what: &str,
+    ok: impl Fn(&pb::StatusReply) -> bool,
+) -> pb::StatusReply {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = admin::status(address, Some(token)).await;
+        if let Ok(s) = &last {
+            if ok(s) {
+                return s.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last status: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn job<'a>(s: &'a pb::StatusReply, id: &str) -> Option<&'a pb::JobStatus> {
+    s.jobs.iter().find(|j| j.job == id)
+}
+
+/// Cancelling a job stops its tasks that run on worker threads. One that polls
+/// `flotilla::cancelled()` returns within the grace and its worker stays; one that does not
+/// return (a long blocking sleep) is stopped by its worker exiting with `EXIT_CANCEL_FORCED`,
+/// after which the process cluster starts the worker again. The head then shows none of the
+/// job's tasks left, and another job's task that was running on the same worker is retried there
+/// without using up its retries (it has none) and returns its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_job_leaves_nothing_running_on_workers() {
+    let cluster = ProcessCluster::start(Path::new(EXE), 1, 3)
+        .await
+        .expect("the cluster starts");
+    let (address, token) = (cluster.address.clone(), cluster.token.clone());
+    let first_pid = cluster.worker_pid(0).expect("the worker runs");
+    let running = |id: &'static str| {
+        move |s: &pb::StatusReply| {
+            job(s, id).is_some_and(|j| j.tasks_live == 1) && s.tasks_running >= 1
+        }
+    };
+
+    // A task that polls the cancel flag stops by itself.
+    let polite = Runtime::connect_for_job(&address, Some(&token), "polite")
+        .await
+        .unwrap();
+    let r = work_until_cancelled.remote(&polite, 600_000);
+    wait_head(
+        &address,
+        &token,
+        "the polite task running",
+        running("polite"),
+    )
+    .await;
+    admin::cancel_job(&address, Some(&token), "polite")
+        .await
+        .unwrap();
+    let err = bounded(
+        "the cancelled task",
+        Duration::from_secs(30),
+        polite.get(&r),
+    )
+    .await
+    .expect_err("a cancelled task gives no value");
+    assert_eq!(err.kind(), Some(ErrorKind::Cancelled), "{err}");
+
+    // A task that ignores the cancel, beside another job's task on the same worker.
+    let stuck = Runtime::connect_for_job(&address, Some(&token), "stuck")
+        .await
+        .unwrap();
+    let other = Runtime::connect_for_job(&address, Some(&token), "other")
+        .await
+        .unwrap();
+    let s = sleep_then.remote(&stuck, 600_000, 1);
+    let no_retries = TaskOptions::default().max_retries(0);
+    let o = sleep_then.remote_with(&other, &no_retries, 3000, 42);
+    wait_head(&address, &token, "both jobs' tasks running", |st| {
+        running("stuck")(st) && running("other")(st) && st.tasks_running == 2
+    })
+    .await;
+    let reply = admin::cancel_job(&address, Some(&token), "stuck")
+        .await
+        .unwrap();
+    assert_eq!(reply.tasks_cancelled, 1, "{reply:?}");
+
+    // The worker exits past the grace and is started again under its name.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.worker_restarts(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker was not started again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !alive(first_pid),
+        "the worker process that ran the stuck task is gone"
+    );
+    assert_ne!(cluster.worker_pid(0), Some(first_pid));
+    let value = bounded(
+        "the other job's task",
+        Duration::from_secs(30),
+        other.get(&o),
+    )
+    .await
+    .expect("the other job's task is retried without using up its retries");
+    assert_eq!(value, 42);
+    let err = bounded("the stuck task", Duration::from_secs(30), stuck.get(&s))
+        .await
+        .expect_err("the stuck task was cancelled");
+    assert_eq!(err.kind(), Some(ErrorKind::Cancelled), "{err}");
+    let st = wait_head(
+        &address,
+        &token,
+        "no task of the cancelled jobs left",
+        |st| {
+            job(st, "stuck").is_some_and(|j| j.tasks_live == 0)
+                && job(st, "other").is_some_and(|j| j.tasks_finished == 1)
+        },
+    )
+    .await;
+    let stuck_job = job(&st, "stuck").unwrap();
+    assert_eq!((stuck_job.tasks_failed, stuck_job.tasks_finished), (1, 0));
+    let other_job = job(&st, "other").unwrap();
+    assert_eq!((other_job.tasks_failed, other_job.tasks_finished), (0, 1));
+    assert_eq!(
+        cluster.worker_restarts(0),
+        1,
+        "only the task that ignored its cancel cost a restart"
+    );
+    still_works(&other).await;
+    for rt in [polite, stuck, other] {
+        rt.shutdown().await;
+    }
+}
+
+/// Tasks a job's task submits through its worker count for the job at the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_submitted_by_a_jobs_tasks_count_for_the_job() {
+    let cluster = ProcessCluster::start(Path::new(EXE), 2, 2)
+        .await
+        .expect("the cluster starts");
+    let (address, token) = (cluster.address.clone(), cluster.token.clone());
+    let rt = Runtime::connect_for_job(&address, Some(&token), "nest")
+        .await
+        .unwrap();
+    let sum = bounded(
+        "nested_sum",
+        Duration::from_secs(30),
+        rt.get(&nested_sum.remote(&rt, 5)),
+    )
+    .await
+    .expect("nested_sum runs");
+    assert_eq!(sum, 10);
+    let st = wait_head(&address, &token, "the job's counts", |st| {
+        job(st, "nest").is_some_and(|j| j.tasks_finished == 6)
+    })
+    .await;
+    let j = job(&st, "nest").unwrap();
+    assert_eq!(
+        (
+            j.tasks_submitted,
+            j.tasks_finished,
+            j.tasks_failed,
+            j.tasks_live
+        ),
+        (6, 6, 0, 0),
+        "nested_sum and the 5 adds it submitted: {j:?}"
+    );
+    rt.shutdown().await;
 }

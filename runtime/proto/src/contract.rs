@@ -42,6 +42,17 @@ pub const ENV_SPILL_DIR: &str = "FLOTILLA_SPILL_DIR";
 /// The job controller counts such an exit as the infrastructure's failure, not the program's.
 pub const EXIT_CLUSTER_LOST: u8 = 75;
 
+/// The exit status of a worker that ended itself to stop a cancelled task: the task ran on one of
+/// its threads and did not return within [`CANCEL_GRACE_MILLIS`] of the cancel (a thread cannot be
+/// stopped from outside), so the process exits as Ray's `cancel(force=True)` does. Whoever runs
+/// the worker starts it again: the kubelet (worker pods restart `Always`), a process cluster.
+/// The head retries the worker's other running tasks without using up their retries.
+pub const EXIT_CANCEL_FORCED: u8 = 76;
+
+/// How long a worker waits for a cancelled task that runs on a thread to return (it may poll
+/// `flotilla::cancelled()`) before it exits with [`EXIT_CANCEL_FORCED`].
+pub const CANCEL_GRACE_MILLIS: u64 = 1000;
+
 /// Head gRPC port.
 pub const HEAD_GRPC_PORT: u16 = 7400;
 /// Head HTTP port (`/metrics`, `/healthz`, `/readyz`, the dashboard).

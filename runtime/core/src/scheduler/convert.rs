@@ -62,6 +62,7 @@ impl TryFrom<pb::TaskSpec> for TaskDef {
             options: ResolvedOptions::from(spec.options.as_ref()),
             signature: spec.signature,
             nested: spec.nested.into_iter().map(ObjectId).collect(),
+            parent: None,
         })
     }
 }

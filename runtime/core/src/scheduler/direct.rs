@@ -68,8 +68,10 @@ impl Scheduler {
         };
         let ok = !matches!(value, ObjectValue::Failed(_));
         self.counters.record(Some(&name), ok);
-        self.count_job_submit(session);
-        self.count_job_outcome(session, ok);
+        // A direct call is a task of its session's job from submission to end.
+        if let Some(job) = self.sessions.get(&session).and_then(|s| s.job.clone()) {
+            self.count_job_call(&job, ok);
+        }
         *self.inline_bytes.entry(session).or_default() += inline_len(&value);
         let mut object = Object::new(session, None);
         object.value = value;

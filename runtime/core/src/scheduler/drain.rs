@@ -207,7 +207,7 @@ impl Scheduler {
                     worker: id,
                     task: t,
                 });
-                self.task_lost(t, &name);
+                self.task_lost(t, &name, false);
             }
             let lost = self.sole_objects(id);
             self.finish_drain(

@@ -1,9 +1,12 @@
 //! Jobs: the job id a driver session runs for, each job's task counts, and cancelling a job's
 //! work (its sessions' tasks and actors) when the job stops.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
-use super::{failure::Failure, Output, Scheduler};
+use super::{failure::Failure, task_def::TaskDef, tasks::TaskState, Output, Scheduler};
 use crate::{
     ids::{ObjectId, SessionId},
     ErrorKind,
@@ -44,7 +47,7 @@ pub(super) struct JobCounts {
 pub(super) struct Jobs {
     by_id: BTreeMap<String, JobCounts>,
     /// The job of each session that runs for one, until the session has closed.
-    by_session: HashMap<SessionId, String>,
+    by_session: HashMap<SessionId, Arc<str>>,
     tick: u64,
 }
 
@@ -76,9 +79,56 @@ pub struct JobCancelled {
 }
 
 impl Scheduler {
-    /// The job a session runs for, if any.
-    pub(super) fn job_of(&self, session: SessionId) -> Option<&str> {
-        self.jobs.by_session.get(&session).map(String::as_str)
+    /// The job a new task of `session` counts for: its driver's, or, for a task submitted by a
+    /// running task through its worker, that task's.
+    pub(super) fn job_for(&self, session: SessionId, parent: Option<ObjectId>) -> Option<Arc<str>> {
+        if let Some(job) = self.jobs.by_session.get(&session) {
+            return Some(job.clone());
+        }
+        let from_worker = self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.worker.is_some());
+        parent
+            .filter(|_| from_worker)
+            .and_then(|p| self.tasks.get(&p))
+            .and_then(|t| t.job.clone())
+    }
+
+    /// Whether a task submitted by a running task through its worker comes from a task that was
+    /// cancelled (its thread may run on until it returns or its worker exits): refused, so that
+    /// nothing of a cancelled job starts again.
+    pub(super) fn refuse_orphan(
+        &mut self,
+        session: SessionId,
+        id: ObjectId,
+        def: &TaskDef,
+    ) -> bool {
+        let Some(parent) = def.parent else {
+            return false;
+        };
+        let from_worker = self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.worker.is_some());
+        let cancelled = self
+            .tasks
+            .get(&parent)
+            .is_some_and(|t| matches!(t.state, TaskState::Cancelled { .. }));
+        if !from_worker || !cancelled {
+            return false;
+        }
+        let name = def.name();
+        self.emit(Output::Refused {
+            session,
+            object: id,
+            failure: Failure::new(
+                ErrorKind::Cancelled,
+                name.clone(),
+                format!("the task that submitted {name} was cancelled; {name} was not started"),
+            ),
+        });
+        true
     }
 
     /// A session closed and its tasks' outcomes are counted: it no longer counts for its job.
@@ -89,7 +139,7 @@ impl Scheduler {
     /// Starts counting `job` for the new `session`, forgetting the stalest job without drivers
     /// when too many are kept.
     pub(super) fn job_opened(&mut self, session: SessionId, job: &str) {
-        self.jobs.by_session.insert(session, job.to_owned());
+        self.jobs.by_session.insert(session, Arc::from(job));
         self.jobs.touch(job);
         while self.jobs.by_id.len() > MAX_JOBS {
             let connected: Vec<&str> = self
@@ -114,22 +164,26 @@ impl Scheduler {
         }
     }
 
-    /// Counts a task `session` submitted.
-    pub(super) fn count_job_submit(&mut self, session: SessionId) {
-        if let Some(job) = self.job_of(session).map(str::to_owned) {
+    /// Counts a task just submitted for its job, if it has one.
+    pub(super) fn count_job_submit(&mut self, task: ObjectId) {
+        if let Some(job) = self.tasks.get(&task).and_then(|t| t.job.clone()) {
             self.jobs.touch(&job).submitted += 1;
         }
     }
 
-    /// Counts the final outcome of a task owned by `session`.
-    pub(super) fn count_job_outcome(&mut self, session: SessionId, finished: bool) {
-        if let Some(job) = self.job_of(session).map(str::to_owned) {
-            let counts = self.jobs.touch(&job);
-            if finished {
-                counts.finished += 1;
-            } else {
-                counts.failed += 1;
-            }
+    /// Counts a task of `job` that was submitted and ended in one step (a direct call).
+    pub(super) fn count_job_call(&mut self, job: &str, finished: bool) {
+        self.jobs.touch(job).submitted += 1;
+        self.count_job_outcome(job, finished);
+    }
+
+    /// Counts the final outcome of a task of `job`.
+    pub(super) fn count_job_outcome(&mut self, job: &str, finished: bool) {
+        let counts = self.jobs.touch(job);
+        if finished {
+            counts.finished += 1;
+        } else {
+            counts.failed += 1;
         }
     }
 
@@ -159,8 +213,9 @@ impl Scheduler {
         true
     }
 
-    /// Cancels the work of `job`: every task its driver sessions own is cancelled, every actor
-    /// they own (detached ones too) is killed, and those sessions may submit nothing more.
+    /// Cancels the work of `job`: every task of the job (its driver sessions' and those their
+    /// tasks submitted through their workers) is cancelled, every actor its driver sessions own
+    /// (detached ones too) is killed, and those sessions may submit nothing more.
     /// Sessions that open later under the same id (a new attempt of the job) are not affected.
     pub(super) fn cancel_job_work(&mut self, job: &str) -> JobCancelled {
         let mut done = JobCancelled::default();
@@ -177,7 +232,10 @@ impl Scheduler {
         let mut tasks: Vec<ObjectId> = self
             .tasks
             .iter()
-            .filter(|(_, t)| sessions.contains(&t.owner) && !t.is_actor_creation())
+            .filter(|(_, t)| {
+                (sessions.contains(&t.owner) || t.job.as_deref() == Some(job))
+                    && !t.is_actor_creation()
+            })
             .map(|(id, _)| *id)
             .collect();
         tasks.sort();
@@ -225,7 +283,7 @@ impl Scheduler {
             }
         }
         for t in self.tasks.values() {
-            if let Some(view) = self.job_of(t.owner).and_then(|j| views.get_mut(j)) {
+            if let Some(view) = t.job.as_deref().and_then(|j| views.get_mut(j)) {
                 view.tasks_live += 1;
             }
         }

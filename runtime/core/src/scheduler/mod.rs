@@ -246,6 +246,14 @@ impl Scheduler {
         self.remove_worker(worker);
     }
 
+    /// A worker said it exits to stop a cancelled task that did not stop on its thread: when it
+    /// is lost, its other running tasks are retried without using up their retries.
+    pub fn worker_exiting(&mut self, worker: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.exiting = true;
+        }
+    }
+
     // ------------------------------------------------------------------ sessions
 
     /// Opens a driver session and returns its id (the high bits of the ids it mints).
@@ -359,9 +367,18 @@ impl Scheduler {
 
     /// A session submitted a task, an actor creation or an actor call.
     pub fn submit(&mut self, session: SessionId, spec: TaskSpec) {
+        self.submit_for(session, spec, None);
+    }
+
+    /// A session submitted a task on behalf of `parent`: a running task that submits tasks
+    /// through its worker's session, whose job the new task counts for.
+    pub fn submit_for(&mut self, session: SessionId, spec: TaskSpec, parent: Option<ObjectId>) {
         let id = ObjectId(spec.task);
         match TaskDef::try_from(spec) {
-            Ok(def) => self.submit_task(session, def),
+            Ok(mut def) => {
+                def.parent = parent;
+                self.submit_task(session, def)
+            }
             Err(failure) => self.emit(Output::Refused {
                 session,
                 object: id,

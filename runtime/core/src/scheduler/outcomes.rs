@@ -142,8 +142,8 @@ impl Scheduler {
     pub(super) fn count_outcome(&mut self, id: ObjectId, finished: bool) {
         let name = self.tasks.get(&id).map(|t| t.name.as_str());
         self.counters.record(name, finished);
-        if let Some(owner) = self.tasks.get(&id).map(|t| t.owner) {
-            self.count_job_outcome(owner, finished);
+        if let Some(job) = self.tasks.get(&id).and_then(|t| t.job.clone()) {
+            self.count_job_outcome(&job, finished);
         }
     }
 
@@ -153,7 +153,7 @@ impl Scheduler {
             return;
         };
         let failure = Failure::new(kind, task.name.clone(), message);
-        let task_owner = task.owner;
+        let job = task.job.clone();
         let (state, creation, actor) = (task.state, task.is_actor_creation(), task.actor());
         if let TaskState::Running { worker } = state {
             self.release_slots(worker, id);
@@ -172,7 +172,9 @@ impl Scheduler {
         if matches!(kind, ErrorKind::UnknownFunction | ErrorKind::TypeMismatch) {
             // A name no worker registers is the caller's to choose: it gets no series of its own.
             self.counters.record(Some(UNREGISTERED), false);
-            self.count_job_outcome(task_owner, false);
+            if let Some(job) = job {
+                self.count_job_outcome(&job, false);
+            }
         } else {
             self.count_outcome(id, false);
         }
@@ -212,7 +214,10 @@ impl Scheduler {
     }
 
     /// A task's worker died while running it: retry it, or fail it when no retries are left.
-    pub(super) fn task_lost(&mut self, task_id: ObjectId, worker_name: &str) {
+    ///
+    /// `spared`: the worker went to stop another task (a forced cancel), so the retry does not
+    /// use up the task's own retries.
+    pub(super) fn task_lost(&mut self, task_id: ObjectId, worker_name: &str, spared: bool) {
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
@@ -232,8 +237,10 @@ impl Scheduler {
             );
             return;
         }
-        if task.retries_left > 0 {
-            task.retries_left -= 1;
+        if spared || task.retries_left > 0 {
+            if !spared {
+                task.retries_left -= 1;
+            }
             task.attempt += 1;
             self.counters.retried += 1;
             self.requeue(task_id);

@@ -17,6 +17,8 @@ pub(super) struct TaskDef {
     pub(super) signature: String,
     /// Objects referenced inside argument values: dependencies like object arguments.
     pub(super) nested: Vec<ObjectId>,
+    /// The running task that submitted it through its worker, if one did.
+    pub(super) parent: Option<ObjectId>,
 }
 
 /// What a task runs.

@@ -1,7 +1,7 @@
 //! Tasks: the live task table, and each task's way from submission to the ready queue.
 
 use crate::ErrorKind;
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use super::{
     failure::Failure,
@@ -43,6 +43,8 @@ pub(super) struct Task {
     pub(super) name: String,
     /// Waiting in `get` inside its worker, its slots lent to other tasks.
     pub(super) blocked: bool,
+    /// The job it counts for: its driver's, or that of the task that submitted it.
+    pub(super) job: Option<Arc<str>>,
 }
 
 impl Task {
@@ -74,7 +76,8 @@ impl Scheduler {
     /// Checks a new task against the tables, then inserts it and schedules.
     pub(super) fn submit_task(&mut self, session: SessionId, def: TaskDef) {
         let id = def.id;
-        if self.refuse_cancelled(session, id, &def.name()) {
+        if self.refuse_cancelled(session, id, &def.name()) || self.refuse_orphan(session, id, &def)
+        {
             return;
         }
         if id.session() != session || self.tasks.contains_key(&id) || self.objects.contains_key(&id)
@@ -123,13 +126,14 @@ impl Scheduler {
             return;
         }
         self.insert_task(def, session, true);
-        self.count_job_submit(session);
+        self.count_job_submit(id);
         self.place_tasks();
     }
 
     /// Creates the task and its output object (unless rebuilding), wires up its arguments.
     pub(super) fn insert_task(&mut self, def: TaskDef, owner: SessionId, new_object: bool) {
         let id = def.id;
+        let job = self.job_for(owner, def.parent);
         let deps = def.deps();
         if let Some(dep) = deps.iter().find(|d| !self.objects.contains_key(d)) {
             let msg = format!("argument object {dep} of {} no longer exists", def.name());
@@ -179,6 +183,7 @@ impl Scheduler {
                 deps,
                 name: def.display_name(),
                 blocked: false,
+                job,
                 def,
             },
         );

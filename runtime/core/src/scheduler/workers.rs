@@ -84,6 +84,9 @@ pub(super) struct Worker {
     /// Actors alive there.
     pub(super) actors: HashSet<ObjectId>,
     pub(super) store: StoreStats,
+    /// It said it exits to stop a cancelled task that would not stop: when it goes, its running
+    /// tasks are not at fault, and their retries are not used up.
+    pub(super) exiting: bool,
 }
 
 impl Worker {
@@ -134,6 +137,7 @@ impl Scheduler {
                 running: HashSet::new(),
                 actors: HashSet::new(),
                 store: StoreStats::default(),
+                exiting: false,
             },
         );
         // Tasks that waited for any worker may now be checked against the registry.
@@ -167,7 +171,7 @@ impl Scheduler {
             .collect();
         running.sort();
         for task_id in running {
-            self.task_lost(task_id, &w.info.name);
+            self.task_lost(task_id, &w.info.name, w.exiting);
         }
         for id in self.drop_locations(worker) {
             self.object_lost(id, &w.info.name);

@@ -201,6 +201,7 @@ impl Session {
         spec: pb::TaskSpec,
         tracked: Option<Unfinished>,
         keep: Vec<Arc<RefInner>>,
+        parent: u64,
     ) -> Vec<Arc<RefInner>> {
         let id = ObjectId(spec.task);
         let actor = actor_of(&spec);
@@ -257,7 +258,7 @@ impl Session {
         if let Some(t) = tracked {
             unfinished.insert(id, t);
         }
-        self.send(driver_op::Op::Submit(spec));
+        self.send_from(driver_op::Op::Submit(spec), parent);
         keep
     }
 

@@ -2,7 +2,10 @@
 //! gets, where that store is, and the worker's own stream to the head, on which a task waiting in
 //! `get` or `wait` lends its slots back.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex,
+};
 
 use flotilla_core::ObjectId;
 use flotilla_proto::v1::{self as pb, worker_op};
@@ -88,4 +91,28 @@ impl Drop for Lending {
             }
         }
     }
+}
+
+thread_local! {
+    /// The cancel flag of the task this thread runs, if it runs one.
+    static CANCELLED: std::cell::RefCell<Option<Arc<AtomicBool>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether the task running on this thread was cancelled: a long synchronous task may poll it
+/// and return early (cheap: a thread-local read). A task that does not return within
+/// [`CANCEL_GRACE_MILLIS`] of its cancel is stopped by its worker process exiting.
+/// Always `false` outside a worker's task threads.
+///
+/// [`CANCEL_GRACE_MILLIS`]: flotilla_proto::contract::CANCEL_GRACE_MILLIS
+pub fn cancelled() -> bool {
+    CANCELLED.with(|c| {
+        c.borrow()
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
+    })
+}
+
+/// Sets the cancel flag [`cancelled`] reads on this thread (a worker, around a task's run).
+pub(crate) fn set_cancel_flag(flag: Option<Arc<AtomicBool>>) {
+    CANCELLED.with(|c| *c.borrow_mut() = flag);
 }

@@ -128,11 +128,20 @@ impl Session {
 
     /// Queues an op for the head, after the ops waiting in `lazy`.
     fn send(&self, op: driver_op::Op) {
+        self.send_from(op, 0);
+    }
+
+    /// Queues an op for the head, after the ops waiting in `lazy`; `parent` is the running task
+    /// that submits it from inside a worker (0 for a driver), whose job the new task joins.
+    fn send_from(&self, op: driver_op::Op, parent: u64) {
         let mut lazy = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
         for waiting in lazy.drain(..) {
             let _ = self.ops_tx.send(waiting);
         }
-        let _ = self.ops_tx.send(pb::DriverOp { op: Some(op) });
+        let _ = self.ops_tx.send(pb::DriverOp {
+            op: Some(op),
+            parent,
+        });
     }
 
     /// Queues an op nothing waits for (a release, a direct call's report): it goes with the next
@@ -140,7 +149,10 @@ impl Session {
     /// batch of them rather than once per call.
     fn send_lazy(&self, op: driver_op::Op) {
         let mut lazy = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
-        lazy.push(pb::DriverOp { op: Some(op) });
+        lazy.push(pb::DriverOp {
+            op: Some(op),
+            parent: 0,
+        });
         if lazy.len() == 1 {
             self.lazy_due.notify_one();
         }
@@ -458,10 +470,12 @@ impl Runtime {
         let mut unfinished = self.session.queueing();
         let r = self.new_ref(id, ObjectCell::Pending(Vec::new()));
         // Argument references may be released only after the submission is queued (or sent
-        // directly): the routing keeps them until then, and hands back those to drop now.
+        // directly): the routing keeps them until then, and hands back those to drop now. A
+        // task submitting through its worker names itself: the new task counts for its job.
+        let parent = self.binding.as_ref().map_or(0, |b| b.task.0);
         let keep = self
             .session
-            .route_submission(&mut unfinished, spec, tracked, args.keep);
+            .route_submission(&mut unfinished, spec, tracked, args.keep, parent);
         drop(unfinished);
         drop(keep);
         r

@@ -85,7 +85,10 @@ pub(super) struct Connection {
 }
 
 fn op(op: driver_op::Op) -> pb::DriverOp {
-    pb::DriverOp { op: Some(op) }
+    pb::DriverOp {
+        op: Some(op),
+        parent: 0,
+    }
 }
 
 /// A failed attempt to open a session: the error, and the head's status code if it answered.

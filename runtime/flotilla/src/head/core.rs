@@ -141,6 +141,10 @@ impl Core {
                         Some(worker_op::Op::Store(stats)) => s.store_stats(worker, stats),
                         Some(worker_op::Op::Blocked(t)) => s.task_blocked(ObjectId(t), true),
                         Some(worker_op::Op::Unblocked(t)) => s.task_blocked(ObjectId(t), false),
+                        Some(worker_op::Op::Exiting(t)) => {
+                            tracing::warn!(id = %worker, task = %ObjectId(t), "the worker exits to stop a cancelled task");
+                            s.worker_exiting(worker);
+                        }
                         Some(worker_op::Op::Held(held)) => {
                             tracing::info!(
                                 id = %worker,
@@ -193,8 +197,9 @@ impl Core {
             }
             HeadEvent::DriverOps(session, ops) => {
                 for op in ops {
+                    let parent = (op.parent != 0).then_some(ObjectId(op.parent));
                     match op.op {
-                        Some(driver_op::Op::Submit(spec)) => s.submit(session, spec),
+                        Some(driver_op::Op::Submit(spec)) => s.submit_for(session, spec, parent),
                         Some(driver_op::Op::Put(p)) => {
                             if let Some(v) = p.value {
                                 s.put(session, ObjectId(p.object), v)

@@ -6,11 +6,13 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use flotilla_proto::contract::{
     ENV_BIND, ENV_HEAD, ENV_ROLE, ENV_SLOTS, ENV_STATE_DIR, ENV_TOKEN, ENV_WORKER_NAME,
+    EXIT_CANCEL_FORCED,
 };
 use rustix::process::{kill_process, Pid, Signal};
 use serde::{Deserialize, Serialize};
@@ -307,30 +309,129 @@ fn terminate(pid: u32) -> bool {
     kill_process(pid, Signal::TERM).is_ok()
 }
 
-/// A head and worker processes of one program, stopped when dropped.
+/// A head and worker processes of one program, stopped when dropped. A worker that exits with
+/// [`EXIT_CANCEL_FORCED`] (it ended itself to stop a cancelled task) is started again under its
+/// name, as the kubelet restarts a worker pod.
 pub struct ProcessCluster {
     /// The head's address.
     pub address: String,
     /// The token.
     pub token: String,
-    children: Vec<Child>,
+    head: Child,
+    workers: Vec<Supervised>,
     _dir: tempfile::TempDir,
+}
+
+/// A worker process and the thread that waits on it and starts it again after a forced exit.
+struct Supervised {
+    state: std::sync::Arc<WorkerProcess>,
+    waiter: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the waiting thread shares about its worker.
+#[derive(Default)]
+struct WorkerProcess {
+    /// The process id of the worker running now.
+    pid: AtomicU32,
+    /// Whether it runs (false once it exited for good).
+    running: AtomicBool,
+    /// How many times it was started again.
+    restarts: AtomicU32,
+    /// Set when the cluster stops: an exit then is final.
+    stopping: AtomicBool,
+}
+
+impl Supervised {
+    /// Starts a worker and the thread that waits on it.
+    fn start(launch: OwnedLaunch) -> Result<Supervised> {
+        let mut child = launch.spawn()?;
+        let state = std::sync::Arc::new(WorkerProcess::default());
+        state.pid.store(child.id(), Ordering::SeqCst);
+        state.running.store(true, Ordering::SeqCst);
+        let shared = state.clone();
+        let waiter = std::thread::spawn(move || loop {
+            let status = child.wait();
+            let forced =
+                matches!(&status, Ok(s) if s.code() == Some(i32::from(EXIT_CANCEL_FORCED)));
+            if !forced || shared.stopping.load(Ordering::SeqCst) {
+                shared.running.store(false, Ordering::SeqCst);
+                return;
+            }
+            tracing::warn!(worker = %launch.name, "the worker exited to stop a cancelled task; starting it again");
+            match launch.spawn() {
+                Ok(c) => {
+                    child = c;
+                    shared.pid.store(child.id(), Ordering::SeqCst);
+                    shared.restarts.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    tracing::error!(worker = %launch.name, "cannot start the worker again: {e}");
+                    shared.running.store(false, Ordering::SeqCst);
+                    return;
+                }
+            }
+        });
+        Ok(Supervised {
+            state,
+            waiter: Some(waiter),
+        })
+    }
+
+    fn signal(&self, signal: Signal) -> bool {
+        if !self.state.running.load(Ordering::SeqCst) {
+            return false;
+        }
+        let pid = self.state.pid.load(Ordering::SeqCst);
+        i32::try_from(pid)
+            .ok()
+            .and_then(Pid::from_raw)
+            .is_some_and(|pid| kill_process(pid, signal).is_ok())
+    }
+}
+
+/// What starting one worker process of a [`ProcessCluster`] takes, owned by its waiting thread.
+struct OwnedLaunch {
+    exe: PathBuf,
+    token: String,
+    head: String,
+    name: String,
+    extra: Vec<String>,
+}
+
+impl OwnedLaunch {
+    fn spawn(&self) -> Result<Child> {
+        let launch = Launch {
+            exe: &self.exe,
+            token: &self.token,
+            log_dir: None,
+        };
+        launch.worker(&self.head, &self.name, None, true, &self.extra)
+    }
 }
 
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
         // SIGTERM first, so workers remove their shared-memory segments; SIGKILL what is left.
-        for c in &self.children {
-            terminate(c.id());
+        for w in &self.workers {
+            w.state.stopping.store(true, Ordering::SeqCst);
+            w.signal(Signal::TERM);
         }
+        terminate(self.head.id());
         let deadline = Instant::now() + Duration::from_secs(2);
-        for c in &mut self.children {
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+        for w in &mut self.workers {
+            while Instant::now() < deadline && w.state.running.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            w.signal(Signal::KILL);
+            if let Some(waiter) = w.waiter.take() {
+                let _ = waiter.join();
+            }
         }
+        while Instant::now() < deadline && matches!(self.head.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.head.kill();
+        let _ = self.head.wait();
     }
 }
 
@@ -350,19 +451,24 @@ impl ProcessCluster {
         let mut cluster = ProcessCluster {
             address: addresses.address,
             token: token.clone(),
-            children: vec![head],
+            head,
+            workers: Vec::new(),
             _dir: dir,
         };
         for i in 0..workers {
-            let extra = [
+            let extra = vec![
                 "--slots".to_string(),
                 slots.to_string(),
                 "--resource".to_string(),
                 format!("w{i}=1000000"),
             ];
-            let child =
-                launch.worker(&cluster.address, &format!("bench-{i}"), None, true, &extra)?;
-            cluster.children.push(child);
+            cluster.workers.push(Supervised::start(OwnedLaunch {
+                exe: exe.to_path_buf(),
+                token: token.clone(),
+                head: cluster.address.clone(),
+                name: format!("bench-{i}"),
+                extra,
+            })?);
         }
         wait_for_workers(
             &cluster.address,
@@ -374,12 +480,28 @@ impl ProcessCluster {
         Ok(cluster)
     }
 
-    /// Kills worker `index` with SIGKILL, as a crash would; whether it was still running.
+    /// Kills worker `index` with SIGKILL, as a crash would (it is not started again); whether
+    /// it was still running.
     pub fn kill_worker(&mut self, index: usize) -> bool {
-        match self.children.get_mut(index + 1) {
-            Some(c) => matches!(c.try_wait(), Ok(None)) && c.kill().is_ok(),
-            None => false,
-        }
+        self.workers
+            .get(index)
+            .is_some_and(|w| w.signal(Signal::KILL))
+    }
+
+    /// The process id of worker `index` now, while it runs.
+    pub fn worker_pid(&self, index: usize) -> Option<u32> {
+        let w = self.workers.get(index)?;
+        w.state
+            .running
+            .load(Ordering::SeqCst)
+            .then(|| w.state.pid.load(Ordering::SeqCst))
+    }
+
+    /// How many times worker `index` was started again after a forced exit.
+    pub fn worker_restarts(&self, index: usize) -> u32 {
+        self.workers
+            .get(index)
+            .map_or(0, |w| w.state.restarts.load(Ordering::SeqCst))
     }
 
     /// A driver session.

@@ -5,7 +5,10 @@
 use std::{
     collections::HashMap,
     panic::AssertUnwindSafe,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -14,11 +17,15 @@ use flotilla_core::{options::resolve_slots, ObjectId};
 use flotilla_proto::v1::{self as pb, resolved_arg, task_result, task_spec, worker_op};
 use futures::FutureExt;
 use prometheus::IntGauge;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::Shared;
 use crate::{
-    driver::{host::TaskBinding, object_ref::decoding_with, Runtime},
+    driver::{
+        host::{self, TaskBinding},
+        object_ref::decoding_with,
+        Runtime,
+    },
     error::{ErrorKind, TaskFailure},
     net::INLINE_MAX_BYTES,
     registry::{registry, Invocation, TaskContext, TaskOutput},
@@ -41,6 +48,57 @@ impl<'a> RunningGuard<'a> {
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// How a running task is stopped: the cancel flag a task on a thread may poll
+/// ([`crate::cancelled`]), and whether a thread runs it now (aborting its future does not stop a
+/// thread).
+pub(super) struct Stop {
+    cancelled: Arc<AtomicBool>,
+    on_thread: watch::Sender<bool>,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop {
+            cancelled: Arc::default(),
+            on_thread: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Stop {
+    /// Marks the task cancelled; whether a thread runs it now.
+    pub(super) fn cancel(&self) -> bool {
+        self.cancelled.store(true, Ordering::Relaxed);
+        *self.on_thread.borrow()
+    }
+
+    /// Waits up to `grace` for the task's thread to return; whether it did.
+    pub(super) async fn returned_within(&self, grace: Duration) -> bool {
+        let mut on_thread = self.on_thread.subscribe();
+        let returned = tokio::time::timeout(grace, on_thread.wait_for(|on| !on))
+            .await
+            .is_ok();
+        returned
+    }
+}
+
+/// While alive, this thread runs the task of `stop`.
+struct OnThread<'a>(&'a Stop);
+
+impl<'a> OnThread<'a> {
+    fn enter(stop: &'a Stop) -> Self {
+        host::set_cancel_flag(Some(stop.cancelled.clone()));
+        OnThread(stop)
+    }
+}
+
+impl Drop for OnThread<'_> {
+    fn drop(&mut self) {
+        host::set_cancel_flag(None);
+        self.0.on_thread.send_replace(false);
     }
 }
 
@@ -258,6 +316,7 @@ pub(super) async fn run_task(
     d: pb::Dispatch,
     ops_tx: mpsc::UnboundedSender<pb::WorkerOp>,
     done_tx: mpsc::UnboundedSender<ObjectId>,
+    stop: Arc<Stop>,
 ) {
     let Some(spec) = d.spec else { return };
     let task = ObjectId(spec.task);
@@ -284,7 +343,7 @@ pub(super) async fn run_task(
                 Some(task_spec::Kind::Function(f)) => f.as_str(),
                 _ => "",
             };
-            invoke(&shared, name, &spec.signature, args, ctx).await
+            invoke(&shared, name, &spec.signature, args, ctx, stop).await
         }
     };
     drop(permit);
@@ -304,6 +363,7 @@ async fn invoke(
     signature: &str,
     args: Vec<Bytes>,
     ctx: TaskContext,
+    stop: Arc<Stop>,
 ) -> TaskOutput {
     let reg = registry();
     let Some(f) = reg.functions.get(name) else {
@@ -338,7 +398,9 @@ async fn invoke(
         Invocation::Blocking(call) => {
             let name = f.name;
             let times = shared.clone();
+            stop.on_thread.send_replace(true);
             match tokio::task::spawn_blocking(move || {
+                let _on_thread = OnThread::enter(&stop);
                 let started = Instant::now();
                 let out = std::panic::catch_unwind(AssertUnwindSafe(call));
                 times.run_times.record(name, started.elapsed());

@@ -57,6 +57,12 @@ pub struct WorkerConfig {
     pub advertise: Option<String>,
     /// Named custom resources.
     pub custom: HashMap<String, u64>,
+    /// Whether the process exits (status [`EXIT_CANCEL_FORCED`]) when a cancelled task runs on
+    /// past the grace on its thread: a worker process does (from the environment); a worker
+    /// inside another program (an in-process cluster) only warns, and the thread runs on.
+    ///
+    /// [`EXIT_CANCEL_FORCED`]: flotilla_proto::contract::EXIT_CANCEL_FORCED
+    pub exit_to_stop_tasks: bool,
 }
 
 /// CPUs available to this process.
@@ -79,6 +85,7 @@ impl WorkerConfig {
             node: hostname(),
             advertise: None,
             custom: HashMap::new(),
+            exit_to_stop_tasks: false,
         }
     }
 
@@ -100,6 +107,7 @@ impl WorkerConfig {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
         let mut c = WorkerConfig::new(head, &name);
+        c.exit_to_stop_tasks = true;
         if let Some(s) = env_number(ENV_SLOTS)? {
             c.slots = s as u32;
         }

@@ -6,6 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use flotilla_core::ObjectId;
 use flotilla_proto::{
+    contract::{CANCEL_GRACE_MILLIS, EXIT_CANCEL_FORCED},
     v1::{self as pb, task_spec, worker_command, worker_op},
     PROTOCOL_VERSION,
 };
@@ -220,9 +221,9 @@ struct WorkerSession {
     rt: Runtime,
     ops_tx: mpsc::UnboundedSender<pb::WorkerOp>,
     done_tx: mpsc::UnboundedSender<ObjectId>,
-    /// Running tasks and the attempt each runs. (Hosted actors are in `Shared::hosting`,
-    /// where direct calls find them too.)
-    tasks: HashMap<ObjectId, (AbortHandle, u32)>,
+    /// Running tasks: how to stop each, and the attempt it runs. (Hosted actors are in
+    /// `Shared::hosting`, where direct calls find them too.)
+    tasks: HashMap<ObjectId, (AbortHandle, Arc<executor::Stop>, u32)>,
 }
 
 impl WorkerSession {
@@ -286,27 +287,67 @@ impl WorkerSession {
             }
             _ => {
                 let attempt = d.attempt;
+                let stop = Arc::new(executor::Stop::default());
                 let handle = tokio::spawn(executor::run_task(
                     self.shared.clone(),
                     self.rt.clone(),
                     d,
                     self.ops_tx.clone(),
                     self.done_tx.clone(),
+                    stop.clone(),
                 ));
-                self.tasks.insert(task, (handle.abort_handle(), attempt));
+                self.tasks
+                    .insert(task, (handle.abort_handle(), stop, attempt));
             }
         }
     }
 
     fn cancel(&mut self, task: ObjectId) {
-        if let Some((h, attempt)) = self.tasks.remove(&task) {
+        if let Some((h, stop, attempt)) = self.tasks.remove(&task) {
             h.abort();
             // An aborted task never reports, and the head counts it running (its slot busy)
             // until it does: report it cancelled.
             let failure = TaskFailure::new(ErrorKind::Cancelled, "cancelled".into());
             let op = executor::failure_op(&self.shared, task, attempt, failure);
             let _ = self.ops_tx.send(op);
+            if stop.cancel() {
+                self.stop_thread(task, stop);
+            }
         }
+    }
+
+    /// A cancelled task runs on a thread, which aborting its future does not stop: give it the
+    /// grace to return (it may poll `flotilla::cancelled()`), then exit the process, as nothing
+    /// else stops a thread. The head hears it first, so the worker's other tasks are retried
+    /// without using up their retries; whoever runs the worker starts it again.
+    fn stop_thread(&self, task: ObjectId, stop: Arc<executor::Stop>) {
+        let shared = self.shared.clone();
+        let ops_tx = self.ops_tx.clone();
+        tokio::spawn(async move {
+            if stop
+                .returned_within(Duration::from_millis(CANCEL_GRACE_MILLIS))
+                .await
+            {
+                return;
+            }
+            if !shared.config.exit_to_stop_tasks {
+                tracing::warn!(%task, "a cancelled task runs on past the grace on its thread");
+                return;
+            }
+            tracing::error!(
+                %task,
+                status = EXIT_CANCEL_FORCED,
+                "a cancelled task did not return within {CANCEL_GRACE_MILLIS} ms; exiting to stop it"
+            );
+            let _ = ops_tx.send(pb::WorkerOp {
+                op: Some(worker_op::Op::Exiting(task.0)),
+            });
+            // The op goes out on the session's stream; give it a moment to leave.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Shared-memory segments outlive the process unless removed.
+            shared.store.clear();
+            std::process::exit(i32::from(EXIT_CANCEL_FORCED));
+        });
     }
 
     /// Copies an object from another worker into this store (a drain moving objects here).
@@ -338,8 +379,9 @@ impl WorkerSession {
 
     /// Stops what still runs and ends the tasks' runtime session.
     async fn close(self) {
-        for (h, _) in self.tasks.into_values() {
+        for (h, stop, _) in self.tasks.into_values() {
             h.abort();
+            stop.cancel();
         }
         // The actors end with the session; direct calls find them gone.
         let hosting = std::mem::take(&mut *self.shared.hosting());

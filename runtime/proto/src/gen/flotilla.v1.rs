@@ -220,6 +220,11 @@ pub struct DriverBatch {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DriverOp {
+    /// With `submit` from the runtime of a task inside a worker: the running task that submits it
+    /// (0 for a driver's task). The new task counts for that task's job, and cancelling the job
+    /// cancels it too.
+    #[prost(uint64, tag = "17")]
+    pub parent: u64,
     #[prost(oneof = "driver_op::Op", tags = "1, 2, 3, 4, 5, 6, 7, 10, 16")]
     pub op: ::core::option::Option<driver_op::Op>,
 }
@@ -424,7 +429,7 @@ pub mod direct_reply {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WorkerOp {
-    #[prost(oneof = "worker_op::Op", tags = "1, 2, 3, 5, 6, 7, 8")]
+    #[prost(oneof = "worker_op::Op", tags = "1, 2, 3, 5, 6, 7, 8, 20")]
     pub op: ::core::option::Option<worker_op::Op>,
 }
 /// Nested message and enum types in `WorkerOp`.
@@ -449,6 +454,11 @@ pub mod worker_op {
         /// last registered, so its object directory knows them again.
         #[prost(message, tag = "8")]
         Held(super::HeldObjects),
+        /// A cancelled task (this id) ran on a thread and did not stop within the grace: the worker
+        /// exits to stop it, right after this. Its other running tasks are lost through no fault of
+        /// their own, so they are retried without using up their retries.
+        #[prost(uint64, tag = "20")]
+        Exiting(u64),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
