@@ -25,7 +25,6 @@ Run:    python3 tests/validate_chart.py   (builds the fake API server with cargo
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helm_lint import merge  # noqa: E402
 from validate_manifests import crd_schemas, validate_document  # noqa: E402
 
 try:
@@ -115,16 +115,6 @@ MONITORING_CRDS = [
     }
     for plural, kind in [("podmonitors", "PodMonitor"), ("servicemonitors", "ServiceMonitor")]
 ]
-
-
-def merge(base: Any, overlay: Any) -> Any:
-    """Deep-merges overlay into a copy of base (maps merge, everything else is replaced)."""
-    if isinstance(base, dict) and isinstance(overlay, dict):
-        merged = copy.deepcopy(base)
-        for key, value in overlay.items():
-            merged[key] = merge(base.get(key), value)
-        return merged
-    return copy.deepcopy(overlay)
 
 
 def fake_apiserver() -> Path:
