@@ -269,6 +269,13 @@ impl Scheduler {
         }
         let id = SessionId(self.next_session);
         self.next_session += 1;
+        self.insert_session(id, worker, job);
+        id
+    }
+
+    /// Records session `id` (a new one or a resumed one) and, if it runs for a job, opens the
+    /// job's count.
+    fn insert_session(&mut self, id: SessionId, worker: Option<String>, job: Option<String>) {
         let job = job.filter(|j| !j.is_empty());
         self.sessions.insert(
             id,
@@ -281,7 +288,6 @@ impl Scheduler {
         if let Some(job) = job {
             self.job_opened(id, &job);
         }
-        id
     }
 
     /// Opens session `id` again for a driver that lost its head (this head, restarted, or this

@@ -19,7 +19,6 @@ use std::{
 use super::{
     failure::Failure,
     objects::{Location, Object, ObjectValue},
-    sessions::Session,
     Output, Scheduler,
 };
 use crate::{
@@ -68,18 +67,7 @@ impl Scheduler {
         if self.sessions.contains_key(&id) {
             return Err(format!("session {} is still open at this head", id.0));
         }
-        let job = job.filter(|j| !j.is_empty());
-        self.sessions.insert(
-            id,
-            Session {
-                worker,
-                job: job.clone(),
-                cancelled: false,
-            },
-        );
-        if let Some(job) = job {
-            self.job_opened(id, &job);
-        }
+        self.insert_session(id, worker, job);
         if id.0 >= self.next_session {
             self.next_session = id.0 + 1;
         }
