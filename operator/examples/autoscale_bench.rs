@@ -19,12 +19,9 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use common::{kubectl_apply, rss_kib};
+use common::{kubectl_apply, rss_kib, LocalApi};
 use flotilla::builtins::sleep_then;
-use flotilla_testenv::{
-    apiserver::FakeApiServer,
-    kubelet::{ImageMapping, KubeletConfig, ProcessKubelet},
-};
+use flotilla_testenv::kubelet::{ImageMapping, KubeletConfig, ProcessKubelet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{api::ListParams, Api, Client};
 
@@ -193,20 +190,11 @@ fn release_dir() -> anyhow::Result<PathBuf> {
 /// Burst → first pod, → registered workers, and queue empty → scaled down, on one cluster whose
 /// pods run as local processes.
 async fn latency(bin_dir: &Path) -> anyhow::Result<()> {
-    let api = FakeApiServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)?;
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let crds = Command::new("kubectl")
-        .args(["apply", "-f"])
-        .arg(repo.join("crds"))
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::null())
-        .status()?;
-    if !crds.success() {
-        bail!("kubectl apply -f crds/ failed");
-    }
+    let LocalApi {
+        api,
+        dir,
+        kubeconfig,
+    } = LocalApi::start().await?;
     let client = api.client().await?;
     let _kubelet = ProcessKubelet::start(
         client.clone(),
@@ -328,20 +316,11 @@ async fn exporter(clusters: usize) -> anyhow::Result<String> {
 
 /// CPU and memory of the operator with 100 autoscaled clusters polling every 5 s.
 async fn cost(bin_dir: &Path) -> anyhow::Result<()> {
-    let api = FakeApiServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)?;
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let crds = Command::new("kubectl")
-        .args(["apply", "-f"])
-        .arg(repo.join("crds"))
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::null())
-        .status()?;
-    if !crds.success() {
-        bail!("kubectl apply -f crds/ failed");
-    }
+    let LocalApi {
+        api: _api,
+        dir,
+        kubeconfig,
+    } = LocalApi::start().await?;
     let target = exporter(CLUSTERS).await?;
     let (_prometheus, url) = prometheus(dir.path(), &[target])?;
     let all: String = (0..CLUSTERS)

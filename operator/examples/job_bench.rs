@@ -12,18 +12,14 @@
 mod common;
 
 use std::{
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
-use common::{kubectl_apply, rss_kib};
+use common::{kubectl_apply, repo, rss_kib, LocalApi};
 use flotilla_operator::crd::{ClusterPhase, ComputeCluster, ComputeJob, JobPhase};
-use flotilla_testenv::{
-    apiserver::FakeApiServer,
-    kubelet::{ImageMapping, KubeletConfig, ProcessKubelet},
-};
+use flotilla_testenv::kubelet::{ImageMapping, KubeletConfig, ProcessKubelet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{api::PostParams, Api};
 
@@ -78,21 +74,13 @@ async fn main() -> anyhow::Result<()> {
             bail!("build {binary} next to this program: scripts/bench-operator.sh");
         }
     }
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = repo();
 
-    let api = FakeApiServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)?;
-    let crds = Command::new("kubectl")
-        .args(["apply", "-f"])
-        .arg(repo.join("crds"))
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::null())
-        .status()?;
-    if !crds.success() {
-        bail!("kubectl apply -f crds/ failed");
-    }
+    let LocalApi {
+        api,
+        dir,
+        kubeconfig,
+    } = LocalApi::start().await?;
     let client = api.client().await?;
     let kubelet = ProcessKubelet::start(
         client.clone(),

@@ -9,14 +9,12 @@
 mod common;
 
 use std::{
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
-use common::{kubectl_apply, rss_kib};
-use flotilla_testenv::apiserver::FakeApiServer;
+use common::{kubectl_apply, rss_kib, LocalApi};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     api::{ListParams, PostParams},
@@ -52,21 +50,12 @@ async fn main() -> anyhow::Result<()> {
         .map(|dir| dir.join("flotilla-operator"))
         .filter(|p| p.exists())
         .context("build the operator next to this program: scripts/bench-operator.sh")?;
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
 
-    let api = FakeApiServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)?;
-    let crds = Command::new("kubectl")
-        .args(["apply", "-f"])
-        .arg(repo.join("crds"))
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::null())
-        .status()?;
-    if !crds.success() {
-        bail!("kubectl apply -f crds/ failed");
-    }
+    let LocalApi {
+        api,
+        dir: _dir,
+        kubeconfig,
+    } = LocalApi::start().await?;
     let mut operator = Command::new(&operator_bin)
         .args(["run", "--http-bind", "127.0.0.1:0"])
         .env("KUBECONFIG", &kubeconfig)

@@ -1,13 +1,50 @@
-//! What the operator's benchmark programs share: `kubectl apply` of a manifest and a process's
-//! memory.
+//! What the operator's benchmark programs share: a fake API server with the CRDs installed,
+//! `kubectl apply` of a manifest and a process's memory.
 
 use std::{
     io::Write,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context};
+use flotilla_testenv::apiserver::FakeApiServer;
+
+/// A fake API server with this repository's CRDs applied, and a kubeconfig for it in a
+/// temporary directory (kept as long as this is).
+pub struct LocalApi {
+    pub api: FakeApiServer,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+}
+
+impl LocalApi {
+    pub async fn start() -> anyhow::Result<Self> {
+        let api = FakeApiServer::start().await?;
+        let dir = tempfile::tempdir()?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig)?;
+        let crds = Command::new("kubectl")
+            .args(["apply", "-f"])
+            .arg(repo().join("crds"))
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(Stdio::null())
+            .status()?;
+        if !crds.success() {
+            bail!("kubectl apply -f crds/ failed");
+        }
+        Ok(Self {
+            api,
+            dir,
+            kubeconfig,
+        })
+    }
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
 /// `kubectl apply -f -` of `yaml`.
 pub fn kubectl_apply(kubeconfig: &Path, yaml: &str) -> anyhow::Result<()> {
