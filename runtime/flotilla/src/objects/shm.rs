@@ -9,12 +9,23 @@
 //! shared lock on its file for as long as it lives, and a writer claims a pooled segment only
 //! with an exclusive lock, which no shared lock allows. So a reader never sees the bytes it maps
 //! change, and a segment comes back into use only once no process maps it any more.
+//!
+//! A process also keeps its writable mappings of the segments it wrote (at most
+//! [`pool_limit`] bytes of them), and prefers those segments when it claims one from the pool:
+//! the next write into one skips mapping it and faulting its page tables in (2.7 ms for 100 MB
+//! here, against 12 ms for the copy itself), and the unmapping after. Such a kept mapping is
+//! only written through while this process holds the segment's exclusive lock again, so it
+//! changes nothing for readers; one whose file was deleted is let go at the next claim.
 
 use std::{
+    collections::{HashSet, VecDeque},
     fs::{File, OpenOptions, TryLockError},
-    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirEntryExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
 };
 
 use bytes::Bytes;
@@ -142,41 +153,51 @@ impl Writer {
 
     /// Lets `fill` write the segment's bytes in place, through a writable mapping with its pages
     /// mapped up front: an encoder writes the value straight into shared memory.
-    #[allow(unsafe_code)]
     pub fn fill_with<R>(&mut self, fill: impl FnOnce(&mut [u8]) -> R) -> std::io::Result<R> {
         if self.len == 0 {
             return Ok(fill(&mut []));
         }
+        let (identity, mut map) = self.writable()?;
+        // A kept mapping may be longer than the segment is now: only its length is touched.
+        let result = fill(&mut map[..self.len]);
+        keep(identity, map);
+        Ok(result)
+    }
+
+    /// The segment mapped writable, its pages mapped: this process's kept mapping of it when
+    /// there is one (maybe longer than the segment is now), else a new one.
+    #[allow(unsafe_code)]
+    fn writable(&self) -> std::io::Result<(Identity, memmap2::MmapMut)> {
+        let identity = Identity::of(&self.file)?;
+        if let Some(map) = take_kept(identity, self.len) {
+            return Ok((identity, map));
+        }
         // SAFETY: the file is this writer's alone: newly created under a name only this process
         // uses, or claimed from the pool under such a name with an exclusive lock, which every
         // other mapping of it (each holding a shared lock) would have prevented. Nothing else
-        // maps or resizes it while this mapping lives, and the mapping ends in this function.
-        let mut map = unsafe {
-            memmap2::MmapOptions::new()
-                .len(self.len)
-                .populate()
-                .map_mut(&self.file)?
-        };
-        Ok(fill(&mut map))
-    }
-
-    /// The segment mapped writable, to be filled piece by piece (by transfers landing in it)
-    /// and then frozen into the bytes of a copy.
-    #[allow(unsafe_code)]
-    pub fn into_landing(mut self) -> std::io::Result<Landing> {
-        // SAFETY: as in `fill_with`: the file is this writer's alone, and stays so while the
-        // landing lives (its exclusive lock goes with it); the mapping is made read-only before
-        // anyone else may see it, in `Landing::freeze`.
+        // maps or resizes it while the writer (or the landing it becomes, which takes the lock
+        // along) holds it. A landing's mapping is made read-only before anyone else may see it,
+        // in `Landing::freeze`. The mapping is kept afterwards only to be written through again
+        // under a later exclusive claim.
         let map = unsafe {
             memmap2::MmapOptions::new()
                 .len(self.len)
                 .populate()
-                .map_mut(&self.file)?
+                .map_mut(&reopen(&self.file)?)?
         };
+        Ok((identity, map))
+    }
+
+    /// The segment mapped writable, to be filled piece by piece (by transfers landing in it)
+    /// and then frozen into the bytes of a copy.
+    pub fn into_landing(mut self) -> std::io::Result<Landing> {
+        let (identity, map) = self.writable()?;
         let file = self.file.try_clone()?;
         self.finished = true;
         Ok(Landing {
             map: Some(map),
+            len: self.len,
+            identity,
             file,
             path: self.path.clone(),
             frozen: false,
@@ -202,7 +223,10 @@ impl Drop for Writer {
 /// A segment mapped writable while a copy lands in it; deleted if dropped before
 /// [`Landing::freeze`].
 pub struct Landing {
+    /// Maybe a kept mapping longer than the segment: only `len` bytes of it are the landing's.
     map: Option<memmap2::MmapMut>,
+    len: usize,
+    identity: Identity,
     file: File,
     path: PathBuf,
     frozen: bool,
@@ -211,13 +235,14 @@ pub struct Landing {
 impl std::ops::Deref for Landing {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or_default()
+        self.map.as_deref().map_or(&[], |m| &m[..self.len])
     }
 }
 
 impl std::ops::DerefMut for Landing {
     fn deref_mut(&mut self) -> &mut [u8] {
-        self.map.as_deref_mut().unwrap_or_default()
+        let len = self.len;
+        self.map.as_deref_mut().map_or(&mut [], |m| &mut m[..len])
     }
 }
 
@@ -235,11 +260,13 @@ impl Landing {
         // The same open file, so the same lock, for as long as the mapping lives.
         let locked = self.file.try_clone()?;
         self.frozen = true;
-        Ok(Bytes::from_owner(Mapping {
+        let bytes = Bytes::from_owner(Mapping {
             map: Some(map),
             locked: Some(locked),
             release: Some(self.path.clone()),
-        }))
+            keep: Some(self.identity),
+        });
+        Ok(bytes.slice(..self.len))
     }
 }
 
@@ -265,17 +292,21 @@ fn new_segment(path: &Path) -> std::io::Result<File> {
 /// Takes a pooled segment of about `len` bytes (half to twice that) under the name `path`,
 /// locked exclusively. `None` when the pool has none, or none that no one maps any more.
 fn claim(dir: &Path, path: &Path, len: u64) -> Option<File> {
-    let mut candidates: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
+    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir).ok()?.flatten().collect();
+    // Mappings of segments deleted since are let go: their pages are of no use.
+    let kept = forget_gone(&entries.iter().map(DirEntryExt::ino).collect());
+    let mut candidates: Vec<(bool, u64, PathBuf)> = entries
+        .iter()
         .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(FREE)))
         .filter_map(|e| {
             let size = e.metadata().ok()?.len();
-            (size >= len / 2 && size <= len.saturating_mul(2)).then(|| (size, e.path()))
+            (size >= len / 2 && size <= len.saturating_mul(2))
+                .then(|| (!kept.contains(&e.ino()), size, e.path()))
         })
         .collect();
-    candidates.sort_by_key(|(size, _)| size.abs_diff(len));
-    for (_, free) in candidates {
+    // Those this process still maps first, then the closest in size.
+    candidates.sort_by_key(|(unmapped, size, _)| (*unmapped, size.abs_diff(len)));
+    for (_, _, free) in candidates {
         // The rename decides between processes claiming at once: only one finds it there.
         if std::fs::rename(&free, path).is_err() {
             continue;
@@ -346,6 +377,7 @@ pub fn pool_bytes() -> u64 {
 /// Empties this host's pool (the next large puts write to fresh pages). Returns how many
 /// segments it deleted.
 pub fn clear_pool() -> usize {
+    forget_all();
     remove_where(|name| name.starts_with(FREE))
 }
 
@@ -377,6 +409,7 @@ pub fn remove_orphans() -> usize {
 /// Removes the pooled segments this process put into the pool (when it exits: pooled memory
 /// must not outlive the cluster).
 pub fn remove_own_pooled() -> usize {
+    forget_all();
     let own = format!("{FREE}{}-", std::process::id());
     remove_where(|name| name.starts_with(&own))
 }
@@ -393,12 +426,89 @@ fn remove_where(doomed: impl Fn(&str) -> bool) -> usize {
         .count()
 }
 
+/// Which file a segment is, whatever its name: renames (into the pool, to a new owner) keep it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+impl Identity {
+    fn of(file: &File) -> std::io::Result<Identity> {
+        let meta = file.metadata()?;
+        Ok(Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+/// The same file opened again, apart from `file`'s lock: a mapping holds the open file it was
+/// made from, so a mapping kept past a write must not be made from the one holding the writer's
+/// exclusive lock, or the lock would outlive the write.
+fn reopen(file: &File) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// A writable mapping of a segment this process wrote, kept for its next write.
+struct Kept {
+    identity: Identity,
+    map: memmap2::MmapMut,
+}
+
+/// This process's kept mappings, oldest first. Taken out while written through, so no two
+/// writers share one.
+static KEPT: Mutex<VecDeque<Kept>> = Mutex::new(VecDeque::new());
+
+fn kept() -> std::sync::MutexGuard<'static, VecDeque<Kept>> {
+    KEPT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The kept mapping of the segment `identity`, when it covers `len` bytes.
+fn take_kept(identity: Identity, len: usize) -> Option<memmap2::MmapMut> {
+    let mut kept = kept();
+    let at = kept.iter().position(|k| k.identity == identity)?;
+    let found = kept.remove(at)?;
+    (found.map.len() >= len).then_some(found.map)
+}
+
+/// Keeps a mapping, letting the oldest go while the kept ones map more than the pool may hold.
+fn keep(identity: Identity, map: memmap2::MmapMut) {
+    let limit = pool_limit();
+    if map.len() as u64 > limit {
+        return;
+    }
+    let mut kept = kept();
+    kept.push_back(Kept { identity, map });
+    while kept.iter().map(|k| k.map.len() as u64).sum::<u64>() > limit {
+        kept.pop_front();
+    }
+}
+
+/// Lets go of the kept mappings whose segment is none of `present` (inodes in the segment
+/// directory) any more; returns the inodes of those still kept.
+fn forget_gone(present: &HashSet<u64>) -> HashSet<u64> {
+    let mut kept = kept();
+    kept.retain(|k| present.contains(&k.identity.ino));
+    kept.iter().map(|k| k.identity.ino).collect()
+}
+
+fn forget_all() {
+    kept().clear();
+}
+
 /// A segment mapped read-only, with the shared lock that keeps it out of the pool while mapped.
 struct Mapping {
     map: Option<memmap2::Mmap>,
     locked: Option<File>,
     /// A segment this process owns, given back to the pool when the mapping ends.
     release: Option<PathBuf>,
+    /// A landing's mapping, made writable again and kept for the next write when it ends.
+    keep: Option<Identity>,
 }
 
 impl AsRef<[u8]> for Mapping {
@@ -409,9 +519,13 @@ impl AsRef<[u8]> for Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // Unmapped and unlocked first, so a writer may claim the segment the moment it is
-        // pooled.
-        self.map.take();
+        // Unmapped (or kept, holding no lock) and unlocked first, so a writer may claim the
+        // segment the moment it is pooled.
+        if let (Some(map), Some(identity)) = (self.map.take(), self.keep) {
+            if let Ok(map) = map.make_mut() {
+                keep(identity, map);
+            }
+        }
         self.locked.take();
         if let Some(path) = self.release.take() {
             release(&path);
@@ -474,6 +588,7 @@ fn map_segment(path: &Path, owned: bool) -> std::io::Result<Bytes> {
         map: Some(map),
         locked: Some(file),
         release: owned.then(|| path.to_path_buf()),
+        keep: None,
     }))
 }
 
@@ -610,6 +725,77 @@ mod tests {
         assert!(claimed.is_warm());
         drop(claimed);
         remove_own_pooled();
+    }
+
+    #[test]
+    fn a_mapping_kept_for_the_next_write_holds_no_lock_and_is_let_go_with_its_file() {
+        let Some((_dir, _pool)) = pool_to_myself() else {
+            return; // no /dev/shm here
+        };
+        let len = 5 * 1024 * 1024 + 77;
+        let kept_len = || kept().iter().map(|k| k.map.len()).sum::<usize>();
+        let mut first = Writer::create(test_id(50), len).unwrap();
+        first.fill_with(|b| b.fill(1)).unwrap();
+        let identity = Identity::of(&first.file).unwrap();
+        let first = first.finish();
+        assert!(kept_len() >= len, "the writable mapping is kept");
+        // The writer's exclusive lock ended with it, though its mapping lives on.
+        let reader = map_owned(&first).unwrap();
+        assert!(reader.iter().all(|b| *b == 1));
+        drop(reader); // back into the pool
+
+        // Claimed again, the segment is written through the kept mapping.
+        let mut second = Writer::create(test_id(51), len).unwrap();
+        assert!(second.is_warm());
+        assert!(Identity::of(&second.file).unwrap() == identity);
+        second
+            .fill_with(|b| {
+                assert!(
+                    !kept().iter().any(|k| k.identity == identity),
+                    "taken out while written"
+                );
+                b.fill(2);
+            })
+            .unwrap();
+        assert!(
+            kept().iter().any(|k| k.identity == identity),
+            "and kept again"
+        );
+        let second = second.finish();
+        let value = map(&second).unwrap();
+        assert_eq!(value.len(), len);
+        assert!(value.iter().all(|b| *b == 2));
+        drop(value);
+
+        // A landing (a copy received) keeps its mapping too, once its bytes are dropped, and
+        // leaves the segment claimable.
+        let mut landing = Writer::create_copy(test_id(53), len)
+            .unwrap()
+            .into_landing()
+            .unwrap();
+        landing.fill(3);
+        let landed = landing.freeze().unwrap();
+        assert_eq!(landed.len(), len);
+        assert!(landed.iter().all(|b| *b == 3));
+        let kept_before = kept_len();
+        drop(landed);
+        assert!(kept_len() > kept_before, "kept when its bytes were dropped");
+        let mut third = Writer::create(test_id(54), len).unwrap();
+        assert!(
+            third.is_warm(),
+            "and its segment came back to the pool, unlocked"
+        );
+        third.fill_with(|b| b.fill(4)).unwrap();
+        let third = third.finish();
+        assert!(map(&third).unwrap().iter().all(|b| *b == 4));
+        std::fs::remove_file(&third).unwrap();
+
+        // Deleted, its pages are let go at the next claim.
+        std::fs::remove_file(&second).unwrap();
+        drop(Writer::create(test_id(52), 10).unwrap());
+        assert!(!kept().iter().any(|k| k.identity == identity));
+        remove_own_pooled();
+        assert_eq!(kept_len(), 0);
     }
 
     /// The segment directory, and the pool to this test (of this process's): none of this
