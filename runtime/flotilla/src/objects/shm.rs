@@ -15,12 +15,14 @@
 //! the next write into one skips mapping it and faulting its page tables in (2.7 ms for 100 MB
 //! here, against 12 ms for the copy itself), and the unmapping after. Such a kept mapping is
 //! only written through while this process holds the segment's exclusive lock again, so it
-//! changes nothing for readers; one whose file was deleted is let go at the next claim.
+//! changes nothing for readers; one whose file was deleted is let go at the next claim. Each
+//! keeps its own open file (without a lock), so its segment's inode, and with it the identity it
+//! is found by, can belong to no other segment.
 
 use std::{
     collections::{HashSet, VecDeque},
     fs::{File, OpenOptions, TryLockError},
-    os::unix::fs::{DirEntryExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -157,21 +159,22 @@ impl Writer {
         if self.len == 0 {
             return Ok(fill(&mut []));
         }
-        let (identity, mut map) = self.writable()?;
+        let mut mapped = self.writable()?;
         // A kept mapping may be longer than the segment is now: only its length is touched.
-        let result = fill(&mut map[..self.len]);
-        keep(identity, map);
+        let result = fill(&mut mapped.map[..self.len]);
+        keep(mapped);
         Ok(result)
     }
 
     /// The segment mapped writable, its pages mapped: this process's kept mapping of it when
     /// there is one (maybe longer than the segment is now), else a new one.
     #[allow(unsafe_code)]
-    fn writable(&self) -> std::io::Result<(Identity, memmap2::MmapMut)> {
+    fn writable(&self) -> std::io::Result<Kept> {
         let identity = Identity::of(&self.file)?;
-        if let Some(map) = take_kept(identity, self.len) {
-            return Ok((identity, map));
+        if let Some(kept) = take_kept(identity, self.len) {
+            return Ok(kept);
         }
+        let file = reopen(&self.file)?;
         // SAFETY: the file is this writer's alone: newly created under a name only this process
         // uses, or claimed from the pool under such a name with an exclusive lock, which every
         // other mapping of it (each holding a shared lock) would have prevented. Nothing else
@@ -183,21 +186,24 @@ impl Writer {
             memmap2::MmapOptions::new()
                 .len(self.len)
                 .populate()
-                .map_mut(&reopen(&self.file)?)?
+                .map_mut(&file)?
         };
-        Ok((identity, map))
+        Ok(Kept {
+            identity,
+            file,
+            map,
+        })
     }
 
     /// The segment mapped writable, to be filled piece by piece (by transfers landing in it)
     /// and then frozen into the bytes of a copy.
     pub fn into_landing(mut self) -> std::io::Result<Landing> {
-        let (identity, map) = self.writable()?;
+        let mapped = self.writable()?;
         let file = self.file.try_clone()?;
         self.finished = true;
         Ok(Landing {
-            map: Some(map),
+            mapped: Some(mapped),
             len: self.len,
-            identity,
             file,
             path: self.path.clone(),
             frozen: false,
@@ -224,9 +230,9 @@ impl Drop for Writer {
 /// [`Landing::freeze`].
 pub struct Landing {
     /// Maybe a kept mapping longer than the segment: only `len` bytes of it are the landing's.
-    map: Option<memmap2::MmapMut>,
+    mapped: Option<Kept>,
     len: usize,
-    identity: Identity,
+    /// The open file holding the exclusive lock.
     file: File,
     path: PathBuf,
     frozen: bool,
@@ -235,14 +241,14 @@ pub struct Landing {
 impl std::ops::Deref for Landing {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.map.as_deref().map_or(&[], |m| &m[..self.len])
+        self.mapped.as_ref().map_or(&[], |m| &m.map[..self.len])
     }
 }
 
 impl std::ops::DerefMut for Landing {
     fn deref_mut(&mut self) -> &mut [u8] {
         let len = self.len;
-        self.map.as_deref_mut().map_or(&mut [], |m| &mut m[..len])
+        self.mapped.as_mut().map_or(&mut [], |m| &mut m.map[..len])
     }
 }
 
@@ -253,10 +259,15 @@ impl Landing {
         // Nobody else knows the segment's name, so trading the exclusive lock for a shared one
         // (not atomically) lets no writer in between.
         self.file.lock_shared()?;
-        let map = match self.map.take() {
-            Some(map) => map.make_read_only()?,
-            None => return Err(std::io::Error::other("a landing is frozen once")),
+        let Some(Kept {
+            identity,
+            file: mapped,
+            map,
+        }) = self.mapped.take()
+        else {
+            return Err(std::io::Error::other("a landing is frozen once"));
         };
+        let map = map.make_read_only()?;
         // The same open file, so the same lock, for as long as the mapping lives.
         let locked = self.file.try_clone()?;
         self.frozen = true;
@@ -264,7 +275,7 @@ impl Landing {
             map: Some(map),
             locked: Some(locked),
             release: Some(self.path.clone()),
-            keep: Some(self.identity),
+            keep: Some((identity, mapped)),
         });
         Ok(bytes.slice(..self.len))
     }
@@ -292,16 +303,16 @@ fn new_segment(path: &Path) -> std::io::Result<File> {
 /// Takes a pooled segment of about `len` bytes (half to twice that) under the name `path`,
 /// locked exclusively. `None` when the pool has none, or none that no one maps any more.
 fn claim(dir: &Path, path: &Path, len: u64) -> Option<File> {
-    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir).ok()?.flatten().collect();
-    // Mappings of segments deleted since are let go: their pages are of no use.
-    let kept = forget_gone(&entries.iter().map(DirEntryExt::ino).collect());
-    let mut candidates: Vec<(bool, u64, PathBuf)> = entries
-        .iter()
+    let kept = forget_gone();
+    let mut candidates: Vec<(bool, u64, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
         .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(FREE)))
         .filter_map(|e| {
-            let size = e.metadata().ok()?.len();
+            let meta = e.metadata().ok()?;
+            let size = meta.len();
             (size >= len / 2 && size <= len.saturating_mul(2))
-                .then(|| (!kept.contains(&e.ino()), size, e.path()))
+                .then(|| (!kept.contains(&Identity::from(&meta)), size, e.path()))
         })
         .collect();
     // Those this process still maps first, then the closest in size.
@@ -427,7 +438,7 @@ fn remove_where(doomed: impl Fn(&str) -> bool) -> usize {
 }
 
 /// Which file a segment is, whatever its name: renames (into the pool, to a new owner) keep it.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Identity {
     dev: u64,
     ino: u64,
@@ -435,11 +446,16 @@ struct Identity {
 
 impl Identity {
     fn of(file: &File) -> std::io::Result<Identity> {
-        let meta = file.metadata()?;
-        Ok(Identity {
+        Ok(Identity::from(&file.metadata()?))
+    }
+}
+
+impl From<&std::fs::Metadata> for Identity {
+    fn from(meta: &std::fs::Metadata) -> Identity {
+        Identity {
             dev: meta.dev(),
             ino: meta.ino(),
-        })
+        }
     }
 }
 
@@ -454,9 +470,12 @@ fn reopen(file: &File) -> std::io::Result<File> {
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
-/// A writable mapping of a segment this process wrote, kept for its next write.
+/// A writable mapping of a segment this process wrote, kept for its next write, with the open
+/// file it was made from (no lock on it). Holding that file open keeps the segment's inode, so
+/// no other segment can come to have its identity, and tells when the segment was deleted.
 struct Kept {
     identity: Identity,
+    file: File,
     map: memmap2::MmapMut,
 }
 
@@ -469,32 +488,32 @@ fn kept() -> std::sync::MutexGuard<'static, VecDeque<Kept>> {
 }
 
 /// The kept mapping of the segment `identity`, when it covers `len` bytes.
-fn take_kept(identity: Identity, len: usize) -> Option<memmap2::MmapMut> {
+fn take_kept(identity: Identity, len: usize) -> Option<Kept> {
     let mut kept = kept();
     let at = kept.iter().position(|k| k.identity == identity)?;
     let found = kept.remove(at)?;
-    (found.map.len() >= len).then_some(found.map)
+    (found.map.len() >= len).then_some(found)
 }
 
 /// Keeps a mapping, letting the oldest go while the kept ones map more than the pool may hold.
-fn keep(identity: Identity, map: memmap2::MmapMut) {
+fn keep(mapped: Kept) {
     let limit = pool_limit();
-    if map.len() as u64 > limit {
+    if mapped.map.len() as u64 > limit {
         return;
     }
     let mut kept = kept();
-    kept.push_back(Kept { identity, map });
+    kept.push_back(mapped);
     while kept.iter().map(|k| k.map.len() as u64).sum::<u64>() > limit {
         kept.pop_front();
     }
 }
 
-/// Lets go of the kept mappings whose segment is none of `present` (inodes in the segment
-/// directory) any more; returns the inodes of those still kept.
-fn forget_gone(present: &HashSet<u64>) -> HashSet<u64> {
+/// Lets go of the kept mappings whose segment was deleted (their pages are of no use any more);
+/// returns the identities of those still kept.
+fn forget_gone() -> HashSet<Identity> {
     let mut kept = kept();
-    kept.retain(|k| present.contains(&k.identity.ino));
-    kept.iter().map(|k| k.identity.ino).collect()
+    kept.retain(|k| k.file.metadata().is_ok_and(|m| m.nlink() > 0));
+    kept.iter().map(|k| k.identity).collect()
 }
 
 fn forget_all() {
@@ -508,7 +527,7 @@ struct Mapping {
     /// A segment this process owns, given back to the pool when the mapping ends.
     release: Option<PathBuf>,
     /// A landing's mapping, made writable again and kept for the next write when it ends.
-    keep: Option<Identity>,
+    keep: Option<(Identity, File)>,
 }
 
 impl AsRef<[u8]> for Mapping {
@@ -521,9 +540,13 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // Unmapped (or kept, holding no lock) and unlocked first, so a writer may claim the
         // segment the moment it is pooled.
-        if let (Some(map), Some(identity)) = (self.map.take(), self.keep) {
+        if let (Some(map), Some((identity, file))) = (self.map.take(), self.keep.take()) {
             if let Ok(map) = map.make_mut() {
-                keep(identity, map);
+                keep(Kept {
+                    identity,
+                    file,
+                    map,
+                });
             }
         }
         self.locked.take();
