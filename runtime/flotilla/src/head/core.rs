@@ -199,7 +199,12 @@ impl Core {
                 for op in ops {
                     let parent = (op.parent != 0).then_some(ObjectId(op.parent));
                     match op.op {
+                        Some(driver_op::Op::Submit(spec)) if !op.lost_on.is_empty() => {
+                            s.submit_lost(session, spec, parent, &op.lost_on)
+                        }
                         Some(driver_op::Op::Submit(spec)) => s.submit_for(session, spec, parent),
+                        Some(driver_op::Op::Lease(request)) => s.request_lease(session, request),
+                        Some(driver_op::Op::ReturnLease(lease)) => s.return_lease(session, lease),
                         Some(driver_op::Op::Put(p)) => {
                             if let Some(v) = p.value {
                                 s.put(session, ObjectId(p.object), v)
@@ -292,6 +297,20 @@ impl Core {
                     if let Some(tx) = self.sessions.get(&s) {
                         let _ = tx.send(pb::DriverEvent {
                             event: Some(driver_event::Event::ActorFound(found)),
+                        });
+                    }
+                }
+                Effect::Lease(s, grant) => {
+                    if let Some(tx) = self.sessions.get(&s) {
+                        let _ = tx.send(pb::DriverEvent {
+                            event: Some(driver_event::Event::Lease(grant)),
+                        });
+                    }
+                }
+                Effect::LeaseRevoked(s, lease) => {
+                    if let Some(tx) = self.sessions.get(&s) {
+                        let _ = tx.send(pb::DriverEvent {
+                            event: Some(driver_event::Event::LeaseRevoked(lease)),
                         });
                     }
                 }
