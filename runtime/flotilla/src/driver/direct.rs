@@ -312,7 +312,7 @@ impl Session {
                     self.drop_routes_to(&mut direct, &route.location.address);
                 }
                 self.locate(&mut direct, actor);
-            } else if let Some(shape) = lease_shape(&spec) {
+            } else if let Some(shape) = self.lease_candidate(&mut direct, unfinished, &spec) {
                 let alone = unfinished.is_empty() && direct.inflight.is_empty();
                 match self.push_leased(&mut direct, shape, spec, alone) {
                     None => {
@@ -712,6 +712,26 @@ impl Session {
 }
 
 impl Session {
+    /// The lease shape of a task that may go on a lease or ask for one: submitted with nothing
+    /// else in flight, or while a lease is held. A task of a burst while none is held skips the
+    /// shape's computation (it goes through the head), and breaks every shape's run of tasks
+    /// awaited one at a time.
+    fn lease_candidate(
+        &self,
+        direct: &mut Direct,
+        unfinished: &BTreeMap<ObjectId, Unfinished>,
+        spec: &pb::TaskSpec,
+    ) -> Option<Shape> {
+        let alone = unfinished.is_empty() && direct.inflight.is_empty();
+        if !alone && direct.leases.values().all(|s| s.held.is_none()) {
+            for slot in direct.leases.values_mut() {
+                slot.solo = 0;
+            }
+            return None;
+        }
+        lease_shape(spec)
+    }
+
     /// Pushes a plain task onto this session's lease for its shape when one is held with room;
     /// otherwise asks for one (when the tasks of the shape come one at a time, and no request
     /// is out or was refused just now) and hands the task back to go through the head.
