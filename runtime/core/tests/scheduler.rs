@@ -2524,3 +2524,28 @@ fn waiting_tasks_of_another_session_revoke_leases() {
         "queued behind the other session's task"
     );
 }
+
+/// A task on a lease that waits in `get` lends the lease's slot, as a dispatched task lends its
+/// own, so the tasks it waits for run even with no prefetch; resumed, it takes the slot back.
+#[test]
+fn a_leased_task_waiting_in_get_lends_its_slot() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let g = lease(&mut s, sess, 1);
+    let worker_session = s.open_session(Some("w1".into()));
+    let child = oid(worker_session, 1);
+    s.submit(worker_session, task(child, "f", vec![]));
+    assert!(
+        run_ids(&s.drain_effects()).is_empty(),
+        "the lease holds the only slot"
+    );
+    let leased = oid(sess, 9);
+    s.task_blocked_on(ws[0], leased, true);
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], child)]);
+    s.task_finished(ws[0], inline(child, 0, b"c"));
+    s.task_blocked_on(ws[0], leased, false);
+    s.drain_effects();
+    let busy = s.workers()[0].busy_slots;
+    assert_eq!(busy, 1, "the lease has its slot back");
+    s.return_lease(sess, g.lease);
+    assert_eq!(s.workers()[0].busy_slots, 0);
+}

@@ -11,7 +11,7 @@ use flotilla_proto::v1 as pb;
 
 use super::{workers::WorkerState, Output, Scheduler};
 use crate::{
-    ids::{SessionId, WorkerId},
+    ids::{ObjectId, SessionId, WorkerId},
     options::resolve_slots,
 };
 
@@ -24,6 +24,8 @@ pub(super) struct Lease {
     custom: HashMap<String, u64>,
     /// The session was told to give it back.
     revoked: bool,
+    /// A task running on it waits in `get`: its slots are lent to other tasks meanwhile.
+    lent_for: Option<ObjectId>,
 }
 
 /// The leases out, by id.
@@ -109,6 +111,7 @@ impl Scheduler {
                                 slots,
                                 custom,
                                 revoked: false,
+                                lent_for: None,
                             },
                         );
                         pb::LeaseGranted {
@@ -146,6 +149,9 @@ impl Scheduler {
         if let Some(w) = self.workers.get_mut(&l.worker) {
             w.busy_slots = w.busy_slots.saturating_sub(l.slots);
             w.leases = w.leases.saturating_sub(1);
+            if l.lent_for.is_some() {
+                w.lent_slots = w.lent_slots.saturating_sub(l.slots);
+            }
             for (k, v) in &l.custom {
                 *w.custom_free.entry(k.clone()).or_default() += v;
             }
@@ -219,5 +225,41 @@ impl Scheduler {
             self.emit(Output::CancelLease { worker, lease });
         }
         self.revoke_leases(|l| sessions.contains(&l.session));
+    }
+
+    /// A task the head did not dispatch (so one a driver pushed on a lease) waits in `get` on
+    /// `worker`, or resumes: the slots of a lease there are lent to other tasks meanwhile, as a
+    /// dispatched task's are, so tasks it waits for can run. The worker names only the task, so
+    /// the first lease there not lent already is taken for it.
+    pub(super) fn leased_task_blocked(&mut self, worker: WorkerId, task: ObjectId, blocked: bool) {
+        let lease = if blocked {
+            self.leases
+                .by_id
+                .iter_mut()
+                .filter(|(_, l)| l.worker == worker && l.lent_for.is_none())
+                .min_by_key(|(id, _)| **id)
+                .map(|(_, l)| {
+                    l.lent_for = Some(task);
+                    l.slots
+                })
+        } else {
+            self.leases
+                .by_id
+                .values_mut()
+                .find(|l| l.worker == worker && l.lent_for == Some(task))
+                .map(|l| {
+                    l.lent_for = None;
+                    l.slots
+                })
+        };
+        let (Some(slots), Some(w)) = (lease, self.workers.get_mut(&worker)) else {
+            return;
+        };
+        if blocked {
+            w.lent_slots += slots;
+            self.place_tasks();
+        } else {
+            w.lent_slots = w.lent_slots.saturating_sub(slots);
+        }
     }
 }

@@ -469,6 +469,16 @@ impl Scheduler {
         self.set_blocked(id, blocked);
     }
 
+    /// A task waits in `get` inside `worker` (or resumes): lend its slots to other tasks until it
+    /// resumes; a task this head did not dispatch ran on a lease there, whose slots are lent.
+    pub fn task_blocked_on(&mut self, worker: WorkerId, id: ObjectId, blocked: bool) {
+        if self.tasks.contains_key(&id) {
+            self.set_blocked(id, blocked);
+        } else {
+            self.leased_task_blocked(worker, id, blocked);
+        }
+    }
+
     /// Places ready tasks on workers with room, in queue order.
     pub fn schedule(&mut self) {
         self.place_tasks();

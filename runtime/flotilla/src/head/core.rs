@@ -139,8 +139,12 @@ impl Core {
                         }
                         Some(worker_op::Op::StoredCopy(o)) => s.stored_copy(worker, ObjectId(o)),
                         Some(worker_op::Op::Store(stats)) => s.store_stats(worker, stats),
-                        Some(worker_op::Op::Blocked(t)) => s.task_blocked(ObjectId(t), true),
-                        Some(worker_op::Op::Unblocked(t)) => s.task_blocked(ObjectId(t), false),
+                        Some(worker_op::Op::Blocked(t)) => {
+                            s.task_blocked_on(worker, ObjectId(t), true)
+                        }
+                        Some(worker_op::Op::Unblocked(t)) => {
+                            s.task_blocked_on(worker, ObjectId(t), false)
+                        }
                         Some(worker_op::Op::Exiting(t)) => {
                             tracing::warn!(id = %worker, task = %ObjectId(t), "the worker exits to stop a cancelled task");
                             s.worker_exiting(worker);
