@@ -1604,6 +1604,17 @@ async fn cancelled_job_leaves_nothing_running_on_workers() {
     }
 }
 
+/// Runs `nested_sum(n)` (a task summing `0..n` by submitting a task per element) to its answer.
+async fn run_nested_sum(rt: &Runtime, n: i64) -> i64 {
+    bounded(
+        "nested_sum",
+        Duration::from_secs(30),
+        rt.get(&nested_sum.remote(rt, n)),
+    )
+    .await
+    .expect("nested_sum runs")
+}
+
 /// Tasks a job's task submits through its worker count for the job at the head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_submitted_by_a_jobs_tasks_count_for_the_job() {
@@ -1614,14 +1625,7 @@ async fn tasks_submitted_by_a_jobs_tasks_count_for_the_job() {
     let rt = Runtime::connect_for_job(&address, Some(&token), "nest")
         .await
         .unwrap();
-    let sum = bounded(
-        "nested_sum",
-        Duration::from_secs(30),
-        rt.get(&nested_sum.remote(&rt, 5)),
-    )
-    .await
-    .expect("nested_sum runs");
-    assert_eq!(sum, 10);
+    assert_eq!(run_nested_sum(&rt, 5).await, 10);
     let st = wait_head(&address, &token, "the job's counts", |st| {
         job(st, "nest").is_some_and(|j| j.tasks_finished == 6)
     })
@@ -1902,5 +1906,37 @@ async fn driver_killed_while_holding_a_lease() {
     .await;
     let rt = c.connect().await;
     still_works(&rt).await;
+    rt.shutdown().await;
+}
+
+/// A function that submits tasks of its own runs through the head even while its driver would
+/// lease a slot for it (a worker refuses it on a lease), so what it submits counts for its job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_submits_tasks_is_not_run_on_a_lease() {
+    let cluster = ProcessCluster::start(Path::new(EXE), 1, 2)
+        .await
+        .expect("the cluster starts");
+    let (address, token) = (cluster.address.clone(), cluster.token.clone());
+    let rt = Runtime::connect_for_job(&address, Some(&token), "lnest")
+        .await
+        .unwrap();
+    let mut calls = 0u64;
+    while rt.direct_calls() == 0 {
+        assert!(calls < 200, "no call of nested_sum was pushed on a lease");
+        assert_eq!(run_nested_sum(&rt, 2).await, 1);
+        calls += 1;
+    }
+    // The one pushed on the lease was refused there and ran through the head.
+    let sent = rt.direct_calls();
+    for _ in 0..3 {
+        assert_eq!(run_nested_sum(&rt, 2).await, 1);
+        calls += 1;
+    }
+    assert_eq!(rt.direct_calls(), sent, "it asks for no lease again");
+    // Each call and its two tasks count for the job.
+    wait_head(&address, &token, "the job's counts", |st| {
+        job(st, "lnest").is_some_and(|j| j.tasks_finished == 3 * calls && j.tasks_live == 0)
+    })
+    .await;
     rt.shutdown().await;
 }

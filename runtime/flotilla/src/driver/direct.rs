@@ -135,6 +135,9 @@ struct LeaseSlot {
     idle_since: Option<Instant>,
     /// Tasks of the shape submitted in a row with nothing else in flight.
     solo: u32,
+    /// A worker refused a task of it on a lease (its function submits tasks of its own, or the
+    /// lease's job was cancelled): the shape asks for no lease again.
+    never: bool,
 }
 
 /// The session's direct calls: actors' places, streams to workers, calls in flight, held
@@ -786,7 +789,11 @@ impl Session {
         let asked_lately = slot
             .refused
             .is_some_and(|t| t.elapsed() < LEASE_RETRY_AFTER);
-        if slot.held.is_none() && !slot.requesting && !asked_lately && slot.solo >= LEASE_AFTER_SOLO
+        if slot.held.is_none()
+            && !slot.requesting
+            && !slot.never
+            && !asked_lately
+            && slot.solo >= LEASE_AFTER_SOLO
         {
             self.request_lease(direct, shape);
         }
@@ -885,6 +892,7 @@ impl Session {
         slot.inflight = slot.inflight.saturating_sub(1);
         if refused {
             slot.revoked = true;
+            slot.never = true;
         }
         if slot.inflight == 0 {
             slot.idle_since = Some(Instant::now());
@@ -899,6 +907,7 @@ impl Session {
         if let Some(slot) = direct.leases.get_mut(shape) {
             *slot = LeaseSlot {
                 refused: Some(Instant::now()),
+                never: slot.never,
                 ..LeaseSlot::default()
             };
         }

@@ -25,7 +25,7 @@ use tonic::{
 use tower::ServiceExt;
 
 use super::{actors, executor, session, Shared};
-use crate::net::MAX_MESSAGE_BYTES;
+use crate::{net::MAX_MESSAGE_BYTES, registry::registry};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -195,6 +195,19 @@ fn run_leased(
     results_tx: &mpsc::UnboundedSender<pb::WorkerOp>,
 ) -> Result<(), String> {
     let task = ObjectId(spec.task);
+    if let Some(task_spec::Kind::Function(name)) = &spec.kind {
+        if registry()
+            .functions
+            .get(name.as_str())
+            .is_some_and(|f| f.takes_runtime)
+        {
+            // What it submits must count for its job and be cancelled with it, which the head
+            // knows only of the tasks it dispatched.
+            return Err(format!(
+                "{name} submits tasks of its own; it runs through the head"
+            ));
+        }
+    }
     // Held while the run starts and is recorded, so that its end (which forgets it) comes after.
     let mut hosting = shared.hosting();
     if hosting.cancelled_leases.contains(&lease) {
