@@ -17,6 +17,14 @@
 //!   call does whose worker dies under the head; it is not run again.
 //! - **The head knows every object.** A direct call's result is reported before any op of the
 //!   session that could name it (a release, a task taking it).
+//!
+//! Plain tasks go the same way on a **worker lease** (Ray's model): once tasks of one shape come
+//! one at a time, the driver asks the head for a lease on a slot of a worker (`DriverOp.lease`),
+//! pushes such tasks with inline arguments to it over the same stream, one at a time, and
+//! reports each after it ended (`DirectCallDone.lease`). The lease goes back after a short idle
+//! time, or when the head revokes it once the task on it ended. A task whose worker connection
+//! breaks goes to the head with one retry fewer (`DriverOp.lost_on`), as the head retries its
+//! own; with none left it fails with `WorkerDied`.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
