@@ -556,7 +556,8 @@ impl Session {
             }
         }
         if let Some((shape, lease)) = &call.lease {
-            // The worker takes no more on that lease (its job was cancelled).
+            // The worker runs no task of this shape on a lease (its function submits tasks of
+            // its own), or none on this lease (its job was cancelled).
             self.leased_task_ended(&mut direct, shape, *lease, true);
         }
         direct.held.insert(
