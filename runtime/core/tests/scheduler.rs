@@ -2240,6 +2240,7 @@ fn a_direct_call_is_recorded_when_it_ended() {
         spec: Some(call(id, actor, "incr", vec![val(b"1")])),
         worker: w.0,
         result: Some(result),
+        lease: 0,
     };
     s.direct_call_done(sess, done(c1, inline(c1, 0, b"v1")));
     s.direct_call_done(sess, done(c2, stored(c2, 0, 1 << 20)));
@@ -2287,6 +2288,7 @@ fn a_direct_call_is_recorded_when_it_ended() {
         spec: Some(call(oid(sess, 7), actor, "incr", vec![obj(c1)])),
         worker: w.0,
         result: Some(inline(oid(sess, 7), 0, b"x")),
+        lease: 0,
     };
     s.direct_call_done(sess, by_ref);
     assert_error(
@@ -2296,4 +2298,254 @@ fn a_direct_call_is_recorded_when_it_ended() {
         Kind::Invalid,
         &["inline"],
     );
+}
+
+// ---------------------------------------------------------------------------------- leases
+
+/// Asks for a lease of one plain slot for `f` and returns the answer.
+fn lease(s: &mut Scheduler, sess: SessionId, request: u64) -> pb::LeaseGranted {
+    s.request_lease(
+        sess,
+        pb::LeaseRequest {
+            request,
+            function: "f".into(),
+            resources: None,
+        },
+    );
+    let effects = s.drain_effects();
+    let grants: Vec<pb::LeaseGranted> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Lease(to, g) if *to == sess => Some(g.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(grants.len(), 1, "one answer in {effects:#?}");
+    grants[0].clone()
+}
+
+fn revoked(effects: &[Effect]) -> Vec<(SessionId, u64)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::LeaseRevoked(s, l) => Some((*s, *l)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn leased_done(
+    lease: u64,
+    worker: WorkerId,
+    id: ObjectId,
+    result: pb::TaskResult,
+) -> pb::DirectCallDone {
+    pb::DirectCallDone {
+        spec: Some(task(id, "f", vec![val(b"1")])),
+        worker: worker.0,
+        result: Some(result),
+        lease,
+    }
+}
+
+/// A lease takes a slot as a running task does: placement, status, demand see it; a task that
+/// ran on it is recorded like a dispatched one; given back, the slot is free again.
+#[test]
+fn a_lease_holds_a_slot_until_it_is_given_back() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1), ("w2", 2)]);
+    let g = lease(&mut s, sess, 1);
+    assert_ne!(g.lease, 0, "granted: {g:?}");
+    let at = g.location.expect("where the slot is");
+    assert_eq!(at.worker, ws[1].0, "the worker with the most free slots");
+    assert_eq!(at.address, "http://w2:7100");
+    assert_eq!(s.leased(), (1, 1));
+    let snap = s.snapshot();
+    assert_eq!(
+        (snap.slots_busy, snap.workers_busy, snap.workers_idle),
+        (1, 1, 1)
+    );
+    assert_eq!(snap.desired_workers, 1, "the leased slot is demand");
+    assert_eq!(snap.demand_by_group.get(""), Some(&1));
+
+    // Through the head, two of four tasks fill the two slots left beside the lease.
+    for n in 1..=4 {
+        s.submit(sess, task(oid(sess, n), "f", vec![]));
+    }
+    let placed = run_ids(&s.drain_effects());
+    assert_eq!(placed.len(), 2, "{placed:?}");
+    assert_eq!(placed.iter().filter(|(w, _)| *w == ws[1]).count(), 1);
+
+    // A task that ran on the lease is recorded as finished, its value an object of the session.
+    let t = oid(sess, 10);
+    let finished = s.snapshot().tasks_finished;
+    s.direct_call_done(sess, leased_done(g.lease, ws[1], t, inline(t, 0, b"v")));
+    assert!(s.drain_effects().is_empty(), "the session has the value");
+    assert_eq!(s.snapshot().tasks_finished, finished + 1);
+    s.subscribe(sess, t);
+    assert_eq!(
+        value_of(&s.drain_effects(), sess, t),
+        Bytes::from_static(b"v")
+    );
+
+    // Without a lease id, a plain task's report is refused.
+    let u = oid(sess, 11);
+    s.direct_call_done(sess, leased_done(0, ws[1], u, inline(u, 0, b"v")));
+    assert_error(&s.drain_effects(), sess, u, Kind::Invalid, &["lease"]);
+
+    // Given back (another session cannot), the slot takes the queued task.
+    let other = s.open_session(None);
+    s.return_lease(other, g.lease);
+    assert!(s.drain_effects().is_empty());
+    assert_eq!(s.leased(), (1, 1));
+    s.return_lease(sess, g.lease);
+    assert_eq!(s.leased(), (0, 0));
+    assert_eq!(
+        run_ids(&s.drain_effects()).len(),
+        1,
+        "the waiting task runs"
+    );
+}
+
+/// No lease jumps the head's queue, none goes where no slot is free, and none to a cancelled
+/// job's session.
+#[test]
+fn a_lease_is_refused_when_tasks_wait_or_no_slot_is_free() {
+    let (mut s, sess, _) = setup(0, &[("w1", 1)]);
+    let first = lease(&mut s, sess, 1);
+    assert_ne!(first.lease, 0);
+    let second = lease(&mut s, sess, 2);
+    assert_eq!(second.lease, 0);
+    assert!(second.error.contains("free slot"), "{}", second.error);
+    s.submit(sess, task(oid(sess, 1), "f", vec![]));
+    s.drain_effects();
+    s.return_lease(sess, first.lease);
+    s.drain_effects();
+    s.submit(sess, task(oid(sess, 2), "f", vec![]));
+    s.drain_effects();
+    let queued = lease(&mut s, sess, 3);
+    assert_eq!(queued.lease, 0);
+    assert!(queued.error.contains("waiting"), "{}", queued.error);
+
+    let job = s.open_job_session(None, Some("job-a".into()));
+    s.cancel_job("job-a");
+    s.drain_effects();
+    let cancelled = lease(&mut s, job, 4);
+    assert!(cancelled.error.contains("cancelled"), "{}", cancelled.error);
+}
+
+/// A drain revokes the leases on its worker and waits for them to come back; a drain whose
+/// deadline passes ends them.
+#[test]
+fn a_drain_waits_for_leases_to_come_back() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let g = lease(&mut s, sess, 1);
+    let now = Instant::now();
+    s.drain(ws[0], now, Duration::from_secs(30));
+    let effects = s.drain_effects();
+    assert_eq!(revoked(&effects), vec![(sess, g.lease)]);
+    assert!(drained(&effects).is_empty(), "the lease is out");
+    // The last leased task's report comes before the lease goes back.
+    let t = oid(sess, 1);
+    s.direct_call_done(sess, leased_done(g.lease, ws[0], t, inline(t, 0, b"v")));
+    assert!(drained(&s.drain_effects()).is_empty());
+    s.return_lease(sess, g.lease);
+    let ended = drained(&s.drain_effects());
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].2, pb::DrainOutcome::Drained);
+
+    // Past the deadline, a lease not given back ends with the drain.
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let g = lease(&mut s, sess, 1);
+    s.drain(ws[0], now, Duration::from_secs(1));
+    s.drain_effects();
+    s.tick(now + Duration::from_secs(2));
+    let effects = s.drain_effects();
+    assert_eq!(drained(&effects)[0].2, pb::DrainOutcome::TimedOut);
+    assert_eq!(s.leased(), (0, 0));
+    assert!(revoked(&effects).contains(&(sess, g.lease)));
+}
+
+/// A cancelled job's leases are revoked and their workers told to stop the tasks on them; a
+/// closed session's leases are freed; a lost worker's leases end, their holders told.
+#[test]
+fn leases_end_with_their_job_their_session_or_their_worker() {
+    let (mut s, _, ws) = setup(0, &[("w1", 2), ("w2", 2)]);
+    let job = s.open_job_session(None, Some("job-a".into()));
+    let g = lease(&mut s, job, 1);
+    s.cancel_job("job-a");
+    let effects = s.drain_effects();
+    assert_eq!(revoked(&effects), vec![(job, g.lease)]);
+    let worker = WorkerId(g.location.as_ref().unwrap().worker);
+    assert!(commands(&effects).contains(&(worker, Command::CancelLease(g.lease))));
+
+    let driver = s.open_session(None);
+    let held = lease(&mut s, driver, 2);
+    assert_eq!(s.leased().1, 2);
+    s.close_session(driver);
+    s.drain_effects();
+    assert_eq!(s.leased().1, 1, "the closed session's lease is free");
+    let _ = held;
+
+    let driver = s.open_session(None);
+    let on = lease(&mut s, driver, 3);
+    let w = WorkerId(on.location.unwrap().worker);
+    assert!(ws.contains(&w));
+    s.worker_lost(w);
+    assert!(revoked(&s.drain_effects()).contains(&(driver, on.lease)));
+    assert!(s.leased().1 <= 1);
+}
+
+/// Another session's tasks waiting with no free slot revoke the leases held; a lost leased run
+/// sent again counts as a retry.
+#[test]
+fn waiting_tasks_of_another_session_revoke_leases() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let g = lease(&mut s, sess, 1);
+    let other = s.open_session(None);
+    s.submit(other, task(oid(other, 1), "f", vec![]));
+    let effects = s.drain_effects();
+    assert!(run_ids(&effects).is_empty(), "no free slot");
+    assert_eq!(revoked(&effects), vec![(sess, g.lease)]);
+    s.return_lease(sess, g.lease);
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], oid(other, 1))]);
+
+    let retried = s.snapshot().tasks_retried;
+    s.submit_lost(
+        sess,
+        task(oid(sess, 5), "f", vec![]),
+        None,
+        "http://w1:7100",
+    );
+    s.drain_effects();
+    assert_eq!(s.snapshot().tasks_retried, retried + 1);
+    assert_eq!(
+        s.snapshot().tasks_pending,
+        1,
+        "queued behind the other session's task"
+    );
+}
+
+/// A task on a lease that waits in `get` lends the lease's slot, as a dispatched task lends its
+/// own, so the tasks it waits for run even with no prefetch; resumed, it takes the slot back.
+#[test]
+fn a_leased_task_waiting_in_get_lends_its_slot() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 1)]);
+    let g = lease(&mut s, sess, 1);
+    let worker_session = s.open_session(Some("w1".into()));
+    let child = oid(worker_session, 1);
+    s.submit(worker_session, task(child, "f", vec![]));
+    assert!(
+        run_ids(&s.drain_effects()).is_empty(),
+        "the lease holds the only slot"
+    );
+    let leased = oid(sess, 9);
+    s.task_blocked_on(ws[0], leased, true);
+    assert_eq!(run_ids(&s.drain_effects()), vec![(ws[0], child)]);
+    s.task_finished(ws[0], inline(child, 0, b"c"));
+    s.task_blocked_on(ws[0], leased, false);
+    s.drain_effects();
+    let busy = s.workers()[0].busy_slots;
+    assert_eq!(busy, 1, "the lease has its slot back");
+    s.return_lease(sess, g.lease);
+    assert_eq!(s.workers()[0].busy_slots, 0);
 }

@@ -991,6 +991,7 @@ async fn token_is_required_when_set() {
                     ..pb::TaskSpec::default()
                 }),
                 incarnation: 0,
+                lease: 0,
             }],
         };
         let e = bounded(

@@ -23,13 +23,15 @@ use flotilla::{
         CounterHandle,
     },
     local::processes::ProcessCluster,
-    ActorOptions, ErrorKind, Runtime, TaskOptions,
+    ActorOptions, ErrorKind, ObjectRef, Runtime, TaskOptions,
 };
 use flotilla_proto::v1::{self as pb, head_client::HeadClient};
 
 const EXE: &str = env!("CARGO_BIN_EXE_flotilla");
 /// Tells `driver_that_goes_away` to act as the driver process it kills.
 const CHILD_DRIVER_ENV: &str = "FLOTILLA_TEST_CHILD_DRIVER";
+/// Tells `driver_killed_while_holding_a_lease` to act as the driver process it kills.
+const CHILD_LEASE_ENV: &str = "FLOTILLA_TEST_CHILD_LEASE";
 
 // ---------------------------------------------------------------------------------- helpers
 
@@ -492,26 +494,14 @@ async fn child_driver(spec: &str) {
     drop((tasks, big, small));
 }
 
-/// A driver killed with SIGKILL: the head cancels its tasks and frees its objects long before
-/// the tasks would have finished, and the worker running them exits to stop them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn driver_that_goes_away() {
-    if let Ok(spec) = std::env::var(CHILD_DRIVER_ENV) {
-        child_driver(&spec).await;
-        return;
-    }
-    let mut c = TestCluster::start("orphan", 1, 2).await;
+/// Starts this test binary again as a driver process of `test` (told by `env` to act as it,
+/// with the cluster's address and token) and waits until it prints `ready`.
+async fn child_driver_process(test: &str, env: &str, c: &TestCluster, ready: &str) -> Proc {
     let mut driver = Proc::spawn(
         "the child driver",
         Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "driver_that_goes_away",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(CHILD_DRIVER_ENV, format!("{} {}", c.address, c.token))
+            .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+            .env(env, format!("{} {}", c.address, c.token))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(output()),
@@ -525,12 +515,13 @@ async fn driver_that_goes_away() {
             }
         }
     });
-    let ready = tokio::task::spawn_blocking(move || {
+    let ready = ready.to_string();
+    let seen = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
         while let Ok(line) =
             lines_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
         {
-            if line.contains("CHILD READY") {
+            if line.contains(&ready) {
                 return true;
             }
         }
@@ -538,7 +529,21 @@ async fn driver_that_goes_away() {
     })
     .await
     .unwrap();
-    assert!(ready, "the child driver did not get ready");
+    assert!(seen, "the child driver of {test} did not get ready");
+    driver
+}
+
+/// A driver killed with SIGKILL: the head cancels its tasks and frees its objects long before
+/// the tasks would have finished, and the worker running them exits to stop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_that_goes_away() {
+    if let Ok(spec) = std::env::var(CHILD_DRIVER_ENV) {
+        child_driver(&spec).await;
+        return;
+    }
+    let mut c = TestCluster::start("orphan", 1, 2).await;
+    let mut driver =
+        child_driver_process("driver_that_goes_away", CHILD_DRIVER_ENV, &c, "CHILD READY").await;
 
     c.wait_status(
         "the child's tasks running and objects stored",
@@ -738,6 +743,7 @@ async fn bad_input_on_the_head_port() {
                 ..Default::default()
             })),
             parent: 0,
+            lost_on: String::new(),
         }],
     };
     let refused = bounded("a hello of protocol 99", Duration::from_secs(10), async {
@@ -1598,6 +1604,17 @@ async fn cancelled_job_leaves_nothing_running_on_workers() {
     }
 }
 
+/// Runs `nested_sum(n)` (a task summing `0..n` by submitting a task per element) to its answer.
+async fn run_nested_sum(rt: &Runtime, n: i64) -> i64 {
+    bounded(
+        "nested_sum",
+        Duration::from_secs(30),
+        rt.get(&nested_sum.remote(rt, n)),
+    )
+    .await
+    .expect("nested_sum runs")
+}
+
 /// Tasks a job's task submits through its worker count for the job at the head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_submitted_by_a_jobs_tasks_count_for_the_job() {
@@ -1608,14 +1625,7 @@ async fn tasks_submitted_by_a_jobs_tasks_count_for_the_job() {
     let rt = Runtime::connect_for_job(&address, Some(&token), "nest")
         .await
         .unwrap();
-    let sum = bounded(
-        "nested_sum",
-        Duration::from_secs(30),
-        rt.get(&nested_sum.remote(&rt, 5)),
-    )
-    .await
-    .expect("nested_sum runs");
-    assert_eq!(sum, 10);
+    assert_eq!(run_nested_sum(&rt, 5).await, 10);
     let st = wait_head(&address, &token, "the job's counts", |st| {
         job(st, "nest").is_some_and(|j| j.tasks_finished == 6)
     })
@@ -1631,5 +1641,302 @@ async fn tasks_submitted_by_a_jobs_tasks_count_for_the_job() {
         (6, 6, 0, 0),
         "nested_sum and the 5 adds it submitted: {j:?}"
     );
+    rt.shutdown().await;
+}
+
+// ------------------------------------------------------------------------------------ leases
+
+/// Runs `warm` tasks one at a time until the driver holds a lease for their function (a run went
+/// straight to a worker), then submits `task` on it. The lease goes back after a short idle
+/// time, so in the rare case it went back in between the submission went through the head: that
+/// one is cancelled and the warm-up starts again.
+async fn on_a_lease<T: serde::de::DeserializeOwned + 'static>(
+    rt: &Runtime,
+    warm: impl Fn() -> ObjectRef<T>,
+    task: impl Fn() -> ObjectRef<T>,
+) -> ObjectRef<T> {
+    for _ in 0..500 {
+        let sent = rt.direct_calls();
+        let w = warm();
+        bounded("a warm-up task", Duration::from_secs(30), rt.get(&w))
+            .await
+            .expect("a warm-up task runs");
+        if rt.direct_calls() == sent {
+            continue;
+        }
+        let sent = rt.direct_calls();
+        let r = task();
+        if rt.direct_calls() > sent {
+            return r;
+        }
+        rt.cancel(&r);
+    }
+    panic!("no task went on a lease");
+}
+
+/// The warm-up task of the lease tests: it runs on a worker thread (a task whose runs average
+/// a few microseconds runs on the worker's I/O thread), as the long ones do.
+fn warm_sleep(rt: &Runtime) -> ObjectRef<u64> {
+    sleep_then.remote(rt, 1, 0)
+}
+
+/// A worker killed while a task runs on a leased slot: the driver sends it through the head,
+/// which retries it as it retries a task of its own (the retry counted) and it gives its answer;
+/// a leased task with no retries left fails as such a task does when its worker dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_during_a_leased_task() {
+    let mut c = TestCluster::start("lkill", 1, 2).await;
+    let rt = c.connect().await;
+    let r = on_a_lease(&rt, || warm_sleep(&rt), || sleep_then.remote(&rt, 2_000, 7)).await;
+    let spare = c.worker("lkill-1", 2, &[]);
+    c.workers.push(spare);
+    c.wait_registered(&["lkill-0".to_string(), "lkill-1".to_string()])
+        .await;
+    let retried = c.status().await.unwrap().tasks_retried;
+    c.workers[0].kill();
+    let value = bounded("the leased task", Duration::from_secs(30), rt.get(&r))
+        .await
+        .expect("retried on the other worker");
+    assert_eq!(value, 7);
+    c.wait_status("the retry counted", Duration::from_secs(30), |s| {
+        s.tasks_retried > retried && s.workers.len() == 1
+    })
+    .await;
+
+    let none = TaskOptions::default().max_retries(0);
+    let r = on_a_lease(
+        &rt,
+        || warm_sleep(&rt),
+        || sleep_then.remote_with(&rt, &none, 20_000, 8),
+    )
+    .await;
+    c.workers[1].kill();
+    let err = bounded("the leased task", Duration::from_secs(30), rt.get(&r))
+        .await
+        .expect_err("its worker died and it had no retries");
+    assert_eq!(err.kind(), Some(ErrorKind::WorkerDied), "{err}");
+    assert!(err.to_string().contains("no retries were left"), "{err}");
+    rt.shutdown().await;
+}
+
+/// A drain of a worker with a lease out: the lease is revoked, the drain waits for the task on
+/// it (the worker is not stopped while busy) and then completes; tasks submitted meanwhile run on
+/// the other worker; none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_waits_for_leased_tasks() {
+    let mut c = TestCluster::start("ldrain", 2, 2).await;
+    let rt = c.connect().await;
+    let started = Instant::now();
+    let r = on_a_lease(&rt, || warm_sleep(&rt), || sleep_then.remote(&rt, 1_500, 9)).await;
+    // The leased slot is busy at the head with no task of its own running there.
+    let s = c
+        .wait_status("the leased slot", Duration::from_secs(30), |s| {
+            s.tasks_running == 0 && s.workers.iter().filter(|w| w.busy_slots == 1).count() == 1
+        })
+        .await;
+    let leased = s
+        .workers
+        .iter()
+        .find(|w| w.busy_slots == 1)
+        .unwrap()
+        .name
+        .clone();
+    assert_eq!(
+        s.workers.iter().find(|w| w.name == leased).unwrap().state(),
+        pb::WorkerState::Busy
+    );
+    let (address, token, name) = (c.address.clone(), c.token.clone(), leased.clone());
+    let drain = tokio::spawn(async move {
+        admin::drain(&address, Some(&token), &name, Duration::from_secs(25)).await
+    });
+    let more: Vec<_> = (0..4).map(|i| add.remote(&rt, i, 1)).collect();
+    let values = bounded(
+        "tasks during the drain",
+        Duration::from_secs(30),
+        rt.get_all(&more),
+    )
+    .await
+    .expect("they run on the other worker");
+    assert_eq!(values, vec![1, 2, 3, 4]);
+    let reply = bounded("the drain", Duration::from_secs(30), drain)
+        .await
+        .unwrap()
+        .expect("the head answers the drain");
+    assert_eq!(reply.outcome(), pb::DrainOutcome::Drained, "{reply:?}");
+    // It ended after the leased task did (which sleeps 1.5 s), and that task gave its answer.
+    assert!(started.elapsed() >= Duration::from_millis(1_500));
+    let value = bounded("the leased task", Duration::from_secs(5), rt.get(&r))
+        .await
+        .expect("the leased task finished");
+    assert_eq!(value, 9);
+    let index = if leased.ends_with("-0") { 0 } else { 1 };
+    assert!(
+        c.workers[index].child().try_wait().unwrap().is_none(),
+        "the drained worker was not stopped"
+    );
+    c.wait_status("the drained worker idle", Duration::from_secs(30), |s| {
+        s.workers
+            .iter()
+            .any(|w| w.name == leased && w.state() == pb::WorkerState::Drained && w.busy_slots == 0)
+    })
+    .await;
+    rt.shutdown().await;
+}
+
+/// Cancelling a job stops its tasks on leased slots as it stops those the head dispatched: one
+/// that polls `flotilla::cancelled()` returns, one that does not is stopped by its worker
+/// exiting after the grace (and the worker is started again); both fail as cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_jobs_leased_tasks_are_stopped() {
+    let cluster = ProcessCluster::start(Path::new(EXE), 1, 2)
+        .await
+        .expect("the cluster starts");
+    let (address, token) = (cluster.address.clone(), cluster.token.clone());
+    let first_pid = cluster.worker_pid(0).expect("the worker runs");
+
+    let polite = Runtime::connect_for_job(&address, Some(&token), "lpolite")
+        .await
+        .unwrap();
+    let r = on_a_lease(
+        &polite,
+        || work_until_cancelled.remote(&polite, 1),
+        || work_until_cancelled.remote(&polite, 600_000),
+    )
+    .await;
+    admin::cancel_job(&address, Some(&token), "lpolite")
+        .await
+        .unwrap();
+    let err = bounded(
+        "the cancelled task",
+        Duration::from_secs(30),
+        polite.get(&r),
+    )
+    .await
+    .expect_err("a cancelled task gives no value");
+    assert_eq!(err.kind(), Some(ErrorKind::Cancelled), "{err}");
+    wait_head(&address, &token, "the polite job's task counted", |st| {
+        job(st, "lpolite").is_some_and(|j| j.tasks_failed >= 1 && j.tasks_live == 0)
+    })
+    .await;
+    assert_eq!(
+        cluster.worker_restarts(0),
+        0,
+        "a task that returns costs no restart"
+    );
+
+    let stuck = Runtime::connect_for_job(&address, Some(&token), "lstuck")
+        .await
+        .unwrap();
+    let s = on_a_lease(
+        &stuck,
+        || warm_sleep(&stuck),
+        || sleep_then.remote(&stuck, 600_000, 1),
+    )
+    .await;
+    admin::cancel_job(&address, Some(&token), "lstuck")
+        .await
+        .unwrap();
+    let err = bounded("the stuck task", Duration::from_secs(30), stuck.get(&s))
+        .await
+        .expect_err("the stuck task was cancelled");
+    assert_eq!(err.kind(), Some(ErrorKind::Cancelled), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.worker_restarts(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker was not started again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !alive(first_pid),
+        "the worker that ran the stuck task is gone"
+    );
+    let other = Runtime::connect(&address, Some(&token)).await.unwrap();
+    still_works(&other).await;
+    for rt in [polite, stuck, other] {
+        rt.shutdown().await;
+    }
+}
+
+/// The driver process of `driver_killed_while_holding_a_lease`: runs a long task on a leased
+/// slot, says so and waits to be killed.
+async fn child_lease_driver(spec: &str) {
+    let (address, token) = spec.split_once(' ').expect("address and token");
+    let rt = Runtime::connect(address, Some(token))
+        .await
+        .expect("the child driver connects");
+    let r = on_a_lease(
+        &rt,
+        || work_until_cancelled.remote(&rt, 1),
+        || work_until_cancelled.remote(&rt, 600_000),
+    )
+    .await;
+    println!("CHILD LEASED");
+    std::io::stdout().flush().unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    drop(r);
+}
+
+/// A driver killed with SIGKILL while it holds a lease (a task running on it): the head frees
+/// the slot, the worker stops the task, and another driver's task runs in that slot (the only
+/// one there is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_killed_while_holding_a_lease() {
+    if let Ok(spec) = std::env::var(CHILD_LEASE_ENV) {
+        child_lease_driver(&spec).await;
+        return;
+    }
+    let c = TestCluster::start("lorphan", 1, 1).await;
+    let mut driver = child_driver_process(
+        "driver_killed_while_holding_a_lease",
+        CHILD_LEASE_ENV,
+        &c,
+        "CHILD LEASED",
+    )
+    .await;
+    c.wait_status("the leased slot busy", Duration::from_secs(30), |s| {
+        s.tasks_running == 0 && s.workers.iter().all(|w| w.busy_slots == 1)
+    })
+    .await;
+    driver.kill();
+    c.wait_status("the slot freed", Duration::from_secs(30), |s| {
+        s.workers.iter().all(|w| w.busy_slots == 0)
+    })
+    .await;
+    let rt = c.connect().await;
+    still_works(&rt).await;
+    rt.shutdown().await;
+}
+
+/// A function that submits tasks of its own runs through the head even while its driver would
+/// lease a slot for it (a worker refuses it on a lease), so what it submits counts for its job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_submits_tasks_is_not_run_on_a_lease() {
+    let cluster = ProcessCluster::start(Path::new(EXE), 1, 2)
+        .await
+        .expect("the cluster starts");
+    let (address, token) = (cluster.address.clone(), cluster.token.clone());
+    let rt = Runtime::connect_for_job(&address, Some(&token), "lnest")
+        .await
+        .unwrap();
+    let mut calls = 0u64;
+    while rt.direct_calls() == 0 {
+        assert!(calls < 200, "no call of nested_sum was pushed on a lease");
+        assert_eq!(run_nested_sum(&rt, 2).await, 1);
+        calls += 1;
+    }
+    // The one pushed on the lease was refused there and ran through the head.
+    let sent = rt.direct_calls();
+    for _ in 0..3 {
+        assert_eq!(run_nested_sum(&rt, 2).await, 1);
+        calls += 1;
+    }
+    assert_eq!(rt.direct_calls(), sent, "it asks for no lease again");
+    // Each call and its two tasks count for the job.
+    wait_head(&address, &token, "the job's counts", |st| {
+        job(st, "lnest").is_some_and(|j| j.tasks_finished == 3 * calls && j.tasks_live == 0)
+    })
+    .await;
     rt.shutdown().await;
 }

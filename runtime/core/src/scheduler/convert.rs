@@ -336,6 +336,11 @@ impl Scheduler {
                 };
                 Effect::ActorFound(session, reply)
             }
+            Output::Lease { session, grant } => Effect::Lease(session, grant),
+            Output::LeaseRevoked { session, lease } => Effect::LeaseRevoked(session, lease),
+            Output::CancelLease { worker, lease } => {
+                Effect::ToWorker(worker, Command::CancelLease(lease))
+            }
             Output::Drained {
                 worker,
                 outcome,

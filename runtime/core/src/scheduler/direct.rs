@@ -1,5 +1,6 @@
-//! Actor calls a driver made straight to the actor's worker: the head learns of each once it
-//! ended, from the driver, and records it as if it had dispatched it.
+//! Actor calls a driver made straight to the actor's worker, and plain tasks it ran on a slot it
+//! leased: the head learns of each once it ended, from the driver, and records it as if it had
+//! dispatched it.
 
 use flotilla_proto::v1 as pb;
 
@@ -17,21 +18,29 @@ use crate::{
 };
 
 impl Scheduler {
-    /// Records a direct call that ran on `worker`: its result object (owned by `session`, not
-    /// announced to it: it has the value), and its run and job counts.
+    /// Records a direct call (or, with a `lease`, a leased task) that ran on `worker`: its
+    /// result object (owned by `session`, not announced to it: it has the value), and its run
+    /// and job counts.
     pub(super) fn record_direct_call(
         &mut self,
         session: SessionId,
         def: TaskDef,
         worker: WorkerId,
+        lease: u64,
         result: pb::TaskResult,
     ) -> Result<(), Failure> {
         let id = def.id;
         let name = def.display_name();
         let invalid =
             |message: &str| Failure::new(ErrorKind::Invalid, name.clone(), message.into());
-        if !matches!(def.kind, TaskKind::ActorCall { .. }) {
-            return Err(invalid("only actor calls are made straight to a worker"));
+        match (&def.kind, lease) {
+            (TaskKind::ActorCall { .. }, 0) => {}
+            (TaskKind::Function(_), lease) if lease != 0 => {}
+            _ => {
+                return Err(invalid(
+                    "only actor calls, and plain tasks on a lease, run straight on a worker",
+                ))
+            }
         }
         if id.session() != session
             || !self.sessions.contains_key(&session)
@@ -46,6 +55,9 @@ impl Scheduler {
             return Err(invalid("a direct call carries its arguments inline"));
         }
         let done = Completion::from(result);
+        if let TaskKind::Function(f) = &def.kind {
+            self.run_times.record(f, done.run_micros);
+        }
         let value = match done.outcome {
             RunOutcome::Inline(bytes) => ObjectValue::Inline(bytes),
             RunOutcome::Stored { size } if self.workers.contains_key(&worker) => {

@@ -64,6 +64,8 @@ impl Scheduler {
             self.actor_worker_died(actor, "its worker was drained");
         }
         self.copy_sole_objects(worker, None);
+        // Leases there go back once their tasks ended, as running tasks are waited for.
+        self.revoke_leases(|l| l.worker == worker);
         self.check_drains();
         self.place_tasks();
     }
@@ -151,7 +153,7 @@ impl Scheduler {
         draining.sort();
         for id in draining {
             let w = &self.workers[&id];
-            if w.running.is_empty() && self.sole_objects(id) == 0 {
+            if w.running.is_empty() && w.leases == 0 && self.sole_objects(id) == 0 {
                 self.finish_drain(
                     id,
                     DrainOutcome::Drained,
@@ -198,6 +200,8 @@ impl Scheduler {
             let name = self.workers[&id].info.name.clone();
             let mut running: Vec<ObjectId> = self.workers[&id].running.iter().copied().collect();
             let n = running.len();
+            // Leases not given back by now end; their holders retry what ran on them.
+            self.end_leases(|l| l.worker == id);
             for t in &running {
                 self.release_slots(id, *t);
             }

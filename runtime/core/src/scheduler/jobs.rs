@@ -254,6 +254,7 @@ impl Scheduler {
             self.kill_actor(id, &why);
             done.actors += 1;
         }
+        self.cancel_leases_of(&sessions);
         self.place_tasks();
         done
     }

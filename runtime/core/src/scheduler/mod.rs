@@ -14,7 +14,9 @@
 //! - `task_def`: what a task is (what it runs, its arguments, its resolved options);
 //! - `tasks`: the live task table; submission, readiness, requeueing, blocking;
 //! - `outcomes`: results, failures, retries after a worker died, cancellation;
-//! - `direct`: actor calls a driver made straight to a worker, recorded once they ended;
+//! - `direct`: actor calls and leased tasks a driver ran straight on a worker, recorded once
+//!   they ended;
+//! - `leases`: slots of workers that drivers hold for pushing tasks there themselves;
 //! - `objects`: the object directory (values, locations, refcounts, lineage, subscribers);
 //! - `actors`: the actor table, ordered call queues, restarts, named actors;
 //! - `workers`: registration, capacity, and what a lost worker takes with it;
@@ -38,6 +40,7 @@ mod direct;
 mod drain;
 mod failure;
 mod jobs;
+mod leases;
 mod objects;
 mod outcomes;
 mod placement;
@@ -89,6 +92,10 @@ pub enum Effect {
     ToSession(SessionId, ObjectState),
     /// The answer to an actor lookup.
     ActorFound(SessionId, pb::ActorFound),
+    /// The answer to a lease request.
+    Lease(SessionId, pb::LeaseGranted),
+    /// The head takes a session's lease back.
+    LeaseRevoked(SessionId, u64),
     /// A drain finished; `message` says how.
     Drained {
         /// The worker that was drained.
@@ -144,6 +151,15 @@ enum Output {
         outcome: DrainOutcome,
         message: String,
     },
+    /// Answer a lease request.
+    Lease {
+        session: SessionId,
+        grant: pb::LeaseGranted,
+    },
+    /// Tell a session to give a lease back.
+    LeaseRevoked { session: SessionId, lease: u64 },
+    /// Stop the tasks running on a lease.
+    CancelLease { worker: WorkerId, lease: u64 },
 }
 
 /// The scheduler state machine.
@@ -171,6 +187,8 @@ pub struct Scheduler {
     resumption: resume::Resumption,
     /// Task counts by job id.
     jobs: Jobs,
+    /// Slots of workers that sessions hold.
+    leases: leases::Leases,
     outbox: Vec<Effect>,
 }
 
@@ -200,6 +218,7 @@ impl Scheduler {
             inline_bytes: HashMap::new(),
             resumption: resume::Resumption::default(),
             jobs: Jobs::default(),
+            leases: leases::Leases::default(),
             outbox: Vec::new(),
         }
     }
@@ -393,6 +412,39 @@ impl Scheduler {
         }
     }
 
+    /// A session sends a task again whose leased run was lost with its worker (at `lost_on`):
+    /// it comes with one retry fewer, and counts as a retry.
+    pub fn submit_lost(
+        &mut self,
+        session: SessionId,
+        spec: TaskSpec,
+        parent: Option<ObjectId>,
+        lost_on: &str,
+    ) {
+        let _ = lost_on;
+        self.counters.retried += 1;
+        self.submit_for(session, spec, parent);
+    }
+
+    /// A session asks for a lease on a slot for tasks of one shape; answered with
+    /// [`Effect::Lease`].
+    pub fn request_lease(&mut self, session: SessionId, request: pb::LeaseRequest) {
+        self.grant_lease(session, request);
+    }
+
+    /// A session gives a lease back.
+    pub fn return_lease(&mut self, session: SessionId, lease: u64) {
+        self.lease_returned(session, lease);
+    }
+
+    /// Slots held by leases, and leases out.
+    pub fn leased(&self) -> (u64, usize) {
+        (
+            self.leases.slots_by_worker().values().sum(),
+            self.leases.by_id.len(),
+        )
+    }
+
     /// A worker reports a task's outcome.
     pub fn task_finished(&mut self, worker: WorkerId, mut result: pb::TaskResult) {
         // Held before the task's own holds on its arguments go, which may be all that keeps a
@@ -415,6 +467,16 @@ impl Scheduler {
     /// A task waits in `get` inside a worker: lend its slots to other tasks until it resumes.
     pub fn task_blocked(&mut self, id: ObjectId, blocked: bool) {
         self.set_blocked(id, blocked);
+    }
+
+    /// A task waits in `get` inside `worker` (or resumes): lend its slots to other tasks until it
+    /// resumes; a task this head did not dispatch ran on a lease there, whose slots are lent.
+    pub fn task_blocked_on(&mut self, worker: WorkerId, id: ObjectId, blocked: bool) {
+        if self.tasks.contains_key(&id) {
+            self.set_blocked(id, blocked);
+        } else {
+            self.leased_task_blocked(worker, id, blocked);
+        }
     }
 
     /// Places ready tasks on workers with room, in queue order.
@@ -456,7 +518,7 @@ impl Scheduler {
         let id = done.spec.as_ref().map_or(ObjectId(0), |s| ObjectId(s.task));
         let outcome = match (done.spec, done.result) {
             (Some(spec), Some(result)) => TaskDef::try_from(spec).and_then(|def| {
-                self.record_direct_call(session, def, WorkerId(done.worker), result)
+                self.record_direct_call(session, def, WorkerId(done.worker), done.lease, result)
             }),
             _ => Err(Failure::without_task(
                 ErrorKind::Invalid,

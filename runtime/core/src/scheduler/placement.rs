@@ -89,6 +89,7 @@ impl Scheduler {
         while let Some(id) = skipped.pop_back() {
             self.queue.push_front(id);
         }
+        self.revoke_leases_for_waiting();
     }
 
     /// Checks queued tasks against the workers' registries once workers exist.

@@ -22,6 +22,7 @@ impl Scheduler {
         if self.sessions.remove(&session).is_none() {
             return;
         }
+        self.end_leases(|l| l.session == session);
         let mut owned_tasks: Vec<ObjectId> = self
             .tasks
             .iter()

@@ -189,6 +189,8 @@ pub(super) fn snapshot(s: &Scheduler) -> Snapshot {
         .filter(|t| !matches!(t.state, TaskState::Waiting { .. }))
         .map(|t| u64::from(t.slots()))
         .sum();
+    let leased = s.leases.slots_by_worker();
+    let demand = demand + leased.values().sum::<u64>();
     let actor_workers = s.actors.values().filter(|a| !a.is_dead()).count() as u64;
     demand_by_group(s, &mut snap);
     snap.desired_workers = demand.div_ceil(max_slots).max(u64::from(actor_workers > 0));
@@ -240,6 +242,13 @@ fn demand_by_group(s: &Scheduler, snap: &mut Snapshot) {
         shapes.insert(plain, folded);
     }
     snap.pending_by_shape = shapes;
+    // A leased slot is taken as a running task's is.
+    for (worker, slots) in s.leases.slots_by_worker() {
+        *snap
+            .demand_by_group
+            .entry(group_of(&worker).unwrap_or_default())
+            .or_default() += slots;
+    }
     for a in s.actors.values() {
         if let ActorState::Alive { worker } = &a.state {
             let slots = u64::from(a.create.options.slots);

@@ -84,6 +84,8 @@ pub(super) struct Worker {
     /// Actors alive there.
     pub(super) actors: HashSet<ObjectId>,
     pub(super) store: StoreStats,
+    /// Leases out on it (each holds slots as a running task does).
+    pub(super) leases: u32,
     /// It said it exits to stop a cancelled task that would not stop: when it goes, its running
     /// tasks are not at fault, and their retries are not used up.
     pub(super) exiting: bool,
@@ -99,7 +101,9 @@ impl Worker {
         match self.state {
             WorkerState::Draining { .. } => Activity::Draining,
             WorkerState::Drained => Activity::Drained,
-            WorkerState::Active if self.running.is_empty() && self.actors.is_empty() => {
+            WorkerState::Active
+                if self.running.is_empty() && self.actors.is_empty() && self.leases == 0 =>
+            {
                 Activity::Idle
             }
             WorkerState::Active => Activity::Busy,
@@ -137,6 +141,7 @@ impl Scheduler {
                 running: HashSet::new(),
                 actors: HashSet::new(),
                 store: StoreStats::default(),
+                leases: 0,
                 exiting: false,
             },
         );
@@ -152,6 +157,8 @@ impl Scheduler {
             return;
         };
         self.worker_names.remove(&w.info.name);
+        // Its leases end; their holders retry the tasks that ran on them.
+        self.end_leases(|l| l.worker == worker);
         let was_draining = matches!(w.state, WorkerState::Draining { .. });
         let mut task_ids: Vec<ObjectId> = w.running.iter().copied().collect();
         task_ids.sort();

@@ -17,6 +17,14 @@
 //!   call does whose worker dies under the head; it is not run again.
 //! - **The head knows every object.** A direct call's result is reported before any op of the
 //!   session that could name it (a release, a task taking it).
+//!
+//! Plain tasks go the same way on a **worker lease** (Ray's model): once tasks of one shape come
+//! one at a time, the driver asks the head for a lease on a slot of a worker (`DriverOp.lease`),
+//! pushes such tasks with inline arguments to it over the same stream, one at a time, and
+//! reports each after it ended (`DirectCallDone.lease`). The lease goes back after a short idle
+//! time, or when the head revokes it once the task on it ended. A task whose worker connection
+//! breaks goes to the head with one retry fewer (`DriverOp.lost_on`), as the head retries its
+//! own; with none left it fails with `WorkerDied`.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -67,10 +75,13 @@ struct Lane {
     inflight: usize,
 }
 
-/// A direct call not yet answered.
+/// A direct call (or leased task) not yet answered.
 struct Inflight {
     spec: pb::TaskSpec,
-    actor: ObjectId,
+    /// The actor called; `None` for a plain task on a lease.
+    actor: Option<ObjectId>,
+    /// The lease a plain task runs on: its shape and id.
+    lease: Option<(Shape, u64)>,
     location: pb::ActorLocation,
     /// Every reference to its result was dropped: release it at the head after its report.
     released: bool,
@@ -88,11 +99,63 @@ struct Held {
     released: bool,
 }
 
+/// What tasks a lease takes: the function and the resources one task asks for. A lease is for one
+/// function, so its worker is sure to have it.
+type Shape = (String, u32, Vec<(String, u64)>);
+
+/// How many tasks a driver keeps in flight on one lease: one, as a leased slot runs one task at
+/// a time. Tasks past it go through the head, which spreads them over every free slot and whose
+/// queue (which autoscaling reads) sees the backlog. Measured with `flotilla bench`: sixteen in
+/// flight per lease kept single_client_tasks_async at 104,000 tasks/s against 130,000 through
+/// the head alone, as a burst moves faster through the head's batched dispatch than as one
+/// direct reply and one report per task.
+const LEASE_DEPTH: usize = 1;
+/// A driver asks for a lease once this many tasks of a shape in a row were submitted with
+/// nothing else of the session in flight: tasks awaited one at a time, which a lease takes from
+/// four hops to two. A burst (the second task submitted before the first ended) goes through the
+/// head, and asks for none.
+const LEASE_AFTER_SOLO: u32 = 2;
+/// A lease with nothing in flight for this long goes back to the head.
+const LEASE_IDLE: Duration = Duration::from_millis(10);
+/// After the head refused or revoked a lease (no free slot, tasks waiting there), how long
+/// before asking again for that shape.
+const LEASE_RETRY_AFTER: Duration = Duration::from_millis(50);
+
+/// A slot leased from the head.
+struct Leased {
+    id: u64,
+    location: pb::ActorLocation,
+    conn: Conn,
+}
+
+/// This session's lease for one shape, or its wish for one.
+#[derive(Default)]
+struct LeaseSlot {
+    held: Option<Leased>,
+    /// A request is out.
+    requesting: bool,
+    /// When the head last refused one.
+    refused: Option<Instant>,
+    /// The head revoked it: push nothing more, return it once its tasks ended.
+    revoked: bool,
+    inflight: usize,
+    /// When its last task in flight ended.
+    idle_since: Option<Instant>,
+    /// Tasks of the shape submitted in a row with nothing else in flight.
+    solo: u32,
+    /// A worker refused a task of it on a lease (its function submits tasks of its own, or the
+    /// lease's job was cancelled): the shape asks for no lease again.
+    never: bool,
+}
+
 /// The session's direct calls: actors' places, streams to workers, calls in flight, held
-/// submissions.
+/// submissions, leases.
 #[derive(Default)]
 pub(super) struct Direct {
     lanes: HashMap<ObjectId, Lane>,
+    leases: HashMap<Shape, LeaseSlot>,
+    /// Lease requests not yet answered.
+    lease_requests: HashMap<u64, tokio::sync::oneshot::Sender<pb::LeaseGranted>>,
     conns: HashMap<String, Conn>,
     inflight: HashMap<ObjectId, Inflight>,
     /// In the order they were made (ids grow with each submission).
@@ -112,6 +175,32 @@ fn spec_deps(spec: &pb::TaskSpec) -> Vec<ObjectId> {
         })
         .chain(spec.nested.iter().map(|n| ObjectId(*n)))
         .collect()
+}
+
+/// Whether every argument is an inline value (no references, none nested).
+fn all_inline(spec: &pb::TaskSpec) -> bool {
+    spec.nested.is_empty()
+        && spec
+            .args
+            .iter()
+            .all(|a| matches!(a.kind, Some(pb::arg::Kind::Value(_))))
+}
+
+/// The shape of a plain task whose arguments are inline values: what a lease would take.
+fn lease_shape(spec: &pb::TaskSpec) -> Option<Shape> {
+    let Some(task_spec::Kind::Function(f)) = &spec.kind else {
+        return None;
+    };
+    if !all_inline(spec) {
+        return None;
+    }
+    let resources = spec.options.as_ref().and_then(|o| o.resources.as_ref());
+    let slots = flotilla_core::options::resolve_slots(resources.map_or(0, |r| r.slots));
+    let mut custom: Vec<(String, u64)> = resources
+        .map(|r| r.custom.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        .unwrap_or_default();
+    custom.sort();
+    Some((f.clone(), slots, custom))
 }
 
 fn actor_of(spec: &pb::TaskSpec) -> Option<ObjectId> {
@@ -142,11 +231,7 @@ impl Direct {
     fn direct_route(&self, actor: ObjectId, spec: &pb::TaskSpec) -> Option<Route> {
         let lane = self.lanes.get(&actor)?;
         let route = lane.route.clone()?;
-        let inline = spec.nested.is_empty()
-            && spec
-                .args
-                .iter()
-                .all(|a| matches!(a.kind, Some(pb::arg::Kind::Value(_))));
+        let inline = all_inline(spec);
         let through_head = self.head_calls.values().any(|a| *a == actor)
             || self.held.values().any(|h| h.actor == Some(actor));
         (inline && !through_head).then_some(route)
@@ -198,7 +283,7 @@ impl Session {
     pub(super) fn route_submission(
         self: &Arc<Self>,
         unfinished: &mut BTreeMap<ObjectId, Unfinished>,
-        spec: pb::TaskSpec,
+        mut spec: pb::TaskSpec,
         tracked: Option<Unfinished>,
         keep: Vec<Arc<RefInner>>,
         parent: u64,
@@ -213,13 +298,15 @@ impl Session {
                     let call = pb::DirectCall {
                         spec: Some(spec.clone()),
                         incarnation: route.location.incarnation,
+                        lease: 0,
                     };
                     if route.conn.calls.send(call).is_ok() {
                         direct.inflight.insert(
                             id,
                             Inflight {
                                 spec,
-                                actor,
+                                actor: Some(actor),
+                                lease: None,
                                 location: route.location,
                                 released: false,
                                 cancelled: false,
@@ -236,6 +323,17 @@ impl Session {
                     self.drop_routes_to(&mut direct, &route.location.address);
                 }
                 self.locate(&mut direct, actor);
+            } else if let Some(shape) = self.lease_candidate(&mut direct, unfinished, &spec) {
+                let alone = unfinished.is_empty() && direct.inflight.is_empty();
+                match self.push_leased(&mut direct, shape, spec, alone) {
+                    None => {
+                        if let Some(t) = tracked {
+                            unfinished.insert(id, t);
+                        }
+                        return keep;
+                    }
+                    Some(back) => spec = back,
+                }
             }
         }
         let deps = spec_deps(&spec);
@@ -393,7 +491,7 @@ impl Session {
         let Some(call) = direct.inflight.remove(&id) else {
             return;
         };
-        if let Some(lane) = direct.lanes.get_mut(&call.actor) {
+        if let Some(lane) = call.actor.and_then(|a| direct.lanes.get_mut(&a)) {
             lane.inflight = lane.inflight.saturating_sub(1);
         }
         if call.cancelled {
@@ -424,9 +522,13 @@ impl Session {
             spec: Some(call.spec),
             worker: call.location.worker,
             result: Some(result),
+            lease: call.lease.as_ref().map_or(0, |(_, l)| *l),
         }));
         if call.released {
             self.send_lazy(driver_op::Op::Release(id.0));
+        }
+        if let Some((shape, lease)) = call.lease {
+            self.leased_task_ended(&mut direct, &shape, lease, false);
         }
         let keep = self.flush_held(&mut unfinished, &mut direct);
         drop((direct, unfinished));
@@ -443,7 +545,7 @@ impl Session {
         };
         tracing::debug!(call = %id, "a direct call was not run ({why}); it goes through the head");
         unfinished.remove(&id);
-        if let Some(lane) = direct.lanes.get_mut(&call.actor) {
+        if let Some(lane) = call.actor.and_then(|a| direct.lanes.get_mut(&a)) {
             lane.inflight = lane.inflight.saturating_sub(1);
             if lane
                 .route
@@ -453,11 +555,16 @@ impl Session {
                 lane.route = None;
             }
         }
+        if let Some((shape, lease)) = &call.lease {
+            // The worker runs no task of this shape on a lease (its function submits tasks of
+            // its own), or none on this lease (its job was cancelled).
+            self.leased_task_ended(&mut direct, shape, *lease, true);
+        }
         direct.held.insert(
             id,
             Held {
                 spec: call.spec,
-                actor: Some(call.actor),
+                actor: call.actor,
                 deps: Vec::new(),
                 keep: Vec::new(),
                 released: call.released,
@@ -491,6 +598,11 @@ impl Session {
                 let direct = self.direct();
                 match direct.inflight.get(&id).map(|c| &c.spec.kind) {
                     Some(Some(task_spec::Kind::ActorCall(c))) => c.method.clone(),
+                    Some(Some(task_spec::Kind::Function(_))) => {
+                        drop(direct);
+                        self.leased_task_lost(id, address, why);
+                        continue;
+                    }
                     _ => continue,
                 }
             };
@@ -501,16 +613,7 @@ impl Session {
                     "the actor's worker at {address} went away while running {method}: {why}"
                 ),
             };
-            self.direct_done(
-                id,
-                pb::TaskResult {
-                    task: id.0,
-                    attempt: 0,
-                    outcome: Some(task_result::Outcome::Error(failure)),
-                    run_micros: 0,
-                    contained: Vec::new(),
-                },
-            );
+            self.direct_failed(id, failure);
         }
     }
 
@@ -614,8 +717,338 @@ impl Session {
         }
     }
 
-    /// Actor calls this session made straight to workers so far.
+    /// Actor calls and tasks this session sent straight to workers so far.
     pub(super) fn direct_calls(&self) -> u64 {
         self.direct().sent
+    }
+}
+
+impl Session {
+    /// The lease shape of a task that may go on a lease or ask for one: submitted with nothing
+    /// else in flight, or while a lease is held. A task of a burst while none is held skips the
+    /// shape's computation (it goes through the head), and breaks every shape's run of tasks
+    /// awaited one at a time.
+    fn lease_candidate(
+        &self,
+        direct: &mut Direct,
+        unfinished: &BTreeMap<ObjectId, Unfinished>,
+        spec: &pb::TaskSpec,
+    ) -> Option<Shape> {
+        let alone = unfinished.is_empty() && direct.inflight.is_empty();
+        if !alone && direct.leases.values().all(|s| s.held.is_none()) {
+            for slot in direct.leases.values_mut() {
+                slot.solo = 0;
+            }
+            return None;
+        }
+        lease_shape(spec)
+    }
+
+    /// Pushes a plain task onto this session's lease for its shape when one is held with room;
+    /// otherwise asks for one (when the tasks of the shape come one at a time, and no request
+    /// is out or was refused just now) and hands the task back to go through the head.
+    fn push_leased(
+        self: &Arc<Self>,
+        direct: &mut Direct,
+        shape: Shape,
+        spec: pb::TaskSpec,
+        alone: bool,
+    ) -> Option<pb::TaskSpec> {
+        let slot = direct.leases.entry(shape.clone()).or_default();
+        slot.solo = if alone {
+            slot.solo.saturating_add(1)
+        } else {
+            0
+        };
+        if let Some(held) = slot.held.as_ref().filter(|_| !slot.revoked) {
+            if slot.inflight >= LEASE_DEPTH {
+                return Some(spec);
+            }
+            let call = pb::DirectCall {
+                spec: Some(spec.clone()),
+                incarnation: 0,
+                lease: held.id,
+            };
+            if held.conn.calls.send(call).is_ok() {
+                slot.inflight += 1;
+                slot.idle_since = None;
+                let (lease, location) = (held.id, held.location.clone());
+                direct.inflight.insert(
+                    ObjectId(spec.task),
+                    Inflight {
+                        spec,
+                        actor: None,
+                        lease: Some((shape, lease)),
+                        location,
+                        released: false,
+                        cancelled: false,
+                    },
+                );
+                direct.sent += 1;
+                return None;
+            }
+            // The stream is gone: the lease goes back, the task through the head.
+            let lease = held.id;
+            slot.revoked = true;
+            if slot.inflight == 0 {
+                self.give_back(direct, &shape, lease);
+            }
+            return Some(spec);
+        }
+        let asked_lately = slot
+            .refused
+            .is_some_and(|t| t.elapsed() < LEASE_RETRY_AFTER);
+        if slot.held.is_none()
+            && !slot.requesting
+            && !slot.never
+            && !asked_lately
+            && slot.solo >= LEASE_AFTER_SOLO
+        {
+            self.request_lease(direct, shape);
+        }
+        Some(spec)
+    }
+
+    /// Asks the head for a lease of `shape`; the answer opens (or reuses) the stream to the
+    /// worker and starts the watch that returns the lease once idle.
+    fn request_lease(self: &Arc<Self>, direct: &mut Direct, shape: Shape) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let request = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        direct.lease_requests.insert(request, tx);
+        direct.leases.entry(shape.clone()).or_default().requesting = true;
+        let (function, slots, custom) = shape.clone();
+        self.send(driver_op::Op::Lease(pb::LeaseRequest {
+            request,
+            function,
+            resources: Some(pb::Resources {
+                slots,
+                custom: custom.into_iter().collect(),
+            }),
+        }));
+        let session = self.clone();
+        runtime.spawn(async move {
+            let grant = rx.await.ok();
+            let granted = grant.as_ref().and_then(|g| {
+                let location = g.location.clone()?;
+                (g.lease != 0).then_some((g.lease, location))
+            });
+            let conn = match &granted {
+                Some((_, location)) => session.conn_to(&location.address).await,
+                None => None,
+            };
+            let mut direct = session.direct();
+            let slot = direct.leases.entry(shape.clone()).or_default();
+            slot.requesting = false;
+            match (granted, conn) {
+                (Some((id, location)), Some(conn)) => {
+                    slot.held = Some(Leased { id, location, conn });
+                    slot.revoked = false;
+                    slot.idle_since = Some(Instant::now());
+                    drop(direct);
+                    session.watch_idle_lease(shape, id);
+                }
+                (Some((id, _)), None) => {
+                    // Granted, but the worker cannot be reached: give it back.
+                    slot.refused = Some(Instant::now());
+                    drop(direct);
+                    session.send(driver_op::Op::ReturnLease(id));
+                }
+                (None, _) => slot.refused = Some(Instant::now()),
+            }
+        });
+    }
+
+    /// Returns the lease `id` of `shape` once it had nothing in flight for [`LEASE_IDLE`].
+    fn watch_idle_lease(self: &Arc<Self>, shape: Shape, id: u64) {
+        let session = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE_IDLE).await;
+                let Some(session) = session.upgrade() else {
+                    return;
+                };
+                let mut direct = session.direct();
+                let Some(slot) = direct.leases.get(&shape) else {
+                    return;
+                };
+                if slot.held.as_ref().is_none_or(|h| h.id != id) {
+                    return;
+                }
+                let idle = slot.inflight == 0
+                    && slot.idle_since.is_some_and(|t| t.elapsed() >= LEASE_IDLE);
+                if idle {
+                    direct.leases.remove(&shape);
+                    drop(direct);
+                    session.send(driver_op::Op::ReturnLease(id));
+                    return;
+                }
+            }
+        });
+    }
+
+    /// A task on lease `lease` ended (or, `refused`, the worker takes no more on it): a revoked
+    /// lease with nothing left in flight goes back.
+    fn leased_task_ended(&self, direct: &mut Direct, shape: &Shape, lease: u64, refused: bool) {
+        let Some(slot) = direct.leases.get_mut(shape) else {
+            return;
+        };
+        if slot.held.as_ref().is_none_or(|h| h.id != lease) {
+            return;
+        }
+        slot.inflight = slot.inflight.saturating_sub(1);
+        if refused {
+            slot.revoked = true;
+            slot.never = true;
+        }
+        if slot.inflight == 0 {
+            slot.idle_since = Some(Instant::now());
+            if slot.revoked {
+                self.give_back(direct, shape, lease);
+            }
+        }
+    }
+
+    /// Returns a revoked lease, and asks for none of its shape for a while.
+    fn give_back(&self, direct: &mut Direct, shape: &Shape, lease: u64) {
+        if let Some(slot) = direct.leases.get_mut(shape) {
+            *slot = LeaseSlot {
+                refused: Some(Instant::now()),
+                never: slot.never,
+                ..LeaseSlot::default()
+            };
+        }
+        self.send(driver_op::Op::ReturnLease(lease));
+    }
+
+    /// The head answered a lease request.
+    pub(super) fn lease_granted(&self, grant: pb::LeaseGranted) {
+        let waiting = self.direct().lease_requests.remove(&grant.request);
+        match waiting {
+            Some(tx) => {
+                if let Err(grant) = tx.send(grant) {
+                    // Nobody waits any more: give it back.
+                    if grant.lease != 0 {
+                        self.send(driver_op::Op::ReturnLease(grant.lease));
+                    }
+                }
+            }
+            None if grant.lease != 0 => self.send(driver_op::Op::ReturnLease(grant.lease)),
+            None => {}
+        }
+    }
+
+    /// The head revoked a lease: nothing more is pushed on it; it goes back once its tasks
+    /// ended (at once when none is in flight).
+    pub(super) fn lease_revoked(&self, lease: u64) {
+        let mut direct = self.direct();
+        let shape = direct
+            .leases
+            .iter()
+            .find(|(_, s)| s.held.as_ref().is_some_and(|h| h.id == lease))
+            .map(|(shape, _)| shape.clone());
+        let Some(shape) = shape else {
+            // Not held (already returned, or its grant not seen yet): say it is back.
+            self.send(driver_op::Op::ReturnLease(lease));
+            return;
+        };
+        let slot = direct.leases.get_mut(&shape).expect("found above");
+        slot.revoked = true;
+        if slot.inflight == 0 {
+            self.give_back(&mut direct, &shape, lease);
+        }
+    }
+
+    /// Forgets every lease (a head that restarted knows none of them).
+    pub(super) fn forget_leases(&self) {
+        let mut direct = self.direct();
+        direct.leases.clear();
+        direct.lease_requests.clear();
+    }
+
+    /// The stream to a leased task's worker broke while it ran: it is retried through the head
+    /// as a task whose worker died under the head is (one retry fewer, counted there), or fails
+    /// as such a task does when no retries are left.
+    fn leased_task_lost(self: &Arc<Self>, id: ObjectId, address: &str, why: &str) {
+        let mut unfinished = self.queueing();
+        let mut direct = self.direct();
+        let Some(mut call) = direct.inflight.remove(&id) else {
+            return;
+        };
+        if let Some((shape, lease)) = &call.lease {
+            if direct
+                .leases
+                .get(shape)
+                .is_some_and(|s| s.held.as_ref().is_some_and(|h| h.id == *lease))
+            {
+                self.give_back(&mut direct, shape, *lease);
+            }
+        }
+        // Read as the head reads it (no options at all mean every default).
+        let retries =
+            flotilla_core::options::ResolvedOptions::from(call.spec.options.as_ref()).max_retries;
+        let options = call.spec.options.get_or_insert_with(|| pb::TaskOptions {
+            max_retries: -1,
+            ..Default::default()
+        });
+        if call.cancelled {
+            drop((direct, unfinished));
+            return;
+        }
+        if retries > 0 {
+            options.max_retries = i32::try_from(retries - 1).unwrap_or(i32::MAX);
+            if let Some(t) = unfinished.get_mut(&id) {
+                t.spec = Some(call.spec.clone());
+            }
+            let mut lazy = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
+            for waiting in lazy.drain(..) {
+                let _ = self.ops_tx.send(waiting);
+            }
+            let _ = self.ops_tx.send(pb::DriverOp {
+                op: Some(driver_op::Op::Submit(call.spec)),
+                parent: 0,
+                lost_on: address.to_string(),
+            });
+            if call.released {
+                for op in [driver_op::Op::Subscribe(id.0), driver_op::Op::Release(id.0)] {
+                    let _ = self.ops_tx.send(pb::DriverOp {
+                        op: Some(op),
+                        parent: 0,
+                        lost_on: String::new(),
+                    });
+                }
+            }
+            return;
+        }
+        let name = match &call.spec.kind {
+            Some(task_spec::Kind::Function(f)) => f.clone(),
+            _ => String::new(),
+        };
+        let failure = pb::TaskError {
+            kind: ErrorKind::WorkerDied.to_proto() as i32,
+            task: name.clone(),
+            message: format!(
+                "worker {address} died while running {name} and no retries were left ({why})"
+            ),
+        };
+        direct.inflight.insert(id, call);
+        drop((direct, unfinished));
+        self.direct_failed(id, failure);
+    }
+
+    /// A direct call or leased task ended without an outcome from its worker: it failed so.
+    fn direct_failed(self: &Arc<Self>, id: ObjectId, failure: pb::TaskError) {
+        self.direct_done(
+            id,
+            pb::TaskResult {
+                task: id.0,
+                attempt: 0,
+                outcome: Some(task_result::Outcome::Error(failure)),
+                run_micros: 0,
+                contained: Vec::new(),
+            },
+        );
     }
 }

@@ -141,6 +141,7 @@ impl Session {
         let _ = self.ops_tx.send(pb::DriverOp {
             op: Some(op),
             parent,
+            lost_on: String::new(),
         });
     }
 
@@ -152,6 +153,7 @@ impl Session {
         lazy.push(pb::DriverOp {
             op: Some(op),
             parent: 0,
+            lost_on: String::new(),
         });
         if lazy.len() == 1 {
             self.lazy_due.notify_one();
@@ -397,8 +399,8 @@ impl Runtime {
         self.session.id.0
     }
 
-    /// How many actor calls this session made straight to the actors' workers (the rest went
-    /// through the head).
+    /// How many actor calls and tasks this session sent straight to workers (actor calls to the
+    /// actors' workers, tasks on slots it leased); the rest went through the head.
     pub fn direct_calls(&self) -> u64 {
         self.session.direct_calls()
     }

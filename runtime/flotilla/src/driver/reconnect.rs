@@ -88,6 +88,7 @@ fn op(op: driver_op::Op) -> pb::DriverOp {
     pb::DriverOp {
         op: Some(op),
         parent: 0,
+        lost_on: String::new(),
     }
 }
 
@@ -332,6 +333,8 @@ impl Session {
         }
         drop(objects);
         drop(unfinished);
+        // The head that answers now holds none of this session's leases.
+        self.forget_leases();
         // Lookups in flight were lost with the connection.
         let lookups: Vec<_> = self
             .lookups
@@ -385,6 +388,12 @@ pub(super) fn spawn_events(session: &Arc<Session>, inbound: Streaming<pb::Driver
                                 }
                                 Some(driver_event::Event::ActorFound(found)) => {
                                     session.found_actor(found)
+                                }
+                                Some(driver_event::Event::Lease(grant)) => {
+                                    session.lease_granted(grant)
+                                }
+                                Some(driver_event::Event::LeaseRevoked(lease)) => {
+                                    session.lease_revoked(lease)
                                 }
                                 Some(driver_event::Event::Session(_)) | None => {}
                             }

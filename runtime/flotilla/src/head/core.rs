@@ -139,8 +139,12 @@ impl Core {
                         }
                         Some(worker_op::Op::StoredCopy(o)) => s.stored_copy(worker, ObjectId(o)),
                         Some(worker_op::Op::Store(stats)) => s.store_stats(worker, stats),
-                        Some(worker_op::Op::Blocked(t)) => s.task_blocked(ObjectId(t), true),
-                        Some(worker_op::Op::Unblocked(t)) => s.task_blocked(ObjectId(t), false),
+                        Some(worker_op::Op::Blocked(t)) => {
+                            s.task_blocked_on(worker, ObjectId(t), true)
+                        }
+                        Some(worker_op::Op::Unblocked(t)) => {
+                            s.task_blocked_on(worker, ObjectId(t), false)
+                        }
                         Some(worker_op::Op::Exiting(t)) => {
                             tracing::warn!(id = %worker, task = %ObjectId(t), "the worker exits to stop a cancelled task");
                             s.worker_exiting(worker);
@@ -199,7 +203,12 @@ impl Core {
                 for op in ops {
                     let parent = (op.parent != 0).then_some(ObjectId(op.parent));
                     match op.op {
+                        Some(driver_op::Op::Submit(spec)) if !op.lost_on.is_empty() => {
+                            s.submit_lost(session, spec, parent, &op.lost_on)
+                        }
                         Some(driver_op::Op::Submit(spec)) => s.submit_for(session, spec, parent),
+                        Some(driver_op::Op::Lease(request)) => s.request_lease(session, request),
+                        Some(driver_op::Op::ReturnLease(lease)) => s.return_lease(session, lease),
                         Some(driver_op::Op::Put(p)) => {
                             if let Some(v) = p.value {
                                 s.put(session, ObjectId(p.object), v)
@@ -292,6 +301,20 @@ impl Core {
                     if let Some(tx) = self.sessions.get(&s) {
                         let _ = tx.send(pb::DriverEvent {
                             event: Some(driver_event::Event::ActorFound(found)),
+                        });
+                    }
+                }
+                Effect::Lease(s, grant) => {
+                    if let Some(tx) = self.sessions.get(&s) {
+                        let _ = tx.send(pb::DriverEvent {
+                            event: Some(driver_event::Event::Lease(grant)),
+                        });
+                    }
+                }
+                Effect::LeaseRevoked(s, lease) => {
+                    if let Some(tx) = self.sessions.get(&s) {
+                        let _ = tx.send(pb::DriverEvent {
+                            event: Some(driver_event::Event::LeaseRevoked(lease)),
                         });
                     }
                 }

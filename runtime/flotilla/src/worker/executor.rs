@@ -315,7 +315,7 @@ pub(super) async fn run_task(
     rt: Runtime,
     d: pb::Dispatch,
     ops_tx: mpsc::UnboundedSender<pb::WorkerOp>,
-    done_tx: mpsc::UnboundedSender<ObjectId>,
+    done: impl FnOnce(ObjectId),
     stop: Arc<Stop>,
 ) {
     let Some(spec) = d.spec else { return };
@@ -354,7 +354,7 @@ pub(super) async fn run_task(
         r.contained = std::mem::take(&mut *contained.lock().unwrap_or_else(|e| e.into_inner()));
     }
     let _ = ops_tx.send(op);
-    let _ = done_tx.send(task);
+    done(task);
 }
 
 async fn invoke(

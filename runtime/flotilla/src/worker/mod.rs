@@ -170,6 +170,10 @@ struct Shared {
 #[derive(Default)]
 struct Hosting {
     actors: HashMap<flotilla_core::ObjectId, actors::HostedActor>,
+    /// Plain tasks drivers run here on slots they leased, while they run.
+    leased: HashMap<flotilla_core::ObjectId, direct::LeasedRun>,
+    /// Leases whose job was cancelled: no more tasks run on them.
+    cancelled_leases: std::collections::HashSet<u64>,
     session: Option<(
         crate::driver::Runtime,
         tokio::sync::mpsc::UnboundedSender<flotilla_proto::v1::WorkerOp>,

@@ -13,7 +13,7 @@ use flotilla_proto::{
 use futures::StreamExt;
 use tokio::{sync::mpsc, task::AbortHandle};
 
-use super::{actors, executor, Shared};
+use super::{actors, direct, executor, Shared};
 use crate::{
     driver::{host::TaskHost, Runtime},
     error::{ErrorKind, TaskFailure},
@@ -238,6 +238,7 @@ impl WorkerSession {
             worker_command::Command::Free(o) => self.shared.store.remove(ObjectId(o)),
             worker_command::Command::Copy(c) => self.copy(c),
             worker_command::Command::KillActor(a) => self.kill_actor(ObjectId(a)),
+            worker_command::Command::CancelLease(lease) => self.cancel_lease(lease),
             worker_command::Command::Registered(_) => {}
         }
     }
@@ -288,12 +289,15 @@ impl WorkerSession {
             _ => {
                 let attempt = d.attempt;
                 let stop = Arc::new(executor::Stop::default());
+                let done_tx = self.done_tx.clone();
                 let handle = tokio::spawn(executor::run_task(
                     self.shared.clone(),
                     self.rt.clone(),
                     d,
                     self.ops_tx.clone(),
-                    self.done_tx.clone(),
+                    move |task| {
+                        let _ = done_tx.send(task);
+                    },
                     stop.clone(),
                 ));
                 self.tasks
@@ -304,25 +308,89 @@ impl WorkerSession {
 
     fn cancel(&mut self, task: ObjectId) {
         if let Some((h, stop, attempt)) = self.tasks.remove(&task) {
-            h.abort();
-            // An aborted task never reports, and the head counts it running (its slot busy)
-            // until it does: report it cancelled.
-            let failure = TaskFailure::new(ErrorKind::Cancelled, "cancelled".into());
-            let op = executor::failure_op(&self.shared, task, attempt, failure);
-            let _ = self.ops_tx.send(op);
-            if stop.cancel() {
-                self.stop_thread(task, stop);
-            }
+            stop_task(
+                &self.shared,
+                &self.ops_tx,
+                task,
+                attempt,
+                (h, stop),
+                &self.ops_tx,
+            );
         }
     }
 
-    /// A cancelled task runs on a thread, which aborting its future does not stop: give it the
-    /// grace to return (it may poll `flotilla::cancelled()`), then exit the process, as nothing
-    /// else stops a thread. The head hears it first, so the worker's other tasks are retried
-    /// without using up their retries; whoever runs the worker starts it again.
-    fn stop_thread(&self, task: ObjectId, stop: Arc<executor::Stop>) {
-        let shared = self.shared.clone();
-        let ops_tx = self.ops_tx.clone();
+    /// A lease's job was cancelled: its running tasks stop as cancelled tasks do (their outcome
+    /// goes to the driver that pushed them), and no more run on it.
+    fn cancel_lease(&mut self, lease: u64) {
+        self.shared.hosting().cancelled_leases.insert(lease);
+        stop_leased(&self.shared, |r| r.lease == lease);
+    }
+}
+
+/// Stops a running task: aborts it, reports it cancelled on `reports` (an aborted task never
+/// reports, and whoever waits counts it running until it does), and stops its thread (telling
+/// the head on `head_ops` if the worker must exit for it).
+fn stop_task(
+    shared: &Arc<Shared>,
+    head_ops: &mpsc::UnboundedSender<pb::WorkerOp>,
+    task: ObjectId,
+    attempt: u32,
+    (handle, stop): (AbortHandle, Arc<executor::Stop>),
+    reports: &mpsc::UnboundedSender<pb::WorkerOp>,
+) {
+    handle.abort();
+    let failure = TaskFailure::new(ErrorKind::Cancelled, "cancelled".into());
+    let op = executor::failure_op(shared, task, attempt, failure);
+    let _ = reports.send(op);
+    if stop.cancel() {
+        stop_thread(shared.clone(), head_ops.clone(), task, stop);
+    }
+}
+
+/// Stops the leased tasks `which` picks (their lease's job was cancelled, or the driver that
+/// pushed them went away), as the head's cancel stops a task.
+pub(super) fn stop_leased(shared: &Arc<Shared>, which: impl Fn(&direct::LeasedRun) -> bool) {
+    let (stopped, head_ops) = {
+        let mut hosting = shared.hosting();
+        let ids: Vec<ObjectId> = hosting
+            .leased
+            .iter()
+            .filter(|(_, r)| which(r))
+            .map(|(id, _)| *id)
+            .collect();
+        let stopped: Vec<(ObjectId, direct::LeasedRun)> = ids
+            .into_iter()
+            .filter_map(|id| hosting.leased.remove(&id).map(|r| (id, r)))
+            .collect();
+        (
+            stopped,
+            hosting.session.as_ref().map(|(_, ops)| ops.clone()),
+        )
+    };
+    for (task, run) in stopped {
+        let head_ops = head_ops.clone().unwrap_or_else(|| run.reply.clone());
+        stop_task(
+            shared,
+            &head_ops,
+            task,
+            0,
+            (run.handle, run.stop),
+            &run.reply,
+        );
+    }
+}
+
+/// A cancelled task runs on a thread, which aborting its future does not stop: give it the grace
+/// to return (it may poll `flotilla::cancelled()`), then exit the process, as nothing else stops
+/// a thread. The head hears it first (on `ops_tx`), so the worker's other tasks are retried
+/// without using up their retries; whoever runs the worker starts it again.
+fn stop_thread(
+    shared: Arc<Shared>,
+    ops_tx: mpsc::UnboundedSender<pb::WorkerOp>,
+    task: ObjectId,
+    stop: Arc<executor::Stop>,
+) {
+    {
         tokio::spawn(async move {
             if stop
                 .returned_within(Duration::from_millis(CANCEL_GRACE_MILLIS))
@@ -349,7 +417,9 @@ impl WorkerSession {
             std::process::exit(i32::from(EXIT_CANCEL_FORCED));
         });
     }
+}
 
+impl WorkerSession {
     /// Copies an object from another worker into this store (a drain moving objects here).
     fn copy(&self, c: pb::CopyObject) {
         let shared = self.shared.clone();

@@ -225,7 +225,12 @@ pub struct DriverOp {
     /// cancels it too.
     #[prost(uint64, tag = "17")]
     pub parent: u64,
-    #[prost(oneof = "driver_op::Op", tags = "1, 2, 3, 4, 5, 6, 7, 10, 16")]
+    /// With `submit`: the task ran on a leased slot of the worker at this address, which went away
+    /// during the run. The head retries it as it retries a task it dispatched to a worker that
+    /// died (one retry fewer, counted), or fails it when no retries are left.
+    #[prost(string, tag = "20")]
+    pub lost_on: ::prost::alloc::string::String,
+    #[prost(oneof = "driver_op::Op", tags = "1, 2, 3, 4, 5, 6, 7, 10, 16, 18, 19")]
     pub op: ::core::option::Option<driver_op::Op>,
 }
 /// Nested message and enum types in `DriverOp`.
@@ -254,6 +259,13 @@ pub mod driver_op {
         DirectDone(super::DirectCallDone),
         #[prost(message, tag = "16")]
         Contained(super::ContainedRefs),
+        /// Ask for a lease on one slot of a worker that runs tasks of this shape: the driver then
+        /// pushes such tasks (arguments inline) straight to the worker (`DirectCall.lease`).
+        #[prost(message, tag = "18")]
+        Lease(super::LeaseRequest),
+        /// Give a lease back: the driver sends nothing more on it and its tasks there ended.
+        #[prost(uint64, tag = "19")]
+        ReturnLease(u64),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -321,6 +333,20 @@ pub struct DirectCallDone {
     pub worker: u32,
     #[prost(message, optional, tag = "3")]
     pub result: ::core::option::Option<TaskResult>,
+    /// For a plain task: the lease it ran on (LeaseGranted.lease); 0 for an actor call.
+    #[prost(uint64, tag = "4")]
+    pub lease: u64,
+}
+/// A slot for tasks of one shape, on a worker that has the function.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct LeaseRequest {
+    #[prost(uint64, tag = "1")]
+    pub request: u64,
+    /// A function the leased worker must have (the first task of the shape).
+    #[prost(string, tag = "2")]
+    pub function: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub resources: ::core::option::Option<Resources>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DriverEvents {
@@ -329,7 +355,7 @@ pub struct DriverEvents {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DriverEvent {
-    #[prost(oneof = "driver_event::Event", tags = "1, 2, 3")]
+    #[prost(oneof = "driver_event::Event", tags = "1, 2, 3, 4, 5")]
     pub event: ::core::option::Option<driver_event::Event>,
 }
 /// Nested message and enum types in `DriverEvent`.
@@ -343,7 +369,25 @@ pub mod driver_event {
         Object(super::ObjectState),
         #[prost(message, tag = "3")]
         ActorFound(super::ActorFound),
+        #[prost(message, tag = "4")]
+        Lease(super::LeaseGranted),
+        /// The head takes a lease back (a drain of its worker, its job cancelled, other sessions'
+        /// tasks waiting): push nothing more on it, and return it once its tasks there ended.
+        #[prost(uint64, tag = "5")]
+        LeaseRevoked(u64),
     }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LeaseGranted {
+    #[prost(uint64, tag = "1")]
+    pub request: u64,
+    /// 0 when no lease was granted (`error` says why); the driver goes through the head.
+    #[prost(uint64, tag = "2")]
+    pub lease: u64,
+    #[prost(message, optional, tag = "3")]
+    pub location: ::core::option::Option<ActorLocation>,
+    #[prost(string, tag = "4")]
+    pub error: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SessionInfo {
@@ -401,6 +445,10 @@ pub struct DirectCall {
     /// The actor's life the caller means (ActorLocation.incarnation).
     #[prost(uint32, tag = "2")]
     pub incarnation: u32,
+    /// A plain task run on a slot the caller leased from the head (LeaseGranted.lease); 0 for an
+    /// actor call.
+    #[prost(uint64, tag = "3")]
+    pub lease: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DirectReplies {
@@ -559,7 +607,7 @@ pub struct WorkerCommands {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WorkerCommand {
-    #[prost(oneof = "worker_command::Command", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "worker_command::Command", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub command: ::core::option::Option<worker_command::Command>,
 }
 /// Nested message and enum types in `WorkerCommand`.
@@ -578,6 +626,10 @@ pub mod worker_command {
         Copy(super::CopyObject),
         #[prost(uint64, tag = "6")]
         KillActor(u64),
+        /// Stop the tasks running on this lease (its job was cancelled), as `cancel` stops a task,
+        /// and run no more on it.
+        #[prost(uint64, tag = "7")]
+        CancelLease(u64),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1589,8 +1641,8 @@ pub mod worker_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
-        /// Calls to actors this worker hosts; each reply names its call, replies come in call order
-        /// per actor.
+        /// Calls to actors this worker hosts, and plain tasks on slots the caller leased; each reply
+        /// names its call, replies come in call order per actor.
         pub async fn call(
             &mut self,
             request: impl tonic::IntoStreamingRequest<Message = super::DirectCalls>,
@@ -1633,8 +1685,8 @@ pub mod worker_server {
             >
             + std::marker::Send
             + 'static;
-        /// Calls to actors this worker hosts; each reply names its call, replies come in call order
-        /// per actor.
+        /// Calls to actors this worker hosts, and plain tasks on slots the caller leased; each reply
+        /// names its call, replies come in call order per actor.
         async fn call(
             &self,
             request: tonic::Request<tonic::Streaming<super::DirectCalls>>,
