@@ -2495,6 +2495,41 @@ fn leases_end_with_their_job_their_session_or_their_worker() {
     assert!(s.leased().1 <= 1);
 }
 
+/// A leased task's stored output is rebuilt from its lineage when its worker is lost, as a
+/// dispatched task's is: both when the worker goes after the report and before it.
+#[test]
+fn a_leased_tasks_lost_output_is_run_again() {
+    let (mut s, sess, ws) = setup(0, &[("w1", 2), ("w2", 2), ("w3", 2)]);
+    let g = lease(&mut s, sess, 1);
+    let on = WorkerId(g.location.as_ref().unwrap().worker);
+    let other = *ws.iter().find(|w| **w != on && **w != ws[2]).unwrap();
+
+    let t = oid(sess, 10);
+    s.direct_call_done(sess, leased_done(g.lease, on, t, stored(t, 0, 1 << 20)));
+    assert!(s.drain_effects().is_empty());
+    s.worker_lost(on);
+    let effects = s.drain_effects();
+    assert_eq!(
+        run_ids(&effects),
+        vec![(other, t)],
+        "run again on the worker left: {effects:#?}"
+    );
+    s.task_finished(other, stored(t, 0, 1 << 20));
+    // The owner, told its object is pending again, hears where the rebuilt one is.
+    assert_eq!(stored_at(&s.drain_effects(), sess, t), vec![other.0]);
+
+    // Reported after its worker went: run again at once, not failed.
+    let g = lease(&mut s, sess, 2);
+    let on = WorkerId(g.location.as_ref().unwrap().worker);
+    let left = if on == other { ws[2] } else { other };
+    // (When that worker kept `t`, `t` is run again too, on the worker left.)
+    s.worker_lost(on);
+    s.drain_effects();
+    let u = oid(sess, 11);
+    s.direct_call_done(sess, leased_done(g.lease, on, u, stored(u, 0, 1 << 20)));
+    assert_eq!(run_ids(&s.drain_effects()), vec![(left, u)]);
+}
+
 /// Another session's tasks waiting with no free slot revoke the leases held; a lost leased run
 /// sent again counts as a retry.
 #[test]

@@ -58,6 +58,10 @@ impl Scheduler {
         if let TaskKind::Function(f) = &def.kind {
             self.run_times.record(f, done.run_micros);
         }
+        // A leased task's output is rebuilt from its lineage when its last copy is lost, like a
+        // dispatched task's (its arguments are inline, so the lineage pins nothing).
+        let lineage = matches!(def.kind, TaskKind::Function(_)).then(|| def.clone());
+        let mut lost_with_worker = false;
         let value = match done.outcome {
             RunOutcome::Inline(bytes) => ObjectValue::Inline(bytes),
             RunOutcome::Stored { size } if self.workers.contains_key(&worker) => {
@@ -65,6 +69,11 @@ impl Scheduler {
                     size,
                     locations: vec![Location::on(worker)],
                 }
+            }
+            RunOutcome::Stored { .. } if lineage.is_some() => {
+                // Kept on a worker gone before this report: run the task again.
+                lost_with_worker = true;
+                ObjectValue::Pending
             }
             RunOutcome::Stored { .. } => ObjectValue::Failed(Failure::new(
                 ErrorKind::ObjectLost,
@@ -85,9 +94,14 @@ impl Scheduler {
             self.count_job_call(&job, ok);
         }
         *self.inline_bytes.entry(session).or_default() += inline_len(&value);
-        let mut object = Object::new(session, None);
+        let mut object = Object::new(session, lineage);
         object.value = value;
         self.objects.insert(id, object);
+        if lost_with_worker {
+            self.object_lost(id, &format!("{}", worker.0));
+            self.place_tasks();
+            return Ok(());
+        }
         let draining = matches!(
             self.workers.get(&worker).map(|w| w.state),
             Some(WorkerState::Draining { .. })
