@@ -291,32 +291,16 @@ impl Core {
                     }
                 }
                 Effect::ToSession(s, state) => {
-                    if let Some(tx) = self.sessions.get(&s) {
-                        let _ = tx.send(pb::DriverEvent {
-                            event: Some(driver_event::Event::Object(state)),
-                        });
-                    }
+                    to_session(&self.sessions, s, driver_event::Event::Object(state))
                 }
                 Effect::ActorFound(s, found) => {
-                    if let Some(tx) = self.sessions.get(&s) {
-                        let _ = tx.send(pb::DriverEvent {
-                            event: Some(driver_event::Event::ActorFound(found)),
-                        });
-                    }
+                    to_session(&self.sessions, s, driver_event::Event::ActorFound(found));
                 }
                 Effect::Lease(s, grant) => {
-                    if let Some(tx) = self.sessions.get(&s) {
-                        let _ = tx.send(pb::DriverEvent {
-                            event: Some(driver_event::Event::Lease(grant)),
-                        });
-                    }
+                    to_session(&self.sessions, s, driver_event::Event::Lease(grant))
                 }
                 Effect::LeaseRevoked(s, lease) => {
-                    if let Some(tx) = self.sessions.get(&s) {
-                        let _ = tx.send(pb::DriverEvent {
-                            event: Some(driver_event::Event::LeaseRevoked(lease)),
-                        });
-                    }
+                    to_session(&self.sessions, s, driver_event::Event::LeaseRevoked(lease));
                 }
                 Effect::Drained {
                     worker,
@@ -333,6 +317,17 @@ impl Core {
                 }
             }
         }
+    }
+}
+
+/// Sends an event to a session's stream, if the session is still connected.
+fn to_session(
+    sessions: &HashMap<SessionId, mpsc::UnboundedSender<pb::DriverEvent>>,
+    session: SessionId,
+    event: driver_event::Event,
+) {
+    if let Some(tx) = sessions.get(&session) {
+        let _ = tx.send(pb::DriverEvent { event: Some(event) });
     }
 }
 
